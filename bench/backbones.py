@@ -1,0 +1,55 @@
+"""Latency of mbtasks' backbones against torchvision's, same weights, batch 1, measured in one run.
+
+    python bench/backbones.py [--runs 200] [--resolution 224] [--threads N]
+"""
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from mbtasks import build_model
+from mbtasks.backbones.weights import import_weights
+
+
+def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[float]:
+    """Median ms of each model, timed in alternation so that machine noise falls on both alike."""
+    times = [[] for _ in models]
+    with torch.inference_mode():
+        for _ in range(10):
+            for model in models:
+                model(x)
+        for _ in range(runs):
+            for i, model in enumerate(models):
+                start = time.perf_counter()
+                model(x)
+                times[i].append((time.perf_counter() - start) * 1000)
+    return [statistics.median(t) for t in times]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, args.resolution, args.resolution)
+    print(f"batch 1, {args.resolution}x{args.resolution}, {args.threads} threads, median of {args.runs} runs")
+    print(f"{'model':<22}{'torchvision ms':>16}{'mbtasks ms':>12}{'ratio':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
+            reference = getattr(torchvision.models, name)().eval()
+            torch.save(reference.state_dict(), Path(tmp) / "tv.pth")
+            import_weights("torchvision", Path(tmp) / "tv.pth", name, Path(tmp) / "mb.pth")
+            ours = build_model(name, weights=Path(tmp) / "mb.pth").eval()
+            tv_ms, mb_ms = interleaved_latency([reference, ours], x, args.runs)
+            print(f"{name:<22}{tv_ms:>16.2f}{mb_ms:>12.2f}{mb_ms / tv_ms:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Embedded data sets, written in the real formats from a seed."""

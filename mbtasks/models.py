@@ -1,0 +1,90 @@
+"""build_model(name, **options): the model names users know, torchvision's where they exist."""
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbones import BACKBONES, Backbone
+from .backbones.blocks import make_divisible
+from .errors import MbtasksError
+from .heads.image import ClassifierHead
+
+# v3's hidden classifier layer; like v2's last layer it keeps its width for width < 1 (REFERENCE.md).
+CLASSIFIER_HIDDEN = {"mobilenet_v3_large": 1280, "mobilenet_v3_small": 1024}
+
+
+class ImageClassifier(nn.Module):
+    """A backbone and a classifier head on its last feature map."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_last(x))
+
+
+def _backbone_options(options: dict) -> dict:
+    return {k: options.pop(k) for k in ("width_mult", "output_stride", "reduced_tail", "bn_eps") if k in options}
+
+
+def _classifier_builder(version: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000, dropout: float = 0.2, **options) -> ImageClassifier:
+        backbone_options = _backbone_options(options)
+        _reject_unknown(options, version)
+        backbone = BACKBONES[version](**backbone_options)
+        hidden = CLASSIFIER_HIDDEN.get(version)
+        if hidden:
+            hidden //= 2 if backbone_options.get("reduced_tail") else 1
+            hidden = make_divisible(hidden * max(1.0, backbone_options.get("width_mult", 1.0)))
+        return ImageClassifier(backbone, ClassifierHead(backbone.num_features, num_classes, hidden, dropout))
+
+    build.__doc__ = f"{version} ImageNet-style classifier."
+    return build
+
+
+def _reject_unknown(options: dict, name: str) -> None:
+    if options:
+        raise MbtasksError(f"unknown option(s) for {name}: {', '.join(sorted(options))}")
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {name: _classifier_builder(name) for name in BACKBONES}
+
+
+def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:
+    """Build a model by name; `weights` is a file written by `mbtasks weights import` (or a checkpoint)."""
+    from .backbones.weights import load_into, read_weights_file
+
+    if name not in MODELS:
+        raise MbtasksError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    if weights is None:
+        return MODELS[name](**options)
+    saved = read_weights_file(weights)
+    if saved.model != name:
+        raise MbtasksError(f"holds weights of {saved.model}, not {name}", weights)
+    model = MODELS[name](**{**saved.options, **options})
+    load_into(model, saved.state_dict, weights)
+    return model
+
+
+def build_backbone(name: str, weights: str | Path | None = None, **options) -> Backbone:
+    """Build a backbone alone; `weights` may be any mbtasks weights file of that version (its head is dropped)."""
+    from .backbones.weights import load_into, read_weights_file
+
+    if name not in BACKBONES:
+        raise MbtasksError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    if weights is None:
+        return BACKBONES[name](**options)
+    saved = read_weights_file(weights)
+    if saved.backbone != name:
+        raise MbtasksError(f"holds a {saved.backbone} backbone, not {name}", weights)
+    bn_eps = {"bn_eps": saved.options["bn_eps"]} if "bn_eps" in saved.options else {}
+    backbone = BACKBONES[name](**{**bn_eps, **options})
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in saved.state_dict.items() if k.startswith(prefix)}
+    if not state:
+        raise MbtasksError("holds no backbone weights", weights)
+    load_into(backbone, state, weights)
+    return backbone

@@ -1,0 +1,77 @@
+"""Parameters, multiply-adds (convolutions and linear layers, as the papers count) and CPU latency."""
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of learnable parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_madds(model: nn.Module, example: object) -> int:
+    """Multiply-adds of one forward pass on `example` (batch 1): conv and linear layers only, as the papers."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_hook(linear_hook))
+    try:
+        with torch.inference_mode():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def measure_latency(model: nn.Module, example: object, runs: int = 30, warmup: int = 5) -> float:
+    """Median wall time of one forward pass in milliseconds."""
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            model(example)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def profile(model: nn.Module, example: object, runs: int = 30) -> dict:
+    """The three figures of `mbtasks profile`: params, madds, latency_ms."""
+    return {"params": count_parameters(model), "madds": count_madds(model, example),
+            "latency_ms": round(measure_latency(model, example, runs), 3)}
+
+
+def example_input(resolution: int | tuple[int, int]) -> torch.Tensor:
+    """A batch-1 input of the given resolution (square for an int)."""
+    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    return torch.rand(1, 3, h, w)
+
+
+
+# The papers' ImageNet figures at 224 unless noted: (model, width, resolution) -> (params, multiply-adds).
+PAPER_FIGURES = {
+    ("mobilenet_v1", 1.0, 224): (4.2e6, 569e6), ("mobilenet_v1", 0.75, 224): (2.6e6, 325e6),
+    ("mobilenet_v1", 0.5, 224): (1.3e6, 149e6), ("mobilenet_v1", 0.25, 224): (0.5e6, 41e6),
+    ("mobilenet_v1", 1.0, 192): (4.2e6, 418e6), ("mobilenet_v1", 1.0, 160): (4.2e6, 290e6),
+    ("mobilenet_v1", 1.0, 128): (4.2e6, 186e6),
+    ("mobilenet_v2", 1.0, 224): (3.4e6, 300e6), ("mobilenet_v2", 1.4, 224): (6.9e6, 585e6),
+    ("mobilenet_v3_large", 1.0, 224): (5.4e6, 219e6), ("mobilenet_v3_large", 0.75, 224): (4.0e6, 155e6),
+    ("mobilenet_v3_small", 1.0, 224): (2.5e6, 56e6), ("mobilenet_v3_small", 0.75, 224): (2.0e6, 44e6),
+}
