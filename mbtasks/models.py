@@ -51,6 +51,10 @@ def _reject_unknown(options: dict, name: str) -> None:
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {name: _classifier_builder(name) for name in BACKBONES}
+# Task models: name -> the backbone version they stand on (what a backbone-only load checks).
+MODEL_BACKBONES: dict[str, str] = {name: name for name in BACKBONES}
+# <detection models register here>
+# <segmentation models register here>
 
 
 def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:

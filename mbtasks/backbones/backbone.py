@@ -25,10 +25,12 @@ class Backbone(nn.Module):
         self.layers = nn.ModuleList()
         self.out_channels: dict[str, int] = {}
         self.strides: dict[str, int] = {}
-        self._tap_after: dict[int, str] = {}
+        self._tap_after: dict[int, list[str]] = {}
         self._expand_index = -1
+        self._channels: list[int] = []
         natural, effective, dilation, channels = 1, 1, 1, in_channels
         natural_strides = []
+        self.layer_strides: list[int] = []  # the table's (undilated) stride after each layer
         for spec in specs:
             stride = spec.stride
             # One place decides strides: past the output stride a block dilates instead (torchvision's rule:
@@ -39,19 +41,32 @@ class Backbone(nn.Module):
             natural *= spec.stride
             natural_strides.append((natural, effective))
             self.layers.append(build_block(spec, channels, stride, dilation, bn_eps))
+            self._channels.append(spec.out_channels)
             channels = spec.out_channels
         for index, (natural, effective) in enumerate(natural_strides):
             is_last_at_stride = index + 1 == len(natural_strides) or natural_strides[index + 1][0] != natural
             if natural in TAP_NAMES and is_last_at_stride:
                 name = TAP_NAMES[natural]
-                self._tap_after[index] = name
+                self._tap_after[index] = [name]
                 self.out_channels[name] = specs[index].out_channels
                 self.strides[name] = effective
             if natural == 32 and self._expand_index < 0:
                 self._expand_index = index
                 self.out_channels[EXPAND_TAP] = self.layers[index].expanded_channels
                 self.strides[EXPAND_TAP] = natural_strides[index - 1][1]
+        self.layer_strides = [natural for natural, _ in natural_strides]
+        self._effective_strides = [effective for _, effective in natural_strides]
         self.num_features = channels
+
+    def add_tap(self, name: str, layer_index: int) -> None:
+        """Also return the output of layer `layer_index` under `name` (for heads that read other layers)."""
+        self._tap_after.setdefault(layer_index, []).append(name)
+        self.out_channels[name] = self._channels[layer_index]
+        self.strides[name] = self._effective_strides[layer_index]
+
+    def first_layer_at_stride(self, stride: int) -> int:
+        """Index of the first layer whose output has the table stride `stride` (torchvision's segmentation taps)."""
+        return self.layer_strides.index(stride)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """All taps, in order of stride."""
@@ -61,8 +76,7 @@ class Backbone(nn.Module):
                 x, features[EXPAND_TAP] = layer.forward_with_expansion(x)
             else:
                 x = layer(x)
-            name = self._tap_after.get(index)
-            if name is not None:
+            for name in self._tap_after.get(index, ()):
                 features[name] = x
         return features
 

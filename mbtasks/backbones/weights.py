@@ -1,4 +1,5 @@
 """Import torchvision / timm checkpoints into mbtasks' layout, and read mbtasks weights files."""
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -8,21 +9,29 @@ from torch import nn
 from ..errors import MbtasksError
 
 FORMAT = "mbtasks.weights/1"
-# Which source models each mbtasks model imports, and the options that make the same network.
-SOURCES = {
-    "torchvision": {
-        "mobilenet_v2": {},
-        "mobilenet_v3_large": {"bn_eps": 1e-3},
-        "mobilenet_v3_small": {"bn_eps": 1e-3},
-    },
-    # timm trains v3 with batch-norm eps 1e-5 (torchvision: 1e-3); the option keeps its outputs unchanged.
-    "timm": {
-        "mobilenet_v1": {"bn_eps": 1e-5},
-        "mobilenet_v2": {"bn_eps": 1e-5},
-        "mobilenet_v3_large": {"bn_eps": 1e-5},
-        "mobilenet_v3_small": {"bn_eps": 1e-5},
-    },
+
+
+def _classifier_options(bn_eps: float):
+    def options(state: dict) -> dict:
+        return {"bn_eps": bn_eps, "num_classes": int(list(state.values())[-1].shape[0])}
+    return options
+
+
+# source -> mbtasks model -> the options that rebuild the source's network from its state dict.
+# timm trains v3 with batch-norm eps 1e-5 (torchvision: 1e-3); the option keeps its outputs unchanged.
+SOURCES: dict[str, dict[str, Callable[[dict], dict]]] = {
+    "torchvision": {name: _classifier_options(eps) for name, eps in
+                    [("mobilenet_v2", 1e-5), ("mobilenet_v3_large", 1e-3), ("mobilenet_v3_small", 1e-3)]},
+    "timm": {name: _classifier_options(1e-5) for name in
+             ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]},
 }
+
+
+def register_source(source: str, model: str, options_from_state: Callable[[dict], dict]) -> None:
+    """Let `mbtasks weights import --from SOURCE --model MODEL` convert that source's file for a task model."""
+    SOURCES.setdefault(source, {})[model] = options_from_state
+
+
 TIMM_NAMES = {"mobilenet_v1": "mobilenetv1_100", "mobilenet_v2": "mobilenetv2_100",
               "mobilenet_v3_large": "mobilenetv3_large_100", "mobilenet_v3_small": "mobilenetv3_small_100"}
 KINDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -128,19 +137,19 @@ def _first_mismatch(source: dict, own: dict) -> str:
 
 def import_weights(source: str, src: str | Path, model: str, out: str | Path) -> WeightsFile:
     """Convert a torchvision / timm state-dict file into an mbtasks weights file for `model`."""
-    from ..models import MODELS
+    from ..models import MODEL_BACKBONES, MODELS
 
     if source not in SOURCES:
         raise MbtasksError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
     if model not in SOURCES[source]:
         raise MbtasksError(f"{source} has no {model} to import; known: {', '.join(SOURCES[source])}")
     state = read_state_dict(src)
-    options = dict(SOURCES[source][model])
-    last = list(state.values())[-1]
-    if last.ndim == 1:
-        options["num_classes"] = int(last.shape[0])
+    try:
+        options = SOURCES[source][model](state)
+    except (IndexError, KeyError, AttributeError):
+        raise MbtasksError(f"not a {source} {model} state dict", src) from None
     target = MODELS[model](**options)
     mapped = map_by_position(state, target, src, model)
-    saved = WeightsFile(model, model, options, mapped)
+    saved = WeightsFile(model, MODEL_BACKBONES.get(model, model), options, mapped)
     save_weights_file(out, saved.model, saved.backbone, saved.options, saved.state_dict)
     return saved
