@@ -46,6 +46,133 @@ def cmd_weights_import(args: argparse.Namespace) -> None:
           f"options {saved.options})")
 
 
+# task -> (module, data module class, task class, metric that picks the best checkpoint, default model)
+TASKS = {
+    "det": ("mbtasks.tasks.detection", "DetectionDataModule", "DetectionTask", "val/mAP",
+            "ssdlite320_mobilenet_v3_large"),
+}
+
+
+def _task_parts(task: str):
+    import importlib
+
+    if task not in TASKS:
+        raise MbtasksError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    module_name, data_class, task_class, monitor, default_model = TASKS[task]
+    module = importlib.import_module(module_name)
+    return getattr(module, data_class), getattr(module, task_class), monitor, default_model
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+
+    config = load_config(args.config, args.set or [], task=args.task)
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import pytorch_lightning as pl
+
+    from .tasks.training import build_trainer
+
+    config = _config(args)
+    data_class, task_class, monitor, default_model = _task_parts(config.task)
+    config.model.name = config.model.name or default_model
+    pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    data = data_class(config)
+    data.prepare_data()
+    data.setup("fit")
+    task = task_class(config.to_dict(), data.class_names, data.category_ids)
+    trainer = build_trainer(config, monitor)
+    trainer.fit(task, datamodule=data, ckpt_path=args.resume)
+    if trainer.is_global_zero:
+        best = trainer.checkpoint_callback.best_model_path
+        print(f"best {monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
+        print(f"last: {trainer.checkpoint_callback.last_model_path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.task == "det" and (args.annotations or args.detections):
+        return _evaluate_coco_files(args)
+    if args.checkpoint is None:
+        raise MbtasksError("evaluate needs --checkpoint (or, for det, --annotations with --detections)")
+    from .config import config_from_dict
+    from .tasks.training import build_trainer, read_checkpoint
+
+    record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
+    if args.config is not None or args.set:
+        config = _config(args)
+    else:
+        config = config_from_dict(record["config"], str(args.checkpoint))
+    config.model = config_from_dict(record["config"]).model  # the network is the checkpoint's
+    config.model.weights = config.model.backbone_weights = None
+    data_class, task_class, _, _ = _task_parts(config.task)
+    data = data_class(config)
+    data.prepare_data()
+    data.setup("validate")
+    if list(data.class_names) != list(record["class_names"]):
+        raise MbtasksError(f"was trained on classes {record['class_names'][1:4]}..., the data set has "
+                           f"{list(data.class_names)[1:4]}...", args.checkpoint)
+    task = task_class(config.to_dict(), record["class_names"], record.get("category_ids", []))
+    task.model.load_state_dict(record["state_dict"])
+    trainer = build_trainer(config, "", for_fit=False)
+    trainer.validate(task, datamodule=data, verbose=False)
+    if trainer.is_global_zero:
+        _print_metrics(args, task.metrics, task.evaluated_images)
+
+
+def _checkpoint_task(path: str) -> str:
+    from .backbones.weights import load_file
+
+    data = load_file(path)
+    if not isinstance(data, dict) or not isinstance(data.get("mbtasks"), dict):
+        raise MbtasksError("is not an mbtasks training checkpoint", path)
+    return data["mbtasks"]["task"]
+
+
+def _print_metrics(args: argparse.Namespace, metrics: dict, images: int | None) -> None:
+    from .evaluation.coco import format_coco_table
+
+    if images is not None:
+        print(f"evaluated {images} images")
+    print(format_coco_table(metrics))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(metrics, f, indent=2)
+
+
+def _evaluate_coco_files(args: argparse.Namespace) -> None:
+    from .evaluation.coco import coco_metrics
+
+    if not (args.annotations and args.detections):
+        raise MbtasksError("scoring a results file needs both --annotations and --detections")
+    _print_metrics(args, coco_metrics(args.annotations, args.detections), None)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict_detection
+
+    if args.task != "det":
+        raise MbtasksError(f"predict supports --task det, got {args.task!r}")
+    for line in predict_detection(args.checkpoint, args.images, args.out, args.score_threshold):
+        print(line)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from .datasets.synthetic import WRITERS, write_synthetic
+
+    if args.task not in WRITERS:
+        raise MbtasksError(f"no embedded data set for task {args.task!r}; known: {', '.join(WRITERS)}")
+    write_synthetic(args.task, args.out, seed=args.seed)
+    print(f"wrote the embedded {args.task} data set to {args.out} (seed {args.seed})")
+
+
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=sorted(TASKS), help="task (default: the config's)")
+    p.add_argument("--config", help="YAML recipe")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mbtasks", description="Vision tasks on MobileNet backbones.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,12 +193,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="mbtasks model name")
     p.add_argument("--out", required=True, help="mbtasks weights file to write")
     p.set_defaults(func=cmd_weights_import)
+
+    p = commands.add_parser("train", help="train a model (Lightning)")
+    _add_config_arguments(p)
+    p.add_argument("--resume", help="checkpoint to resume from (e.g. OUT/checkpoints/last.ckpt)")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="official metric of a checkpoint, or of a saved results file")
+    _add_config_arguments(p)
+    p.add_argument("--checkpoint", help="training checkpoint")
+    p.add_argument("--annotations", help="det: COCO ground-truth json (with --detections: no model)")
+    p.add_argument("--detections", help="det: COCO results json")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("predict", help="draw a checkpoint's predictions on images")
+    p.add_argument("--task", default="det", choices=["det"])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="folder for the PNGs and detections.json")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("data", help="embedded data sets")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write an embedded data set in its real format")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_synth)
     return parser
+
+
+def _quiet_libraries() -> None:
+    # Lightning's banners (accelerator lines, adverts for its cloud products) and a deprecation inside it
+    # are not the user's business; warnings of ours and real Lightning warnings still show.
+    import logging
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user mistakes print one line and exit 2."""
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         args.func(args)
     except MbtasksError as error:

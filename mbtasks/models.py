@@ -53,8 +53,12 @@ def _reject_unknown(options: dict, name: str) -> None:
 MODELS: dict[str, Callable[..., nn.Module]] = {name: _classifier_builder(name) for name in BACKBONES}
 # Task models: name -> the backbone version they stand on (what a backbone-only load checks).
 MODEL_BACKBONES: dict[str, str] = {name: name for name in BACKBONES}
-# <detection models register here>
-# <segmentation models register here>
+from .detectors import DETECTOR_BACKBONES, DETECTORS  # noqa: E402  (imports backbones only, never models)
+MODELS.update(DETECTORS)
+MODEL_BACKBONES.update(DETECTOR_BACKBONES)
+from .segmenters import SEGMENTER_BACKBONES, SEGMENTERS  # noqa: E402 (segmenters never imports models)
+MODELS.update(SEGMENTERS)
+MODEL_BACKBONES.update(SEGMENTER_BACKBONES)
 
 
 def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:
@@ -92,3 +96,37 @@ def build_backbone(name: str, weights: str | Path | None = None, **options) -> B
         raise MbtasksError("holds no backbone weights", weights)
     load_into(backbone, state, weights)
     return backbone
+
+
+def find_backbone(model: nn.Module) -> Backbone:
+    """The MobileNet backbone inside any task model."""
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            return module
+    raise MbtasksError(f"{type(model).__name__} has no MobileNet backbone")
+
+
+def build_configured_model(name: str, options: dict, weights: str | None = None,
+                           backbone_weights: str | None = None) -> nn.Module:
+    """A model from a config's model section: whole-model weights, or backbone weights (head left as built)."""
+    from .backbones.weights import load_into, read_weights_file
+
+    if name not in MODELS:
+        raise MbtasksError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    model = build_model(name, weights=weights, **options)
+    if backbone_weights:
+        saved = read_weights_file(backbone_weights)
+        version = MODEL_BACKBONES[name]
+        if saved.backbone != version:
+            raise MbtasksError(f"holds a {saved.backbone} backbone, not {version}", backbone_weights)
+        load_into(find_backbone(model), backbone_state(saved.state_dict, backbone_weights), backbone_weights)
+    return model
+
+
+def backbone_state(state_dict: dict, path: str | Path) -> dict:
+    """The backbone's part of any mbtasks model's state dict, found by its stem's key, prefix stripped."""
+    stem = "layers.0.0.weight"
+    prefixes = [k[: -len(stem)] for k in state_dict if k.endswith(stem)]
+    if not prefixes:
+        raise MbtasksError("holds no MobileNet backbone weights", path)
+    return {k[len(prefixes[0]):]: v for k, v in state_dict.items() if k.startswith(prefixes[0])}

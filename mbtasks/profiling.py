@@ -75,3 +75,18 @@ PAPER_FIGURES = {
     ("mobilenet_v3_large", 1.0, 224): (5.4e6, 219e6), ("mobilenet_v3_large", 0.75, 224): (4.0e6, 155e6),
     ("mobilenet_v3_small", 1.0, 224): (2.5e6, 56e6), ("mobilenet_v3_small", 0.75, 224): (2.0e6, 44e6),
 }
+
+# Segmentation figures: (model, options as sorted (name, value) pairs, (height, width)) -> (params, multiply-adds).
+# `build_model(model, **dict(options))` rebuilds the network; the rest of its options are the builder's defaults.
+_V3_PAPER_SEG = (("num_classes", 19), ("pooling", "paper"), ("reduced_tail", True))  # LR-ASPP 128, OS16 (defaults)
+SEGMENTER_PAPER_FIGURES = {
+    # v3 paper, table 7 (Cityscapes).
+    ("lraspp_mobilenet_v3_large", _V3_PAPER_SEG, (1024, 2048)): (1.51e6, 9.74e9),
+    ("lraspp_mobilenet_v3_small", _V3_PAPER_SEG, (1024, 2048)): (0.47e6, 2.90e9),
+    # v2 paper, table 7 (VOC, 21 classes, OS16): mobile DeepLabv3 without and with ASPP.
+    ("deeplabv3_mobilenet_v2", (("aspp", False),), (513, 513)): (2.11e6, 2.75e9),
+    ("deeplabv3_mobilenet_v2", (("aspp", True),), (513, 513)): (4.52e6, 5.8e9),
+    # torchvision's model meta (its ops include the aux head, which `model(x)` here does not run).
+    ("lraspp_mobilenet_v3_large", (), (520, 520)): (3_221_538, 2.086e9),
+    ("deeplabv3_mobilenet_v3_large", (("aux", True),), (520, 520)): (11_029_328, 10.452e9),
+}

@@ -47,15 +47,20 @@ class WeightsFile:
     state_dict: dict = field(default_factory=dict)
 
 
-def read_state_dict(path: str | Path) -> dict:
-    """A plain state dict from a file saved by torch.save (a `state_dict` / `model` wrapper is unwrapped)."""
+def load_file(path: str | Path) -> object:
+    """torch.load with weights_only=True, any failure turned into one clear error naming the file."""
     if not Path(path).is_file():
         raise MbtasksError("no such file", path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file; all mean the same to a user
         raise MbtasksError(f"not a PyTorch weights file ({type(error).__name__}: {str(error).splitlines()[0]})",
                            path) from None
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A plain state dict from a file saved by torch.save (a `state_dict` / `model` wrapper is unwrapped)."""
+    data = load_file(path)
     for key in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
@@ -64,19 +69,22 @@ def read_state_dict(path: str | Path) -> dict:
     return data
 
 
-def read_weights_file(path: str | Path) -> WeightsFile:
-    """Read a file written by `save_weights_file` (or a Lightning checkpoint carrying the same fields)."""
-    if not Path(path).is_file():
-        raise MbtasksError("no such file", path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise MbtasksError(f"not a PyTorch weights file ({type(error).__name__})", path) from None
-    if not isinstance(data, dict) or "model" not in data or "state_dict" not in data or not isinstance(
-            data.get("model"), str):
+def weights_from(data: object, path: str | Path) -> WeightsFile:
+    """The weights in a loaded mbtasks weights file or mbtasks training checkpoint."""
+    if isinstance(data, dict) and isinstance(data.get("mbtasks"), dict):
+        # A Lightning checkpoint of an mbtasks task: the network sits under the task's `model.` prefix.
+        record = data["mbtasks"]
+        state = {k[len("model."):]: v for k, v in data.get("state_dict", {}).items() if k.startswith("model.")}
+        return WeightsFile(record["model"], record["backbone"], dict(record["options"]), state)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str) or "state_dict" not in data:
         raise MbtasksError("not an mbtasks weights file (convert it with `mbtasks weights import`)", path)
     return WeightsFile(data["model"], data.get("backbone", data["model"]), dict(data.get("options", {})),
                        data["state_dict"])
+
+
+def read_weights_file(path: str | Path) -> WeightsFile:
+    """Read a file written by `save_weights_file`, or an mbtasks training checkpoint."""
+    return weights_from(load_file(path), path)
 
 
 def save_weights_file(path: str | Path, model: str, backbone: str, options: dict, state_dict: dict) -> None:

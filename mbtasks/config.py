@@ -1,0 +1,164 @@
+"""YAML -> typed config; `--set key=value` overrides; unknown keys are errors."""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import MbtasksError
+
+TASKS = ("det", "seg", "attr", "embed", "cls")
+
+
+@dataclass
+class ModelConfig:
+    """Which network: a name from mbtasks.models.MODELS, its options, and optional weights files."""
+
+    name: str = ""
+    options: dict = field(default_factory=dict)
+    weights: str | None = None  # an mbtasks weights file of the whole model
+    backbone_weights: str | None = None  # an mbtasks weights file whose backbone part is loaded
+
+
+@dataclass
+class DataConfig:
+    """Where the data set lives (None: the embedded synthetic set) and how batches are made."""
+
+    root: str | None = None
+    synth_dir: str = "data/synth"  # where the embedded set is written when root is None
+    synth: dict = field(default_factory=dict)  # options of the synthetic writer (seed, sizes, counts)
+    train_split: str = ""  # empty: the format's own name (train2017, train, ...)
+    val_split: str = ""
+    size: Any = None  # input size: int or [h, w]; the model's own when None
+    augmentation: str = "default"
+    batch_size: int = 32
+    val_batch_size: int = 32
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation recipe and the Lightning trainer's settings."""
+
+    epochs: int = 10
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"  # cosine | poly | constant
+    poly_power: float = 0.9
+    label_smoothing: float = 0.0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    seed: int = 0
+    out_dir: str = "runs/default"
+    val_every: int = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    gradient_clip: float | None = None
+    log_every: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    """A whole recipe: task, model, data and training."""
+
+    task: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str, source: str):
+    if not isinstance(values, dict):
+        raise MbtasksError(f"{where or 'the config'} must be a mapping, got {type(values).__name__}", source)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise MbtasksError(
+            f"unknown key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(known)})", source
+        )
+    kwargs = {}
+    for name, value in values.items():
+        sub = known[name].default_factory if dataclasses.is_dataclass(known[name].default_factory) else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value or {}, f"{where + '.' if where else ''}{name}", source)
+        else:
+            kwargs[name] = _typed(value, known[name].type, f"{where + '.' if where else ''}{name}", source)
+    return cls(**kwargs)
+
+
+def _typed(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """The value if it has the field's type (an int where a float is due becomes a float), else an error."""
+    allowed = typing.get_args(annotation) or (annotation,)
+    if annotation is Any or (value is None and type(None) in allowed):
+        return value
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    for kind in allowed:
+        if isinstance(kind, type) and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise MbtasksError(f"{key} must be {names}, got {value!r}", source)
+
+
+def config_from_dict(values: dict, source: str = "<config>") -> Config:
+    """Check and type a nested dict."""
+    config = _build(Config, values, "", source)
+    if config.task not in TASKS:
+        raise MbtasksError(f"task must be one of {', '.join(TASKS)}, got {config.task!r}", source)
+    return config
+
+
+def apply_override(values: dict, assignment: str) -> None:
+    """Apply one `key.sub=value` (value parsed as YAML) to a nested dict in place."""
+    if "=" not in assignment:
+        raise MbtasksError(f"--set expects key=value, got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = values
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MbtasksError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), task: str | None = None) -> Config:
+    """Read a YAML recipe (or start empty), apply `--set` overrides, and type-check the result."""
+    values: dict = {}
+    source = str(path) if path else "<command line>"
+    if path is not None:
+        if not Path(path).is_file():
+            raise MbtasksError("no such config file", path)
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark else ""
+            raise MbtasksError(f"{where}not valid YAML ({getattr(error, 'problem', error)})", path) from None
+        if not isinstance(values, dict):
+            raise MbtasksError("a config must be a YAML mapping", path)
+    for assignment in overrides:
+        apply_override(values, assignment)
+    if task is not None:
+        if values.get("task") not in (None, task):
+            raise MbtasksError(f"is a {values.get('task')} config, not {task}", source)
+        values["task"] = task
+    return config_from_dict(values, source)

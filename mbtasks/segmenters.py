@@ -1,0 +1,155 @@
+"""Segmentation models by name: a MobileNet backbone with a Lite R-ASPP or DeepLabv3 head, and an optional aux head.
+
+Output contract, the same for every name and in training and eval alike:
+- `model(x)`: a normalised NCHW batch -> class logits (N, num_classes, H, W) at the input resolution.
+- `model.forward_with_aux(x)` -> {"out": logits, "aux": aux-head logits}, both at the input resolution; "aux" only
+  for a model built with `aux=True`. The training task calls it, then `model.loss(outputs, target)`.
+torchvision's models return a dict in both modes and compute "aux" even in eval; a model imported from torchvision
+gives the same "out" (and "aux") tensors.
+
+Taps (torchvision's): the head reads the last layer (C5) and, for LR-ASPP, the output of the FIRST layer at stride 8
+(torchvision's `stage_indices[-4]`); the aux head (torchvision's FCNHead) reads that same stride-8 map. v2 drops its
+final 1280-channel 1x1 conv and reads the 320-channel last block, as the v2 paper's mobile DeepLabv3 (TF deeplab's
+`layer_18`) does.
+"""
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbones import BACKBONES, Backbone
+from .backbones.weights import register_source
+from .errors import MbtasksError
+from .heads.deeplabv3 import DeepLabV3Head, FCNHead
+from .heads.lraspp import POOLINGS, LRASPPHead
+
+LOW_TAP = "low"  # the first layer at stride 8
+BACKBONE_OPTIONS = ("width_mult", "bn_eps")
+# ASPP rates at output stride 16, scaled by 16 / output_stride: torchvision's for v3-Large, the DeepLabv3 and v2
+# papers' for v1/v2 (with the papers' head: no 3x3 conv after ASPP, which torchvision adds).
+TORCHVISION_RATES, PAPER_RATES = (12, 24, 36), (6, 12, 18)
+
+
+class Segmenter(nn.Module):
+    """A backbone, a head on named taps and an optional aux head; logits upsampled to the input resolution."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, taps: tuple[str, ...], aux_head: nn.Module | None = None,
+                 aux_tap: str = LOW_TAP, aux_loss_weight: float = 0.5):
+        super().__init__()
+        # Registration order backbone, head, aux head is torchvision's (backbone, classifier, aux_classifier).
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.taps = taps
+        self.aux_tap = aux_tap
+        self.aux_loss_weight = aux_loss_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits at the input resolution."""
+        features = self.backbone(x)
+        return _resize(self.head(*[features[name] for name in self.taps]), x)
+
+    def forward_with_aux(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"out": logits, "aux": aux logits (only with an aux head)}, both at the input resolution."""
+        features = self.backbone(x)
+        outputs = {"out": _resize(self.head(*[features[name] for name in self.taps]), x)}
+        if self.aux_head is not None:
+            outputs["aux"] = _resize(self.aux_head(features[self.aux_tap]), x)
+        return outputs
+
+    def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+        """Cross-entropy of "out", plus `aux_loss_weight` times that of "aux" where present (torchvision's recipe)."""
+        loss = F.cross_entropy(outputs["out"], target, ignore_index=ignore_index)
+        if "aux" in outputs:
+            loss = loss + self.aux_loss_weight * F.cross_entropy(outputs["aux"], target, ignore_index=ignore_index)
+        return loss
+
+
+def _resize(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _backbone(version: str, output_stride: int, reduced_tail: bool, options: dict, name: str) -> Backbone:
+    unknown = sorted(set(options) - set(BACKBONE_OPTIONS))
+    if unknown:
+        raise MbtasksError(f"unknown option(s) for {name}: {', '.join(unknown)}")
+    backbone = BACKBONES[version](output_stride=output_stride, reduced_tail=reduced_tail, **options)
+    if version == "mobilenet_v2":
+        _drop_last_conv(backbone)
+    backbone.add_tap(LOW_TAP, backbone.first_layer_at_stride(8))
+    return backbone
+
+
+def _drop_last_conv(backbone: Backbone) -> None:
+    """v2 for segmentation ends at its last inverted residual (320 channels), as the v2 paper and mmseg read it."""
+    del backbone.layers[-1]
+    backbone.add_tap("C5", len(backbone.layers) - 1)
+    backbone.num_features = backbone.out_channels["C5"]
+
+
+def _aux_head(backbone: Backbone, aux: bool, num_classes: int) -> nn.Module | None:
+    return FCNHead(backbone.out_channels[LOW_TAP], num_classes) if aux else None
+
+
+def _lraspp_builder(version: str) -> Callable[..., Segmenter]:
+    name = f"lraspp_{version}"
+
+    def build(num_classes: int = 21, output_stride: int = 16, reduced_tail: bool = False, pooling: str = "global",
+              channels: int = 128, aux: bool = False, aux_loss_weight: float = 0.5, **options) -> Segmenter:
+        if pooling not in POOLINGS:
+            raise MbtasksError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        backbone = _backbone(version, output_stride, reduced_tail, options, name)
+        head = LRASPPHead(backbone.out_channels[LOW_TAP], backbone.out_channels["C5"], num_classes, channels, pooling)
+        return Segmenter(backbone, head, (LOW_TAP, "C5"), _aux_head(backbone, aux, num_classes),
+                         aux_loss_weight=aux_loss_weight)
+
+    build.__doc__ = (f"{version} + Lite R-ASPP; pooling 'global' (torchvision) or 'paper' (49x49, stride (16, 20) "
+                     "at 1024x2048, scaled with the input).")
+    return build
+
+
+def _deeplabv3_builder(version: str) -> Callable[..., Segmenter]:
+    name = f"deeplabv3_{version}"
+    torchvision_head = version == "mobilenet_v3_large"
+
+    def build(num_classes: int = 21, output_stride: int = 16, reduced_tail: bool = False, aspp: bool = True,
+              aux: bool = False, aux_loss_weight: float = 0.5, **options) -> Segmenter:
+        backbone = _backbone(version, output_stride, reduced_tail, options, name)
+        rates = TORCHVISION_RATES if torchvision_head else PAPER_RATES
+        rates = tuple(rate * 16 // output_stride for rate in rates) if aspp else ()
+        head = DeepLabV3Head(backbone.out_channels["C5"], num_classes, rates, refine=torchvision_head)
+        return Segmenter(backbone, head, ("C5",), _aux_head(backbone, aux, num_classes),
+                         aux_loss_weight=aux_loss_weight)
+
+    build.__doc__ = (f"{version} + DeepLabv3 ({'torchvision' if torchvision_head else 'the v2 paper'}'s head); "
+                     "aspp=False keeps only the 1x1 and image-pooling branches.")
+    return build
+
+
+SEGMENTER_BACKBONES: dict[str, str] = {
+    "lraspp_mobilenet_v3_large": "mobilenet_v3_large",
+    "lraspp_mobilenet_v3_small": "mobilenet_v3_small",
+    "lraspp_mobilenet_v2": "mobilenet_v2",
+    "deeplabv3_mobilenet_v3_large": "mobilenet_v3_large",
+    "deeplabv3_mobilenet_v2": "mobilenet_v2",
+    "deeplabv3_mobilenet_v1": "mobilenet_v1",
+}
+SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
+    name: (_lraspp_builder if name.startswith("lraspp") else _deeplabv3_builder)(version)
+    for name, version in SEGMENTER_BACKBONES.items()
+}
+
+
+def _torchvision_lraspp_options(state: dict) -> dict:
+    return {"num_classes": int(state["classifier.low_classifier.weight"].shape[0]),
+            "channels": int(state["classifier.cbr.0.weight"].shape[0])}
+
+
+def _torchvision_deeplabv3_options(state: dict) -> dict:
+    return {"num_classes": int(state["classifier.4.weight"].shape[0]),
+            "aux": any(key.startswith("aux_classifier.") for key in state)}
+
+
+register_source("torchvision", "lraspp_mobilenet_v3_large", _torchvision_lraspp_options)
+register_source("torchvision", "deeplabv3_mobilenet_v3_large", _torchvision_deeplabv3_options)
