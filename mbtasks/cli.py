@@ -63,11 +63,10 @@ def _task_parts(task: str):
     return getattr(module, data_class), getattr(module, task_class), monitor, default_model
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, base: dict | None = None):
     from .config import load_config
 
-    config = load_config(args.config, args.set or [], task=args.task)
-    return config
+    return load_config(args.config, args.set or [], task=args.task, base=base)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -100,10 +99,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .tasks.training import build_trainer, read_checkpoint
 
     record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
-    if args.config is not None or args.set:
-        config = _config(args)
-    else:
-        config = config_from_dict(record["config"], str(args.checkpoint))
+    # The checkpoint's own recipe unless a config file is given; --set applies on top of either.
+    config = _config(args, base=record["config"] if args.config is None else None)
     config.model = config_from_dict(record["config"]).model  # the network is the checkpoint's
     config.model.weights = config.model.backbone_weights = None
     data_class, task_class, _, _ = _task_parts(config.task)
@@ -168,7 +165,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=sorted(TASKS), help="task (default: the config's)")
+    p.add_argument("--task", help=f"task: {', '.join(TASKS)} (default: the config's)")
     p.add_argument("--config", help="YAML recipe")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 

@@ -1,5 +1,6 @@
 """YAML -> typed config; `--set key=value` overrides; unknown keys are errors."""
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -140,9 +141,10 @@ def apply_override(values: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), task: str | None = None) -> Config:
-    """Read a YAML recipe (or start empty), apply `--set` overrides, and type-check the result."""
-    values: dict = {}
+def load_config(path: str | Path | None, overrides: list[str] = (), task: str | None = None,
+                base: dict | None = None) -> Config:
+    """Read a YAML recipe (or start from `base`, or empty), apply `--set` overrides, and type-check the result."""
+    values: dict = copy.deepcopy(base) if base else {}
     source = str(path) if path else "<command line>"
     if path is not None:
         if not Path(path).is_file():

@@ -119,7 +119,11 @@ def build_configured_model(name: str, options: dict, weights: str | None = None,
         version = MODEL_BACKBONES[name]
         if saved.backbone != version:
             raise MbtasksError(f"holds a {saved.backbone} backbone, not {version}", backbone_weights)
-        load_into(find_backbone(model), backbone_state(saved.state_dict, backbone_weights), backbone_weights)
+        backbone = find_backbone(model)
+        # Layers a task model leaves out of its backbone (v2's last 1x1 conv under DeepLab) are not loaded.
+        state = {k: v for k, v in backbone_state(saved.state_dict, backbone_weights).items()
+                 if k in backbone.state_dict()}
+        load_into(backbone, state, backbone_weights)
     return model
 
 

@@ -90,3 +90,24 @@ SEGMENTER_PAPER_FIGURES = {
     ("lraspp_mobilenet_v3_large", (), (520, 520)): (3_221_538, 2.086e9),
     ("deeplabv3_mobilenet_v3_large", (("aux", True),), (520, 520)): (11_029_328, 10.452e9),
 }
+
+# The detection papers' COCO figures (REFERENCE.md): (model, width, resolution) -> (params, multiply-adds).
+DETECTOR_PAPER_FIGURES = {
+    ("ssd300_mobilenet_v1", 1.0, 300): (6.8e6, 1.2e9),  # v1 paper, table 13
+    ("ssdlite320_mobilenet_v1", 1.0, 320): (5.1e6, 1.3e9),  # v2 paper, table 6
+    ("ssdlite320_mobilenet_v2", 1.0, 320): (4.3e6, 0.8e9),  # v2 paper, table 6
+    ("ssdlite320_mobilenet_v3_large", 1.0, 320): (3.22e6, 0.51e9),  # v3 paper, table 6 (reduced tail)
+    ("ssdlite320_mobilenet_v3_small", 1.0, 320): (1.77e6, 0.16e9),  # v3 paper, table 6 (reduced tail)
+}
+# The papers built their detectors with TF's object detection API: 3 default boxes on the lowest map, and SSD300's
+# predictors are 1x1 convs. These options give those networks; the defaults are torchvision's (6 boxes on every
+# map) and the issue's 3x3 SSD heads, larger by the lowest map's share of the heads.
+DETECTOR_PAPER_OPTIONS = {
+    "ssd300_mobilenet_v1": {"reduce_boxes_in_lowest_layer": True, "head_kernel": 1},
+    "ssdlite320_mobilenet_v1": {"reduce_boxes_in_lowest_layer": True},
+    "ssdlite320_mobilenet_v2": {"reduce_boxes_in_lowest_layer": True},
+    "ssdlite320_mobilenet_v3_large": {"reduce_boxes_in_lowest_layer": True},
+    "ssdlite320_mobilenet_v3_small": {"reduce_boxes_in_lowest_layer": True},
+}
+# torchvision's published figures for its ssdlite320_mobilenet_v3_large, the same network as mbtasks' default.
+DETECTOR_TORCHVISION_FIGURES = {("ssdlite320_mobilenet_v3_large", 1.0, 320): (3_440_060, 0.583e9)}

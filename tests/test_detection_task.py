@@ -1,0 +1,110 @@
+"""The detection task end to end on a tiny embedded data set: train, resume, evaluate, DDP, predict, errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mbtasks.cli import main
+from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
+
+MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One epoch of training on 24 images; returns the run folder and the settings used."""
+    root = tmp_path_factory.mktemp("det")
+    write_shapes_coco(root / "data", seed=1, num_train=24, num_val=9, image_size=128)
+    settings = [f"data.root={root / 'data'}", "model.name=ssdlite320_mobilenet_v3_small",
+                "model.options={width_mult: 0.5}", "data.size=128", "data.batch_size=8", "data.val_batch_size=2",
+                "data.num_workers=0", "train.epochs=1", "train.accelerator=cpu", "train.progress_bar=false",
+                "train.optimizer=adamw", "train.lr=0.001", "train.log_every=1", f"train.out_dir={root / 'run'}"]
+    args = ["train", "--task", "det"] + [a for s in settings for a in ("--set", s)]
+    assert main(args) == 0
+    return root, settings
+
+
+def test_training_writes_checkpoints_and_logs(run):
+    root, _ = run
+    assert (root / "run/checkpoints/last.ckpt").is_file() and (root / "run/checkpoints/best.ckpt").is_file()
+    metrics = (root / "run/logs/version_0/metrics.csv").read_text()
+    assert "val/mAP" in metrics and "train/loss" in metrics
+    assert any((root / "run/tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_resume_continues_from_last_checkpoint(run, tmp_path):
+    root, settings = run
+    settings = [s for s in settings if not s.startswith(("train.epochs", "train.out_dir"))]
+    args = ["train", "--task", "det", "--resume", str(root / "run/checkpoints/last.ckpt")]
+    args += [a for s in settings + ["train.epochs=2", f"train.out_dir={tmp_path}"] for a in ("--set", s)]
+    assert main(args) == 0
+    import torch
+
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_evaluate_checkpoint_prints_12_figures(run, tmp_path, capsys):
+    root, _ = run
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "evaluated 9 images" in printed and printed.count("Average Precision") == 6
+    assert len(json.loads(out.read_text())) == 12
+
+
+def test_two_processes_give_the_same_map_as_one(run, tmp_path):
+    root, _ = run
+    figures = []
+    for devices in (1, 2):
+        out = tmp_path / f"ddp{devices}.json"
+        result = subprocess.run(
+            [MBTASKS, "evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--json", str(out),
+             "--set", "train.accelerator=cpu", "--set", f"train.devices={devices}", "--set",
+             f"train.strategy={'ddp' if devices > 1 else 'auto'}", "--set", "data.val_batch_size=2",
+             "--set", "data.num_workers=0"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        # 9 images on 2 processes: the sampler pads one duplicate, which must not be counted twice.
+        assert "evaluated 9 images" in result.stdout
+        figures.append(json.loads(out.read_text()))
+    assert figures[0] == figures[1]
+
+
+def test_score_a_results_file_without_a_model(run, tmp_path, capsys):
+    root, _ = run
+    gt = json.loads((root / "data/annotations/instances_val2017.json").read_text())
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"] if not a["iscrowd"]]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["evaluate", "--task", "det", "--annotations", str(root / "data/annotations/instances_val2017.json"),
+                 "--detections", str(tmp_path / "results.json")]) == 0
+    assert "maxDets=100 ] = 1.000" in capsys.readouterr().out
+
+
+def test_predict_draws_and_writes_json(run, tmp_path, capsys):
+    root, _ = run
+    image = sorted((root / "data/val2017").iterdir())[0]
+    assert main(["predict", "--checkpoint", str(root / "run/checkpoints/last.ckpt"), str(image), "--out",
+                 str(tmp_path), "--score-threshold", "0"]) == 0
+    report = json.loads((tmp_path / "detections.json").read_text())
+    assert report[0]["file"] == str(image) and len(report[0]["detections"]) > 0
+    assert {"box_xyxy", "score", "label", "category_id"} <= set(report[0]["detections"][0])
+    assert (tmp_path / f"{image.stem}.png").is_file()
+
+
+def test_user_mistakes_are_one_line_errors(run, tmp_path, capsys):
+    root, settings = run
+    cases = [
+        ["evaluate", "--checkpoint", str(tmp_path / "missing.ckpt")],
+        ["evaluate", "--task", "seg", "--checkpoint", str(root / "run/checkpoints/last.ckpt")],
+        ["train", "--task", "det", "--set", "train.lrr=0.1"],
+        ["predict", "--checkpoint", str(root / "run/checkpoints/last.ckpt"), str(tmp_path / "nope.jpg"),
+         "--out", str(tmp_path)],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mbtasks: error:"), err
