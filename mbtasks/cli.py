@@ -50,6 +50,12 @@ def cmd_weights_import(args: argparse.Namespace) -> None:
 TASKS = {
     "det": ("mbtasks.tasks.detection", "DetectionDataModule", "DetectionTask", "val/mAP",
             "ssdlite320_mobilenet_v3_large"),
+    "seg": ("mbtasks.tasks.segmentation", "SegmentationDataModule", "SegmentationTask", "val/mIoU",
+            "lraspp_mobilenet_v3_large"),
+    "attr": ("mbtasks.tasks.image", "AttributesDataModule", "AttributesTask", "val/mean_ap", "mobilenet_v1"),
+    "embed": ("mbtasks.tasks.image", "EmbeddingsDataModule", "EmbeddingsTask", "val/accuracy", "mobilenet_v1"),
+    "cls": ("mbtasks.tasks.image", "ClassificationDataModule", "ClassificationTask", "val/top1",
+            "mobilenet_v3_large"),
 }
 
 
@@ -93,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.task == "det" and (args.annotations or args.detections):
         return _evaluate_coco_files(args)
+    if args.task == "seg" and (args.gt or args.predictions):
+        return _evaluate_cityscapes_files(args)
     if args.checkpoint is None:
         raise MbtasksError("evaluate needs --checkpoint (or, for det, --annotations with --detections)")
     from .config import config_from_dict
@@ -112,10 +120,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                            f"{list(data.class_names)[1:4]}...", args.checkpoint)
     task = task_class(config.to_dict(), record["class_names"], record.get("category_ids", []))
     task.model.load_state_dict(record["state_dict"])
+    task.evaluation_options = {"save_predictions": args.save_predictions, "scales": args.scales, "flip": args.flip}
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)
     if trainer.is_global_zero:
-        _print_metrics(args, task.metrics, task.evaluated_images)
+        print(f"evaluated {task.evaluated_images} images")
+        _print_metrics(args, task.metrics, task.metrics_table())
 
 
 def _checkpoint_task(path: str) -> str:
@@ -127,23 +137,40 @@ def _checkpoint_task(path: str) -> str:
     return data["mbtasks"]["task"]
 
 
-def _print_metrics(args: argparse.Namespace, metrics: dict, images: int | None) -> None:
-    from .evaluation.coco import format_coco_table
-
-    if images is not None:
-        print(f"evaluated {images} images")
-    print(format_coco_table(metrics))
+def _print_metrics(args: argparse.Namespace, metrics: dict, table: str) -> None:
+    print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(metrics, f, indent=2)
+            json.dump(_json_safe(metrics), f, indent=2)
+
+
+def _json_safe(value):
+    """NaN (a class never seen) becomes null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
 
 
 def _evaluate_coco_files(args: argparse.Namespace) -> None:
-    from .evaluation.coco import coco_metrics
+    from .evaluation.coco import coco_metrics, format_coco_table
 
     if not (args.annotations and args.detections):
         raise MbtasksError("scoring a results file needs both --annotations and --detections")
-    _print_metrics(args, coco_metrics(args.annotations, args.detections), None)
+    metrics = coco_metrics(args.annotations, args.detections)
+    _print_metrics(args, metrics, format_coco_table(metrics))
+
+
+def _evaluate_cityscapes_files(args: argparse.Namespace) -> None:
+    from .evaluation.segmentation import evaluate_cityscapes_folders, format_cityscapes_table
+
+    if not (args.gt and args.predictions):
+        raise MbtasksError("scoring saved predictions needs both --gt and --predictions")
+    result = evaluate_cityscapes_folders(args.gt, args.predictions, split=args.split)
+    print(f"evaluated {result['num_images']} images")
+    _print_metrics(args, {k: v for k, v in result.items() if k != "confusion_matrix"},
+                   format_cityscapes_table(result))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -201,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="training checkpoint")
     p.add_argument("--annotations", help="det: COCO ground-truth json (with --detections: no model)")
     p.add_argument("--detections", help="det: COCO results json")
+    p.add_argument("--gt", help="seg: Cityscapes root with gtFine/ (with --predictions: no model)")
+    p.add_argument("--predictions", help="seg: folder of labelId PNGs")
+    p.add_argument("--split", default="val", help="seg: split of --gt to score (default val)")
+    p.add_argument("--save-predictions", help="seg: write labelId and colour PNGs in the official layout here")
+    p.add_argument("--scales", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                   help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
+    p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_evaluate)
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, config_from_dict
 from ..datasets.coco import CocoDetection
 from ..datasets.transforms import detection_transforms
-from ..evaluation.coco import coco_metrics, detections_to_coco_results
+from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..models import MODEL_BACKBONES, build_configured_model
 from .training import configure_optimizer, gather_by_key
 
@@ -131,6 +131,10 @@ class DetectionTask(pl.LightningModule):
         self.metrics = coco_metrics(self.trainer.datamodule.val_annotation_file, results, image_ids=sorted(merged))
         self.log("val/mAP", self.metrics["AP"], prog_bar=True)
         self.log("val/mAP50", self.metrics["AP50"])
+
+    def metrics_table(self) -> str:
+        """The 12 COCO figures as pycocotools prints them."""
+        return format_coco_table(self.metrics)
 
     def configure_optimizers(self) -> dict:
         return configure_optimizer(self, self.config.train)
