@@ -18,24 +18,46 @@ def _resolution(text: str) -> int | tuple[int, int]:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
+    from .detectors import DETECTORS
     from .models import build_model
-    from .profiling import PAPER_FIGURES, example_input, profile
+    from .profiling import example_input, profile, reference_rows
 
     if args.model is None:
-        print(f"{'model':<22}{'width':>6}{'res':>5}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}"
-              f"{'latency ms':>12}")
-        for (name, width, res), (paper_params, paper_madds) in PAPER_FIGURES.items():
-            figures = profile(build_model(name, width_mult=width), example_input(res), args.runs)
-            print(f"{name:<22}{width:>6}{res:>5}{figures['params']:>12,}{paper_params / 1e6:>7.1f}M"
-                  f"{figures['madds'] / 1e6:>9.1f}M{paper_madds / 1e6:>7.0f}M{figures['latency_ms']:>12.2f}")
+        print(f"{'model':<30}{'options':<40}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}"
+              f"{'ms':>9}")
+        for name, options, res, paper_params, paper_madds in reference_rows():
+            figures = profile(build_model(name, **options), example_input(res), args.runs)
+            shown = ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("size",))
+            size = res if isinstance(res, int) else f"{res[0]}x{res[1]}"
+            print(f"{name:<30}{shown:<40}{size:>10}{figures['params'] / 1e6:>11.2f}M{paper_params / 1e6:>7.2f}M"
+                  f"{figures['madds'] / 1e9:>9.3f}G{paper_madds / 1e9:>7.2f}G{figures['latency_ms']:>9.1f}")
         return
-    options = {"width_mult": args.width} if args.width is not None else {}
-    figures = profile(build_model(args.model, **options), example_input(args.resolution), args.runs)
+    options = dict(args.option or [])
+    if args.width is not None:
+        options["width_mult"] = args.width
+    resolution = args.resolution
+    if args.model in DETECTORS and resolution is not None:
+        options.setdefault("size", resolution)  # a detector resizes its input to its own size
+    resolution = resolution or options.get("size") or (224 if args.model not in DETECTORS else None)
+    model = build_model(args.model, **options)
+    if resolution is None:
+        resolution = tuple(model.transform.fixed_size[::-1])  # torchvision keeps (width, height)
+    figures = profile(model, example_input(resolution), args.runs)
     if args.json:
         print(json.dumps(figures))
     else:
         print(f"{args.model}: {figures['params']:,} parameters, {figures['madds'] / 1e6:.1f}M multiply-adds, "
               f"{figures['latency_ms']:.2f} ms at batch 1")
+
+
+def _option(text: str) -> tuple[str, object]:
+    """'key=value' with the value read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
 
 
 def cmd_weights_import(args: argparse.Namespace) -> None:
@@ -204,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("profile", help="parameters, multiply-adds and CPU latency")
     p.add_argument("--model", help="model name (default: a table of the whole MobileNet family)")
     p.add_argument("--width", type=float, help="width multiplier")
-    p.add_argument("--resolution", type=_resolution, default=224, help="N or HxW (default 224)")
+    p.add_argument("--resolution", type=_resolution, help="N or HxW (default 224; a detector's own size)")
+    p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
+                   help="a model option, e.g. reduced_tail=true (repeatable)")
     p.add_argument("--runs", type=int, default=30, help="timed runs for the median latency")
     p.add_argument("--json", action="store_true", help="print one JSON object: params, madds, latency_ms")
     p.set_defaults(func=cmd_profile)

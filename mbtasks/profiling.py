@@ -111,3 +111,13 @@ DETECTOR_PAPER_OPTIONS = {
 }
 # torchvision's published figures for its ssdlite320_mobilenet_v3_large, the same network as mbtasks' default.
 DETECTOR_TORCHVISION_FIGURES = {("ssdlite320_mobilenet_v3_large", 1.0, 320): (3_440_060, 0.583e9)}
+
+
+def reference_rows() -> list[tuple[str, dict, int | tuple[int, int], float, float]]:
+    """(model, options, resolution, paper params, paper multiply-adds) for every figure above, in table order."""
+    rows = [(name, {"width_mult": width}, res, *paper) for (name, width, res), paper in PAPER_FIGURES.items()]
+    rows += [(name, {"width_mult": width, "size": res, **DETECTOR_PAPER_OPTIONS.get(name, {})}, res, *paper)
+             for (name, width, res), paper in DETECTOR_PAPER_FIGURES.items()]
+    rows += [(name, dict(options), res, *paper) for (name, options, res), paper in SEGMENTER_PAPER_FIGURES.items()
+             if isinstance(paper[0], float)]  # the papers' rows; torchvision's exact integer counts are not papers
+    return rows
