@@ -26,8 +26,11 @@ class ImageClassifier(nn.Module):
         return self.head(self.backbone.forward_last(x))
 
 
+BACKBONE_OPTIONS = ("width_mult", "output_stride", "reduced_tail", "bn_eps")
+
+
 def _backbone_options(options: dict) -> dict:
-    return {k: options.pop(k) for k in ("width_mult", "output_stride", "reduced_tail", "bn_eps") if k in options}
+    return {k: options.pop(k) for k in BACKBONE_OPTIONS if k in options}
 
 
 def _classifier_builder(version: str) -> Callable[..., nn.Module]:
@@ -61,12 +64,16 @@ MODELS.update(SEGMENTERS)
 MODEL_BACKBONES.update(SEGMENTER_BACKBONES)
 
 
+def _check_name(name: str, known: dict, kind: str) -> None:
+    if name not in known:
+        raise MbtasksError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
 def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:
     """Build a model by name; `weights` is a file written by `mbtasks weights import` (or a checkpoint)."""
     from .backbones.weights import load_into, read_weights_file
 
-    if name not in MODELS:
-        raise MbtasksError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    _check_name(name, MODELS, "model")
     if weights is None:
         return MODELS[name](**options)
     saved = read_weights_file(weights)
@@ -78,23 +85,20 @@ def build_model(name: str, weights: str | Path | None = None, **options) -> nn.M
 
 
 def build_backbone(name: str, weights: str | Path | None = None, **options) -> Backbone:
-    """Build a backbone alone; `weights` may be any mbtasks weights file of that version (its head is dropped)."""
+    """Build a backbone alone; `weights` may be any mbtasks weights file or checkpoint on that version."""
     from .backbones.weights import load_into, read_weights_file
 
-    if name not in BACKBONES:
-        raise MbtasksError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    _check_name(name, BACKBONES, "backbone")
     if weights is None:
         return BACKBONES[name](**options)
     saved = read_weights_file(weights)
     if saved.backbone != name:
         raise MbtasksError(f"holds a {saved.backbone} backbone, not {name}", weights)
-    bn_eps = {"bn_eps": saved.options["bn_eps"]} if "bn_eps" in saved.options else {}
-    backbone = BACKBONES[name](**{**bn_eps, **options})
-    prefix = "backbone."
-    state = {k[len(prefix):]: v for k, v in saved.state_dict.items() if k.startswith(prefix)}
-    if not state:
-        raise MbtasksError("holds no backbone weights", weights)
-    load_into(backbone, state, weights)
+    # The saved model's backbone options (width, tail, eps) are the defaults; a detector's own defaults are not
+    # recorded, so e.g. a v3 SSDLite backbone needs reduced_tail=True.
+    saved_options = {k: v for k, v in saved.options.items() if k in BACKBONE_OPTIONS}
+    backbone = BACKBONES[name](**{**saved_options, **options})
+    load_into(backbone, backbone_state(saved.state_dict, weights), weights)
     return backbone
 
 
@@ -111,8 +115,7 @@ def build_configured_model(name: str, options: dict, weights: str | None = None,
     """A model from a config's model section: whole-model weights, or backbone weights (head left as built)."""
     from .backbones.weights import load_into, read_weights_file
 
-    if name not in MODELS:
-        raise MbtasksError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    _check_name(name, MODELS, "model")
     model = build_model(name, weights=weights, **options)
     if backbone_weights:
         saved = read_weights_file(backbone_weights)

@@ -2,25 +2,13 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
-from .errors import MbtasksError
+from .datasets.label_png import read_rgb_image
 from .fusion import fold_batchnorm
 from .models import build_model
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as HWC uint8 RGB, or one clear error naming the file."""
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except FileNotFoundError:
-        raise MbtasksError("image file not found", path) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise MbtasksError(f"cannot decode image ({error})", path) from None
 
 
 def load_detector(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -41,7 +29,7 @@ def predict_detection(checkpoint: str | Path, images: list[str], out_dir: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report, lines = [], []
-    pixels = [read_image(path) for path in images]  # every file checked before any work is done
+    pixels = [read_rgb_image(path) for path in images]  # every file checked before any work is done
     for path, image in zip(images, pixels):
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         with torch.inference_mode():

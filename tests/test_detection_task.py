@@ -46,6 +46,19 @@ def test_resume_continues_from_last_checkpoint(run, tmp_path):
     assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
 
 
+def test_backbone_loads_from_a_detection_checkpoint(run):
+    import torch
+
+    from mbtasks import build_backbone
+
+    root, _ = run
+    checkpoint = root / "run/checkpoints/last.ckpt"
+    backbone = build_backbone("mobilenet_v3_small", weights=checkpoint, reduced_tail=True)
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    stem = next(k for k in state if k.endswith("layers.0.0.weight"))
+    assert torch.equal(backbone.state_dict()["layers.0.0.weight"], state[stem])
+
+
 def test_evaluate_checkpoint_prints_12_figures(run, tmp_path, capsys):
     root, _ = run
     out = tmp_path / "m.json"
