@@ -93,5 +93,7 @@ def test_bad_options_are_clear_errors():
         build_backbone("mobilenet_v2", output_stride=4)
     with pytest.raises(MbtasksError, match="unknown option"):
         build_model("mobilenet_v2", widht_mult=0.5)
+    with pytest.raises(MbtasksError, match="width_mult must be a positive number"):
+        build_backbone("mobilenet_v3_small", width_mult=0)
     with pytest.raises(MbtasksError, match="unknown model"):
         build_model("mobilenet_v4")

@@ -7,6 +7,15 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 
+def check_width(width_mult: float) -> float:
+    """A width multiplier must be a positive number."""
+    from ..errors import MbtasksError
+
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
+        raise MbtasksError(f"width_mult must be a positive number, got {width_mult!r}")
+    return float(width_mult)
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round channels to a multiple of `divisor`, never dropping below 90% of the value (the papers' rule)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)

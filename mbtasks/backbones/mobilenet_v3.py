@@ -2,7 +2,7 @@
 from torch import nn
 
 from .backbone import Backbone
-from .blocks import BlockSpec, make_divisible
+from .blocks import BlockSpec, check_width, make_divisible
 
 RE, HS = nn.ReLU, nn.Hardswish
 # kernel, expanded, output channels, squeeze-excite, activation, stride (the paper's tables 1 and 2).
@@ -21,6 +21,7 @@ BN_EPS = 1e-3
 
 
 def _mobilenet_v3(table, width_mult: float, output_stride: int, reduced_tail: bool, bn_eps: float) -> Backbone:
+    width_mult = check_width(width_mult)
     channels = make_divisible(STEM_CHANNELS * width_mult)
     specs = [BlockSpec("conv", channels, 2, activation=HS)]
     natural, table_in = 2, STEM_CHANNELS
