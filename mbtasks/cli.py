@@ -23,13 +23,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from .profiling import example_input, profile, reference_rows
 
     if args.model is None:
-        print(f"{'model':<30}{'options':<40}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}"
+        print(f"{'model':<30}{'options':<56}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}"
               f"{'ms':>9}")
         for name, options, res, paper_params, paper_madds in reference_rows():
             figures = profile(build_model(name, **options), example_input(res), args.runs)
             shown = ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("size",))
             size = res if isinstance(res, int) else f"{res[0]}x{res[1]}"
-            print(f"{name:<30}{shown:<40}{size:>10}{figures['params'] / 1e6:>11.2f}M{paper_params / 1e6:>7.2f}M"
+            print(f"{name:<30}{shown:<56}{size:>10}{figures['params'] / 1e6:>11.2f}M{paper_params / 1e6:>7.2f}M"
                   f"{figures['madds'] / 1e9:>9.3f}G{paper_madds / 1e9:>7.2f}G{figures['latency_ms']:>9.1f}")
         return
     options = dict(args.option or [])
