@@ -298,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except MbtasksError as error:
-        print(f"mbtasks: error: {error}", file=sys.stderr)
+        # Raised in a DataLoader worker, torch re-raises it with the worker's traceback: its last line is ours.
+        message = str(error).strip().splitlines()[-1].removeprefix("mbtasks.errors.MbtasksError: ")
+        print(f"mbtasks: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -80,7 +80,9 @@ class InvertedResidual(nn.Module):
         if self.se is not None:
             y = self.se(y)
         y = self.project(y)
-        return (y + x if self.use_residual else y), expanded
+        if self.use_residual:
+            y += x  # in place, as torchvision: one tensor fewer per block
+        return y, expanded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_expansion(x)[0]
@@ -90,7 +92,9 @@ def build_block(spec: BlockSpec, in_channels: int, stride: int, dilation: int, b
     """Build one table row; `stride` and `dilation` are decided by the backbone for the output stride."""
     norm = partial(nn.BatchNorm2d, eps=bn_eps)
     if spec.kind == "conv":
-        return Conv2dNormActivation(in_channels, spec.out_channels, spec.kernel, stride, dilation=dilation,
+        # A 1x1 conv ignores dilation, but a dilation argument sends it to slower kernels.
+        return Conv2dNormActivation(in_channels, spec.out_channels, spec.kernel, stride,
+                                    dilation=dilation if spec.kernel > 1 else 1,
                                     norm_layer=norm, activation_layer=spec.activation, inplace=True)
     if spec.kind == "separable":
         return DepthwiseSeparable(in_channels, spec.out_channels, stride, dilation, spec.activation, norm)

@@ -1,0 +1,134 @@
+"""Segmentation benchmark, one run: inference latency against torchvision, evaluation time against cityscapesscripts.
+
+1. Latency: torchvision's lraspp_mobilenet_v3_large (random weights, batch-norm statistics randomised) and mbtasks'
+   lraspp_mobilenet_v3_large holding the same weights (`mbtasks weights import --from torchvision`), checked to give
+   the same logits, timed at batch 1 on 512x1024 and 1024x2048 inputs. Runs alternate between the two models and
+   the median of each is compared, so load on the machine falls on both alike; CPU time is printed beside
+   wall-clock time because on a busy machine it leaves out the time other processes take.
+2. Evaluation: N street scenes at 1024x2048 with perturbed predictions (bench/segmentation_eval.py writes them);
+   mbtasks' evaluate_cityscapes_folders and cityscapesscripts' evalPixelLevelSemanticLabeling score the same PNGs.
+
+    python bench/segmentation.py [--runs 10] [--images 10] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from mbtasks.backbones.weights import import_weights
+from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
+from mbtasks.evaluation.segmentation import evaluate_cityscapes_folders
+from mbtasks.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segmentation_eval import SIZE, write_predictions  # noqa: E402  (the perturbed predictions of that bench)
+
+RESOLUTIONS = ((512, 1024), (1024, 2048))
+MEANS = (("mean_class_iou", "averageScoreClasses"), ("mean_class_iiou", "averageScoreInstClasses"),
+         ("mean_category_iou", "averageScoreCategories"), ("mean_category_iiou", "averageScoreInstCategories"))
+
+
+def _randomised(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def latency(runs: int, tmp: str) -> list[tuple[str, float, float, float, float]]:
+    """Per resolution: resolution, then torchvision and mbtasks wall-clock ms, then their CPU ms (process time, all
+    threads), medians of alternating batch-1 runs. CPU time leaves out the time other processes hold the cores."""
+    reference = _randomised(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=19))
+    torch.save(reference.state_dict(), os.path.join(tmp, "torchvision.pth"))
+    import_weights("torchvision", os.path.join(tmp, "torchvision.pth"), "lraspp_mobilenet_v3_large",
+                   os.path.join(tmp, "mbtasks.pth"))
+    ours = build_model("lraspp_mobilenet_v3_large", weights=os.path.join(tmp, "mbtasks.pth")).eval()
+    rows = []
+    for height, width in RESOLUTIONS:
+        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            difference = (ours(x) - reference(x)["out"]).abs().max().item()
+            assert difference < 1e-3, f"logits differ by {difference}"
+            wall, cpu = {"torchvision": [], "mbtasks": []}, {"torchvision": [], "mbtasks": []}
+            run = {"torchvision": lambda: reference(x)["out"], "mbtasks": lambda: ours(x)}
+            for index in range(runs + 1):  # the first round warms up
+                order = ("torchvision", "mbtasks") if index % 2 == 0 else ("mbtasks", "torchvision")
+                for name in order:
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    run[name]()
+                    if index:
+                        wall[name].append(time.perf_counter() - start)
+                        cpu[name].append(time.process_time() - start_cpu)
+        rows.append((f"{height}x{width}", *(1000 * statistics.median(times[name]) for times in (wall, cpu)
+                                            for name in ("torchvision", "mbtasks"))))
+    return rows
+
+
+def evaluation(images: int, tmp: str) -> tuple[float, float, bool]:
+    """Seconds for mbtasks (best of 3) and for cityscapesscripts (once) on the same prediction PNGs; same means?"""
+    gt_root, pred_dir = os.path.join(tmp, "cityscapes"), os.path.join(tmp, "pred")
+    write_streets_cityscapes(gt_root, seed=0, num_train=0, num_val=images, size=SIZE, max_cars=20, max_persons=20)
+    write_predictions(gt_root, pred_dir, seed=1)
+    ours_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        ours = evaluate_cityscapes_folders(gt_root, pred_dir)
+        ours_times.append(time.perf_counter() - start)
+
+    np.in1d = np.isin  # cityscapesscripts 2.3.0 still calls np.in1d, removed in numpy 2.4
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+
+    official_args = copy.copy(official.args)
+    official_args.JSONOutput, official_args.quiet = False, True
+    official_args.predictionPath, official_args.predictionWalk = pred_dir, None
+    gt_files = sorted(glob.glob(os.path.join(gt_root, "gtFine", "val", "*", "*_gtFine_labelIds.png")))
+    start = time.perf_counter()
+    predictions = [official.getPrediction(official_args, gt) for gt in gt_files]
+    reference = official.evaluateImgLists(predictions, gt_files, official_args)
+    official_time = time.perf_counter() - start
+    same = all(math.isclose(ours[a], reference[b], rel_tol=1e-9) for a, b in MEANS)
+    return min(ours_times), official_time, same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per model and resolution")
+    parser.add_argument("--images", type=int, default=10, help="1024x2048 images for the evaluation timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"\nlatency, lraspp_mobilenet_v3_large, batch 1, CPU, median of {args.runs} alternating runs")
+        print(f"{'':<11}{'wall-clock ms':^36}{'CPU ms':^36}")
+        print(f"{'input':<11}" + f"{'torchvision':>14}{'mbtasks':>12}{'ratio':>10}" * 2)
+        for resolution, theirs, mine, theirs_cpu, mine_cpu in latency(args.runs, tmp):
+            print(f"{resolution:<11}{theirs:>14.1f}{mine:>12.1f}{mine / theirs:>9.3f}x"
+                  f"{theirs_cpu:>14.1f}{mine_cpu:>12.1f}{mine_cpu / theirs_cpu:>9.3f}x")
+        ours, official, same = evaluation(args.images, tmp)
+    print(f"\nevaluation, {args.images} images {SIZE[0]}x{SIZE[1]}, the same prediction PNGs")
+    print(f"{'cityscapesscripts':<20}{official:8.2f} s  {1000 * official / args.images:8.1f} ms/image")
+    print(f"{'mbtasks':<20}{ours:8.2f} s  {1000 * ours / args.images:8.1f} ms/image")
+    print(f"cityscapesscripts / mbtasks = {official / ours:.1f}x; same four means: {same}")
+
+
+if __name__ == "__main__":
+    main()

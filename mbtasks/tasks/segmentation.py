@@ -1,0 +1,334 @@
+"""Segmentation with Lightning: Cityscapes or VOC data, LR-ASPP / DeepLabv3 models, the official metrics each epoch.
+
+Validation runs on whole images at their own resolution. On Cityscapes it scores label ids with the official
+evaluation (IoU and iIoU, per class and per category); on VOC it reports the confusion-matrix mIoU. Each image's
+counts are kept under its path and merged over processes once per image, so DDP gives the figures of one process.
+"""
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import Config, config_from_dict
+from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
+from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
+from ..datasets.label_png import read_label_png
+from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
+from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
+from ..datasets.voc import VOCSegmentation, voc_palette
+from ..errors import MbtasksError
+from ..evaluation.segmentation import CityscapesEvaluator, ConfusionMatrix, format_cityscapes_table
+from ..models import MODEL_BACKBONES, build_configured_model
+from .training import configure_optimizer, gather_by_key
+
+# data.augmentation -> the random-scale range of the training crops (mmseg's recipe is 0.5..2.0)
+AUGMENTATIONS = {"default": (0.5, 2.0), "light": (0.75, 1.5), "fixed_scale": (1.0, 1.0)}
+# training crop (height, width) when data.size is not set: mmseg's for each data set
+DEFAULT_CROPS = {"cityscapes": (512, 1024), "voc": (512, 512)}
+FORMATS = {"cityscapes": CityscapesSegmentation, "voc": VOCSegmentation}
+CLASS_NAMES = {"cityscapes": CITYSCAPES_CLASSES, "voc": VOC_CLASSES}
+# Validation stacks same-sized images up to this many pixels per forward pass (two 1024x2048 images), so a large
+# data.val_batch_size cannot run full-resolution inference out of memory.
+MAX_PIXELS_PER_FORWARD = 2 * 1024 * 2048
+SYNTH_MARKER = "mbtasks_synth.json"  # written last: a folder without it is incomplete
+
+
+def dataset_format(root: str | os.PathLike) -> str:
+    """'cityscapes' (leftImg8bit/ here) or 'voc' (ImageSets/Segmentation here, in VOC2012/ or VOCdevkit/VOC2012/)."""
+    root = Path(root)
+    if (root / "leftImg8bit").is_dir():
+        return "cityscapes"
+    if any((base / "ImageSets" / "Segmentation").is_dir()
+           for base in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012")):
+        return "voc"
+    raise MbtasksError("neither a Cityscapes root (leftImg8bit/, gtFine/) nor a VOC 2012 root "
+                       "(ImageSets/Segmentation/, JPEGImages/, SegmentationClass/)", root)
+
+
+def write_synthetic_once(out_dir: str | os.PathLike, options: dict) -> None:
+    """Write the embedded street scenes unless a complete copy with the same options is there.
+
+    The set is written into a fresh sibling folder and renamed into place with its marker file, so an interrupted
+    run leaves no half-written folder under `out_dir`, and processes racing to write it keep one complete copy.
+    """
+    from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
+
+    out = Path(out_dir)
+    wanted = json.loads(json.dumps(options))  # the marker's form: tuples become lists
+
+    def complete() -> bool:
+        try:
+            return json.loads((out / SYNTH_MARKER).read_text()).get("options") == wanted
+        except (OSError, ValueError):
+            return False
+
+    if complete():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        summary = write_streets_cityscapes(staging, **options)
+        summary["root"] = str(out)
+        (staging / SYNTH_MARKER).write_text(json.dumps({"options": wanted, "summary": summary}))
+        if complete():  # another process finished first
+            return
+        if out.exists():  # incomplete, or written with other options: ours replaces it
+            stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex[:8]}"
+            os.rename(out, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(staging, out)
+        except OSError:
+            if not complete():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class CityscapesWithOfficialTargets(Dataset):
+    """Cityscapes items plus the ground truth the official evaluation reads: label ids and instance ids (HxW)."""
+
+    def __init__(self, dataset: CityscapesSegmentation):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        label_path = item["label_path"]
+        item["label_ids"] = read_label_png(label_path)
+        item["instance_ids"] = read_label_png(label_path[: -len("labelIds.png")] + "instanceIds.png")
+        return item
+
+
+def keep_list(batch: list) -> list:
+    """Validation batches stay lists of items: VOC images differ in size, and inference chunks them itself."""
+    return batch
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """A Cityscapes root (leftImg8bit/, gtFine/) or a VOC 2012 root under data.root, or the embedded street scenes."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        data = config.data
+        self.root = Path(data.root if data.root is not None else data.synth_dir)
+        self.format = "cityscapes" if data.root is None else dataset_format(self.root)
+        self.train_split = data.train_split or "train"
+        self.val_split = data.val_split or "val"
+        size = data.size or DEFAULT_CROPS[self.format]
+        self.crop_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if data.augmentation not in AUGMENTATIONS:
+            raise MbtasksError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)} for seg, "
+                               f"got {data.augmentation!r}")
+        self.train_set = self.val_set = None
+
+    def prepare_data(self) -> None:
+        if self.config.data.root is None:
+            write_synthetic_once(self.root, dict(self.config.data.synth))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is not None:
+            return
+        dataset = FORMATS[self.format]
+        self.val_set = dataset(self.root, self.val_split, segmentation_eval_transforms())
+        if self.format == "cityscapes":
+            self.val_set = CityscapesWithOfficialTargets(self.val_set)
+        if stage in (None, "fit"):
+            transform = segmentation_train_transforms(self.crop_size, AUGMENTATIONS[self.config.data.augmentation],
+                                                      ignore_index=dataset.ignore_index, seed=self.config.train.seed)
+            self.train_set = dataset(self.root, self.train_split, transform)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CLASS_NAMES[self.format])
+
+    @property
+    def category_ids(self) -> list:
+        return []
+
+    def train_dataloader(self) -> DataLoader:
+        workers, batch = self.config.data.num_workers, self.config.data.batch_size
+        return DataLoader(self.train_set, batch_size=batch, shuffle=True, num_workers=workers,
+                          drop_last=len(self.train_set) > batch, persistent_workers=workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(self.val_set, batch_size=self.config.data.val_batch_size, shuffle=False,
+                          num_workers=workers, collate_fn=keep_list, persistent_workers=workers > 0)
+
+
+class SegmentationTask(pl.LightningModule):
+    """A segmentation model, its cross-entropy (+ aux) loss, and the official metrics over the whole val set."""
+
+    def __init__(self, config: dict, class_names: list[str], category_ids: list):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config_from_dict(config)
+        self.class_names, self.category_ids = list(class_names), list(category_ids)
+        self.format = "cityscapes" if self.class_names == list(CITYSCAPES_CLASSES) else "voc"
+        model = self.config.model
+        given = model.options.get("num_classes", len(class_names))
+        if given != len(class_names):
+            raise MbtasksError(f"model.options.num_classes is {given} but the data set has {len(class_names)} classes")
+        self.model_options = {**model.options, "num_classes": len(class_names)}
+        self.model = build_configured_model(model.name, self.model_options, model.weights, model.backbone_weights)
+        self.evaluation_options: dict = {}
+        self.metrics: dict = {}
+        self.evaluated_images = 0
+        self._counts: dict[str, object] = {}  # image path -> that image's counts
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        loss = self.model.loss(self.model.forward_with_aux(images), masks)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    # ---- inference ----
+
+    def predict_class_indices(self, images: torch.Tensor) -> torch.Tensor:
+        """Class index per pixel (N, H, W) at the input resolution; multi-scale and flip per evaluation_options."""
+        scales = self.evaluation_options.get("scales") or [1.0]
+        flip = bool(self.evaluation_options.get("flip"))
+        if scales == [1.0] and not flip:
+            return self.model(images).argmax(1)
+        size = images.shape[-2:]
+        total = None
+        for scale in scales:
+            scaled = images if scale == 1.0 else F.interpolate(
+                images, size=(round(size[0] * scale), round(size[1] * scale)), mode="bilinear", align_corners=False)
+            for flipped in ([False, True] if flip else [False]):
+                x = scaled.flip(-1) if flipped else scaled
+                logits = self.model(x)
+                logits = logits.flip(-1) if flipped else logits
+                if logits.shape[-2:] != size:
+                    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+                # mmseg's aug_test: the mean of the softmax scores
+                probabilities = logits.softmax(1)
+                total = probabilities if total is None else total + probabilities
+        return total.argmax(1)
+
+    def _predict(self, items: list[dict]) -> list[np.ndarray]:
+        """Per item, its prediction as an HxW uint8 numpy array; same-sized images go through in chunks."""
+        predictions, start = [], 0
+        while start < len(items):
+            shape = items[start]["image"].shape
+            per_forward = max(1, MAX_PIXELS_PER_FORWARD // (shape[-2] * shape[-1]))
+            end = start + 1
+            while end < len(items) and end - start < per_forward and items[end]["image"].shape == shape:
+                end += 1
+            images = torch.stack([item["image"] for item in items[start:end]]).to(self.device)
+            predictions += list(self.predict_class_indices(images).to(torch.uint8).cpu().numpy())
+            start = end
+        return predictions
+
+    # ---- validation ----
+
+    def on_validation_epoch_start(self) -> None:
+        self._counts = {}
+
+    def validation_step(self, batch: list[dict], batch_index: int) -> None:
+        save_dir = None if self.trainer.sanity_checking else self.evaluation_options.get("save_predictions")
+        for item, prediction in zip(batch, self._predict(batch), strict=True):
+            if self.format == "cityscapes":
+                label_ids = train_ids_to_label_ids(prediction)
+                counts = CityscapesEvaluator()
+                counts.update(label_ids, item["label_ids"], item["instance_ids"])
+            else:
+                counts = ConfusionMatrix(len(self.class_names), class_names=self.class_names)
+                counts.update(prediction, np.asarray(item["mask"]))
+            self._counts[item["image_path"]] = counts
+            if save_dir:
+                self._save_prediction(Path(save_dir), item["image_path"], prediction)
+
+    def _save_prediction(self, out: Path, image_path: str, prediction: np.ndarray) -> None:
+        """Cityscapes: labelIds/<city>/<image name> (what the official evaluation reads) and color/<city>/<image name>;
+        VOC: <name>.png, a palette PNG of class indices (the devkit's results format)."""
+        name = os.path.basename(image_path)
+        if self.format == "cityscapes":
+            city = os.path.basename(os.path.dirname(image_path))
+            _write_png(out / "labelIds" / city / name, train_ids_to_label_ids(prediction))
+            _write_png(out / "color" / city / name, TRAIN_ID_COLORS[prediction])
+        else:
+            image = Image.fromarray(prediction)
+            image.putpalette(voc_palette().ravel().tolist())  # makes it a palette image
+            _write_png(out / (os.path.splitext(name)[0] + ".png"), image)
+
+    def on_validation_epoch_end(self) -> None:
+        merged = gather_by_key(self._counts, self)
+        self.evaluated_images = len(merged)
+        if self.format == "cityscapes":
+            total = CityscapesEvaluator()
+            for key in sorted(merged):
+                total.merge(merged[key])
+            result = total.result()
+            self.metrics = {k: v for k, v in result.items() if k != "confusion_matrix"}
+            mean_iou = self.metrics["mean_class_iou"]
+            self.log_dict({"val/iIoU": _loggable(self.metrics["mean_class_iiou"]),
+                           "val/category_IoU": _loggable(self.metrics["mean_category_iou"]),
+                           "val/category_iIoU": _loggable(self.metrics["mean_category_iiou"])}, sync_dist=True)
+        else:
+            total = ConfusionMatrix(len(self.class_names), class_names=self.class_names)
+            for key in sorted(merged):
+                total.merge(merged[key])
+            self.metrics = {**total.result(), "num_images": len(merged)}
+            mean_iou = self.metrics["mean_iou"]
+            self.log("val/pixel_accuracy", _loggable(self.metrics["pixel_accuracy"]), sync_dist=True)
+        # Every process holds the same merged figures; sync_dist averages equal values (and stops Lightning's warning).
+        self.log("val/mIoU", _loggable(mean_iou), prog_bar=True, sync_dist=True)
+        save_dir = self.evaluation_options.get("save_predictions")
+        if save_dir and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            where = (f"labelId PNGs to {Path(save_dir) / 'labelIds'} and colour PNGs to {Path(save_dir) / 'color'}"
+                     if self.format == "cityscapes" else f"palette PNGs of class indices to {save_dir}")
+            print(f"wrote {self.evaluated_images} {where}")
+
+    def metrics_table(self) -> str:
+        """Cityscapes: the official script's class and category tables; VOC: IoU per class and the mean."""
+        if self.format == "cityscapes":
+            return format_cityscapes_table(self.metrics)
+        lines = ["class            IoU", "-" * 21]
+        lines += [f"{name:<14}: {iou:>5.3f}" for name, iou in self.metrics["iou"].items()]
+        lines += ["-" * 21, f"mIoU          : {self.metrics['mean_iou']:5.3f}",
+                  f"pixel accuracy: {self.metrics['pixel_accuracy']:5.3f}"]
+        return "\n".join(lines)
+
+    def configure_optimizers(self) -> dict:
+        return configure_optimizer(self, self.config.train)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mbtasks"] = {
+            "task": "seg", "model": self.config.model.name, "backbone": MODEL_BACKBONES[self.config.model.name],
+            "options": self.model_options, "class_names": self.class_names, "category_ids": [],
+            "config": self.config.to_dict()}
+
+
+def _loggable(value: float) -> float:
+    # Lightning rejects no NaN, but a NaN best-model score would never be beaten: log 0 for "nothing evaluated"
+    return 0.0 if value != value else float(value)
+
+
+def _write_png(path: Path, image: np.ndarray | Image.Image) -> None:
+    """Write via a temporary name and rename: DDP processes may both write an image the sampler repeated."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.png")
+    if isinstance(image, Image.Image):
+        image.save(temporary)
+    else:
+        array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+        if not cv2.imwrite(str(temporary), array):
+            raise MbtasksError("cannot write PNG", temporary)
+    os.replace(temporary, path)
