@@ -286,6 +286,8 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' levels when imported: set ours after)
+
     for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
@@ -294,7 +296,8 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user mistakes print one line and exit 2."""
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    if args.command in ("train", "evaluate"):
+        _quiet_libraries()
     try:
         args.func(args)
     except MbtasksError as error:
