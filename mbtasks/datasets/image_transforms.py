@@ -1,0 +1,52 @@
+"""albumentations pipelines for image-level tasks (attributes, face embeddings, classification).
+
+Both end in ImageNet normalisation and a CHW float tensor, the input the pretrained backbones expect.
+Face recipes use a light crop (scale near 1) and keep the whole face at evaluation (crop_fraction=None);
+ImageNet-style recipes use the defaults.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(
+    size: int | tuple[int, int],
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    color_jitter: float = 0.4,
+    seed: int | None = None,
+) -> A.Compose:
+    """Random resized crop to `size` (int or (height, width)), optional flip, colour jitter, normalise."""
+    height, width = _height_width(size)
+    steps = [A.RandomResizedCrop(size=(height, width), scale=scale, ratio=ratio)]
+    # Flipping suits faces and most classes; turn it off where left and right carry meaning.
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if color_jitter > 0:
+        steps.append(
+            A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0, p=0.8)
+        )
+    return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()], seed=seed)
+
+
+def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.875) -> A.Compose:
+    """Resize the short side to size / crop_fraction and centre-crop `size`; None resizes the whole image."""
+    height, width = _height_width(size)
+    if crop_fraction is None:
+        steps = [A.Resize(height=height, width=width)]
+    else:
+        if not 0 < crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must lie in (0, 1], got {crop_fraction}")
+        short_side = round(max(height, width) / crop_fraction)
+        steps = [A.SmallestMaxSize(max_size=short_side), A.CenterCrop(height=height, width=width)]
+    return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+
+
+def _height_width(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

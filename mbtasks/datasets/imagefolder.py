@@ -1,0 +1,79 @@
+"""ImageFolder: `<folder>/<class>/*.jpg|png`, class ids from the sorted class names (torchvision's layout)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+from mbtasks.errors import MbtasksError
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as an HWC uint8 RGB array; unreadable files raise MbtasksError naming the file."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise MbtasksError("image not found", path) from None
+    except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise MbtasksError(f"cannot read image ({error})", path) from None
+
+
+def apply_transform(transform: Callable | None, image: np.ndarray) -> np.ndarray | torch.Tensor:
+    """Run an albumentations pipeline on one image; None keeps the HWC uint8 array."""
+    return image if transform is None else transform(image=image)["image"]
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images under one folder of class folders; yields (image, class id).
+
+    `classes` fixes the class list (pass the training set's to a validation set); its folders must all
+    exist and no other folder may. Empty class folders are errors; a corrupt image fails when read.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        transform: Callable | None = None,
+        classes: Sequence[str] | None = None,
+    ):
+        self.folder = Path(folder)
+        self.transform = transform
+        if not self.folder.is_dir():
+            raise MbtasksError("image folder not found", self.folder)
+        found = sorted(entry.name for entry in self.folder.iterdir() if entry.is_dir())
+        if classes is None:
+            if not found:
+                raise MbtasksError("no class folders", self.folder)
+            classes = found
+        else:
+            unexpected = sorted(set(found) - set(classes))
+            if unexpected:
+                raise MbtasksError(f"class folder '{unexpected[0]}' is not one of the known classes", self.folder)
+            absent = [name for name in classes if name not in found]
+            if absent:
+                raise MbtasksError(f"no folder for class '{absent[0]}'", self.folder)
+        self.classes: list[str] = list(classes)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        # torchvision walks the folders; its own empty-class error is not ours, so count here instead.
+        self.samples: list[tuple[str, int]] = make_dataset(
+            str(self.folder), self.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
+        )
+        counts = Counter(label for _, label in self.samples)
+        for name, label in self.class_to_idx.items():
+            if counts[label] == 0:
+                raise MbtasksError("class folder has no images", self.folder / name)
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray | torch.Tensor, int]:
+        path, label = self.samples[index]
+        return apply_transform(self.transform, read_rgb(path)), label
