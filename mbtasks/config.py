@@ -53,6 +53,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     schedule: str = "cosine"  # cosine | poly | constant
     poly_power: float = 0.9
+    lr_step_epochs: float = 2.0  # schedule "step": multiply by lr_gamma every this many epochs
+    lr_gamma: float = 0.973
     label_smoothing: float = 0.0
     precision: str = "32-true"
     accelerator: str = "auto"

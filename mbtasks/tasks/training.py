@@ -11,14 +11,18 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from ..config import Config, TrainConfig
 from ..errors import MbtasksError
 
-SCHEDULES = ("cosine", "poly", "constant")
-OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "poly", "step", "constant")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, poly_power: float = 0.9) -> float:
-    """Linear warm-up, then cosine / poly decay to zero, or constant; a factor of the base learning rate."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, poly_power: float = 0.9,
+              decay_every: int = 1, gamma: float = 1.0) -> float:
+    """Linear warm-up, then cosine / poly decay to zero, step decay (x gamma every `decay_every` steps), or
+    constant; a factor of the base learning rate."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "step":
+        return gamma ** ((step - warmup_steps) // max(1, decay_every))
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
@@ -39,14 +43,17 @@ def configure_optimizer(module: pl.LightningModule, train: TrainConfig) -> dict:
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if train.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov)
+    elif train.optimizer == "rmsprop":
+        # torchvision's MobileNetV3 recipe (TF's RMSprop: alpha 0.9, eps 0.0316).
+        optimizer = torch.optim.RMSprop(groups, lr=train.lr, alpha=0.9, eps=0.0316, momentum=train.momentum)
     else:
         optimizer = torch.optim.AdamW(groups, lr=train.lr)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     steps_per_epoch = total / max(1, module.trainer.max_epochs or 1)
     warmup = int(train.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, train.schedule, train.poly_power)
-    )
+        optimizer, lambda step: lr_factor(step, total, warmup, train.schedule, train.poly_power,
+                                          int(train.lr_step_epochs * steps_per_epoch), train.lr_gamma))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
