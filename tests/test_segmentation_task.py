@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from mbtasks.cli import main
+from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.config import load_config
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.datasets.voc import voc_palette
@@ -151,10 +152,10 @@ def test_voc_data_gets_miou(tmp_path, capsys):
 def test_synthetic_set_is_written_once_and_a_partial_folder_is_rewritten(tmp_path):
     out, options = tmp_path / "streets", {"seed": 0, "num_train": 2, "num_val": 1, "size": [32, 64]}
     (out / "leftImg8bit" / "train").mkdir(parents=True)  # an interrupted writer's leftovers: no marker
-    write_synthetic_once(out, options)
+    write_synthetic_once(out, write_streets_cityscapes, options)
     assert (out / SYNTH_MARKER).is_file() and len(list((out / "leftImg8bit").rglob("*.png"))) == 3
     marker_time = (out / SYNTH_MARKER).stat().st_mtime_ns
-    write_synthetic_once(out, options)
+    write_synthetic_once(out, write_streets_cityscapes, options)
     assert (out / SYNTH_MARKER).stat().st_mtime_ns == marker_time  # complete: left alone
     assert [p.name for p in tmp_path.iterdir()] == ["streets"]  # no staging folders left behind
 

@@ -4,10 +4,6 @@
 Every validation sample is kept under its index in the validation set and merged over processes once per index, so
 DDP gives the figures of one process (a DistributedSampler's padding repeats samples, which count once).
 """
-import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from ..datasets.celeba import CelebA
 from ..datasets.image_transforms import eval_transform, train_transform
 from ..datasets.imagefolder import ImageFolder, apply_transform, read_rgb
 from ..datasets.lfw import LFWIdentities, LFWPairs, image_path
+from ..datasets.synthetic import SYNTH_MARKER, write_synthetic_once  # noqa: F401  (SYNTH_MARKER: tests)
 from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES, write_celeba_faces, write_lfw_identities, \
     write_shape_imagefolder
 from ..errors import MbtasksError
@@ -44,46 +41,6 @@ AUGMENTATIONS = {
 }
 DEFAULT_AUGMENTATION = {"attr": "face", "embed": "face", "cls": "imagenet"}
 DEFAULT_SIZE = {"attr": 224, "embed": 160, "cls": 224}  # input size when data.size is not set
-SYNTH_MARKER = "mbtasks_synth.json"  # written last: a folder without it is incomplete
-
-
-def write_synthetic_once(out_dir: str | os.PathLike, write: Callable, options: dict) -> None:
-    """Write an embedded data set with `write(folder, **options)` unless a complete copy with these options is there.
-
-    It is written into a fresh sibling folder and renamed into place with its marker file, so an interrupted run
-    leaves no half-written folder under `out_dir`, and processes racing to write it keep one complete copy.
-    """
-    out = Path(out_dir)
-    wanted = json.loads(json.dumps({"writer": write.__name__, **options}))  # the marker's form: tuples are lists
-
-    def complete() -> bool:
-        try:
-            return json.loads((out / SYNTH_MARKER).read_text()).get("options") == wanted
-        except (OSError, ValueError):
-            return False
-
-    if complete():
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        write(staging, **options)
-        (staging / SYNTH_MARKER).write_text(json.dumps({"options": wanted}))
-        if complete():  # another process finished first
-            return
-        if out.exists():  # incomplete, or written with other options: ours replaces it
-            stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex[:8]}"
-            os.rename(out, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(staging, out)
-        except OSError:
-            if not complete():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 class Indexed(Dataset):
     """(index, *item): the key that counts a validation sample once under DDP, and a training image's teacher row."""
 

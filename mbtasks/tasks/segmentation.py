@@ -4,10 +4,7 @@ Validation runs on whole images at their own resolution. On Cityscapes it scores
 evaluation (IoU and iIoU, per class and per category); on VOC it reports the confusion-matrix mIoU. Each image's
 counts are kept under its path and merged over processes once per image, so DDP gives the figures of one process.
 """
-import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import cv2
@@ -22,6 +19,8 @@ from ..config import Config, config_from_dict
 from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from ..datasets.label_png import read_label_png
+from ..datasets.synthetic import SYNTH_MARKER, write_synthetic_once  # noqa: F401  (SYNTH_MARKER: tests)
+from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
 from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
 from ..datasets.voc import VOCSegmentation, voc_palette
@@ -39,9 +38,6 @@ CLASS_NAMES = {"cityscapes": CITYSCAPES_CLASSES, "voc": VOC_CLASSES}
 # Validation stacks same-sized images up to this many pixels per forward pass (two 1024x2048 images), so a large
 # data.val_batch_size cannot run full-resolution inference out of memory.
 MAX_PIXELS_PER_FORWARD = 2 * 1024 * 2048
-SYNTH_MARKER = "mbtasks_synth.json"  # written last: a folder without it is incomplete
-
-
 def dataset_format(root: str | os.PathLike) -> str:
     """'cityscapes' (leftImg8bit/ here) or 'voc' (ImageSets/Segmentation here, in VOC2012/ or VOCdevkit/VOC2012/)."""
     root = Path(root)
@@ -52,46 +48,6 @@ def dataset_format(root: str | os.PathLike) -> str:
         return "voc"
     raise MbtasksError("neither a Cityscapes root (leftImg8bit/, gtFine/) nor a VOC 2012 root "
                        "(ImageSets/Segmentation/, JPEGImages/, SegmentationClass/)", root)
-
-
-def write_synthetic_once(out_dir: str | os.PathLike, options: dict) -> None:
-    """Write the embedded street scenes unless a complete copy with the same options is there.
-
-    The set is written into a fresh sibling folder and renamed into place with its marker file, so an interrupted
-    run leaves no half-written folder under `out_dir`, and processes racing to write it keep one complete copy.
-    """
-    from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
-
-    out = Path(out_dir)
-    wanted = json.loads(json.dumps(options))  # the marker's form: tuples become lists
-
-    def complete() -> bool:
-        try:
-            return json.loads((out / SYNTH_MARKER).read_text()).get("options") == wanted
-        except (OSError, ValueError):
-            return False
-
-    if complete():
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        summary = write_streets_cityscapes(staging, **options)
-        summary["root"] = str(out)
-        (staging / SYNTH_MARKER).write_text(json.dumps({"options": wanted, "summary": summary}))
-        if complete():  # another process finished first
-            return
-        if out.exists():  # incomplete, or written with other options: ours replaces it
-            stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex[:8]}"
-            os.rename(out, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(staging, out)
-        except OSError:
-            if not complete():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 class CityscapesWithOfficialTargets(Dataset):
@@ -136,7 +92,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.config.data.root is None:
-            write_synthetic_once(self.root, dict(self.config.data.synth))
+            write_synthetic_once(self.root, write_streets_cityscapes, dict(self.config.data.synth))
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
