@@ -5,21 +5,12 @@ import torch
 from mbtasks import build_model
 from mbtasks.fusion import fold_batchnorm
 
-
-def _randomised(model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+from helpers import randomised
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"])
 def test_folded_classifier_gives_the_same_logits(name):
-    model = _randomised(build_model(name, width_mult=0.5))
+    model = randomised(build_model(name, width_mult=0.5))
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
@@ -29,7 +20,7 @@ def test_folded_classifier_gives_the_same_logits(name):
 
 
 def test_folded_segmenter_gives_the_same_logits():
-    model = _randomised(build_model("lraspp_mobilenet_v3_small", num_classes=4))
+    model = randomised(build_model("lraspp_mobilenet_v3_small", num_classes=4))
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.allclose(fold_batchnorm(model)(x), model(x), atol=1e-4)

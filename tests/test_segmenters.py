@@ -10,17 +10,7 @@ from mbtasks.heads.lraspp import paper_pool_geometry
 from mbtasks.profiling import SEGMENTER_PAPER_FIGURES, count_madds, count_parameters
 from mbtasks.segmenters import SEGMENTERS
 
-
-def _randomised(model: torch.nn.Module) -> torch.nn.Module:
-    """Random batch-norm statistics and affine parameters, so a mis-mapped tensor shows in the outputs."""
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+from helpers import randomised
 
 
 TORCHVISION = [
@@ -33,7 +23,7 @@ TORCHVISION = [
 
 @pytest.mark.parametrize("name,make,options", TORCHVISION, ids=[name for name, _, _ in TORCHVISION])
 def test_torchvision_weights_give_the_same_logits(tmp_path, name, make, options):
-    reference = _randomised(make())
+    reference = randomised(make())
     torch.save(reference.state_dict(), tmp_path / "src.pth")
     assert main(["weights", "import", "--from", "torchvision", str(tmp_path / "src.pth"), "--model", name,
                  "--out", str(tmp_path / "mb.pth")]) == 0

@@ -8,17 +8,7 @@ from mbtasks import MbtasksError, build_backbone, build_model
 from mbtasks.backbones.weights import import_weights
 from mbtasks.cli import main
 
-
-def _randomised(model: torch.nn.Module) -> torch.nn.Module:
-    """Random batch-norm statistics too, so a mis-mapped buffer shows in the outputs."""
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+from helpers import randomised
 
 
 REFERENCES = [
@@ -34,7 +24,7 @@ REFERENCES = [
 
 @pytest.mark.parametrize("source,name,make", REFERENCES, ids=[f"{s}-{n}" for s, n, _ in REFERENCES])
 def test_imported_weights_give_the_same_outputs(tmp_path, source, name, make):
-    reference = _randomised(make())
+    reference = randomised(make())
     torch.save(reference.state_dict(), tmp_path / "src.pth")
     assert main(["weights", "import", "--from", source, str(tmp_path / "src.pth"), "--model", name,
                  "--out", str(tmp_path / "mb.pth")]) == 0
@@ -49,7 +39,7 @@ def test_imported_weights_give_the_same_outputs(tmp_path, source, name, make):
 
 
 def test_non_imagenet_class_count_is_carried(tmp_path):
-    reference = _randomised(torchvision.models.mobilenet_v3_small(num_classes=7))
+    reference = randomised(torchvision.models.mobilenet_v3_small(num_classes=7))
     torch.save(reference.state_dict(), tmp_path / "src.pth")
     import_weights("torchvision", tmp_path / "src.pth", "mobilenet_v3_small", tmp_path / "mb.pth")
     assert build_model("mobilenet_v3_small", weights=tmp_path / "mb.pth").head.fc.out_features == 7
