@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from cityscapesscripts.helpers.labels import labels
 
-from mbtasks.datasets.label_png import read_label_png, read_rgb_image
+from mbtasks.datasets.label_png import read_image_and_label
 from mbtasks.errors import MbtasksError
 
 IGNORE_INDEX = 255
@@ -87,14 +87,7 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_path, label_path = self.image_paths[index], self.label_paths[index]
-        image = read_rgb_image(image_path)
-        label_ids = read_label_png(label_path)
-        if label_ids.shape != image.shape[:2]:
-            raise MbtasksError(
-                f"label is {label_ids.shape[0]}x{label_ids.shape[1]} "
-                f"but its image is {image.shape[0]}x{image.shape[1]}",
-                label_path,
-            )
+        image, label_ids = read_image_and_label(image_path, label_path)
         # label ids 0..33 are all in the table, so the extremes decide
         if label_ids.size and (int(label_ids.min()) < 0 or int(label_ids.max()) > _MAX_LABEL_ID):
             unknown = label_ids[(label_ids < 0) | (label_ids > _MAX_LABEL_ID)]

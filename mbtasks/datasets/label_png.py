@@ -58,3 +58,15 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     if array is None:
         raise MbtasksError("cannot decode image (corrupt, or not an image)", path)
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def read_image_and_label(image_path: str | os.PathLike, label_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its label PNG, checked to have the same size (the error names the label file)."""
+    image = read_rgb_image(image_path)
+    label = read_label_png(label_path)
+    if label.shape != image.shape[:2]:
+        raise MbtasksError(
+            f"label is {label.shape[0]}x{label.shape[1]} but its image is {image.shape[0]}x{image.shape[1]}",
+            label_path,
+        )
+    return image, label

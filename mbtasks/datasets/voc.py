@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbtasks.datasets.label_png import read_label_png, read_rgb_image
+from mbtasks.datasets.label_png import read_image_and_label
 from mbtasks.errors import MbtasksError
 
 IGNORE_INDEX = 255
@@ -97,13 +97,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_path, label_path = self.image_paths[index], self.label_paths[index]
-        image = read_rgb_image(image_path)
-        mask = read_label_png(label_path)
-        if mask.shape != image.shape[:2]:
-            raise MbtasksError(
-                f"label is {mask.shape[0]}x{mask.shape[1]} but its image is {image.shape[0]}x{image.shape[1]}",
-                label_path,
-            )
+        image, mask = read_image_and_label(image_path, label_path)
         bad = mask[(mask >= len(CLASS_NAMES)) & (mask != IGNORE_INDEX)]
         if bad.size:
             raise MbtasksError(
