@@ -126,6 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.checkpoint is None:
         raise MbtasksError("evaluate needs --checkpoint (or, for det, --annotations with --detections)")
     from .config import config_from_dict
+    from .fusion import for_inference
     from .tasks.training import build_trainer, read_checkpoint
 
     record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
@@ -142,6 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                            f"{list(data.class_names)[1:4]}...", args.checkpoint)
     task = task_class(config.to_dict(), record["class_names"], record.get("category_ids", []))
     task.model.load_state_dict(record["state_dict"])
+    task.model = for_inference(task.model)
     task.evaluation_options = {"save_predictions": args.save_predictions, "scales": args.scales, "flip": args.flip}
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)

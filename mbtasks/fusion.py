@@ -1,4 +1,4 @@
-"""Inference copies of models with batch norm folded into the preceding convolutions."""
+"""Inference copies of models: batch norm folded into the preceding convolutions, channels-last weights."""
 import copy
 
 from torch import nn
@@ -27,3 +27,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 for index, layer in enumerate(folded):
                     module.add_module(str(index), layer)
     return model
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """What evaluate, predict and export run: batch norm folded, weights channels-last. Measured on this 2-core CPU
+    (bench/segmentation.py, bench/deploy.py): channels-last runs depthwise convs 1.3-1.6x faster than NCHW, and the
+    conv output follows the weights' layout, so inputs need no conversion."""
+    import torch
+
+    return fold_batchnorm(model).to(memory_format=torch.channels_last)

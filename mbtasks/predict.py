@@ -7,18 +7,18 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
 from .datasets.label_png import read_rgb_image
-from .fusion import fold_batchnorm
+from .fusion import for_inference
 from .models import build_model
 
 
 def load_detector(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The checkpoint's detector, BN folded for inference, and its record (class names, category ids)."""
+    """The checkpoint's detector, BN folded and channels-last for inference, and its record (class names, category ids)."""
     from .tasks.training import read_checkpoint
 
     record = read_checkpoint(checkpoint, "det")
     model = build_model(record["model"], **record["options"])
     model.load_state_dict(record["state_dict"])
-    return fold_batchnorm(model), record
+    return for_inference(model), record
 
 
 def predict_detection(checkpoint: str | Path, images: list[str], out_dir: str | Path,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mbtasks import build_model
-from mbtasks.fusion import fold_batchnorm
+from mbtasks.fusion import fold_batchnorm, for_inference
 
 from helpers import randomised
 
@@ -24,3 +24,24 @@ def test_folded_segmenter_gives_the_same_logits():
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.allclose(fold_batchnorm(model)(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name, options", [("mobilenet_v3_large", {}), ("lraspp_mobilenet_v3_large", {"num_classes": 5}),
+                                           ("deeplabv3_mobilenet_v2", {"num_classes": 5})])
+def test_inference_copy_is_channels_last_and_gives_the_same_outputs(name, options):
+    model = randomised(build_model(name, **options))
+    x = torch.rand(1, 3, 64, 96)
+    fast = for_inference(model)
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-4)
+
+
+def test_inference_copy_of_a_detector_gives_the_same_detections():
+    model = randomised(build_model("ssdlite320_mobilenet_v3_small", num_classes=3, size=[128, 128]))
+    images = [torch.rand(3, 120, 160)]
+    with torch.no_grad():
+        expected, got = model(images)[0], for_inference(model)(images)[0]
+    assert torch.allclose(got["scores"][:20], expected["scores"][:20], atol=1e-4)
+    assert torch.allclose(got["boxes"][:20], expected["boxes"][:20], atol=1e-3)
