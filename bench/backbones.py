@@ -1,6 +1,7 @@
 """Latency of mbtasks' backbones against torchvision's, same weights, batch 1, measured in one run.
 
-mbtasks is timed as built (eager) and as its inference path runs it (batch norm folded into the convolutions).
+mbtasks is timed as built (eager) and as its inference path runs it (batch norm folded into the convolutions,
+channels-last weights: `mbtasks.fusion.for_inference`).
 
     python bench/backbones.py [--runs 200] [--resolution 224] [--threads N]
 """
@@ -15,7 +16,7 @@ import torchvision
 
 from mbtasks import build_model
 from mbtasks.backbones.weights import import_weights
-from mbtasks.fusion import fold_batchnorm
+from mbtasks.fusion import for_inference
 
 
 def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[float]:
@@ -43,14 +44,14 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.rand(1, 3, args.resolution, args.resolution)
     print(f"batch 1, {args.resolution}x{args.resolution}, {args.threads} threads, median of {args.runs} runs")
-    print(f"{'model':<22}{'torchvision ms':>16}{'mbtasks ms':>12}{'ratio':>8}{'folded BN ms':>14}{'ratio':>8}")
+    print(f"{'model':<22}{'torchvision ms':>16}{'mbtasks ms':>12}{'ratio':>8}{'inference ms':>14}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
             reference = getattr(torchvision.models, name)().eval()
             torch.save(reference.state_dict(), Path(tmp) / "tv.pth")
             import_weights("torchvision", Path(tmp) / "tv.pth", name, Path(tmp) / "mb.pth")
             ours = build_model(name, weights=Path(tmp) / "mb.pth").eval()
-            tv_ms, mb_ms, fold_ms = interleaved_latency([reference, ours, fold_batchnorm(ours)], x, args.runs)
+            tv_ms, mb_ms, fold_ms = interleaved_latency([reference, ours, for_inference(ours)], x, args.runs)
             print(f"{name:<22}{tv_ms:>16.2f}{mb_ms:>12.2f}{mb_ms / tv_ms:>8.3f}{fold_ms:>14.2f}{fold_ms / tv_ms:>8.3f}")
 
 

@@ -1,9 +1,10 @@
 """Segmentation benchmark, one run: inference latency against torchvision, evaluation time against cityscapesscripts.
 
 1. Latency: torchvision's lraspp_mobilenet_v3_large (random weights, batch-norm statistics randomised) and mbtasks'
-   lraspp_mobilenet_v3_large holding the same weights (`mbtasks weights import --from torchvision`), checked to give
-   the same logits, timed at batch 1 on 512x1024 and 1024x2048 inputs. Runs alternate between the two models and
-   the median of each is compared, so load on the machine falls on both alike; CPU time is printed beside
+   lraspp_mobilenet_v3_large holding the same weights (`mbtasks weights import --from torchvision`), eager and as
+   evaluate runs it (BN folded, channels-last), checked to give the same logits, timed at batch 1 on 512x1024 and
+   1024x2048 inputs. Runs rotate between the models and the median of each is compared, so load on the machine
+   falls on all alike; CPU time is printed beside
    wall-clock time because on a busy machine it leaves out the time other processes take.
 2. Evaluation: N street scenes at 1024x2048 with perturbed predictions (bench/segmentation_eval.py writes them);
    mbtasks' evaluate_cityscapes_folders and cityscapesscripts' evalPixelLevelSemanticLabeling score the same PNGs.
@@ -31,6 +32,7 @@ import torchvision
 from mbtasks.backbones.weights import import_weights
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.evaluation.segmentation import evaluate_cityscapes_folders
+from mbtasks.fusion import for_inference
 from mbtasks.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,33 +52,40 @@ def _randomised(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def latency(runs: int, tmp: str) -> list[tuple[str, float, float, float, float]]:
-    """Per resolution: resolution, then torchvision and mbtasks wall-clock ms, then their CPU ms (process time, all
-    threads), medians of alternating batch-1 runs. CPU time leaves out the time other processes hold the cores."""
+MODELS = ("torchvision", "mbtasks eager", "mbtasks inference")
+
+
+def latency(runs: int, tmp: str) -> list[tuple[str, dict, dict]]:
+    """Per resolution: resolution, then wall-clock and CPU ms per model (MODELS), medians of batch-1 runs taken in
+    rotating order. "mbtasks inference" is what evaluate runs (for_inference: BN folded, channels-last). CPU time
+    leaves out the time other processes hold the cores."""
     reference = _randomised(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=19))
     torch.save(reference.state_dict(), os.path.join(tmp, "torchvision.pth"))
     import_weights("torchvision", os.path.join(tmp, "torchvision.pth"), "lraspp_mobilenet_v3_large",
                    os.path.join(tmp, "mbtasks.pth"))
     ours = build_model("lraspp_mobilenet_v3_large", weights=os.path.join(tmp, "mbtasks.pth")).eval()
+    fast = for_inference(ours)
     rows = []
     for height, width in RESOLUTIONS:
         x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
+        run = {"torchvision": lambda: reference(x)["out"], "mbtasks eager": lambda: ours(x),
+               "mbtasks inference": lambda: fast(x)}
         with torch.inference_mode():
-            difference = (ours(x) - reference(x)["out"]).abs().max().item()
-            assert difference < 1e-3, f"logits differ by {difference}"
-            wall, cpu = {"torchvision": [], "mbtasks": []}, {"torchvision": [], "mbtasks": []}
-            run = {"torchvision": lambda: reference(x)["out"], "mbtasks": lambda: ours(x)}
+            expected = run["torchvision"]()
+            for name in MODELS[1:]:
+                difference = (run[name]() - expected).abs().max().item()
+                assert difference < 1e-3, f"{name} logits differ from torchvision's by {difference}"
+            wall, cpu = ({name: [] for name in MODELS} for _ in range(2))
             for index in range(runs + 1):  # the first round warms up
-                order = ("torchvision", "mbtasks") if index % 2 == 0 else ("mbtasks", "torchvision")
-                for name in order:
+                for name in MODELS[index % 3:] + MODELS[:index % 3]:
                     start, start_cpu = time.perf_counter(), time.process_time()
                     run[name]()
                     if index:
                         wall[name].append(time.perf_counter() - start)
                         cpu[name].append(time.process_time() - start_cpu)
-        rows.append((f"{height}x{width}", *(1000 * statistics.median(times[name]) for times in (wall, cpu)
-                                            for name in ("torchvision", "mbtasks"))))
+        rows.append((f"{height}x{width}", *({name: 1000 * statistics.median(times[name]) for name in MODELS}
+                                            for times in (wall, cpu))))
     return rows
 
 
@@ -117,12 +126,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"\nlatency, lraspp_mobilenet_v3_large, batch 1, CPU, median of {args.runs} alternating runs")
-        print(f"{'':<11}{'wall-clock ms':^36}{'CPU ms':^36}")
-        print(f"{'input':<11}" + f"{'torchvision':>14}{'mbtasks':>12}{'ratio':>10}" * 2)
-        for resolution, theirs, mine, theirs_cpu, mine_cpu in latency(args.runs, tmp):
-            print(f"{resolution:<11}{theirs:>14.1f}{mine:>12.1f}{mine / theirs:>9.3f}x"
-                  f"{theirs_cpu:>14.1f}{mine_cpu:>12.1f}{mine_cpu / theirs_cpu:>9.3f}x")
+        print(f"\nlatency, lraspp_mobilenet_v3_large, batch 1, CPU, median of {args.runs} runs in rotating order")
+        print("ms (ratio to torchvision)" + "".join(f"{name:>24}" for name in MODELS))
+        for resolution, wall, cpu in latency(args.runs, tmp):
+            for kind, times in (("wall-clock", wall), ("CPU", cpu)):
+                print(f"{resolution + ' ' + kind:<25}" + "".join(
+                    f"{times[name]:>14.1f} ({times[name] / times['torchvision']:.3f}x)" for name in MODELS))
         ours, official, same = evaluation(args.images, tmp)
     print(f"\nevaluation, {args.images} images {SIZE[0]}x{SIZE[1]}, the same prediction PNGs")
     print(f"{'cityscapesscripts':<20}{official:8.2f} s  {1000 * official / args.images:8.1f} ms/image")

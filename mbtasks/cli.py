@@ -123,13 +123,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_coco_files(args)
     if args.task == "seg" and (args.gt or args.predictions):
         return _evaluate_cityscapes_files(args)
-    if args.checkpoint is None:
-        raise MbtasksError("evaluate needs --checkpoint (or, for det, --annotations with --detections)")
     from .config import config_from_dict
     from .fusion import for_inference
     from .tasks.training import build_trainer, read_checkpoint
 
-    record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
+    onnx_model, source = None, args.checkpoint
+    if args.runtime == "onnxruntime":
+        from .onnx_runtime import load_onnx_model
+
+        if args.model is None or args.checkpoint is not None:
+            raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
+                               "not a --checkpoint")
+        onnx_model, record = load_onnx_model(args.model, args.task)
+        source = args.model
+    elif args.model is not None:
+        raise MbtasksError("--model is an ONNX file for --runtime onnxruntime; the torch runtime takes --checkpoint")
+    elif args.checkpoint is None:
+        raise MbtasksError("evaluate needs --checkpoint (or --runtime onnxruntime --model FILE.onnx; or, for det, "
+                           "--annotations with --detections)")
+    else:
+        record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
     # The checkpoint's own recipe unless a config file is given; --set applies on top of either.
     config = _config(args, base=record["config"] if args.config is None else None)
     config.model = config_from_dict(record["config"]).model  # the network is the checkpoint's
@@ -140,10 +153,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     data.setup("validate")
     if list(data.class_names) != list(record["class_names"]):
         raise MbtasksError(f"was trained on classes {record['class_names'][1:4]}..., the data set has "
-                           f"{list(data.class_names)[1:4]}...", args.checkpoint)
+                           f"{list(data.class_names)[1:4]}...", source)
     task = task_class(config.to_dict(), record["class_names"], record.get("category_ids", []))
-    task.model.load_state_dict(record["state_dict"])
-    task.model = for_inference(task.model)
+    if onnx_model is None:
+        task.model.load_state_dict(record["state_dict"])
+        task.model = for_inference(task.model)
+    else:
+        task.model = onnx_model  # the same evaluators, the exported graph in ONNX Runtime
     task.evaluation_options = {"save_predictions": args.save_predictions, "scales": args.scales, "flip": args.flip}
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)
@@ -206,6 +222,29 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(line)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .config import config_from_dict
+    from .export import export_onnx
+    from .fusion import for_inference
+    from .tasks.training import read_checkpoint
+
+    if args.calibration < 1 or args.samples < 1:
+        raise MbtasksError("--calibration and --samples must be at least 1")
+    record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
+    # As evaluate: the checkpoint's recipe (or --config) for the data, --set on top; the network is the checkpoint's.
+    config = _config(args, base=record["config"] if args.config is None else None)
+    config.model = config_from_dict(record["config"]).model
+    config.model.weights = config.model.backbone_weights = None
+    data_class, task_class, _, _ = _task_parts(config.task)
+    task = task_class(config.to_dict(), record["class_names"], record.get("category_ids", []))
+    task.model.load_state_dict(record["state_dict"])
+    report = export_onnx(for_inference(task.model), record, data_class(config), args.out, int8=args.int8,
+                         calibration=args.calibration, samples=args.samples)
+    kind = f"int8 (QDQ, calibrated on {report.calibration_images} training images)" if args.int8 else "fp32"
+    print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record['task']} {record['model']}, {kind}")
+    print(report.summary())
+
+
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from .datasets.synthetic import WRITERS, write_synthetic
 
@@ -213,6 +252,33 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
         raise MbtasksError(f"no embedded data set for task {args.task!r}; known: {', '.join(WRITERS)}")
     write_synthetic(args.task, args.out, seed=args.seed)
     print(f"wrote the embedded {args.task} data set to {args.out} (seed {args.seed})")
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .ablation import (default_config, parse_resolutions, parse_versions, parse_widths, plan_runs,
+                           run_ablation, write_outputs)
+    from .config import load_config
+
+    if args.task is None and args.config is None:
+        raise MbtasksError("ablate needs --task (or a --config, whose task it takes)")
+    if args.task is not None and args.task not in TASKS:
+        raise MbtasksError(f"unknown task {args.task!r}; known: {', '.join(TASKS)}")
+    if args.runs < 0:
+        raise MbtasksError(f"--runs must be 0 or more, got {args.runs}")
+    config_path = args.config or default_config(args.task)
+    task = args.task or load_config(config_path).task
+    versions = parse_versions(args.backbones)
+    widths = parse_widths(args.widths or [], versions)
+    resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
+    runs = plan_runs(task, config_path, args.set or [], versions, widths, resolutions)  # the whole grid checked first
+    print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {config_path} in {args.out}")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    rows = run_ablation(runs, config_path, args.out, args.profile_only, args.runs)
+    written = write_outputs(rows, args.out, args.profile_only, args.runs)
+    failed = sum(row["status"] != "ok" for row in rows)
+    print(f"{len(rows) - failed} runs done, {failed} failed; wrote {', '.join(str(path) for path in written)}")
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,8 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=lambda t: [float(v) for v in t.split(",")], default=None,
                    help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch: the --checkpoint's network in PyTorch (default); onnxruntime: an exported --model")
+    p.add_argument("--model", help="onnxruntime: an ONNX file written by `mbtasks export` (its data config inside)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "export", help="write a checkpoint's network to ONNX (fp32 or int8), checked against PyTorch",
+        description="The graph: seg/attr/embed/cls the network (normalised images -> logits / embeddings); det "
+                    "normalisation, network, softmax and box decoding at the detector's size ([0, 1] images -> "
+                    "boxes in its pixels and class scores), while resizing, the selection (threshold, top-k per "
+                    "class, NMS) and scaling the boxes back run outside it (mbtasks.onnx_runtime.OnnxDetector). "
+                    "Evaluate the file with `mbtasks evaluate --runtime onnxruntime --model FILE`.")
+    _add_config_arguments(p)
+    p.add_argument("--checkpoint", required=True, help="training checkpoint")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="file format (onnx)")
+    p.add_argument("--int8", action="store_true", help="static int8 quantisation (QDQ, per-channel weights)")
+    p.add_argument("--calibration", type=int, default=100, help="int8: training images to calibrate on (default 100)")
+    p.add_argument("--samples", type=int, default=4,
+                   help="validation images to compare onnxruntime with pytorch on (default 4)")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("predict", help="draw a checkpoint's predictions on images")
     p.add_argument("--task", default="det", choices=["det"])
@@ -279,6 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_synth)
+
+    p = commands.add_parser(
+        "ablate", help="train, evaluate and profile versions x widths x resolutions of a task",
+        description="Every combination trained and evaluated on the task's config (default: its demo config in "
+                    "configs/demo/ of the source tree), or only profiled; runs finished with the same settings are "
+                    "skipped on a rerun, a failed run is recorded and the rest go on. Writes results.csv, results.md "
+                    "and PNG plots (metric against multiply-adds and latency; profile-only: latency against "
+                    "multiply-adds) in --out.")
+    _add_config_arguments(p)
+    p.add_argument("--backbones", default="v1,v2,v3_large,v3_small", help="versions, e.g. v1,v3_large (default: all)")
+    p.add_argument("--widths", action="append", metavar="[VERSION=]W,W",
+                   help="width multipliers: a plain list for every version (default 1.0), VERSION=... for one "
+                        "(repeatable), e.g. --widths 0.5,1.0 --widths v2=0.35,1.4")
+    p.add_argument("--resolutions", metavar="N,HxW",
+                   help="input sizes (det: the detector's size; seg: the training crop; default: the config's)")
+    p.add_argument("--profile-only", action="store_true",
+                   help="parameters, multiply-adds and latency only; classes from model.options.num_classes, "
+                        "else the task's usual data set's (ImageNet's 1000 for cls)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs for the median latency (0: no latency)")
+    p.add_argument("--out", required=True, help="folder for results.csv, results.md, the plots and runs/")
+    p.set_defaults(func=cmd_ablate)
     return parser
 
 

@@ -1,5 +1,21 @@
 """Shared test helpers."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
+
+MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+# The image tasks' embedded sets, kept tiny (--set settings); the classification set has 9 validation images (odd,
+# for the DDP tests).
+TINY_IMAGE_DATA = {
+    "attr": ["data.size=[40, 32]", "data.synth={seed: 1, num_images: 30, size: [54, 44]}"],
+    "embed": ["data.size=32", "data.synth={seed: 1, num_identities: 4, images_per_identity: 3, num_pair_identities: 20, "
+              "pair_images_per_identity: 3, matched_per_fold: 2, size: [40, 40]}"],
+    "cls": ["data.size=32", "data.synth={seed: 1, num_classes: 3, train_per_class: 4, val_per_class: 3, size: 32}"],
+}
 
 
 def randomised(model: torch.nn.Module) -> torch.nn.Module:
@@ -12,3 +28,22 @@ def randomised(model: torch.nn.Module) -> torch.nn.Module:
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def evaluate_with_one_and_two_processes(checkpoint: Path, out_dir: Path, val_batch_size: int,
+                                        images: int) -> list[dict]:
+    """The checkpoint's figures from `mbtasks evaluate` on one process and on two (DDP, gloo). Each run must report
+    `images` evaluated images: with an odd count the sampler pads a duplicate, which must not be counted twice."""
+    figures = []
+    for devices in (1, 2):
+        out = out_dir / f"ddp{devices}.json"
+        result = subprocess.run(
+            [MBTASKS, "evaluate", "--checkpoint", str(checkpoint), "--json", str(out),
+             "--set", "train.accelerator=cpu", "--set", f"train.devices={devices}", "--set",
+             f"train.strategy={'ddp' if devices > 1 else 'auto'}", "--set", f"data.val_batch_size={val_batch_size}",
+             "--set", "data.num_workers=0"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"evaluated {images} images" in result.stdout
+        figures.append(json.loads(out.read_text()))
+    return figures

@@ -1,16 +1,12 @@
 """The detection task end to end on a tiny embedded data set: train, resume, evaluate, DDP, predict, errors."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from mbtasks.cli import main
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 
-MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+from helpers import evaluate_with_one_and_two_processes
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +66,7 @@ def test_evaluate_checkpoint_prints_12_figures(run, tmp_path, capsys):
 
 def test_two_processes_give_the_same_map_as_one(run, tmp_path):
     root, _ = run
-    figures = []
-    for devices in (1, 2):
-        out = tmp_path / f"ddp{devices}.json"
-        result = subprocess.run(
-            [MBTASKS, "evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--json", str(out),
-             "--set", "train.accelerator=cpu", "--set", f"train.devices={devices}", "--set",
-             f"train.strategy={'ddp' if devices > 1 else 'auto'}", "--set", "data.val_batch_size=2",
-             "--set", "data.num_workers=0"],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stderr[-2000:]
-        # 9 images on 2 processes: the sampler pads one duplicate, which must not be counted twice.
-        assert "evaluated 9 images" in result.stdout
-        figures.append(json.loads(out.read_text()))
+    figures = evaluate_with_one_and_two_processes(root / "run/checkpoints/best.ckpt", tmp_path, 2, 9)
     assert figures[0] == figures[1]
 
 

@@ -3,9 +3,6 @@
 Train one epoch, evaluate the checkpoint, resume, DDP; the heads and losses; configs; one-line errors.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +16,21 @@ from mbtasks.errors import MbtasksError
 from mbtasks.heads.image import AttributeHead, ClassifierHead, EmbeddingHead
 from mbtasks.losses import ArcFaceLoss, AttributeLoss, DistillationLoss, TripletLoss, attribute_pos_weight
 from mbtasks.models import build_backbone, build_model
-from mbtasks.tasks.image import (SYNTH_MARKER, AttributesDataModule, AttributesTask, ClassificationDataModule,
-                                 ClassificationTask, EmbeddingsDataModule, EmbeddingsTask, write_synthetic_once)
+from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
+from mbtasks.tasks.image import (AttributesDataModule, AttributesTask, ClassificationDataModule, ClassificationTask,
+                                 EmbeddingsDataModule, EmbeddingsTask)
 
-MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+from helpers import TINY_IMAGE_DATA, evaluate_with_one_and_two_processes
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COMMON = ["data.num_workers=0", "data.batch_size=8", "data.val_batch_size=4", "train.epochs=1",
           "train.accelerator=cpu", "train.progress_bar=false", "train.optimizer=adamw", "train.lr=0.001",
           "train.log_every=1", "train.schedule=constant"]
-# Each task's embedded set, kept tiny; the classification set has 9 validation images (odd, for the DDP test).
 SETTINGS = {
-    "attr": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, pos_weight: balanced}", "data.size=[40, 32]",
-             "data.synth={seed: 1, num_images: 30, size: [54, 44]}"],
-    "embed": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 16}", "data.size=32",
-              "data.synth={seed: 1, num_identities: 4, images_per_identity: 3, num_pair_identities: 20, "
-              "pair_images_per_identity: 3, matched_per_fold: 2, size: [40, 40]}"],
-    "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.5}", "data.size=32",
-            "data.synth={seed: 1, num_classes: 3, train_per_class: 4, val_per_class: 3, size: 32}"],
+    "attr": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, pos_weight: balanced}",
+             *TINY_IMAGE_DATA["attr"]],
+    "embed": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 16}", *TINY_IMAGE_DATA["embed"]],
+    "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.5}", *TINY_IMAGE_DATA["cls"]],
 }
 METRIC = {"attr": "val/mean_ap", "embed": "val/accuracy", "cls": "val/top1"}
 
@@ -130,19 +125,7 @@ def test_backbone_and_classifier_load_from_image_checkpoints(runs):
 
 def test_two_processes_give_the_same_top1_as_one(runs, tmp_path):
     root, _ = runs["cls"]
-    figures = []
-    for devices in (1, 2):
-        out = tmp_path / f"ddp{devices}.json"
-        result = subprocess.run(
-            [MBTASKS, "evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--json", str(out),
-             "--set", "train.accelerator=cpu", "--set", f"train.devices={devices}", "--set",
-             f"train.strategy={'ddp' if devices > 1 else 'auto'}", "--set", "data.val_batch_size=2",
-             "--set", "data.num_workers=0"],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stderr[-2000:]
-        # 9 images on 2 processes: the sampler pads one duplicate, which must not be counted twice.
-        assert "evaluated 9 images" in result.stdout
-        figures.append(json.loads(out.read_text()))
+    figures = evaluate_with_one_and_two_processes(root / "run/checkpoints/best.ckpt", tmp_path, 2, 9)
     assert figures[0] == figures[1]
 
 

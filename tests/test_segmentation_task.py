@@ -2,8 +2,6 @@
 predictions, DDP, VOC data, configs, and one-line errors for bad prediction folders."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +10,14 @@ import torch
 from PIL import Image
 
 from mbtasks.cli import main
-from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.config import load_config
+from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.datasets.voc import voc_palette
-from mbtasks.tasks.segmentation import SYNTH_MARKER, SegmentationDataModule, SegmentationTask, write_synthetic_once
+from mbtasks.tasks.segmentation import SegmentationDataModule, SegmentationTask
 
-MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+from helpers import evaluate_with_one_and_two_processes
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MEANS = ("mean_class_iou", "mean_class_iiou", "mean_category_iou", "mean_category_iiou")
 
@@ -94,19 +93,7 @@ def test_multi_scale_and_flip_inference(run, tmp_path, capsys):
 
 def test_two_processes_give_the_same_miou_as_one(run, tmp_path):
     root, _ = run
-    figures = []
-    for devices in (1, 2):
-        out = tmp_path / f"ddp{devices}.json"
-        result = subprocess.run(
-            [MBTASKS, "evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--json", str(out),
-             "--set", "train.accelerator=cpu", "--set", f"train.devices={devices}", "--set",
-             f"train.strategy={'ddp' if devices > 1 else 'auto'}", "--set", "data.val_batch_size=1",
-             "--set", "data.num_workers=0"],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stderr[-2000:]
-        # 5 images on 2 processes: the sampler pads one duplicate, which must not be counted twice.
-        assert "evaluated 5 images" in result.stdout
-        figures.append(json.loads(out.read_text()))
+    figures = evaluate_with_one_and_two_processes(root / "run/checkpoints/best.ckpt", tmp_path, 1, 5)
     assert figures[0] == figures[1]
 
 

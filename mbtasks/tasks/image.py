@@ -18,7 +18,7 @@ from ..datasets.celeba import CelebA
 from ..datasets.image_transforms import eval_transform, train_transform
 from ..datasets.imagefolder import ImageFolder, apply_transform, read_rgb
 from ..datasets.lfw import LFWIdentities, LFWPairs, image_path
-from ..datasets.synthetic import SYNTH_MARKER, write_synthetic_once  # noqa: F401  (SYNTH_MARKER: tests)
+from ..datasets.synthetic import write_synthetic_once
 from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES, write_celeba_faces, write_lfw_identities, \
     write_shape_imagefolder
 from ..errors import MbtasksError

@@ -19,7 +19,7 @@ from ..config import Config, config_from_dict
 from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from ..datasets.label_png import read_label_png
-from ..datasets.synthetic import SYNTH_MARKER, write_synthetic_once  # noqa: F401  (SYNTH_MARKER: tests)
+from ..datasets.synthetic import write_synthetic_once
 from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
 from ..datasets.voc import CLASS_NAMES as VOC_CLASSES

@@ -1,0 +1,333 @@
+"""ONNX export of a trained model (fp32, or int8 by static QDQ quantisation), checked against PyTorch in ONNX Runtime.
+
+What the graph holds (onnx_runtime.py runs it behind the PyTorch model's contract):
+- seg, attr, embed, cls: the network of the inference copy (batch norm folded): a normalised NCHW batch `images` ->
+  `logits` (seg: at the input resolution; attr: one per attribute; cls: one per class) or unit `embeddings` (embed).
+  Batch, height and width are dynamic, except for LR-ASPP with `pooling: paper`, whose window follows the input
+  size: that graph is fixed to the validation images' size.
+- det: normalisation, network, softmax and box decoding: [0, 1] `images` (N, 3, H, W) at the detector's fixed size
+  -> `boxes` (N, anchors, 4), xyxy in pixels of that size and clipped to it, and `scores` (N, anchors, classes).
+  Outside the graph, in OnnxDetector: resizing each image to the fixed size, the selection (scores above the
+  threshold, top-k per class, NMS per class by ONNX Runtime's NonMaxSuppression, the best N) and scaling the boxes
+  back to the image. The selection's candidate counts depend on the image, it costs 1-3 ms in Python on a trained
+  model's scores, and it keeps exactly the detections torchvision's SSD keeps.
+
+The exporter is torch.onnx's TorchScript one (dynamo=False): the dynamo exporter gives the same ORT latency but, with a
+dynamic height and width, exported LR-ASPP's upsampling for the example's size only (logits off by 0.5 elsewhere).
+
+int8: quantize_static in QDQ format, per-channel int8 weights, uint8 activations calibrated (MinMax) on training
+images pre-processed as at evaluation; h-swish rewritten to int8 arithmetic (int8_hard_sigmoid); the detection box
+decoding and the segmentation logits' final upsampling stay float.
+"""
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.ssd import SSD
+
+from .errors import MbtasksError
+from .heads.lraspp import PaperPool
+from .onnx_runtime import EXPORT_KEY, RECORD_KEY, create_session, require, resize_image
+
+OPSET = 17
+OUTPUT_NAMES = {"det": ["boxes", "scores"], "seg": ["logits"], "attr": ["logits"], "embed": ["embeddings"],
+                "cls": ["logits"]}
+# ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
+# the detector's input side (1e-4 of 320 pixels is 0.03 pixels; float32 itself steps 3e-5 pixels there). Both
+# runtimes do the same float arithmetic in another order: differences are ~1e-6.
+TOLERANCE = 1e-4
+DECODER = "decode"  # the detection graph's box decoding and softmax: its nodes are named /decode/..., left float
+
+
+@dataclass
+class ExportReport:
+    """What `mbtasks export` prints: the file, its size and the check against PyTorch."""
+
+    path: Path
+    size_bytes: int
+    differences: dict[str, float]  # output name -> largest |onnxruntime - pytorch| over the samples, in its units
+    num_samples: int
+    int8: bool
+    box_side: int | None = None  # det: the input side boxes are measured against
+    calibration_images: int = 0  # int8: how many training images set the ranges
+
+    @property
+    def largest_difference(self) -> float:
+        """The largest difference with boxes as a fraction of the input side: what is held to 1e-4 (fp32)."""
+        return max(v / self.box_side if k == "boxes" else v for k, v in self.differences.items())
+
+    def summary(self) -> str:
+        parts = [f"{k} {v:.3g} pixels of the {self.box_side}-pixel input" if k == "boxes" else f"{k} {v:.3g}"
+                 for k, v in self.differences.items()]
+        return (f"largest |onnxruntime - pytorch| difference: {self.largest_difference:.3g} ({', '.join(parts)}; "
+                f"{self.num_samples} validation images{'; int8 is not held to 1e-4' if self.int8 else ''})")
+
+
+class BoxDecoder(nn.Module):
+    """SSD's box decoding (torchvision's BoxCoder, weights 10, 10, 5, 5), clipping and softmax, over a batch."""
+
+    def __init__(self, anchors: torch.Tensor, weights: tuple[float, ...], clip: float, size: tuple[int, int]):
+        super().__init__()
+        sizes = anchors[:, 2:] - anchors[:, :2]
+        self.register_buffer("centres", (anchors[:, :2] + 0.5 * sizes)[None])
+        self.register_buffer("sizes", sizes[None])
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+        self.register_buffer("upper", torch.tensor([size[1], size[0]] * 2, dtype=torch.float32))
+        self.clip = clip
+
+    def forward(self, deltas: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        deltas = deltas / self.weights
+        centres = deltas[..., :2] * self.sizes + self.centres
+        halves = 0.5 * (torch.exp(deltas[..., 2:].clamp(max=self.clip)) * self.sizes)
+        boxes = torch.cat([centres - halves, centres + halves], dim=-1)
+        boxes = torch.minimum(boxes.clamp(min=0), self.upper)
+        return boxes, torch.softmax(logits, dim=-1)
+
+
+class DetectionGraph(nn.Module):
+    """The exported part of an SSD: [0, 1] images at its fixed size -> decoded, clipped boxes and class scores."""
+
+    def __init__(self, ssd: SSD):
+        super().__init__()
+        width, height = ssd.transform.fixed_size
+        self.size = (height, width)
+        self.register_buffer("mean", torch.tensor(ssd.transform.image_mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(ssd.transform.image_std).view(1, -1, 1, 1))
+        self.backbone, self.head = ssd.backbone, ssd.head
+        coder = ssd.box_coder
+        setattr(self, DECODER, BoxDecoder(_anchors(ssd, self.size), coder.weights, coder.bbox_xform_clip, self.size))
+        self.postprocess = {"score_thresh": ssd.score_thresh, "nms_thresh": ssd.nms_thresh,
+                            "detections_per_img": ssd.detections_per_img, "topk_candidates": ssd.topk_candidates}
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = list(self.backbone((images - self.mean) / self.std).values())
+        outputs = self.head(features)
+        return getattr(self, DECODER)(outputs["bbox_regression"], outputs["cls_logits"])
+
+
+def _anchors(ssd: SSD, size: tuple[int, int]) -> torch.Tensor:
+    """The default boxes of an image of `size`, in its pixels (they depend on the size alone)."""
+    images = torch.zeros(1, 3, *size)
+    with torch.no_grad():
+        features = list(ssd.backbone(images).values())
+        return ssd.anchor_generator(ImageList(images, [size]), features)[0]
+
+
+def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, out: str | Path, *, int8: bool = False,
+                calibration: int = 100, samples: int = 4) -> ExportReport:
+    """Write `model` (the inference copy of the checkpoint's network) to ONNX with the record in its metadata, int8
+    if asked, and compare ONNX Runtime with PyTorch on `samples` validation images; fp32 must agree within 1e-4."""
+    onnx = require("onnx")
+    task, out = record["task"], Path(out)
+    model = model.eval()
+    graph = DetectionGraph(model) if task == "det" else model
+    data.prepare_data()
+    data.setup("fit" if int8 else "validate")
+    inputs = [_graph_input(task, graph, item) for item in _first(data.val_set, samples)]
+    fixed = task == "det" or any(isinstance(m, PaperPool) for m in model.modules())
+    settings = {"graph": task, "opset": OPSET, "int8": int8,
+                "input_size": list(inputs[0].shape[-2:]) if fixed else None}
+    if task == "det":
+        settings["postprocess"] = graph.postprocess
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calibrated = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32 = Path(scratch) / "fp32.onnx"
+        _torch_export(graph, inputs[0], fp32, task, dynamic_size=not fixed)
+        if int8:
+            reader = _calibration_reader(task, graph, data, calibration)
+            _quantize(fp32, out, reader)
+            calibrated = len(reader)
+        proto = onnx.load(str(out if int8 else fp32))
+    for key, value in ((RECORD_KEY, _json_record(record)), (EXPORT_KEY, json.dumps(settings))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+    report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, OUTPUT_NAMES[task]), len(inputs),
+                          int8, max(graph.size) if task == "det" else None, calibrated)
+    if not int8 and report.largest_difference > TOLERANCE:
+        raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
+                           "for inspection", out)
+    return report
+
+
+def _first(dataset, count: int) -> list:
+    return [dataset[i] for i in range(min(count, len(dataset)))]
+
+
+def _graph_input(task: str, graph: nn.Module, item) -> torch.Tensor:
+    """A batch of one graph input from a data set item pre-processed as at evaluation."""
+    if isinstance(item, dict):  # segmentation
+        image = item["image"]
+    elif task == "det":  # (image, target)
+        image = resize_image(item[0], graph.size)
+    else:  # (index, image, ...) from the image tasks' validation sets, (image, target) from their training sets
+        image = item[1] if isinstance(item[0], int) else item[0]
+    return image[None].float().contiguous()
+
+
+def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: str, dynamic_size: bool) -> None:
+    """torch.onnx's TorchScript exporter, batch dynamic and, where asked, height and width (seg: of the logits too)."""
+    size = {2: "height", 3: "width"} if dynamic_size else {}
+    dynamic = {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in OUTPUT_NAMES[task]}}
+    if task == "seg":
+        dynamic["logits"].update(size)
+    with warnings.catch_warnings(), torch.no_grad():
+        # TracerWarnings about shapes turned into constants: they are the fixed sizes the graph is exported at.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=OUTPUT_NAMES[task],
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+
+
+def _json_record(record: dict) -> str:
+    return json.dumps({k: v for k, v in record.items() if k != "state_dict"})
+
+
+def _compare(graph: nn.Module, path: Path, inputs: list[torch.Tensor], names: list[str]) -> dict[str, float]:
+    """Largest |onnxruntime - pytorch| per output over the inputs."""
+    session = create_session(path)
+    largest = dict.fromkeys(names, 0.0)
+    for x in inputs:
+        with torch.no_grad():
+            expected = graph(x)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        for name, want, got in zip(names, expected, session.run(names, {"images": x.numpy()})):
+            largest[name] = max(largest[name], float(np.abs(want.numpy() - got).max()))
+    return largest
+
+
+# ---- int8 ----
+
+
+def calibration_set(task: str, data: pl.LightningDataModule):
+    """The training images through the evaluation pre-processing (no augmentation): what the int8 ranges are set on."""
+    import copy
+
+    from .datasets.segmentation_transforms import segmentation_eval_transforms
+
+    if data.train_set is None:
+        raise MbtasksError("int8 calibration needs the training set; set data.root / data.train_split")
+    if task == "det":
+        dataset = copy.copy(data.train_set)
+        dataset.transforms = data.val_set.transforms
+    elif task == "seg":
+        dataset = copy.copy(data.train_set)
+        dataset.transform = segmentation_eval_transforms()
+    else:
+        dataset = copy.copy(data.train_set.dataset)  # the image tasks wrap theirs in Indexed
+        dataset.transform = data.transform(False)
+    return dataset
+
+
+def _calibration_reader(task: str, graph: nn.Module, data: pl.LightningDataModule, count: int):
+    """`count` training images spread over the whole set (which may be sorted by class), read one at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    dataset = calibration_set(task, data)
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)).tolist()
+
+    class Reader(CalibrationDataReader):
+        # __len__ and set_range: ONNX Runtime's strided MinMax calibrates a slice at a time (CalibStridedMinMax).
+        def __init__(self):
+            self.items = iter(indices)
+
+        def __len__(self) -> int:
+            return len(indices)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.items = iter(indices[start_index:end_index])
+
+        def get_next(self) -> dict | None:
+            index = next(self.items, None)
+            return None if index is None else {"images": _graph_input(task, graph, dataset[index]).numpy()}
+
+    return Reader()
+
+
+def _quantize(fp32: Path, out: Path, reader) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = fp32.with_name("prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared))  # shape inference and ORT's basic fusions before quantising
+    graph = onnx.load(str(prepared)).graph
+    outputs = {output.name for output in graph.output}
+    # Left float: the detection box decoding and softmax, and the upsampling of segmentation logits to the input
+    # size (in uint8 it needs a dequantisation at full resolution: LR-ASPP v3-Large at 1024x2048 took 0.69x of fp32's
+    # time instead of 0.86x).
+    excluded = [node.name for node in graph.node if node.name.startswith(f"/{DECODER}/")
+                or (node.op_type == "Resize" and node.output[0] in outputs)]
+    # uint8 activations, int8 weights per output channel: ONNX Runtime's fast path on x86 (int8 activations were
+    # 2.6x slower here); MinMax ranges cost the demos 0.01 points or less.
+    quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                    # One image at a time, ranges merged: a whole set's intermediate tensors would not fit in memory.
+                    extra_options={"CalibStridedMinMax": 1})
+    model = onnx.load(str(out))
+    int8_hard_sigmoid(model)
+    onnx.save(model, str(out))
+
+
+def int8_hard_sigmoid(model) -> int:
+    """Rewrite each quantised HardSigmoid (h-swish and squeeze-excitation gates) as int8 arithmetic; returns how many.
+
+    ONNX Runtime has no int8 HardSigmoid: it runs it in float between a dequantise and a quantise, which made int8
+    MobileNetV3 no faster than fp32. hardsigmoid(x) = clip(x + 3, 0, 6) / 6: an Add quantised to [0, 6] (uint8 scale
+    6/255, so saturation is the clip) read back with scale 1/255 (the / 6) is the same function at the same 1/255
+    resolution, and ONNX Runtime fuses it into QLinearAdd.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {init.name: init for init in graph.initializer}
+
+    def uint8_quantise(node) -> bool:
+        zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
+        return (node.op_type == "QuantizeLinear" and zero_point is not None
+                and zero_point.data_type == onnx.TensorProto.UINT8)
+
+    rewritten = 0
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "HardSigmoid" or abs(attributes.get("alpha", 0.2) - 1 / 6) > 1e-6
+                or abs(attributes.get("beta", 0.5) - 0.5) > 1e-6):
+            continue
+        quantise = consumers.get(node.output[0], [])
+        if len(quantise) != 1 or not uint8_quantise(quantise[0]):
+            continue
+        dequantise = consumers.get(quantise[0].output[0], [])
+        if not dequantise or any(d.op_type != "DequantizeLinear" for d in dequantise):
+            continue
+        node.op_type = "Add"
+        del node.attribute[:]
+        node.input.append("hardsigmoid_three")
+        quantise[0].input[1:] = ["hardsigmoid_six_scale", "hardsigmoid_zero"]
+        for d in dequantise:
+            d.input[1:] = ["hardsigmoid_one_scale", "hardsigmoid_zero"]
+        rewritten += 1
+    if rewritten:
+        constants = {"hardsigmoid_three_q": np.array(255, np.uint8), "hardsigmoid_three_scale": np.float32(3 / 255),
+                     "hardsigmoid_six_scale": np.float32(6 / 255), "hardsigmoid_one_scale": np.float32(1 / 255),
+                     "hardsigmoid_zero": np.array(0, np.uint8)}
+        graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items())
+        graph.node.insert(0, helper.make_node("DequantizeLinear", ["hardsigmoid_three_q", "hardsigmoid_three_scale",
+                                                                   "hardsigmoid_zero"], ["hardsigmoid_three"]))
+        used = {name for node in graph.node for name in node.input}
+        unused = [init for init in graph.initializer if init.name not in used]
+        for init in unused:
+            graph.initializer.remove(init)
+    return rewritten

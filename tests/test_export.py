@@ -1,0 +1,234 @@
+"""ONNX export and ONNX Runtime evaluation: every task's graph against PyTorch, the same metrics through both runtimes,
+int8, torchvision's detection post-processing reproduced, and one-line errors."""
+import json
+import re
+from types import SimpleNamespace
+
+import onnx
+import pytest
+import torch
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.ssd import SSD
+
+from helpers import TINY_IMAGE_DATA, randomised
+from mbtasks.cli import _task_parts, main
+from mbtasks.config import load_config
+from mbtasks.export import BoxDecoder
+from mbtasks.fusion import for_inference
+from mbtasks.onnx_runtime import load_onnx_model, select_detections
+from mbtasks.tasks.training import read_checkpoint
+
+COMMON = ["data.num_workers=0", "data.val_batch_size=2", "train.accelerator=cpu", "train.progress_bar=false"]
+SETTINGS = {
+    "det": ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.5}", "data.size=96",
+            "data.synth={seed: 1, num_train: 6, num_val: 5, image_size: 96}"],
+    "seg": ["model.name=lraspp_mobilenet_v3_small", "model.options={width_mult: 0.5}",
+            "data.synth={seed: 1, num_train: 4, num_val: 3, size: [64, 128]}"],
+    "attr": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25}", *TINY_IMAGE_DATA["attr"]],
+    "embed": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 16}", *TINY_IMAGE_DATA["embed"]],
+    "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.5}", *TINY_IMAGE_DATA["cls"]],
+}
+DIFFERENCE = re.compile(r"largest \|onnxruntime - pytorch\| difference: (\S+)")
+
+
+def _make_checkpoint(task: str, folder, extra: list[str] = ()) -> tuple[str, list[str]]:
+    """A randomly initialised model (random batch-norm statistics) saved as a training checkpoint, on its tiny
+    embedded data set; returns the checkpoint and the --set settings that reach the data."""
+    settings = COMMON + SETTINGS[task] + list(extra) + [f"data.synth_dir={folder / 'data'}"]
+    config = load_config(None, settings, task=task)
+    data_class, task_class, _, _ = _task_parts(task)
+    data = data_class(config)
+    data.prepare_data()
+    data.setup("validate")
+    torch.manual_seed(0)
+    module = task_class(config.to_dict(), data.class_names, data.category_ids)
+    randomised(module.model)
+    # Spread the class scores out: near-ties would make the ranking (det) a matter of the last bit, and a random
+    # segmenter predicts one class everywhere.
+    classifier = {"det": "head.classification_head", "seg": "head.low_classifier"}.get(task)
+    if classifier:
+        for layer in module.model.get_submodule(classifier).modules():
+            if isinstance(layer, torch.nn.Conv2d) and layer.groups == 1:
+                layer.weight.data *= 30
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    path = folder / f"{task}.ckpt"
+    torch.save(checkpoint, path)
+    return str(path), settings
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """Each task's checkpoint exported to fp32 ONNX: task -> (checkpoint, settings, onnx file, printed lines)."""
+    result = {}
+    for task in SETTINGS:
+        folder = tmp_path_factory.mktemp(task)
+        checkpoint, settings = _make_checkpoint(task, folder)
+        out = folder / f"{task}.onnx"
+        lines = _run(["export", "--checkpoint", checkpoint, "--out", str(out)])
+        result[task] = (checkpoint, settings, out, lines)
+    return result
+
+
+def _run(args: list[str]) -> list[str]:
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0, args
+    return printed.getvalue().splitlines()
+
+
+def _torch_model(checkpoint: str, task: str) -> torch.nn.Module:
+    record = read_checkpoint(checkpoint, task)
+    config = load_config(None, [], task=task, base=record["config"])
+    _, task_class, _, _ = _task_parts(task)
+    module = task_class(config.to_dict(), record["class_names"], record["category_ids"])
+    module.model.load_state_dict(record["state_dict"])
+    return for_inference(module.model)
+
+
+@pytest.mark.parametrize("task", list(SETTINGS))
+def test_export_prints_the_file_and_a_difference_under_1e4(exported, task):
+    _, _, out, lines = exported[task]
+    assert lines[0].startswith(f"wrote {out}: ") and " MB, " in lines[0] and lines[0].endswith("fp32")
+    difference = float(DIFFERENCE.match(lines[1]).group(1))
+    assert 0 <= difference < 1e-4, lines
+    if task == "det":
+        assert "pixels of the 96-pixel input" in lines[1]
+    model = onnx.load(str(out))
+    record = json.loads({p.key: p.value for p in model.metadata_props}["mbtasks"])
+    assert record["task"] == task and record["config"]["task"] == task and "state_dict" not in record
+    # The inference copy: batch norm folded into the convolutions (the embedding head's 1-d one after its linear
+    # layer is not a conv's, and stays).
+    norms = [node for node in model.graph.node if node.op_type == "BatchNormalization"]
+    assert len(norms) == (1 if task == "embed" else 0)
+
+
+@pytest.mark.parametrize("task", ["seg", "attr", "embed", "cls"])
+def test_onnxruntime_model_matches_pytorch(exported, task):
+    checkpoint, _, out, _ = exported[task]
+    model, record = load_onnx_model(out)
+    reference = _torch_model(checkpoint, task)
+    assert record["task"] == task
+    torch.manual_seed(1)
+    # Batch, height and width are dynamic: two batch sizes at two sizes.
+    for shape in ((2, 3, 64, 128), (1, 3, 48, 80)) if task == "seg" else ((3, 3, 32, 32), (1, 3, 40, 32)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            want = reference(x)
+        got = model(x)
+        assert got.shape == want.shape
+        assert (got - want).abs().max() < 1e-4
+
+
+def test_onnxruntime_detector_matches_torchvision_ssd(exported):
+    checkpoint, _, out, _ = exported["det"]
+    model, record = load_onnx_model(out, "det")
+    reference = _torch_model(checkpoint, "det")
+    torch.manual_seed(1)
+    images = [torch.rand(3, 96, 96), torch.rand(3, 120, 70)]  # resized to 96x96, boxes scaled back
+    with torch.no_grad():
+        want = reference(images)
+    got = model(images)
+    for a, b in zip(want, got):
+        assert len(a["labels"]) > 10 and len(a["labels"]) == len(b["labels"])
+        assert (a["scores"] - b["scores"]).abs().max() < 1e-5  # both sorted by score
+        # Each detection has its twin: the order of two that tie to the last bits may differ between the runtimes.
+        close = (a["boxes"][:, None] - b["boxes"][None]).abs().amax(-1) < 1e-4
+        same_label = a["labels"][:, None] == b["labels"][None]
+        assert (close & same_label).any(1).all() and (close & same_label).any(0).all()
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_evaluate_with_onnxruntime_gives_the_checkpoint_metrics(exported, task, tmp_path):
+    checkpoint, settings, out, _ = exported[task]
+    common = [a for s in COMMON for a in ("--set", s)]
+    lines = _run(["evaluate", "--checkpoint", checkpoint, "--json", str(tmp_path / "torch.json")] + common)
+    onnx_lines = _run(["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json",
+                       str(tmp_path / "onnx.json")] + common)
+    assert lines[0] == onnx_lines[0] and re.match(r"evaluated [35] images", lines[0])
+    figures = json.loads((tmp_path / "torch.json").read_text())
+    assert json.loads((tmp_path / "onnx.json").read_text()) == figures
+    assert figures["AR100" if task == "det" else "mean_category_iou"] > 0  # not a model that finds nothing
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_path):
+    checkpoint, _, fp32, _ = exported[task]
+    out = tmp_path / f"{task}_int8.onnx"
+    lines = _run(["export", "--checkpoint", checkpoint, "--out", str(out), "--int8", "--calibration", "3"])
+    assert "int8 (QDQ, calibrated on 3 training images)" in lines[0] and DIFFERENCE.match(lines[1])
+    graph = onnx.load(str(out)).graph
+    quantised = {node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert convs and all(node.input[1] in {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+                         for node in convs)  # every conv reads int8 weights
+    assert not any(node.op_type == "HardSigmoid" for node in graph.node)  # h-swish rewritten to int8 arithmetic
+    if task == "det":  # box decoding and softmax stay float
+        decoder = [node for node in graph.node if node.name.startswith("/decode/")]
+        assert decoder and not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in decoder)
+    else:  # so does the upsampling of the logits to the input size
+        producer = {output: node for node in graph.node for output in node.output}
+        upsampling = producer["logits"]
+        assert upsampling.op_type == "Resize" and producer[upsampling.input[0]].op_type == "DequantizeLinear"
+    assert quantised and out.stat().st_size < 0.6 * fp32.stat().st_size
+    lines = _run(["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json", str(tmp_path / "m.json")]
+                 + [a for s in COMMON for a in ("--set", s)])
+    assert re.match(r"evaluated [35] images", lines[0])
+    figures = json.loads((tmp_path / "m.json").read_text())
+    assert 0 <= figures["AP" if task == "det" else "mean_class_iou"] <= 1
+
+
+def test_paper_pooling_is_exported_at_the_validation_size(tmp_path):
+    checkpoint, _ = _make_checkpoint("seg", tmp_path, ["model.options={width_mult: 0.5, pooling: paper}"])
+    _run(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "paper.onnx")])
+    model, _ = load_onnx_model(tmp_path / "paper.onnx")
+    assert model(torch.zeros(1, 3, 64, 128)).shape == (1, 19, 64, 128)
+    with pytest.raises(Exception, match="exported for 64x128 inputs only"):
+        model(torch.zeros(1, 3, 32, 64))
+
+
+def test_select_detections_is_torchvisions_ssd_postprocessing():
+    """Against torchvision's own code, with the top-k per class binding and many classes."""
+    torch.manual_seed(0)
+    anchors = torch.rand(500, 2) * 80
+    anchors = torch.cat([anchors, anchors + 5 + torch.rand(500, 2) * 30], 1)
+    deltas, logits = torch.randn(1, 500, 4), torch.randn(1, 500, 12) * 3
+    # What SSD.postprocess_detections reads of its model: torchvision's settings, top-k binding, 12 classes.
+    ssd = SimpleNamespace(score_thresh=0.02, nms_thresh=0.5, detections_per_img=40, topk_candidates=25,
+                          box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)))
+    want = SSD.postprocess_detections(ssd, {"bbox_regression": deltas, "cls_logits": logits}, [anchors], [(100, 90)])[0]
+    boxes, scores = BoxDecoder(anchors, ssd.box_coder.weights, ssd.box_coder.bbox_xform_clip, (100, 90))(deltas, logits)
+    got = select_detections(boxes[0], scores[0], ssd.score_thresh, ssd.nms_thresh, ssd.detections_per_img,
+                            ssd.topk_candidates)
+    assert len(want["labels"]) == 40 and torch.equal(got["labels"], want["labels"])
+    assert torch.allclose(got["boxes"], want["boxes"], atol=1e-4) and torch.allclose(got["scores"], want["scores"])
+    none = select_detections(boxes[0], scores[0] * 0, 0.02, 0.5, 40, 25)
+    assert all(len(v) == 0 for v in none.values())
+
+
+def test_user_mistakes_are_one_line_errors(exported, tmp_path, capsys):
+    checkpoint, _, det_onnx, _ = exported["det"]
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    (tmp_path / "text.onnx").write_text("not a model")
+    identity = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "bare",
+                                      [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                      [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(identity), str(tmp_path / "bare.onnx"))
+    cases = {
+        "not an mbtasks training checkpoint": ["export", "--checkpoint", str(tmp_path / "plain.pt"), "--out",
+                                               str(tmp_path / "x.onnx")],
+        "not an ONNX model": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "text.onnx")],
+        "without mbtasks metadata": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "bare.onnx")],
+        "--runtime onnxruntime evaluates --model": ["evaluate", "--runtime", "onnxruntime", "--checkpoint", checkpoint],
+        "--model is an ONNX file for --runtime onnxruntime": ["evaluate", "--model", str(det_onnx)],
+        "is an ONNX model of a det model, not seg": ["evaluate", "--task", "seg", "--runtime", "onnxruntime",
+                                                     "--model", str(det_onnx)],
+        "no such file": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "missing.onnx")],
+    }
+    for expected, args in cases.items():
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mbtasks: error:") and expected in err[0], err
