@@ -26,10 +26,13 @@ from mbtasks.fusion import for_inference
 NAME = "ssdlite320_mobilenet_v3_large"
 
 
-def models(weights_dir: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """torchvision's model with random weights and mbtasks' with the same weights imported."""
+def models(weights_dir: str, prepare=None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """torchvision's model with random weights (changed by `prepare`, if given) and mbtasks' with the same weights
+    imported."""
     torch.manual_seed(0)
     reference = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    if prepare is not None:
+        prepare(reference)
     src, dst = Path(weights_dir) / "tv.pth", Path(weights_dir) / "mb.pth"
     torch.save(reference.state_dict(), src)
     import_weights("torchvision", src, NAME, dst)

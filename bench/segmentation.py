@@ -43,28 +43,37 @@ MEANS = (("mean_class_iou", "averageScoreClasses"), ("mean_class_iiou", "average
          ("mean_category_iou", "averageScoreCategories"), ("mean_category_iiou", "averageScoreInstCategories"))
 
 
-def _randomised(model: torch.nn.Module) -> torch.nn.Module:
+def randomised(model: torch.nn.Module) -> torch.nn.Module:
+    """Random batch-norm statistics and affine parameters (eval mode): features that differ from place to place."""
     torch.manual_seed(0)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
     return model.eval()
 
 
 MODELS = ("torchvision", "mbtasks eager", "mbtasks inference")
 
 
-def latency(runs: int, tmp: str) -> list[tuple[str, dict, dict]]:
-    """Per resolution: resolution, then wall-clock and CPU ms per model (MODELS), medians of batch-1 runs taken in
-    rotating order. "mbtasks inference" is what evaluate runs (for_inference: BN folded, channels-last). CPU time
-    leaves out the time other processes hold the cores."""
-    reference = _randomised(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+def models(tmp: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """torchvision's lraspp_mobilenet_v3_large (19 classes, random weights and batch-norm statistics) and mbtasks'
+    holding the same weights, both in eval mode."""
+    reference = randomised(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=19))
     torch.save(reference.state_dict(), os.path.join(tmp, "torchvision.pth"))
     import_weights("torchvision", os.path.join(tmp, "torchvision.pth"), "lraspp_mobilenet_v3_large",
                    os.path.join(tmp, "mbtasks.pth"))
-    ours = build_model("lraspp_mobilenet_v3_large", weights=os.path.join(tmp, "mbtasks.pth")).eval()
+    return reference, build_model("lraspp_mobilenet_v3_large", weights=os.path.join(tmp, "mbtasks.pth")).eval()
+
+
+def latency(runs: int, tmp: str) -> list[tuple[str, dict, dict]]:
+    """Per resolution: resolution, then wall-clock and CPU ms per model (MODELS), medians of batch-1 runs taken in
+    rotating order. "mbtasks inference" is what evaluate runs (for_inference: BN folded, channels-last). CPU time
+    leaves out the time other processes hold the cores."""
+    reference, ours = models(tmp)
     fast = for_inference(ours)
     rows = []
     for height, width in RESOLUTIONS:

@@ -335,11 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "export", help="write a checkpoint's network to ONNX (fp32 or int8), checked against PyTorch",
-        description="The graph: seg/attr/embed/cls the network (normalised images -> logits / embeddings); det "
-                    "normalisation, network, softmax and box decoding at the detector's size ([0, 1] images -> "
-                    "boxes in its pixels and class scores), while resizing, the selection (threshold, top-k per "
-                    "class, NMS) and scaling the boxes back run outside it (mbtasks.onnx_runtime.OnnxDetector). "
-                    "Evaluate the file with `mbtasks evaluate --runtime onnxruntime --model FILE`.")
+        description="The graph: seg/attr/embed/cls the network (normalised images -> logits / embeddings); det the "
+                    "whole detector, one [0, 1] image of any size -> boxes in its pixels, scores, labels (resizing, "
+                    "normalisation, network, box decoding, torchvision SSD's selection with NMS, boxes scaled back).")
     _add_config_arguments(p)
     p.add_argument("--checkpoint", required=True, help="training checkpoint")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="file format (onnx)")

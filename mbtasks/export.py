@@ -5,19 +5,18 @@ What the graph holds (onnx_runtime.py runs it behind the PyTorch model's contrac
   `logits` (seg: at the input resolution; attr: one per attribute; cls: one per class) or unit `embeddings` (embed).
   Batch, height and width are dynamic, except for LR-ASPP with `pooling: paper`, whose window follows the input
   size: that graph is fixed to the validation images' size.
-- det: normalisation, network, softmax and box decoding: [0, 1] `images` (N, 3, H, W) at the detector's fixed size
-  -> `boxes` (N, anchors, 4), xyxy in pixels of that size and clipped to it, and `scores` (N, anchors, classes).
-  Outside the graph, in OnnxDetector: resizing each image to the fixed size, the selection (scores above the
-  threshold, top-k per class, NMS per class by ONNX Runtime's NonMaxSuppression, the best N) and scaling the boxes
-  back to the image. The selection's candidate counts depend on the image, it costs 1-3 ms in Python on a trained
-  model's scores, and it keeps exactly the detections torchvision's SSD keeps.
+- det: the whole detector, end to end: one [0, 1] image `images` (1, 3, H, W) of any size -> `boxes` (xyxy in its
+  pixels), `scores`, `labels`: torchvision's resize to the detector's size and normalisation, the network, softmax
+  and box decoding, torchvision SSD's selection (scores above the threshold, top-k per class, NMS per class by
+  ONNX's NonMaxSuppression, the best N), the boxes scaled back. In one graph ONNX Runtime runs it all on one thread
+  pool: with the selection in Python beside it, the two runtimes' threads contended and the end-to-end time doubled.
 
 The exporter is torch.onnx's TorchScript one (dynamo=False): the dynamo exporter gives the same ORT latency but, with a
 dynamic height and width, exported LR-ASPP's upsampling for the example's size only (logits off by 0.5 elsewhere).
 
 int8: quantize_static in QDQ format, per-channel int8 weights, uint8 activations calibrated (MinMax) on training
-images pre-processed as at evaluation; h-swish rewritten to int8 arithmetic (int8_hard_sigmoid); the detection box
-decoding and the segmentation logits' final upsampling stay float.
+images pre-processed as at evaluation; h-swish rewritten to int8 arithmetic (int8_hard_sigmoid); all of a detector but
+its network, and the segmentation logits' final upsampling, stay float.
 """
 import json
 import tempfile
@@ -29,21 +28,25 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
+from torchvision.ops import batched_nms
 
 from .errors import MbtasksError
 from .heads.lraspp import PaperPool
-from .onnx_runtime import EXPORT_KEY, RECORD_KEY, create_session, require, resize_image
+from .onnx_runtime import EXPORT_KEY, RECORD_KEY, create_session, require
 
 OPSET = 17
-OUTPUT_NAMES = {"det": ["boxes", "scores"], "seg": ["logits"], "attr": ["logits"], "embed": ["embeddings"],
+OUTPUT_NAMES = {"det": ["boxes", "scores", "labels"], "seg": ["logits"], "attr": ["logits"], "embed": ["embeddings"],
                 "cls": ["logits"]}
 # ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
 # the detector's input side (1e-4 of 320 pixels is 0.03 pixels; float32 itself steps 3e-5 pixels there). Both
 # runtimes do the same float arithmetic in another order: differences are ~1e-6.
 TOLERANCE = 1e-4
-DECODER = "decode"  # the detection graph's box decoding and softmax: its nodes are named /decode/..., left float
+# The detection graph's box decoding and softmax, and its selection: their nodes are named /decode/..., /select/...;
+# int8 leaves them float.
+DECODER, SELECT = "decode", "select"
 
 
 @dataclass
@@ -91,8 +94,53 @@ class BoxDecoder(nn.Module):
         return boxes, torch.softmax(logits, dim=-1)
 
 
+class ClassNMS(torch.autograd.Function):
+    """NMS within each class: ONNX's NonMaxSuppression in the graph, torchvision's batched_nms when run in PyTorch.
+    boxes (1, anchors, 4), scores (1, classes, anchors) -> (kept, 3) rows of (0, class, anchor)."""
+
+    @staticmethod
+    def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, iou: float, score_thresh: float) -> torch.Tensor:
+        classes, anchors = (scores[0] > score_thresh).nonzero(as_tuple=True)
+        keep = batched_nms(boxes[0][anchors], scores[0][classes, anchors], classes, iou)
+        return torch.stack([torch.zeros_like(keep), classes[keep], anchors[keep]], 1)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou: float, score_thresh: float):
+        def constant(value, dtype):
+            return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
+
+        return g.op("NonMaxSuppression", boxes, scores, constant(1 << 30, torch.int64),
+                    constant(iou, torch.float32), constant(score_thresh, torch.float32))
+
+
+class SelectDetections(nn.Module):
+    """torchvision SSD's postprocess_detections for one image, vectorised over classes: scores above score_thresh, at
+    most topk_candidates per class, NMS per class, the best detections_per_img."""
+
+    def __init__(self, score_thresh: float, nms_thresh: float, detections_per_img: int, topk_candidates: int):
+        super().__init__()
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.detections_per_img, self.topk_candidates = detections_per_img, topk_candidates
+
+    def forward(self, boxes: torch.Tensor, probabilities: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """boxes (1, anchors, 4), probabilities (1, anchors, classes), class 0 the background -> boxes, scores, labels."""
+        scores = probabilities[0, :, 1:].t()  # (classes - 1, anchors)
+        k = min(self.topk_candidates, scores.shape[1])
+        # A class's top k may pass, so the others' scores become 0. Only a class with more than k candidates needs
+        # its k-th score: TopK over every class took 4 of ONNX Runtime's 18 ms for SSDLite320 v3-Large.
+        crowded = ((scores > self.score_thresh).sum(1) > k).nonzero()[:, 0]
+        kth = torch.zeros_like(scores[:, :1]).index_put((crowded,), scores[crowded].topk(k, dim=1).values[:, -1:])
+        scores = torch.where(scores >= kth, scores, torch.zeros_like(scores))[None]
+        kept = ClassNMS.apply(boxes, scores, self.nms_thresh, self.score_thresh)
+        classes, anchors = kept[:, 1], kept[:, 2]
+        best, order = scores[0, classes, anchors].sort(descending=True)
+        order = order[:self.detections_per_img]
+        return boxes[0][anchors[order]], best[:self.detections_per_img], classes[order] + 1
+
+
 class DetectionGraph(nn.Module):
-    """The exported part of an SSD: [0, 1] images at its fixed size -> decoded, clipped boxes and class scores."""
+    """An SSD end to end, as exported: one [0, 1] image (1, 3, H, W) of any size -> its detections (boxes xyxy in its
+    pixels, scores, labels), as torchvision's SSD returns them."""
 
     def __init__(self, ssd: SSD):
         super().__init__()
@@ -105,11 +153,18 @@ class DetectionGraph(nn.Module):
         setattr(self, DECODER, BoxDecoder(_anchors(ssd, self.size), coder.weights, coder.bbox_xform_clip, self.size))
         self.postprocess = {"score_thresh": ssd.score_thresh, "nms_thresh": ssd.nms_thresh,
                             "detections_per_img": ssd.detections_per_img, "topk_candidates": ssd.topk_candidates}
+        setattr(self, SELECT, SelectDetections(**self.postprocess))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = list(self.backbone((images - self.mean) / self.std).values())
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # As torchvision's GeneralizedRCNNTransform: bilinear resize to the fixed size, normalise; boxes scaled back.
+        x = F.interpolate(image, size=self.size, mode="bilinear", align_corners=False)
+        features = list(self.backbone((x - self.mean) / self.std).values())
         outputs = self.head(features)
-        return getattr(self, DECODER)(outputs["bbox_regression"], outputs["cls_logits"])
+        boxes, scores, labels = getattr(self, SELECT)(*getattr(self, DECODER)(outputs["bbox_regression"],
+                                                                             outputs["cls_logits"]))
+        image_size = torch._shape_as_tensor(image)[2:].to(boxes.dtype)  # a Shape node: any input size
+        scale = (image_size / torch.tensor(self.size, dtype=boxes.dtype)).flip(0).repeat(2)
+        return boxes * scale, scores, labels
 
 
 def _anchors(ssd: SSD, size: tuple[int, int]) -> torch.Tensor:
@@ -131,7 +186,7 @@ def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, ou
     data.prepare_data()
     data.setup("fit" if int8 else "validate")
     inputs = [_graph_input(task, graph, item) for item in _first(data.val_set, samples)]
-    fixed = task == "det" or any(isinstance(m, PaperPool) for m in model.modules())
+    fixed = any(isinstance(m, PaperPool) for m in model.modules())
     settings = {"graph": task, "opset": OPSET, "int8": int8,
                 "input_size": list(inputs[0].shape[-2:]) if fixed else None}
     if task == "det":
@@ -150,8 +205,9 @@ def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, ou
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
+    box_side = max(max(x.shape[-2:]) for x in inputs) if task == "det" else None
     report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, OUTPUT_NAMES[task]), len(inputs),
-                          int8, max(graph.size) if task == "det" else None, calibrated)
+                          int8, box_side, calibrated)
     if not int8 and report.largest_difference > TOLERANCE:
         raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
                            "for inspection", out)
@@ -166,17 +222,21 @@ def _graph_input(task: str, graph: nn.Module, item) -> torch.Tensor:
     """A batch of one graph input from a data set item pre-processed as at evaluation."""
     if isinstance(item, dict):  # segmentation
         image = item["image"]
-    elif task == "det":  # (image, target)
-        image = resize_image(item[0], graph.size)
+    elif task == "det":  # (image, target): the graph resizes it itself
+        image = item[0]
     else:  # (index, image, ...) from the image tasks' validation sets, (image, target) from their training sets
         image = item[1] if isinstance(item[0], int) else item[0]
     return image[None].float().contiguous()
 
 
 def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: str, dynamic_size: bool) -> None:
-    """torch.onnx's TorchScript exporter, batch dynamic and, where asked, height and width (seg: of the logits too)."""
+    """torch.onnx's TorchScript exporter, batch dynamic and, where asked, height and width (seg: of the logits too);
+    det: one image of any size in, any number of detections out."""
     size = {2: "height", 3: "width"} if dynamic_size else {}
-    dynamic = {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in OUTPUT_NAMES[task]}}
+    if task == "det":
+        dynamic = {"images": size, **{name: {0: "detections"} for name in OUTPUT_NAMES[task]}}
+    else:
+        dynamic = {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in OUTPUT_NAMES[task]}}
     if task == "seg":
         dynamic["logits"].update(size)
     with warnings.catch_warnings(), torch.no_grad():
@@ -191,16 +251,38 @@ def _json_record(record: dict) -> str:
 
 
 def _compare(graph: nn.Module, path: Path, inputs: list[torch.Tensor], names: list[str]) -> dict[str, float]:
-    """Largest |onnxruntime - pytorch| per output over the inputs."""
+    """Largest |onnxruntime - pytorch| per output over the inputs (det: between each detection and its twin)."""
     session = create_session(path)
     largest = dict.fromkeys(names, 0.0)
     for x in inputs:
         with torch.no_grad():
             expected = graph(x)
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        for name, want, got in zip(names, expected, session.run(names, {"images": x.numpy()})):
-            largest[name] = max(largest[name], float(np.abs(want.numpy() - got).max()))
+        expected = [e.numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
+        got = session.run(names, {"images": x.numpy()})
+        differences = _detection_differences(expected, got) if names == OUTPUT_NAMES["det"] else [
+            float(np.abs(want - have).max()) for want, have in zip(expected, got)]
+        for name, difference in zip(names, differences):
+            largest[name] = max(largest[name], difference)
     return largest
+
+
+def _detection_differences(expected: list[np.ndarray], got: list[np.ndarray]) -> list[float]:
+    """Boxes, scores, labels of two lists of detections. Scores compared sorted; a box and label against the
+    detection of the nearest score in the other list, for detections whose score no other comes within 1e-5 of:
+    which of two tied boxes NMS keeps, and which tied detection is last in, is a matter of the last bit. A different
+    count is an infinite difference."""
+    (want_boxes, want_scores, want_labels), (boxes, scores, labels) = expected, got
+    if len(boxes) != len(want_boxes):
+        return [float("inf")] * 3
+    if len(boxes) == 0:
+        return [0.0] * 3
+    gaps = np.abs(want_scores[:, None] - want_scores[None])
+    np.fill_diagonal(gaps, np.inf)
+    unique = np.flatnonzero(gaps.min(1) > 1e-5) if len(want_scores) > 1 else np.arange(1)
+    twin = np.abs(scores[None] - want_scores[unique, None]).argmin(1)
+    box_difference = float(np.abs(boxes[twin] - want_boxes[unique]).max()) if len(unique) else 0.0
+    return [box_difference, float(np.abs(np.sort(scores) - np.sort(want_scores)).max()),
+            float((labels[twin] != want_labels[unique]).any())]
 
 
 # ---- int8 ----
@@ -260,10 +342,13 @@ def _quantize(fp32: Path, out: Path, reader) -> None:
     quant_pre_process(str(fp32), str(prepared))  # shape inference and ORT's basic fusions before quantising
     graph = onnx.load(str(prepared)).graph
     outputs = {output.name for output in graph.output}
-    # Left float: the detection box decoding and softmax, and the upsampling of segmentation logits to the input
+    # Left float: everything of a detector but its network (resizing, normalisation, box decoding, softmax, selection,
+    # scaling), and the upsampling of segmentation logits to the input
     # size (in uint8 it needs a dequantisation at full resolution: LR-ASPP v3-Large at 1024x2048 took 0.69x of fp32's
     # time instead of 0.86x).
-    excluded = [node.name for node in graph.node if node.name.startswith(f"/{DECODER}/")
+    detector = any(node.name.startswith(f"/{DECODER}/") for node in graph.node)
+    excluded = [node.name for node in graph.node
+                if (detector and node.name.startswith("/") and not node.name.startswith(("/backbone/", "/head/")))
                 or (node.op_type == "Resize" and node.output[0] in outputs)]
     # uint8 activations, int8 weights per output channel: ONNX Runtime's fast path on x86 (int8 activations were
     # 2.6x slower here); MinMax ranges cost the demos 0.01 points or less.

@@ -13,9 +13,9 @@ from torchvision.models.detection.ssd import SSD
 from helpers import TINY_IMAGE_DATA, randomised
 from mbtasks.cli import _task_parts, main
 from mbtasks.config import load_config
-from mbtasks.export import BoxDecoder
+from mbtasks.export import BoxDecoder, SelectDetections
 from mbtasks.fusion import for_inference
-from mbtasks.onnx_runtime import load_onnx_model, select_detections
+from mbtasks.onnx_runtime import create_session, load_onnx_model
 from mbtasks.tasks.training import read_checkpoint
 
 COMMON = ["data.num_workers=0", "data.val_batch_size=2", "train.accelerator=cpu", "train.progress_bar=false"]
@@ -190,8 +190,9 @@ def test_paper_pooling_is_exported_at_the_validation_size(tmp_path):
         model(torch.zeros(1, 3, 32, 64))
 
 
-def test_select_detections_is_torchvisions_ssd_postprocessing():
-    """Against torchvision's own code, with the top-k per class binding and many classes."""
+def test_selection_is_torchvisions_ssd_postprocessing_in_pytorch_and_onnxruntime(tmp_path):
+    """Against torchvision's own code, with the top-k per class binding and many classes; then the same module as an
+    ONNX graph (NonMaxSuppression) in ONNX Runtime."""
     torch.manual_seed(0)
     anchors = torch.rand(500, 2) * 80
     anchors = torch.cat([anchors, anchors + 5 + torch.rand(500, 2) * 30], 1)
@@ -201,12 +202,18 @@ def test_select_detections_is_torchvisions_ssd_postprocessing():
                           box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)))
     want = SSD.postprocess_detections(ssd, {"bbox_regression": deltas, "cls_logits": logits}, [anchors], [(100, 90)])[0]
     boxes, scores = BoxDecoder(anchors, ssd.box_coder.weights, ssd.box_coder.bbox_xform_clip, (100, 90))(deltas, logits)
-    got = select_detections(boxes[0], scores[0], ssd.score_thresh, ssd.nms_thresh, ssd.detections_per_img,
-                            ssd.topk_candidates)
-    assert len(want["labels"]) == 40 and torch.equal(got["labels"], want["labels"])
-    assert torch.allclose(got["boxes"], want["boxes"], atol=1e-4) and torch.allclose(got["scores"], want["scores"])
-    none = select_detections(boxes[0], scores[0] * 0, 0.02, 0.5, 40, 25)
-    assert all(len(v) == 0 for v in none.values())
+    select = SelectDetections(ssd.score_thresh, ssd.nms_thresh, ssd.detections_per_img, ssd.topk_candidates)
+    with torch.no_grad():
+        torch.onnx.export(select, (boxes, scores), str(tmp_path / "select.onnx"), input_names=["boxes", "scores"],
+                          output_names=["boxes_kept", "scores_kept", "labels"], opset_version=17, dynamo=False)
+        session = create_session(tmp_path / "select.onnx")
+        for got in (select(boxes, scores), session.run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})):
+            got_boxes, got_scores, got_labels = (torch.as_tensor(v) for v in got)
+            assert len(want["labels"]) == 40 and torch.equal(got_labels, want["labels"])
+            assert torch.allclose(got_boxes, want["boxes"], atol=1e-4)
+            assert torch.allclose(got_scores, want["scores"])
+        empty = session.run(None, {"boxes": boxes.numpy(), "scores": (scores * 0).numpy()})
+        assert all(len(v) == 0 for v in [*select(boxes, scores * 0), *empty])
 
 
 def test_user_mistakes_are_one_line_errors(exported, tmp_path, capsys):

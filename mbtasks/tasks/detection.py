@@ -55,14 +55,13 @@ class DetectionDataModule(pl.LightningDataModule):
             write_shapes_coco(self.root, **self.config.data.synth)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.val_set is not None:
-            return
         preset = self.config.data.augmentation
         preset = "ssdlite" if preset == "default" else preset
         seed = self.config.train.seed
-        self.val_set = CocoDetection(self.root / self.val_split, self.val_annotation_file,
-                                     detection_transforms(preset, self.size, train=False), train=False)
-        if stage in (None, "fit"):
+        if self.val_set is None:
+            self.val_set = CocoDetection(self.root / self.val_split, self.val_annotation_file,
+                                         detection_transforms(preset, self.size, train=False), train=False)
+        if stage in (None, "fit") and self.train_set is None:
             self.train_set = CocoDetection(self.root / self.train_split, self.annotation_file(self.train_split),
                                            detection_transforms(preset, self.size, train=True, seed=seed),
                                            train=True)

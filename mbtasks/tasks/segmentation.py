@@ -95,13 +95,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             write_synthetic_once(self.root, write_streets_cityscapes, dict(self.config.data.synth))
 
     def setup(self, stage: str | None = None) -> None:
-        if self.val_set is not None:
-            return
         dataset = FORMATS[self.format]
-        self.val_set = dataset(self.root, self.val_split, segmentation_eval_transforms())
-        if self.format == "cityscapes":
-            self.val_set = CityscapesWithOfficialTargets(self.val_set)
-        if stage in (None, "fit"):
+        if self.val_set is None:
+            self.val_set = dataset(self.root, self.val_split, segmentation_eval_transforms())
+            if self.format == "cityscapes":
+                self.val_set = CityscapesWithOfficialTargets(self.val_set)
+        if stage in (None, "fit") and self.train_set is None:
             transform = segmentation_train_transforms(self.crop_size, AUGMENTATIONS[self.config.data.augmentation],
                                                       ignore_index=dataset.ignore_index, seed=self.config.train.seed)
             self.train_set = dataset(self.root, self.train_split, transform)
