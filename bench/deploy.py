@@ -37,8 +37,10 @@ from mbtasks.tasks.detection import DetectionDataModule
 from mbtasks.tasks.segmentation import SegmentationDataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 from detection import NAME as DETECTOR, models as detection_models  # noqa: E402  (the same setup as those benches)
-from segmentation import randomised, models as segmentation_models  # noqa: E402
+from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser)
+from segmentation import models as segmentation_models  # noqa: E402
 
 # As training leaves a detector: the background logit high, the others spread out. With random weights every one of
 # the 291,000 class scores would pass the 0.001 threshold; with these about 3,000 do and 300 detections are kept.

@@ -36,23 +36,13 @@ from mbtasks.fusion import for_inference
 from mbtasks.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser: features that differ by place)
 from segmentation_eval import SIZE, write_predictions  # noqa: E402  (the perturbed predictions of that bench)
 
 RESOLUTIONS = ((512, 1024), (1024, 2048))
 MEANS = (("mean_class_iou", "averageScoreClasses"), ("mean_class_iiou", "averageScoreInstClasses"),
          ("mean_category_iou", "averageScoreCategories"), ("mean_category_iiou", "averageScoreInstCategories"))
-
-
-def randomised(model: torch.nn.Module) -> torch.nn.Module:
-    """Random batch-norm statistics and affine parameters (eval mode): features that differ from place to place."""
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 MODELS = ("torchvision", "mbtasks eager", "mbtasks inference")

@@ -123,7 +123,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_coco_files(args)
     if args.task == "seg" and (args.gt or args.predictions):
         return _evaluate_cityscapes_files(args)
-    from .config import config_from_dict
     from .fusion import for_inference
     from .tasks.training import build_trainer, read_checkpoint
 
@@ -143,18 +142,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                            "--annotations with --detections)")
     else:
         record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
-    # The checkpoint's own recipe unless a config file is given; --set applies on top of either.
-    config = _config(args, base=record["config"] if args.config is None else None)
-    config.model = config_from_dict(record["config"]).model  # the network is the checkpoint's
-    config.model.weights = config.model.backbone_weights = None
-    data_class, task_class, _, _ = _task_parts(config.task)
-    data = data_class(config)
+    config, data, task = _task_of_record(args, record)
     data.prepare_data()
     data.setup("validate")
     if list(data.class_names) != list(record["class_names"]):
         raise MbtasksError(f"was trained on classes {record['class_names'][1:4]}..., the data set has "
                            f"{list(data.class_names)[1:4]}...", source)
-    task = task_class(config.to_dict(), record["class_names"], record.get("category_ids", []))
     if onnx_model is None:
         task.model.load_state_dict(record["state_dict"])
         task.model = for_inference(task.model)
@@ -166,6 +159,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if trainer.is_global_zero:
         print(f"evaluated {task.evaluated_images} images")
         _print_metrics(args, task.metrics, task.metrics_table())
+
+
+def _task_of_record(args: argparse.Namespace, record: dict):
+    """(config, data module, task module) for a checkpoint's or an exported model's record: its own recipe unless a
+    config file is given, --set on top of either; the network is always the record's (weights not loaded)."""
+    from .config import config_from_dict
+
+    config = _config(args, base=record["config"] if args.config is None else None)
+    config.model = config_from_dict(record["config"]).model
+    config.model.weights = config.model.backbone_weights = None
+    data_class, task_class, _, _ = _task_parts(config.task)
+    return config, data_class(config), task_class(config.to_dict(), record["class_names"],
+                                                  record.get("category_ids", []))
 
 
 def _checkpoint_task(path: str) -> str:
@@ -223,7 +229,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .config import config_from_dict
     from .export import export_onnx
     from .fusion import for_inference
     from .tasks.training import read_checkpoint
@@ -231,14 +236,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.calibration < 1 or args.samples < 1:
         raise MbtasksError("--calibration and --samples must be at least 1")
     record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
-    # As evaluate: the checkpoint's recipe (or --config) for the data, --set on top; the network is the checkpoint's.
-    config = _config(args, base=record["config"] if args.config is None else None)
-    config.model = config_from_dict(record["config"]).model
-    config.model.weights = config.model.backbone_weights = None
-    data_class, task_class, _, _ = _task_parts(config.task)
-    task = task_class(config.to_dict(), record["class_names"], record.get("category_ids", []))
+    _, data, task = _task_of_record(args, record)
     task.model.load_state_dict(record["state_dict"])
-    report = export_onnx(for_inference(task.model), record, data_class(config), args.out, int8=args.int8,
+    report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
                          calibration=args.calibration, samples=args.samples)
     kind = f"int8 (QDQ, calibrated on {report.calibration_images} training images)" if args.int8 else "fp32"
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record['task']} {record['model']}, {kind}")
@@ -263,8 +263,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     if args.task is None and args.config is None:
         raise MbtasksError("ablate needs --task (or a --config, whose task it takes)")
-    if args.task is not None and args.task not in TASKS:
-        raise MbtasksError(f"unknown task {args.task!r}; known: {', '.join(TASKS)}")
+    if args.task is not None:
+        _task_parts(args.task)  # an unknown task is a one-line error
     if args.runs < 0:
         raise MbtasksError(f"--runs must be 0 or more, got {args.runs}")
     config_path = args.config or default_config(args.task)

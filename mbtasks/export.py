@@ -41,11 +41,11 @@ OPSET = 17
 OUTPUT_NAMES = {"det": ["boxes", "scores", "labels"], "seg": ["logits"], "attr": ["logits"], "embed": ["embeddings"],
                 "cls": ["logits"]}
 # ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
-# the detector's input side (1e-4 of 320 pixels is 0.03 pixels; float32 itself steps 3e-5 pixels there). Both
+# the image's side (1e-4 of 320 pixels is 0.03 pixels; float32 itself steps 3e-5 pixels there). Both
 # runtimes do the same float arithmetic in another order: differences are ~1e-6.
 TOLERANCE = 1e-4
-# The detection graph's box decoding and softmax, and its selection: their nodes are named /decode/..., /select/...;
-# int8 leaves them float.
+# The detection graph's box decoding and softmax, and its selection: their nodes are named /decode/..., /select/...
+# (int8 leaves every node of a detector outside /backbone/ and /head/ float).
 DECODER, SELECT = "decode", "select"
 
 
@@ -58,12 +58,12 @@ class ExportReport:
     differences: dict[str, float]  # output name -> largest |onnxruntime - pytorch| over the samples, in its units
     num_samples: int
     int8: bool
-    box_side: int | None = None  # det: the input side boxes are measured against
+    box_side: int | None = None  # det: the longest image side boxes are measured against
     calibration_images: int = 0  # int8: how many training images set the ranges
 
     @property
     def largest_difference(self) -> float:
-        """The largest difference with boxes as a fraction of the input side: what is held to 1e-4 (fp32)."""
+        """The largest difference with boxes as a fraction of the image side: what is held to 1e-4 (fp32)."""
         return max(v / self.box_side if k == "boxes" else v for k, v in self.differences.items())
 
     def summary(self) -> str:
@@ -189,7 +189,7 @@ def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, ou
     graph = DetectionGraph(model) if task == "det" else model
     data.prepare_data()
     data.setup("fit" if int8 else "validate")
-    inputs = [_graph_input(task, graph, item) for item in _first(data.val_set, samples)]
+    inputs = [_graph_input(task, item) for item in _first(data.val_set, samples)]
     fixed = any(isinstance(m, PaperPool) for m in model.modules())
     settings = {"graph": task, "opset": OPSET, "int8": int8,
                 "input_size": list(inputs[0].shape[-2:]) if fixed else None}
@@ -201,7 +201,7 @@ def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, ou
         fp32 = Path(scratch) / "fp32.onnx"
         _torch_export(graph, inputs[0], fp32, task, dynamic_size=not fixed)
         if int8:
-            reader = _calibration_reader(task, graph, data, calibration)
+            reader = _calibration_reader(task, data, calibration)
             _quantize(fp32, out, reader)
             calibrated = len(reader)
         proto = onnx.load(str(out if int8 else fp32))
@@ -222,7 +222,7 @@ def _first(dataset, count: int) -> list:
     return [dataset[i] for i in range(min(count, len(dataset)))]
 
 
-def _graph_input(task: str, graph: nn.Module, item) -> torch.Tensor:
+def _graph_input(task: str, item) -> torch.Tensor:
     """A batch of one graph input from a data set item pre-processed as at evaluation."""
     if isinstance(item, dict):  # segmentation
         image = item["image"]
@@ -317,7 +317,7 @@ def calibration_set(task: str, data: pl.LightningDataModule):
     return dataset
 
 
-def _calibration_reader(task: str, graph: nn.Module, data: pl.LightningDataModule, count: int):
+def _calibration_reader(task: str, data: pl.LightningDataModule, count: int):
     """`count` training images spread over the whole set (which may be sorted by class), read one at a time."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -337,7 +337,7 @@ def _calibration_reader(task: str, graph: nn.Module, data: pl.LightningDataModul
 
         def get_next(self) -> dict | None:
             index = next(self.items, None)
-            return None if index is None else {"images": _graph_input(task, graph, dataset[index]).numpy()}
+            return None if index is None else {"images": _graph_input(task, dataset[index]).numpy()}
 
     return Reader()
 

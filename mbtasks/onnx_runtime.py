@@ -2,13 +2,12 @@
 
 - `OnnxModel` (seg, attr, embed, cls): a normalised NCHW batch -> the network's output tensor, as the task's model.
 - `OnnxDetector` (det): a list of CHW float images in [0, 1] -> a list of dicts boxes / scores / labels in the pixels
-  of each input image. The graph holds normalisation, network, softmax and box decoding at the detector's fixed size;
-  this wrapper resizes each image to that size before it and, after it, makes torchvision SSD's selection (scores
-  above score_thresh, top `topk_candidates` per class, NMS per class, `detections_per_img`) without a loop over
-  classes, with ONNX Runtime's NonMaxSuppression.
+  of each input image. The graph holds all of it (resizing, normalisation, network, box decoding, torchvision SSD's
+  selection, the boxes scaled back): one image per run.
 
-An mbtasks ONNX file carries the checkpoint's record (task, model, options, class names, category ids, config) and
-what the wrapper needs (input size, post-processing settings) as JSON in its metadata, under `mbtasks` and `export`.
+An mbtasks ONNX file carries the checkpoint's record (task, model, options, class names, category ids, config) and the
+export settings (opset, int8, the fixed input size of a graph that has one, a detector's selection settings) as JSON
+in its metadata, under `mbtasks` and `export`.
 """
 import json
 from pathlib import Path

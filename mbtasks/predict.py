@@ -12,7 +12,7 @@ from .models import build_model
 
 
 def load_detector(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The checkpoint's detector, BN folded and channels-last for inference, and its record (class names, category ids)."""
+    """The checkpoint's detector as inference runs it (for_inference) and its record (class names, category ids)."""
     from .tasks.training import read_checkpoint
 
     record = read_checkpoint(checkpoint, "det")
