@@ -26,14 +26,6 @@ from .profiling import (DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, PAPER_FI
 
 Resolution = int | tuple[int, int]
 
-DEMO_CONFIGS = {"det": "det_shapes.yaml", "seg": "seg_cityscapes_synth.yaml", "attr": "attr_faces.yaml",
-                "embed": "embed_faces.yaml", "cls": "cls_shapes.yaml"}
-# The headline figure of `mbtasks evaluate --json`, per task: the first key present (seg: Cityscapes, then VOC).
-HEADLINE_METRICS = {"det": ("AP",), "seg": ("mean_class_iou", "mean_iou"), "attr": ("mean_average_precision",),
-                    "embed": ("accuracy_mean",), "cls": ("top1",)}
-# Profile-only runs read no data: the class count is model.options.num_classes, else the task's usual data set's
-# (COCO's 91 ids as torchvision counts them, Cityscapes, CelebA's 40 attributes, ImageNet; embeddings have none).
-PROFILE_CLASSES = {"det": 91, "seg": 19, "attr": 40, "embed": 0, "cls": 1000}
 COLUMNS = ["task", "version", "width", "resolution", "model", "params", "madds", "latency_ms", "paper_params",
            "paper_madds", "metric_name", "metric", "status", "error", "run"]
 WARMUP = 2  # untimed forward passes before the timed ones
@@ -123,7 +115,9 @@ def parse_resolutions(text: str) -> list[Resolution]:
 
 def default_config(task: str) -> Path:
     """The task's demo config, from the source tree the package sits in."""
-    path = Path(__file__).resolve().parent.parent / "configs" / "demo" / DEMO_CONFIGS[task]
+    from .tasks import TASKS
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "demo" / TASKS.get(task).demo_config
     if not path.is_file():
         raise MbtasksError(f"no demo config for {task} next to the package ({path}): pass --config")
     return path
@@ -145,17 +139,12 @@ def model_for(task: str, config_model: str, version: str) -> str:
 
 
 def config_resolution(config: Config) -> Resolution:
-    """The config's own input size: det's from data.size / the model, the others' data.size."""
-    if config.task == "det":
-        from .tasks.detection import detection_input_size
+    """The config's own input size (det: from data.size or the model)."""
+    from .tasks import TASKS
 
-        size = detection_input_size(config)
-    else:
-        from .tasks.image import DEFAULT_SIZE
-
-        size = config.data.size or DEFAULT_SIZE.get(config.task)
-        if size is None:
-            raise MbtasksError("the config sets no data.size: pass --resolutions")
+    size = TASKS.get(config.task).data_module.input_size(config)
+    if size is None:
+        raise MbtasksError("the config sets no data.size: pass --resolutions")
     size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     return size[0] if size[0] == size[1] else size
 
@@ -185,11 +174,10 @@ def plan_runs(task: str, config_path: str | Path, overrides: list[str], versions
 
 def task_network(config: dict, class_names: list[str], category_ids: list) -> tuple[torch.nn.Module, dict]:
     """The network the task trains for this config and these classes, and its model options (untrained)."""
-    from .cli import _task_parts
+    from .tasks import TASKS
 
     config = {**config, "model": {**config["model"], "weights": None, "backbone_weights": None}}
-    _, task_class, _, _ = _task_parts(config["task"])
-    task = task_class(config, class_names, category_ids)
+    task = TASKS.get(config["task"]).module(config, class_names, category_ids)
     return task.model, task.model_options
 
 
@@ -248,20 +236,25 @@ def _last_line(path: Path) -> str:
 
 def headline_metric(task: str, metrics: dict) -> tuple[str, float | None]:
     """(name, value) of the task's headline figure in an `mbtasks evaluate --json` file's contents."""
-    name = next((key for key in HEADLINE_METRICS[task] if key in metrics), HEADLINE_METRICS[task][0])
+    from .tasks import TASKS
+
+    keys = TASKS.get(task).headline_metrics
+    name = next((key for key in keys if key in metrics), keys[0])
     value = metrics.get(name)
     return name, None if value is None else float(value)
 
 
 def run_one(run: Run, config_path: Path, run_dir: Path, profile_only: bool, latency_runs: int) -> dict:
     """Train and evaluate `run` in a child process (unless profile-only), then profile it: one results row."""
-    task = run.config.task
+    from .tasks import TASKS
+
+    task, spec = run.config.task, TASKS.get(run.config.task)
     row = {"task": task, "version": run.version.removeprefix("mobilenet_"), "width": run.width,
            "resolution": resolution_text(run.resolution), "model": run.model, "status": "ok", "error": "",
-           "run": run.name, "metric_name": "" if profile_only else HEADLINE_METRICS[task][0]}
+           "run": run.name, "metric_name": "" if profile_only else spec.headline_metrics[0]}
     try:
         if profile_only:
-            class_count = run.config.model.options.get("num_classes", PROFILE_CLASSES[task])
+            class_count = run.config.model.options.get("num_classes", spec.profile_classes)
             record = {"config": run.config.to_dict(), "class_names": [f"class_{i}" for i in range(class_count)],
                       "category_ids": list(range(1, class_count + 1))}
         else:

@@ -68,29 +68,6 @@ def cmd_weights_import(args: argparse.Namespace) -> None:
           f"options {saved.options})")
 
 
-# task -> (module, data module class, task class, metric that picks the best checkpoint, default model)
-TASKS = {
-    "det": ("mbtasks.tasks.detection", "DetectionDataModule", "DetectionTask", "val/mAP",
-            "ssdlite320_mobilenet_v3_large"),
-    "seg": ("mbtasks.tasks.segmentation", "SegmentationDataModule", "SegmentationTask", "val/mIoU",
-            "lraspp_mobilenet_v3_large"),
-    "attr": ("mbtasks.tasks.image", "AttributesDataModule", "AttributesTask", "val/mean_ap", "mobilenet_v1"),
-    "embed": ("mbtasks.tasks.image", "EmbeddingsDataModule", "EmbeddingsTask", "val/accuracy", "mobilenet_v1"),
-    "cls": ("mbtasks.tasks.image", "ClassificationDataModule", "ClassificationTask", "val/top1",
-            "mobilenet_v3_large"),
-}
-
-
-def _task_parts(task: str):
-    import importlib
-
-    if task not in TASKS:
-        raise MbtasksError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    module_name, data_class, task_class, monitor, default_model = TASKS[task]
-    module = importlib.import_module(module_name)
-    return getattr(module, data_class), getattr(module, task_class), monitor, default_model
-
-
 def _config(args: argparse.Namespace, base: dict | None = None):
     from .config import load_config
 
@@ -100,21 +77,22 @@ def _config(args: argparse.Namespace, base: dict | None = None):
 def cmd_train(args: argparse.Namespace) -> None:
     import pytorch_lightning as pl
 
+    from .tasks import TASKS
     from .tasks.training import build_trainer
 
     config = _config(args)
-    data_class, task_class, monitor, default_model = _task_parts(config.task)
-    config.model.name = config.model.name or default_model
+    spec = TASKS.get(config.task)
+    config.model.name = config.model.name or spec.default_model
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    data = data_class(config)
+    data = spec.data_module(config)
     data.prepare_data()
     data.setup("fit")
-    task = task_class(config.to_dict(), data.class_names, data.category_ids)
-    trainer = build_trainer(config, monitor)
+    task = spec.module(config.to_dict(), data.class_names, data.category_ids)
+    trainer = build_trainer(config, spec.monitor)
     trainer.fit(task, datamodule=data, ckpt_path=args.resume)
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path
-        print(f"best {monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
+        print(f"best {spec.monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
         print(f"last: {trainer.checkpoint_callback.last_model_path}")
 
 
@@ -165,13 +143,14 @@ def _task_of_record(args: argparse.Namespace, record: dict):
     """(config, data module, task module) for a checkpoint's or an exported model's record: its own recipe unless a
     config file is given, --set on top of either; the network is always the record's (weights not loaded)."""
     from .config import config_from_dict
+    from .tasks import TASKS
 
     config = _config(args, base=record["config"] if args.config is None else None)
     config.model = config_from_dict(record["config"]).model
     config.model.weights = config.model.backbone_weights = None
-    data_class, task_class, _, _ = _task_parts(config.task)
-    return config, data_class(config), task_class(config.to_dict(), record["class_names"],
-                                                  record.get("category_ids", []))
+    spec = TASKS.get(config.task)
+    return config, spec.data_module(config), spec.module(config.to_dict(), record["class_names"],
+                                                         record.get("category_ids", []))
 
 
 def _checkpoint_task(path: str) -> str:
@@ -246,11 +225,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
-    from .datasets.synthetic import WRITERS, write_synthetic
+    from .tasks import TASKS
 
-    if args.task not in WRITERS:
-        raise MbtasksError(f"no embedded data set for task {args.task!r}; known: {', '.join(WRITERS)}")
-    write_synthetic(args.task, args.out, seed=args.seed)
+    TASKS.get(args.task).data_module.write_synthetic(args.out, seed=args.seed)
     print(f"wrote the embedded {args.task} data set to {args.out} (seed {args.seed})")
 
 
@@ -264,7 +241,9 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     if args.task is None and args.config is None:
         raise MbtasksError("ablate needs --task (or a --config, whose task it takes)")
     if args.task is not None:
-        _task_parts(args.task)  # an unknown task is a one-line error
+        from .tasks import TASKS
+
+        TASKS.get(args.task)  # an unknown task is a one-line error
     if args.runs < 0:
         raise MbtasksError(f"--runs must be 0 or more, got {args.runs}")
     config_path = args.config or default_config(args.task)
@@ -282,7 +261,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help=f"task: {', '.join(TASKS)} (default: the config's)")
+    p.add_argument("--task", help="task: det, seg, attr, embed or cls (default: the config's)")
     p.add_argument("--config", help="YAML recipe")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 

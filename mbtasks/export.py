@@ -36,10 +36,9 @@ from torchvision.ops import batched_nms
 from .errors import MbtasksError
 from .heads.lraspp import PaperPool
 from .onnx_runtime import EXPORT_KEY, RECORD_KEY, create_session, require
+from .tasks import TASKS
 
 OPSET = 17
-OUTPUT_NAMES = {"det": ["boxes", "scores", "labels"], "seg": ["logits"], "attr": ["logits"], "embed": ["embeddings"],
-                "cls": ["logits"]}
 # ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
 # the image's side (1e-4 of 320 pixels is 0.03 pixels; float32 itself steps 3e-5 pixels there). Both
 # runtimes do the same float arithmetic in another order: differences are ~1e-6.
@@ -210,12 +209,17 @@ def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, ou
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
     box_side = max(max(x.shape[-2:]) for x in inputs) if task == "det" else None
-    report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, OUTPUT_NAMES[task]), len(inputs),
+    report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, output_names(task)), len(inputs),
                           int8, box_side, calibrated)
     if not int8 and report.largest_difference > TOLERANCE:
         raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
                            "for inspection", out)
     return report
+
+
+def output_names(task: str) -> list[str]:
+    """The exported graph's outputs for a task."""
+    return list(TASKS.get(task).graph_outputs)
 
 
 def _first(dataset, count: int) -> list:
@@ -238,15 +242,15 @@ def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: str
     det: one image of any size in, any number of detections out."""
     size = {2: "height", 3: "width"} if dynamic_size else {}
     if task == "det":
-        dynamic = {"images": size, **{name: {0: "detections"} for name in OUTPUT_NAMES[task]}}
+        dynamic = {"images": size, **{name: {0: "detections"} for name in output_names(task)}}
     else:
-        dynamic = {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in OUTPUT_NAMES[task]}}
+        dynamic = {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in output_names(task)}}
     if task == "seg":
         dynamic["logits"].update(size)
     with warnings.catch_warnings(), torch.no_grad():
         # TracerWarnings about shapes turned into constants: they are the fixed sizes the graph is exported at.
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=OUTPUT_NAMES[task],
+        torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=output_names(task),
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
 
 
@@ -263,7 +267,7 @@ def _compare(graph: nn.Module, path: Path, inputs: list[torch.Tensor], names: li
             expected = graph(x)
         expected = [e.numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
         got = session.run(names, {"images": x.numpy()})
-        differences = _detection_differences(expected, got) if names == OUTPUT_NAMES["det"] else [
+        differences = _detection_differences(expected, got) if names == output_names("det") else [
             float(np.abs(want - have).max()) for want, have in zip(expected, got)]
         for name, difference in zip(names, differences):
             largest[name] = max(largest[name], difference)

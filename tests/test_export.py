@@ -11,7 +11,8 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.ssd import SSD
 
 from helpers import TINY_IMAGE_DATA, randomised
-from mbtasks.cli import _task_parts, main
+from mbtasks.cli import main
+from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
 from mbtasks.export import BoxDecoder, SelectDetections
 from mbtasks.fusion import for_inference
@@ -36,7 +37,7 @@ def _make_checkpoint(task: str, folder, extra: list[str] = ()) -> tuple[str, lis
     embedded data set; returns the checkpoint and the --set settings that reach the data."""
     settings = COMMON + SETTINGS[task] + list(extra) + [f"data.synth_dir={folder / 'data'}"]
     config = load_config(None, settings, task=task)
-    data_class, task_class, _, _ = _task_parts(task)
+    data_class, task_class = TASKS.get(task).data_module, TASKS.get(task).module
     data = data_class(config)
     data.prepare_data()
     data.setup("validate")
@@ -83,7 +84,7 @@ def _run(args: list[str]) -> list[str]:
 def _torch_model(checkpoint: str, task: str) -> torch.nn.Module:
     record = read_checkpoint(checkpoint, task)
     config = load_config(None, [], task=task, base=record["config"])
-    _, task_class, _, _ = _task_parts(task)
+    task_class = TASKS.get(task).module
     module = task_class(config.to_dict(), record["class_names"], record["category_ids"])
     module.model.load_state_dict(record["state_dict"])
     return for_inference(module.model)

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, config_from_dict
 from ..datasets.coco import CocoDetection
+from ..datasets.synthetic.shapes_coco import write_shapes_coco
 from ..datasets.transforms import detection_transforms
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..models import MODEL_BACKBONES, build_configured_model
@@ -31,6 +32,8 @@ def collate(batch: list) -> tuple:
 class DetectionDataModule(pl.LightningDataModule):
     """COCO layout under data.root (`annotations/instances_{split}.json`, `{split}/*.jpg`), or the embedded set."""
 
+    write_synthetic = staticmethod(write_shapes_coco)
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
@@ -41,6 +44,11 @@ class DetectionDataModule(pl.LightningDataModule):
         self.size = detection_input_size(config)
         self.train_set = self.val_set = None
 
+    @staticmethod
+    def input_size(config: Config) -> tuple[int, int]:
+        """The network's input size (height, width) this config trains at."""
+        return detection_input_size(config)
+
     def annotation_file(self, split: str) -> Path:
         return self.root / "annotations" / f"instances_{split}.json"
 
@@ -50,9 +58,7 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.config.data.root is None and not self.annotation_file("val2017").is_file():
-            from ..datasets.synthetic.shapes_coco import write_shapes_coco
-
-            write_shapes_coco(self.root, **self.config.data.synth)
+            self.write_synthetic(self.root, **self.config.data.synth)
 
     def setup(self, stage: str | None = None) -> None:
         preset = self.config.data.augmentation

@@ -77,7 +77,7 @@ class ImageDataModule(pl.LightningDataModule):
     """What the three image-level data modules share: the root or embedded set, transforms, loaders."""
 
     task = ""
-    writer: Callable  # writes the embedded set (mbtasks.datasets.synthetic.faces)
+    write_synthetic: Callable  # writes the embedded set (mbtasks.datasets.synthetic.faces)
 
     def __init__(self, config: Config):
         super().__init__()
@@ -93,9 +93,14 @@ class ImageDataModule(pl.LightningDataModule):
         self.augmentation = AUGMENTATIONS[preset]
         self.train_set = self.val_set = None
 
+    @classmethod
+    def input_size(cls, config: Config) -> int | list:
+        """The network's input size this config trains at."""
+        return config.data.size or DEFAULT_SIZE[cls.task]
+
     def prepare_data(self) -> None:
         if self.config.data.root is None:
-            write_synthetic_once(self.root, type(self).writer, dict(self.config.data.synth))
+            write_synthetic_once(self.root, type(self).write_synthetic, dict(self.config.data.synth))
 
     def transform(self, train: bool) -> Callable:
         settings = dict(self.augmentation)
@@ -125,7 +130,7 @@ class AttributesDataModule(ImageDataModule):
     embedded faces; splits train / val / test (data.train_split, data.val_split). Items: (index, image, 0/1 targets)."""
 
     task = "attr"
-    writer = staticmethod(write_celeba_faces)
+    write_synthetic = staticmethod(write_celeba_faces)
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
@@ -149,7 +154,7 @@ class EmbeddingsDataModule(ImageDataModule):
     Training items: (index, image, identity); validation items: (index, image) over the distinct pair images."""
 
     task = "embed"
-    writer = staticmethod(write_lfw_identities)
+    write_synthetic = staticmethod(write_lfw_identities)
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
@@ -174,7 +179,7 @@ class ClassificationDataModule(ImageDataModule):
     Classes are the training folder's class folders (the validation folder's when there is no training folder)."""
 
     task = "cls"
-    writer = staticmethod(write_shape_imagefolder)
+    write_synthetic = staticmethod(write_shape_imagefolder)
 
     def __init__(self, config: Config):
         super().__init__(config)

@@ -75,6 +75,8 @@ def keep_list(batch: list) -> list:
 class SegmentationDataModule(pl.LightningDataModule):
     """A Cityscapes root (leftImg8bit/, gtFine/) or a VOC 2012 root under data.root, or the embedded street scenes."""
 
+    write_synthetic = staticmethod(write_streets_cityscapes)
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
@@ -90,9 +92,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                                f"got {data.augmentation!r}")
         self.train_set = self.val_set = None
 
+    @staticmethod
+    def input_size(config: Config) -> int | list | None:
+        """The training crop this config sets (None: the data set's own, known once its format is)."""
+        return config.data.size
+
     def prepare_data(self) -> None:
         if self.config.data.root is None:
-            write_synthetic_once(self.root, write_streets_cityscapes, dict(self.config.data.synth))
+            write_synthetic_once(self.root, self.write_synthetic, dict(self.config.data.synth))
 
     def setup(self, stage: str | None = None) -> None:
         dataset = FORMATS[self.format]
