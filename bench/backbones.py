@@ -1,7 +1,7 @@
 """Latency of mbtasks' backbones against torchvision's, same weights, batch 1, measured in one run.
 
 mbtasks is timed as built (eager) and as its inference path runs it (batch norm folded into the convolutions,
-channels-last weights: `mbtasks.fusion.for_inference`).
+channels-last weights: `mbtasks.layers.fusion.for_inference`).
 
     python bench/backbones.py [--runs 200] [--resolution 224] [--threads N]
 """
@@ -15,8 +15,8 @@ import torch
 import torchvision
 
 from mbtasks import build_model
-from mbtasks.backbones.weights import import_weights
-from mbtasks.fusion import for_inference
+from mbtasks.models.importers import import_weights
+from mbtasks.layers.fusion import for_inference
 
 
 def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[float]:

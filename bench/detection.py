@@ -20,8 +20,8 @@ import torch
 import torchvision
 
 from mbtasks import build_model
-from mbtasks.backbones.weights import import_weights
-from mbtasks.fusion import for_inference
+from mbtasks.models.importers import import_weights
+from mbtasks.layers.fusion import for_inference
 
 NAME = "ssdlite320_mobilenet_v3_large"
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torchvision
 
-from mbtasks.backbones.weights import import_weights
+from mbtasks.models.importers import import_weights
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.evaluation.segmentation import evaluate_cityscapes_folders
-from mbtasks.fusion import for_inference
+from mbtasks.layers.fusion import for_inference
 from mbtasks.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

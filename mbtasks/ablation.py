@@ -183,7 +183,7 @@ def task_network(config: dict, class_names: list[str], category_ids: list) -> tu
 
 def profile_network(model: torch.nn.Module, resolution: Resolution, runs: int) -> dict:
     """Parameters and multiply-adds of the network; latency (batch 1) of its inference copy, None for runs=0."""
-    from .fusion import for_inference
+    from .layers.fusion import for_inference
 
     example = example_input(resolution)
     figures = {"params": count_parameters(model), "madds": count_madds(model, example), "latency_ms": None}
@@ -196,10 +196,10 @@ def paper_figures(model: str, options: dict, resolution: Resolution) -> tuple[fl
     """The papers' (params, multiply-adds) of this network where REFERENCE.md lists it, else None."""
     import inspect
 
-    from .detectors import DETECTORS, build_ssd
+    from .models.detectors import DETECTORS, build_ssd
     from .models import MODELS
 
-    builder = build_ssd if model in DETECTORS else MODELS[model]
+    builder = build_ssd if model in DETECTORS else MODELS.get(model).build
     defaults = {k: p.default for k, p in inspect.signature(builder).parameters.items() if p.default is not p.empty}
 
     def built_with(wanted: dict) -> bool:
@@ -267,9 +267,9 @@ def run_one(run: Run, config_path: Path, run_dir: Path, profile_only: bool, late
                 return {**row, "status": "failed", "error": _last_line(run_dir / "log.txt")}
             metrics = json.loads((run_dir / "metrics.json").read_text())
             row["metric_name"], row["metric"] = headline_metric(task, metrics)
-            from .tasks.training import read_checkpoint
+            from .io.records import read_checkpoint
 
-            record = read_checkpoint(run_dir / "checkpoints" / "best.ckpt", task)
+            record = read_checkpoint(run_dir / "checkpoints" / "best.ckpt", task).to_dict()
         model, options = task_network(record["config"], record["class_names"], record.get("category_ids", []))
         row.update(profile_network(model, run.resolution, latency_runs))
         row["paper_params"], row["paper_madds"] = paper_figures(run.model, options, run.resolution) or (None, None)

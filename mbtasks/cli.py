@@ -18,8 +18,8 @@ def _resolution(text: str) -> int | tuple[int, int]:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from .detectors import DETECTORS
     from .models import build_model
+    from .models.detectors import DETECTORS
     from .profiling import example_input, profile, reference_rows
 
     if args.model is None:
@@ -61,7 +61,7 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def cmd_weights_import(args: argparse.Namespace) -> None:
-    from .backbones.weights import import_weights
+    from .models.importers import import_weights
 
     saved = import_weights(args.source, args.src, args.model, args.out)
     print(f"wrote {args.out}: {saved.model} ({len(saved.state_dict)} tensors from {args.source}, "
@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import pytorch_lightning as pl
 
     from .tasks import TASKS
-    from .tasks.training import build_trainer
+    from .tasks.trainer import build_trainer
 
     config = _config(args)
     spec = TASKS.get(config.task)
@@ -101,8 +101,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_coco_files(args)
     if args.task == "seg" and (args.gt or args.predictions):
         return _evaluate_cityscapes_files(args)
-    from .fusion import for_inference
-    from .tasks.training import build_trainer, read_checkpoint
+    from .io.records import Record, read_checkpoint
+    from .layers.fusion import for_inference
+    from .tasks.trainer import build_trainer
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
@@ -112,22 +113,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
                                "not a --checkpoint")
         onnx_model, record = load_onnx_model(args.model, args.task)
-        source = args.model
+        record, source = Record.from_dict(record), args.model
     elif args.model is not None:
         raise MbtasksError("--model is an ONNX file for --runtime onnxruntime; the torch runtime takes --checkpoint")
     elif args.checkpoint is None:
         raise MbtasksError("evaluate needs --checkpoint (or --runtime onnxruntime --model FILE.onnx; or, for det, "
                            "--annotations with --detections)")
     else:
-        record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
+        record = read_checkpoint(args.checkpoint, args.task)
     config, data, task = _task_of_record(args, record)
     data.prepare_data()
     data.setup("validate")
-    if list(data.class_names) != list(record["class_names"]):
-        raise MbtasksError(f"was trained on classes {record['class_names'][1:4]}..., the data set has "
+    if list(data.class_names) != list(record.class_names):
+        raise MbtasksError(f"was trained on classes {record.class_names[1:4]}..., the data set has "
                            f"{list(data.class_names)[1:4]}...", source)
     if onnx_model is None:
-        task.model.load_state_dict(record["state_dict"])
+        task.model.load_state_dict(record.state_dict)
         task.model = for_inference(task.model)
     else:
         task.model = onnx_model  # the same evaluators, the exported graph in ONNX Runtime
@@ -139,27 +140,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _print_metrics(args, task.metrics, task.metrics_table())
 
 
-def _task_of_record(args: argparse.Namespace, record: dict):
+def _task_of_record(args: argparse.Namespace, record):
     """(config, data module, task module) for a checkpoint's or an exported model's record: its own recipe unless a
     config file is given, --set on top of either; the network is always the record's (weights not loaded)."""
     from .config import config_from_dict
     from .tasks import TASKS
 
-    config = _config(args, base=record["config"] if args.config is None else None)
-    config.model = config_from_dict(record["config"]).model
+    config = _config(args, base=record.config if args.config is None else None)
+    config.model = config_from_dict(record.config).model
     config.model.weights = config.model.backbone_weights = None
     spec = TASKS.get(config.task)
-    return config, spec.data_module(config), spec.module(config.to_dict(), record["class_names"],
-                                                         record.get("category_ids", []))
-
-
-def _checkpoint_task(path: str) -> str:
-    from .backbones.weights import load_file
-
-    data = load_file(path)
-    if not isinstance(data, dict) or not isinstance(data.get("mbtasks"), dict):
-        raise MbtasksError("is not an mbtasks training checkpoint", path)
-    return data["mbtasks"]["task"]
+    return config, spec.data_module(config), spec.module(config.to_dict(), record.class_names, record.category_ids)
 
 
 def _print_metrics(args: argparse.Namespace, metrics: dict, table: str) -> None:
@@ -209,18 +200,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
-    from .fusion import for_inference
-    from .tasks.training import read_checkpoint
+    from .io.records import read_checkpoint
+    from .layers.fusion import for_inference
 
     if args.calibration < 1 or args.samples < 1:
         raise MbtasksError("--calibration and --samples must be at least 1")
-    record = read_checkpoint(args.checkpoint, args.task or _checkpoint_task(args.checkpoint))
+    record = read_checkpoint(args.checkpoint, args.task)
     _, data, task = _task_of_record(args, record)
-    task.model.load_state_dict(record["state_dict"])
+    task.model.load_state_dict(record.state_dict)
     report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
                          calibration=args.calibration, samples=args.samples)
     kind = f"int8 (QDQ, calibrated on {report.calibration_images} training images)" if args.int8 else "fp32"
-    print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record['task']} {record['model']}, {kind}")
+    print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record.task} {record.model}, {kind}")
     print(report.summary())
 
 

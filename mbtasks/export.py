@@ -35,6 +35,7 @@ from torchvision.ops import batched_nms
 
 from .errors import MbtasksError
 from .heads.lraspp import PaperPool
+from .io.records import Record
 from .onnx_runtime import EXPORT_KEY, RECORD_KEY, create_session, require
 from .tasks import TASKS
 
@@ -178,12 +179,12 @@ def _anchors(ssd: SSD, size: tuple[int, int]) -> torch.Tensor:
         return ssd.anchor_generator(ImageList(images, [size]), features)[0]
 
 
-def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, out: str | Path, *, int8: bool = False,
+def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, out: str | Path, *, int8: bool = False,
                 calibration: int = 100, samples: int = 4) -> ExportReport:
     """Write `model` (the inference copy of the checkpoint's network) to ONNX with the record in its metadata, int8
     if asked, and compare ONNX Runtime with PyTorch on `samples` validation images; fp32 must agree within 1e-4."""
     onnx = require("onnx")
-    task, out = record["task"], Path(out)
+    task, out = record.task, Path(out)
     model = model.eval()
     graph = DetectionGraph(model) if task == "det" else model
     data.prepare_data()
@@ -204,7 +205,7 @@ def export_onnx(model: nn.Module, record: dict, data: pl.LightningDataModule, ou
             _quantize(fp32, out, reader)
             calibrated = len(reader)
         proto = onnx.load(str(out if int8 else fp32))
-    for key, value in ((RECORD_KEY, _json_record(record)), (EXPORT_KEY, json.dumps(settings))):
+    for key, value in ((RECORD_KEY, json.dumps(record.to_dict())), (EXPORT_KEY, json.dumps(settings))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
@@ -252,10 +253,6 @@ def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: str
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=output_names(task),
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-
-
-def _json_record(record: dict) -> str:
-    return json.dumps({k: v for k, v in record.items() if k != "state_dict"})
 
 
 def _compare(graph: nn.Module, path: Path, inputs: list[torch.Tensor], names: list[str]) -> dict[str, float]:

@@ -7,25 +7,22 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
 from .datasets.label_png import read_rgb_image
-from .fusion import for_inference
-from .models import build_model
+from .io.records import Record, read_checkpoint
+from .layers.fusion import for_inference
+from .models import build_from_record
 
 
-def load_detector(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_detector(checkpoint: str | Path) -> tuple[torch.nn.Module, Record]:
     """The checkpoint's detector as inference runs it (for_inference) and its record (class names, category ids)."""
-    from .tasks.training import read_checkpoint
-
     record = read_checkpoint(checkpoint, "det")
-    model = build_model(record["model"], **record["options"])
-    model.load_state_dict(record["state_dict"])
-    return for_inference(model), record
+    return for_inference(build_from_record(record, checkpoint)), record
 
 
 def predict_detection(checkpoint: str | Path, images: list[str], out_dir: str | Path,
                       score_threshold: float = 0.3) -> list[str]:
     """Draw each image's detections scoring at least the threshold into OUT/<name>.png; all into detections.json."""
     model, record = load_detector(checkpoint)
-    names, category_ids = record["class_names"], record["category_ids"]
+    names, category_ids = record.class_names, record.category_ids
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report, lines = [], []

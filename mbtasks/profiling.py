@@ -55,7 +55,7 @@ def measure_latency(model: nn.Module, example: object, runs: int = 30, warmup: i
 def profile(model: nn.Module, example: object, runs: int = 30) -> dict:
     """The three figures of `mbtasks profile`: params and madds of the model as built (batch norm counted, as
     torchvision and the papers count), latency_ms of the copy that evaluate and predict run (for_inference)."""
-    from .fusion import for_inference
+    from .layers.fusion import for_inference
 
     return {"params": count_parameters(model), "madds": count_madds(model, example),
             "latency_ms": round(measure_latency(for_inference(model), example, runs), 3)}

@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from mbtasks import MbtasksError, build_model
-from mbtasks.detectors import DETECTORS
+from mbtasks.models.detectors import DETECTORS
 from mbtasks.profiling import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, count_madds, count_parameters, \
     example_input
 from mbtasks.cli import main

@@ -15,9 +15,9 @@ from mbtasks.cli import main
 from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
 from mbtasks.export import BoxDecoder, SelectDetections
-from mbtasks.fusion import for_inference
+from mbtasks.layers.fusion import for_inference
 from mbtasks.onnx_runtime import create_session, load_onnx_model
-from mbtasks.tasks.training import read_checkpoint
+from mbtasks.io.records import read_checkpoint
 
 COMMON = ["data.num_workers=0", "data.val_batch_size=2", "train.accelerator=cpu", "train.progress_bar=false"]
 SETTINGS = {
@@ -83,10 +83,10 @@ def _run(args: list[str]) -> list[str]:
 
 def _torch_model(checkpoint: str, task: str) -> torch.nn.Module:
     record = read_checkpoint(checkpoint, task)
-    config = load_config(None, [], task=task, base=record["config"])
+    config = load_config(None, [], task=task, base=record.config)
     task_class = TASKS.get(task).module
-    module = task_class(config.to_dict(), record["class_names"], record["category_ids"])
-    module.model.load_state_dict(record["state_dict"])
+    module = task_class(config.to_dict(), record.class_names, record.category_ids)
+    module.model.load_state_dict(record.state_dict)
     return for_inference(module.model)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mbtasks import build_model
-from mbtasks.fusion import fold_batchnorm, for_inference
+from mbtasks.layers.fusion import fold_batchnorm, for_inference
 
 from helpers import randomised
 

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from mbtasks.backbones.weights import save_weights_file
+from mbtasks.io.records import Record, save_weights
 from mbtasks.cli import main
 from mbtasks.config import load_config
 from mbtasks.errors import MbtasksError
 from mbtasks.heads.image import AttributeHead, ClassifierHead, EmbeddingHead
-from mbtasks.losses import ArcFaceLoss, AttributeLoss, DistillationLoss, TripletLoss, attribute_pos_weight
+from mbtasks.models.losses import ArcFaceLoss, AttributeLoss, DistillationLoss, TripletLoss, attribute_pos_weight
 from mbtasks.models import build_backbone, build_model
 from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
-from mbtasks.tasks.image import (AttributesDataModule, AttributesTask, ClassificationDataModule, ClassificationTask,
-                                 EmbeddingsDataModule, EmbeddingsTask)
+from mbtasks.tasks.attributes import AttributesDataModule, AttributesTask
+from mbtasks.tasks.classification import ClassificationDataModule, ClassificationTask
+from mbtasks.tasks.embeddings import EmbeddingsDataModule, EmbeddingsTask
 
 from helpers import TINY_IMAGE_DATA, evaluate_with_one_and_two_processes
 
@@ -211,9 +212,9 @@ def test_wrong_teacher_file_is_a_one_line_error(runs, tmp_path, capsys):
 
 def test_backbone_weights_load_into_the_backbone_and_are_recorded(tmp_path):
     imagenet = build_model("mobilenet_v1", width_mult=0.25, bn_eps=1e-3)
-    save_weights_file(tmp_path / "v1.pt", "mobilenet_v1", "mobilenet_v1", {"width_mult": 0.25, "bn_eps": 1e-3,
-                                                                            "num_classes": 1000},
-                      imagenet.state_dict())
+    save_weights(tmp_path / "v1.pt", Record("mobilenet_v1", "mobilenet_v1",
+                                            {"width_mult": 0.25, "bn_eps": 1e-3, "num_classes": 1000},
+                                            state_dict=imagenet.state_dict()))
     config = load_config(None, ["model.name=mobilenet_v1", f"model.backbone_weights={tmp_path / 'v1.pt'}"],
                          task="attr")
     task = AttributesTask(config.to_dict(), ["a", "b"], [])
@@ -227,7 +228,7 @@ def test_model_mistakes_are_errors():
     with pytest.raises(MbtasksError, match="must be a backbone"):
         AttributesTask(load_config(None, ["model.name=ssdlite320_mobilenet_v3_large"], task="attr").to_dict(),
                        ["a"], [])
-    with pytest.raises(MbtasksError, match="unknown option model.options.embeding_dim"):
+    with pytest.raises(MbtasksError, match="unknown option.*embeding_dim"):
         EmbeddingsTask(load_config(None, ["model.name=mobilenet_v1", "model.options={embeding_dim: 8}"],
                                    task="embed").to_dict(), [], [])
     with pytest.raises(MbtasksError, match="model.options.loss must be one of"):
@@ -235,11 +236,11 @@ def test_model_mistakes_are_errors():
                                    task="embed").to_dict(), [], [])
 
 
-def test_synthetic_set_is_written_once_and_a_partial_folder_is_rewritten(tmp_path):
+def test_synthetic_set_is_written_once_and_empty_leftovers_are_replaced(tmp_path):
     config = load_config(None, [f"data.synth_dir={tmp_path / 'shapes'}",
                                 "data.synth={num_classes: 2, train_per_class: 1, val_per_class: 1, size: 16}"],
                          task="cls")
-    (tmp_path / "shapes/train/circle").mkdir(parents=True)  # an interrupted writer's leftovers: no marker
+    (tmp_path / "shapes/train/circle").mkdir(parents=True)  # folders without files: nothing to lose
     data = ClassificationDataModule(config)
     data.prepare_data()
     marker = tmp_path / "shapes" / SYNTH_MARKER
@@ -250,7 +251,7 @@ def test_synthetic_set_is_written_once_and_a_partial_folder_is_rewritten(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no staging folders left behind
     data.setup("validate")
     assert data.class_names == ["circle", "square"] and data.category_ids == []
-    write_synthetic_once(tmp_path / "shapes", data.writer, {"num_classes": 3, "train_per_class": 1,
+    write_synthetic_once(tmp_path / "shapes", data.write_synthetic, {"num_classes": 3, "train_per_class": 1,
                                                              "val_per_class": 1, "size": 16})
     assert len(list((tmp_path / "shapes/train").iterdir())) == 3  # other options: rewritten
 

@@ -12,6 +12,7 @@ from PIL import Image
 from mbtasks.cli import main
 from mbtasks.config import load_config
 from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
+from mbtasks.errors import MbtasksError
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.datasets.voc import voc_palette
 from mbtasks.tasks.segmentation import SegmentationDataModule, SegmentationTask
@@ -136,15 +137,21 @@ def test_voc_data_gets_miou(tmp_path, capsys):
     assert [p.stem for p in saved] == ["2007_000004", "2007_000005"] and Image.open(saved[0]).mode == "P"
 
 
-def test_synthetic_set_is_written_once_and_a_partial_folder_is_rewritten(tmp_path):
+def test_synthetic_set_is_written_once_and_a_folder_it_did_not_write_is_left_alone(tmp_path):
     out, options = tmp_path / "streets", {"seed": 0, "num_train": 2, "num_val": 1, "size": [32, 64]}
-    (out / "leftImg8bit" / "train").mkdir(parents=True)  # an interrupted writer's leftovers: no marker
+    (out / "leftImg8bit" / "train").mkdir(parents=True)
+    (out / "leftImg8bit" / "train" / "mine.png").write_bytes(b"the user's file")  # no marker: not ours
+    with pytest.raises(MbtasksError, match="no mbtasks_synth.json"):
+        write_synthetic_once(out, write_streets_cityscapes, options)
+    assert (out / "leftImg8bit" / "train" / "mine.png").read_bytes() == b"the user's file"
+    out = tmp_path / "empty"
+    out.mkdir()  # an empty folder is written into
     write_synthetic_once(out, write_streets_cityscapes, options)
     assert (out / SYNTH_MARKER).is_file() and len(list((out / "leftImg8bit").rglob("*.png"))) == 3
     marker_time = (out / SYNTH_MARKER).stat().st_mtime_ns
     write_synthetic_once(out, write_streets_cityscapes, options)
     assert (out / SYNTH_MARKER).stat().st_mtime_ns == marker_time  # complete: left alone
-    assert [p.name for p in tmp_path.iterdir()] == ["streets"]  # no staging folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "streets"]  # no staging folders left behind
 
 
 SEG_CONFIGS = sorted((CONFIGS / "seg").glob("*.yaml")) + [CONFIGS / "demo/seg_cityscapes_synth.yaml"]

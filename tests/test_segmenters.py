@@ -4,11 +4,12 @@ import torch
 import torchvision
 
 from mbtasks import MbtasksError, build_model
-from mbtasks.backbones.weights import import_weights, read_weights_file
+from mbtasks.io.records import read_weights
+from mbtasks.models.importers import import_weights
 from mbtasks.cli import main
 from mbtasks.heads.lraspp import paper_pool_geometry
 from mbtasks.profiling import SEGMENTER_PAPER_FIGURES, count_madds, count_parameters
-from mbtasks.segmenters import SEGMENTERS
+from mbtasks.models.segmenters import SEGMENTERS
 
 from helpers import randomised
 
@@ -28,7 +29,7 @@ def test_torchvision_weights_give_the_same_logits(tmp_path, name, make, options)
     assert main(["weights", "import", "--from", "torchvision", str(tmp_path / "src.pth"), "--model", name,
                  "--out", str(tmp_path / "mb.pth")]) == 0
     model = build_model(name, weights=tmp_path / "mb.pth").eval()
-    assert read_weights_file(tmp_path / "mb.pth").options == options
+    assert read_weights(tmp_path / "mb.pth").options == options
     torch.manual_seed(1)
     for shape in [(1, 3, 128, 160), (2, 3, 100, 132)]:  # the second is no multiple of 32
         x = torch.randn(shape)

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from mbtasks import MbtasksError, build_backbone, build_model
-from mbtasks.backbones.weights import import_weights
+from mbtasks.models.importers import import_weights
 from mbtasks.cli import main
 
 from helpers import randomised

@@ -1,8 +1,8 @@
 """MobileNet v2 (Sandler et al. 2018, table 2) as a table of inverted residual blocks."""
 from torch import nn
 
-from .backbone import Backbone
-from .blocks import BlockSpec, check_width, make_divisible
+from ..layers.blocks import BlockSpec, check_width, make_divisible
+from .base import BACKBONES, Backbone
 
 # expansion t, output channels c, repeats n, first stride s (the paper's table 2).
 INVERTED_RESIDUAL_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -10,6 +10,7 @@ INVERTED_RESIDUAL_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64
 STEM_CHANNELS, LAST_CHANNELS = 32, 1280
 
 
+@BACKBONES.register("mobilenet_v2")
 def mobilenet_v2(width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False,
                  bn_eps: float = 1e-5) -> Backbone:
     """v2 backbone; the last 1x1 layer keeps 1280 channels for width < 1 and scales above (the paper's rule)."""

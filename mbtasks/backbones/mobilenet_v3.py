@@ -1,8 +1,8 @@
 """MobileNet v3 Large and Small (Howard et al. 2019, tables 1-2) as tables of inverted residual blocks."""
 from torch import nn
 
-from .backbone import Backbone
-from .blocks import BlockSpec, check_width, make_divisible
+from ..layers.blocks import BlockSpec, check_width, make_divisible
+from .base import BACKBONES, Backbone
 
 RE, HS = nn.ReLU, nn.Hardswish
 # kernel, expanded, output channels, squeeze-excite, activation, stride (the paper's tables 1 and 2).
@@ -38,12 +38,14 @@ def _mobilenet_v3(table, width_mult: float, output_stride: int, reduced_tail: bo
     return Backbone(specs, output_stride, bn_eps)
 
 
+@BACKBONES.register("mobilenet_v3_large")
 def mobilenet_v3_large(width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False,
                        bn_eps: float = BN_EPS) -> Backbone:
     """v3-Large backbone; the last 1x1 conv has 6x the last block's channels (960 at width 1)."""
     return _mobilenet_v3(LARGE, width_mult, output_stride, reduced_tail, bn_eps)
 
 
+@BACKBONES.register("mobilenet_v3_small")
 def mobilenet_v3_small(width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False,
                        bn_eps: float = BN_EPS) -> Backbone:
     """v3-Small backbone; the last 1x1 conv has 576 channels at width 1."""

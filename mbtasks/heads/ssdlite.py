@@ -10,7 +10,6 @@ from torchvision.models.detection.ssd import SSDScoringHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import Conv2dNormActivation
 
-from ..backbones import Backbone
 
 # Channels of the four extra layers after the last backbone map (v2 paper section 6.2, torchvision, TF's API).
 EXTRA_CHANNELS = (512, 256, 256, 128)
@@ -51,7 +50,7 @@ def extra_layers(in_channels: int, width_mult: float, depthwise: bool, norm: Cal
 class SSDFeatures(nn.Module):
     """Backbone taps (by name) followed by the extra layers: the maps SSD predicts from, as an ordered dict."""
 
-    def __init__(self, body: Backbone, taps: Sequence[str], extra: nn.ModuleList):
+    def __init__(self, body: nn.Module, taps: Sequence[str], extra: nn.ModuleList):
         super().__init__()
         self.body = body
         self.extra = extra

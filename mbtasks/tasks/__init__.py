@@ -6,9 +6,10 @@ reader under datasets/ and its evaluator under evaluation/.
 from dataclasses import dataclass
 
 from ..registry import Registry
+from .attributes import AttributesDataModule, AttributesTask
+from .classification import ClassificationDataModule, ClassificationTask
 from .detection import DetectionDataModule, DetectionTask
-from .image import (AttributesDataModule, AttributesTask, ClassificationDataModule, ClassificationTask,
-                    EmbeddingsDataModule, EmbeddingsTask)
+from .embeddings import EmbeddingsDataModule, EmbeddingsTask
 from .segmentation import SegmentationDataModule, SegmentationTask
 
 

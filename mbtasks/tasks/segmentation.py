@@ -1,4 +1,4 @@
-"""Segmentation with Lightning: Cityscapes or VOC data, LR-ASPP / DeepLabv3 models, the official metrics each epoch.
+"""Segmentation: Cityscapes or VOC data, LR-ASPP / DeepLabv3 models, the official metrics each epoch.
 
 Validation runs on whole images at their own resolution. On Cityscapes it scores label ids with the official
 evaluation (IoU and iIoU, per class and per category); on VOC it reports the confusion-matrix mIoU. Each image's
@@ -9,25 +9,22 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..config import Config, config_from_dict
+from ..config import Config
 from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from ..datasets.label_png import read_label_png
-from ..datasets.synthetic import write_synthetic_once
 from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
 from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
 from ..datasets.voc import VOCSegmentation, voc_palette
 from ..errors import MbtasksError
 from ..evaluation.segmentation import CityscapesEvaluator, ConfusionMatrix, format_cityscapes_table
-from ..models import MODEL_BACKBONES, build_configured_model
-from .training import configure_optimizer, gather_by_key
+from .base import BaseDataModule, BaseTask
 
 # data.augmentation -> the random-scale range of the training crops (mmseg's recipe is 0.5..2.0)
 AUGMENTATIONS = {"default": (0.5, 2.0), "light": (0.75, 1.5), "fixed_scale": (1.0, 1.0)}
@@ -38,6 +35,8 @@ CLASS_NAMES = {"cityscapes": CITYSCAPES_CLASSES, "voc": VOC_CLASSES}
 # Validation stacks same-sized images up to this many pixels per forward pass (two 1024x2048 images), so a large
 # data.val_batch_size cannot run full-resolution inference out of memory.
 MAX_PIXELS_PER_FORWARD = 2 * 1024 * 2048
+
+
 def dataset_format(root: str | os.PathLike) -> str:
     """'cityscapes' (leftImg8bit/ here) or 'voc' (ImageSets/Segmentation here, in VOC2012/ or VOCdevkit/VOC2012/)."""
     root = Path(root)
@@ -72,16 +71,15 @@ def keep_list(batch: list) -> list:
     return batch
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(BaseDataModule):
     """A Cityscapes root (leftImg8bit/, gtFine/) or a VOC 2012 root under data.root, or the embedded street scenes."""
 
     write_synthetic = staticmethod(write_streets_cityscapes)
+    val_collate = staticmethod(keep_list)
 
     def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         data = config.data
-        self.root = Path(data.root if data.root is not None else data.synth_dir)
         self.format = "cityscapes" if data.root is None else dataset_format(self.root)
         self.train_split = data.train_split or "train"
         self.val_split = data.val_split or "val"
@@ -90,16 +88,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         if data.augmentation not in AUGMENTATIONS:
             raise MbtasksError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)} for seg, "
                                f"got {data.augmentation!r}")
-        self.train_set = self.val_set = None
-
-    @staticmethod
-    def input_size(config: Config) -> int | list | None:
-        """The training crop this config sets (None: the data set's own, known once its format is)."""
-        return config.data.size
-
-    def prepare_data(self) -> None:
-        if self.config.data.root is None:
-            write_synthetic_once(self.root, self.write_synthetic, dict(self.config.data.synth))
 
     def setup(self, stage: str | None = None) -> None:
         dataset = FORMATS[self.format]
@@ -116,43 +104,24 @@ class SegmentationDataModule(pl.LightningDataModule):
     def class_names(self) -> list[str]:
         return list(CLASS_NAMES[self.format])
 
-    @property
-    def category_ids(self) -> list:
-        return []
-
-    def train_dataloader(self) -> DataLoader:
-        workers, batch = self.config.data.num_workers, self.config.data.batch_size
-        return DataLoader(self.train_set, batch_size=batch, shuffle=True, num_workers=workers,
-                          drop_last=len(self.train_set) > batch, persistent_workers=workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        workers = self.config.data.num_workers
-        return DataLoader(self.val_set, batch_size=self.config.data.val_batch_size, shuffle=False,
-                          num_workers=workers, collate_fn=keep_list, persistent_workers=workers > 0)
 
 
-class SegmentationTask(pl.LightningModule):
+class SegmentationTask(BaseTask):
     """A segmentation model, its cross-entropy (+ aux) loss, and the official metrics over the whole val set."""
 
-    def __init__(self, config: dict, class_names: list[str], category_ids: list):
-        super().__init__()
-        self.save_hyperparameters()
-        self.config = config_from_dict(config)
-        self.class_names, self.category_ids = list(class_names), list(category_ids)
-        self.format = "cityscapes" if self.class_names == list(CITYSCAPES_CLASSES) else "voc"
-        model = self.config.model
-        given = model.options.get("num_classes", len(class_names))
-        if given != len(class_names):
-            raise MbtasksError(f"model.options.num_classes is {given} but the data set has {len(class_names)} classes")
-        self.model_options = {**model.options, "num_classes": len(class_names)}
-        self.model = build_configured_model(model.name, self.model_options, model.weights, model.backbone_weights)
-        self.evaluation_options: dict = {}
-        self.metrics: dict = {}
-        self.evaluated_images = 0
-        self._counts: dict[str, object] = {}  # image path -> that image's counts
+    task = "seg"
+    progress_bar = ("val/mIoU",)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+    def __init__(self, config: dict, class_names: list[str], category_ids: list):
+        self.format = "cityscapes" if list(class_names) == list(CITYSCAPES_CLASSES) else "voc"
+        super().__init__(config, class_names, category_ids)
+
+    def network(self, name: str, options: dict) -> tuple[str, dict]:
+        given = options.get("num_classes", len(self.class_names))
+        if given != len(self.class_names):
+            raise MbtasksError(f"model.options.num_classes is {given} but the data set has "
+                               f"{len(self.class_names)} classes")
+        return name, {**options, "num_classes": len(self.class_names)}
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
@@ -200,9 +169,6 @@ class SegmentationTask(pl.LightningModule):
 
     # ---- validation ----
 
-    def on_validation_epoch_start(self) -> None:
-        self._counts = {}
-
     def validation_step(self, batch: list[dict], batch_index: int) -> None:
         save_dir = None if self.trainer.sanity_checking else self.evaluation_options.get("save_predictions")
         for item, prediction in zip(batch, self._predict(batch), strict=True):
@@ -213,7 +179,7 @@ class SegmentationTask(pl.LightningModule):
             else:
                 counts = ConfusionMatrix(len(self.class_names), class_names=self.class_names)
                 counts.update(prediction, np.asarray(item["mask"]))
-            self._counts[item["image_path"]] = counts
+            self.results[item["image_path"]] = counts  # image path -> that image's counts
             if save_dir:
                 self._save_prediction(Path(save_dir), item["image_path"], prediction)
 
@@ -230,28 +196,26 @@ class SegmentationTask(pl.LightningModule):
             image.putpalette(voc_palette().ravel().tolist())  # makes it a palette image
             _write_png(out / (os.path.splitext(name)[0] + ".png"), image)
 
-    def on_validation_epoch_end(self) -> None:
-        merged = gather_by_key(self._counts, self)
-        self.evaluated_images = len(merged)
+    def score(self, merged: dict) -> dict:
         if self.format == "cityscapes":
             total = CityscapesEvaluator()
             for key in sorted(merged):
                 total.merge(merged[key])
-            result = total.result()
-            self.metrics = {k: v for k, v in result.items() if k != "confusion_matrix"}
-            mean_iou = self.metrics["mean_class_iou"]
-            self.log_dict({"val/iIoU": _loggable(self.metrics["mean_class_iiou"]),
-                           "val/category_IoU": _loggable(self.metrics["mean_category_iou"]),
-                           "val/category_iIoU": _loggable(self.metrics["mean_category_iiou"])}, sync_dist=True)
-        else:
-            total = ConfusionMatrix(len(self.class_names), class_names=self.class_names)
-            for key in sorted(merged):
-                total.merge(merged[key])
-            self.metrics = {**total.result(), "num_images": len(merged)}
-            mean_iou = self.metrics["mean_iou"]
-            self.log("val/pixel_accuracy", _loggable(self.metrics["pixel_accuracy"]), sync_dist=True)
-        # Every process holds the same merged figures; sync_dist averages equal values (and stops Lightning's warning).
-        self.log("val/mIoU", _loggable(mean_iou), prog_bar=True, sync_dist=True)
+            return {k: v for k, v in total.result().items() if k != "confusion_matrix"}
+        total = ConfusionMatrix(len(self.class_names), class_names=self.class_names)
+        for key in sorted(merged):
+            total.merge(merged[key])
+        return {**total.result(), "num_images": len(merged)}
+
+    def figures(self, metrics: dict) -> dict:
+        if self.format == "cityscapes":
+            return {"val/mIoU": metrics["mean_class_iou"], "val/iIoU": metrics["mean_class_iiou"],
+                    "val/category_IoU": metrics["mean_category_iou"],
+                    "val/category_iIoU": metrics["mean_category_iiou"]}
+        return {"val/mIoU": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"]}
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         save_dir = self.evaluation_options.get("save_predictions")
         if save_dir and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             where = (f"labelId PNGs to {Path(save_dir) / 'labelIds'} and colour PNGs to {Path(save_dir) / 'color'}"
@@ -267,20 +231,6 @@ class SegmentationTask(pl.LightningModule):
         lines += ["-" * 21, f"mIoU          : {self.metrics['mean_iou']:5.3f}",
                   f"pixel accuracy: {self.metrics['pixel_accuracy']:5.3f}"]
         return "\n".join(lines)
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizer(self, self.config.train)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mbtasks"] = {
-            "task": "seg", "model": self.config.model.name, "backbone": MODEL_BACKBONES[self.config.model.name],
-            "options": self.model_options, "class_names": self.class_names, "category_ids": [],
-            "config": self.config.to_dict()}
-
-
-def _loggable(value: float) -> float:
-    # Lightning rejects no NaN, but a NaN best-model score would never be beaten: log 0 for "nothing evaluated"
-    return 0.0 if value != value else float(value)
 
 
 def _write_png(path: Path, image: np.ndarray | Image.Image) -> None:

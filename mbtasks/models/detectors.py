@@ -6,10 +6,10 @@ from functools import partial
 from torch import nn
 from torchvision.models.detection.ssd import SSD
 
-from .backbones import BACKBONES
-from .backbones.weights import register_source
-from .errors import MbtasksError
-from .heads.ssdlite import SSDFeatures, default_boxes, extra_layers, normal_init, ssd_head
+from ..backbones import BACKBONES
+from ..errors import MbtasksError
+from ..heads.ssdlite import SSDFeatures, default_boxes, extra_layers, normal_init, ssd_head
+from .registry import register_model
 
 # The stride-16 expansion (v1: the stride-16 map itself) and the last map, as the v2 and v3 papers tap them.
 TAPS = ("C4_expand", "C5")
@@ -29,7 +29,7 @@ def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: fl
     1 and True give the papers' (TF object detection API's) networks and their parameter and multiply-add counts.
     """
     height, width = (size, size) if isinstance(size, int) else size
-    backbone = BACKBONES[version](width_mult=width_mult, reduced_tail=reduced_tail,
+    backbone = BACKBONES.get(version)(width_mult=width_mult, reduced_tail=reduced_tail,
                                   **({} if bn_eps is None else {"bn_eps": bn_eps}))
     normal_init(backbone)
     norm = partial(nn.BatchNorm2d, eps=BN_EPS)
@@ -64,31 +64,14 @@ def _detector(name: str, version: str, lite: bool, **defaults) -> Callable[..., 
     return build
 
 
-DETECTORS: dict[str, Callable[..., SSD]] = {
-    # The v3 paper's detectors halve the channels after C4 ("reduced tail"), as torchvision's from-scratch model.
-    "ssdlite320_mobilenet_v3_large": _detector("ssdlite320_mobilenet_v3_large", "mobilenet_v3_large", True,
-                                               size=320, reduced_tail=True),
-    "ssdlite320_mobilenet_v3_small": _detector("ssdlite320_mobilenet_v3_small", "mobilenet_v3_small", True,
-                                               size=320, reduced_tail=True),
-    "ssdlite320_mobilenet_v2": _detector("ssdlite320_mobilenet_v2", "mobilenet_v2", True, size=320),
-    "ssdlite320_mobilenet_v1": _detector("ssdlite320_mobilenet_v1", "mobilenet_v1", True, size=320),
-    "ssd300_mobilenet_v1": _detector("ssd300_mobilenet_v1", "mobilenet_v1", False, size=300),
+# name -> (backbone version, SSDLite or SSD, defaults). The v3 paper's detectors halve the channels after C4
+# ("reduced tail"), as torchvision's from-scratch model.
+DETECTORS = {
+    "ssdlite320_mobilenet_v3_large": ("mobilenet_v3_large", True, {"size": 320, "reduced_tail": True}),
+    "ssdlite320_mobilenet_v3_small": ("mobilenet_v3_small", True, {"size": 320, "reduced_tail": True}),
+    "ssdlite320_mobilenet_v2": ("mobilenet_v2", True, {"size": 320}),
+    "ssdlite320_mobilenet_v1": ("mobilenet_v1", True, {"size": 320}),
+    "ssd300_mobilenet_v1": ("mobilenet_v1", False, {"size": 300}),
 }
-DETECTOR_BACKBONES: dict[str, str] = {
-    "ssdlite320_mobilenet_v3_large": "mobilenet_v3_large",
-    "ssdlite320_mobilenet_v3_small": "mobilenet_v3_small",
-    "ssdlite320_mobilenet_v2": "mobilenet_v2",
-    "ssdlite320_mobilenet_v1": "mobilenet_v1",
-    "ssd300_mobilenet_v1": "mobilenet_v1",
-}
-
-
-def _torchvision_ssdlite_options(state: dict) -> dict:
-    """torchvision's ssdlite320_mobilenet_v3_large: classes from the first class conv (6 boxes a cell), tail from
-    the first extra layer's input (480 reduced: trained from scratch; 960 with an ImageNet backbone)."""
-    first_class_conv = state["head.classification_head.module_list.0.1.weight"]
-    return {"num_classes": int(first_class_conv.shape[0]) // 6,
-            "reduced_tail": int(state["backbone.extra.0.0.0.weight"].shape[1]) == 480}
-
-
-register_source("torchvision", "ssdlite320_mobilenet_v3_large", _torchvision_ssdlite_options)
+for _name, (_version, _lite, _defaults) in DETECTORS.items():
+    register_model(_name, _version)(_detector(_name, _version, _lite, **_defaults))

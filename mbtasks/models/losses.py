@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import MbtasksError
+from ..errors import MbtasksError
 
 
 def attribute_pos_weight(spec, names: Sequence[str], targets: np.ndarray | None = None,

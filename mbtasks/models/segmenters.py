@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import BACKBONES, Backbone
-from .backbones.weights import register_source
-from .errors import MbtasksError
-from .heads.deeplabv3 import DeepLabV3Head, FCNHead
-from .heads.lraspp import POOLINGS, LRASPPHead
+from ..backbones import BACKBONES, Backbone
+from ..errors import MbtasksError
+from ..heads.deeplabv3 import DeepLabV3Head, FCNHead
+from ..heads.lraspp import POOLINGS, LRASPPHead
+from .registry import register_model
 
 LOW_TAP = "low"  # the first layer at stride 8
 BACKBONE_OPTIONS = ("width_mult", "bn_eps")
@@ -74,7 +74,7 @@ def _backbone(version: str, output_stride: int, reduced_tail: bool, options: dic
     unknown = sorted(set(options) - set(BACKBONE_OPTIONS))
     if unknown:
         raise MbtasksError(f"unknown option(s) for {name}: {', '.join(unknown)}")
-    backbone = BACKBONES[version](output_stride=output_stride, reduced_tail=reduced_tail, **options)
+    backbone = BACKBONES.get(version)(output_stride=output_stride, reduced_tail=reduced_tail, **options)
     if version == "mobilenet_v2":
         _drop_last_conv(backbone)
     backbone.add_tap(LOW_TAP, backbone.first_layer_at_stride(8))
@@ -127,7 +127,8 @@ def _deeplabv3_builder(version: str) -> Callable[..., Segmenter]:
     return build
 
 
-SEGMENTER_BACKBONES: dict[str, str] = {
+# name -> backbone version
+SEGMENTERS = {
     "lraspp_mobilenet_v3_large": "mobilenet_v3_large",
     "lraspp_mobilenet_v3_small": "mobilenet_v3_small",
     "lraspp_mobilenet_v2": "mobilenet_v2",
@@ -135,21 +136,5 @@ SEGMENTER_BACKBONES: dict[str, str] = {
     "deeplabv3_mobilenet_v2": "mobilenet_v2",
     "deeplabv3_mobilenet_v1": "mobilenet_v1",
 }
-SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
-    name: (_lraspp_builder if name.startswith("lraspp") else _deeplabv3_builder)(version)
-    for name, version in SEGMENTER_BACKBONES.items()
-}
-
-
-def _torchvision_lraspp_options(state: dict) -> dict:
-    return {"num_classes": int(state["classifier.low_classifier.weight"].shape[0]),
-            "channels": int(state["classifier.cbr.0.weight"].shape[0])}
-
-
-def _torchvision_deeplabv3_options(state: dict) -> dict:
-    return {"num_classes": int(state["classifier.4.weight"].shape[0]),
-            "aux": any(key.startswith("aux_classifier.") for key in state)}
-
-
-register_source("torchvision", "lraspp_mobilenet_v3_large", _torchvision_lraspp_options)
-register_source("torchvision", "deeplabv3_mobilenet_v3_large", _torchvision_deeplabv3_options)
+for _name, _version in SEGMENTERS.items():
+    register_model(_name, _version)((_lraspp_builder if _name.startswith("lraspp") else _deeplabv3_builder)(_version))

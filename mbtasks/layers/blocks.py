@@ -6,11 +6,11 @@ import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
+from ..errors import MbtasksError
+
 
 def check_width(width_mult: float) -> float:
     """A width multiplier must be a positive number."""
-    from ..errors import MbtasksError
-
     if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
         raise MbtasksError(f"width_mult must be a positive number, got {width_mult!r}")
     return float(width_mult)

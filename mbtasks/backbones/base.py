@@ -1,11 +1,12 @@
-"""A MobileNet backbone built from a table of blocks, returning named feature maps by stride."""
+"""A MobileNet backbone built from a table of blocks, returning named feature maps by stride; the BACKBONES registry."""
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from ..errors import MbtasksError
-from .blocks import BlockSpec, build_block
+from ..layers.blocks import BlockSpec, build_block
+from ..registry import Registry
 
 OUTPUT_STRIDES = (8, 16, 32)
 TAP_NAMES = {2: "C1", 4: "C2", 8: "C3", 16: "C4", 32: "C5"}
@@ -85,3 +86,9 @@ class Backbone(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+BACKBONES: Registry = Registry("backbone")
+BACKBONES.__doc__ = """MobileNet versions by name. A registered builder takes keyword options `width_mult` (> 0),
+`output_stride` (8, 16 or 32: dilation past it), `reduced_tail` (halve the channels after C4) and `bn_eps`, and
+returns a Backbone whose forward gives the named taps C1..C5 and C4_expand."""

@@ -1,0 +1,110 @@
+"""The record of a trained model: what rebuilds it and what it was trained on, in checkpoints, weights files and
+exported ONNX files alike; and loading files from elsewhere safely (torch.load with weights_only=True)."""
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import MbtasksError
+
+RECORD_KEY = "mbtasks"  # where a Lightning checkpoint keeps the record
+WEIGHTS_FORMAT = "mbtasks.weights/1"
+
+
+@dataclass
+class Record:
+    """A model's record. `model` and `options` rebuild the network (`mbtasks.models.build_model`); `task`, `class_names`,
+    `category_ids`, `config` (the recipe) and `metrics` (its last validation) say what it was trained on. A weights
+    file imported from torchvision or timm has no task."""
+
+    model: str
+    backbone: str  # the BACKBONES version the model stands on
+    options: dict = field(default_factory=dict)
+    task: str = ""
+    class_names: list = field(default_factory=list)
+    category_ids: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    state_dict: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        """Everything but the weights, as plain data (checkpoint entry, ONNX metadata)."""
+        return {k: v for k, v in asdict(self).items() if k != "state_dict"}
+
+    @classmethod
+    def from_dict(cls, values: dict, state_dict: dict | None = None) -> "Record":
+        known = {f.name for f in fields(cls)} - {"state_dict"}
+        return cls(**{k: v for k, v in values.items() if k in known}, state_dict=state_dict or {})
+
+
+def load_file(path: str | Path) -> object:
+    """torch.load with weights_only=True, any failure turned into one clear error naming the file."""
+    if not Path(path).is_file():
+        raise MbtasksError("no such file", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file; all mean the same to a user
+        raise MbtasksError(f"not a PyTorch weights file ({type(error).__name__}: {str(error).splitlines()[0]})",
+                           path) from None
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A plain state dict from a file saved by torch.save (a `state_dict` / `model` wrapper is unwrapped)."""
+    data = load_file(path)
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise MbtasksError("does not hold a state dict of tensors", path)
+    return data
+
+
+def _from_loaded(data: object, path: str | Path) -> Record:
+    if isinstance(data, dict) and isinstance(data.get(RECORD_KEY), dict):
+        # A Lightning checkpoint of an mbtasks task: the network sits under the task's `model.` prefix.
+        state = {k[len("model."):]: v for k, v in data.get("state_dict", {}).items() if k.startswith("model.")}
+        return Record.from_dict(data[RECORD_KEY], state)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str) or "state_dict" not in data:
+        raise MbtasksError("not an mbtasks weights file (convert it with `mbtasks weights import`)", path)
+    return Record(data["model"], data.get("backbone", data["model"]), dict(data.get("options", {})),
+                  state_dict=data["state_dict"])
+
+
+def read_weights(path: str | Path) -> Record:
+    """The record and weights of an mbtasks weights file or training checkpoint."""
+    return _from_loaded(load_file(path), path)
+
+
+def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
+    """A training checkpoint's record and weights; `task`, when given, must be the checkpoint's."""
+    data = load_file(path)
+    if not isinstance(data, dict) or not isinstance(data.get(RECORD_KEY), dict):
+        raise MbtasksError("is not an mbtasks training checkpoint", path)
+    record = _from_loaded(data, path)
+    if task is not None and record.task != task:
+        raise MbtasksError(f"is a checkpoint of a {record.task} model, not {task}", path)
+    return record
+
+
+def save_weights(path: str | Path, record: Record) -> None:
+    """Write a weights file: the network's state and what rebuilds it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": WEIGHTS_FORMAT, "model": record.model, "backbone": record.backbone,
+                "options": record.options, "state_dict": record.state_dict}, path)
+
+
+def load_into(module: nn.Module, state_dict: dict, path: str | Path) -> None:
+    """load_state_dict with one clear error naming the keys and shapes that do not fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and state_dict[k].shape != v.shape]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shapes file vs model", wrong)):
+        if items:
+            problems.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})")
+    if problems:
+        raise MbtasksError("does not fit the model: " + "; ".join(problems), path)
+    module.load_state_dict(state_dict)

@@ -1,0 +1,99 @@
+"""build_model(name, **options): every network by name (MODELS), with weights from mbtasks files or records."""
+from pathlib import Path
+
+from torch import nn
+
+from ..backbones import BACKBONES, Backbone
+from ..errors import MbtasksError
+from ..io.records import Record, load_into, read_weights
+from . import classifiers, detectors, segmenters  # noqa: F401  (each registers its networks in MODELS)
+from .classifiers import BACKBONE_OPTIONS
+from .registry import MODELS
+
+# A weights file's options that its backbone needs to give the same outputs: a model built on its backbone takes them
+# as defaults (a timm v3 needs batch-norm eps 1e-5, torchvision's 1e-3).
+WEIGHTS_BACKBONE_OPTIONS = ("width_mult", "bn_eps")
+
+
+def list_models() -> list[str]:
+    """Every registered network name."""
+    return MODELS.names()
+
+
+def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:
+    """Build a model by name; `weights` is a file written by `mbtasks weights import` (or a checkpoint)."""
+    entry = MODELS.get(name)
+    if weights is None:
+        return entry.build(**options)
+    saved = read_weights(weights)
+    if saved.model != name:
+        raise MbtasksError(f"holds weights of {saved.model}, not {name}", weights)
+    model = entry.build(**{**saved.options, **options})
+    load_into(model, saved.state_dict, weights)
+    return model
+
+
+def build_backbone(name: str, weights: str | Path | None = None, **options) -> Backbone:
+    """Build a backbone alone; `weights` may be any mbtasks weights file or checkpoint on that version."""
+    build = BACKBONES.get(name)
+    if weights is None:
+        return build(**options)
+    saved = read_weights(weights)
+    if saved.backbone != name:
+        raise MbtasksError(f"holds a {saved.backbone} backbone, not {name}", weights)
+    # The saved model's backbone options (width, tail, eps) are the defaults; a detector's own defaults are not
+    # recorded, so e.g. a v3 SSDLite backbone needs reduced_tail=True.
+    saved_options = {k: v for k, v in saved.options.items() if k in BACKBONE_OPTIONS}
+    backbone = build(**{**saved_options, **options})
+    load_into(backbone, backbone_state(saved.state_dict, weights), weights)
+    return backbone
+
+
+def find_backbone(model: nn.Module) -> Backbone:
+    """The MobileNet backbone inside any task model."""
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            return module
+    raise MbtasksError(f"{type(model).__name__} has no MobileNet backbone")
+
+
+def weights_defaults(weights: str | None, backbone_weights: str | None) -> dict:
+    """The backbone options (width, batch-norm eps) of the weights file a model starts from: written into the recipe,
+    they let the checkpoint's config rebuild the same network without the file."""
+    path = weights or backbone_weights
+    if not path:
+        return {}
+    return {k: v for k, v in read_weights(path).options.items() if k in WEIGHTS_BACKBONE_OPTIONS}
+
+
+def build_configured_model(name: str, options: dict, weights: str | None = None,
+                           backbone_weights: str | None = None) -> nn.Module:
+    """A model from a config's model section: whole-model weights, or backbone weights (head left as built)."""
+    entry = MODELS.get(name)
+    model = build_model(name, weights=weights, **options)
+    if backbone_weights:
+        saved = read_weights(backbone_weights)
+        if saved.backbone != entry.backbone:
+            raise MbtasksError(f"holds a {saved.backbone} backbone, not {entry.backbone}", backbone_weights)
+        backbone = find_backbone(model)
+        # Layers a task model leaves out of its backbone (v2's last 1x1 conv under DeepLab) are not loaded.
+        state = {k: v for k, v in backbone_state(saved.state_dict, backbone_weights).items()
+                 if k in backbone.state_dict()}
+        load_into(backbone, state, backbone_weights)
+    return model
+
+
+def build_from_record(record: Record, source: str | Path = "<record>") -> nn.Module:
+    """The record's network with its weights (as trained; `for_inference` makes the copy evaluate runs)."""
+    model = MODELS.get(record.model).build(**record.options)
+    load_into(model, record.state_dict, source)
+    return model
+
+
+def backbone_state(state_dict: dict, path: str | Path) -> dict:
+    """The backbone's part of any mbtasks model's state dict, found by its stem's key, prefix stripped."""
+    stem = "layers.0.0.weight"
+    prefixes = [k[: -len(stem)] for k in state_dict if k.endswith(stem)]
+    if not prefixes:
+        raise MbtasksError("holds no MobileNet backbone weights", path)
+    return {k[len(prefixes[0]):]: v for k, v in state_dict.items() if k.startswith(prefixes[0])}

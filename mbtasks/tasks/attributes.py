@@ -1,0 +1,110 @@
+"""Face attributes: CelebA-format data, a backbone with one binary logit per attribute, mean AP every validation."""
+import numpy as np
+import torch
+
+from ..backbones import BACKBONES
+from ..datasets.celeba import CelebA
+from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES, write_celeba_faces
+from ..errors import MbtasksError
+from ..evaluation.attributes import attribute_metrics
+from ..models.losses import AttributeLoss, attribute_pos_weight
+from .base import BaseTask, loggable, shown
+from .image_data import ImageDataModule, Indexed
+
+
+class AttributesDataModule(ImageDataModule):
+    """CelebA layout under data.root (img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt), or the
+    embedded faces; splits train / val / test (data.train_split, data.val_split). Items: (index, image, 0/1 targets)."""
+
+    write_synthetic = staticmethod(write_celeba_faces)
+    default_size, default_augmentation = 224, "face"
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is None:
+            self.val_set = Indexed(CelebA(self.root, self.config.data.val_split or "val", self.transform(False)))
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = Indexed(CelebA(self.root, self.config.data.train_split or "train", self.transform(True)))
+
+    @property
+    def class_names(self) -> list[str]:
+        """The attribute names, in the file's order."""
+        return list(self.val_set.dataset.attribute_names)
+
+    @property
+    def train_targets(self) -> np.ndarray:
+        return self.train_set.dataset.targets
+
+
+class AttributesTask(BaseTask):
+    """A backbone with one binary logit per attribute, binary cross-entropy (optional positive weights: a list, a
+    mapping, or 'balanced'), and accuracy and AP per attribute over the whole validation set; mean AP picks the best.
+
+    On the embedded faces the means over the attributes the images show are reported too (the rest are coin flips).
+    model.options: the backbone's, hidden_channels, dropout, pos_weight.
+    """
+
+    task = "attr"
+    progress_bar = ("val/mean_ap", "val/mean_accuracy")
+
+    def network(self, name: str, options: dict) -> tuple[str, dict]:
+        if name not in BACKBONES:
+            raise MbtasksError(f"model.name for attr must be a backbone ({', '.join(BACKBONES)}), got {name!r}")
+        if not self.class_names:
+            raise MbtasksError("the attribute task needs attribute names")
+        spec = options.pop("pos_weight", None)
+        self.balanced = spec == "balanced"
+        self.loss = AttributeLoss(None if self.balanced else attribute_pos_weight(spec, self.class_names))
+        return f"attributes_{name}", {**options, "num_attributes": len(self.class_names)}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.balanced:
+            targets = self.trainer.datamodule.train_targets
+            self.loss.pos_weight = attribute_pos_weight("balanced", self.class_names, targets).to(self.device)
+
+    def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
+        _, images, targets = batch
+        loss = self.loss(self.model(images), targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: tuple, batch_index: int) -> None:
+        indices, images, targets = batch
+        logits = self.model(images).float().cpu().numpy()
+        for index, score, target in zip(indices.tolist(), logits, targets.cpu().numpy()):
+            self.results[index] = (score, target)
+
+    def score(self, merged: dict) -> dict:
+        if not merged:
+            return {}
+        scores = np.stack([merged[i][0] for i in sorted(merged)])
+        targets = np.stack([merged[i][1] for i in sorted(merged)]).astype(np.int64)
+        result = attribute_metrics(scores, targets, self.class_names)
+        metrics = {**result.as_dict(), "num_images": len(merged)}
+        if self.config.data.root is None and set(VISIBLE_ATTRIBUTES) <= set(self.class_names):
+            visible = result.subset(VISIBLE_ATTRIBUTES)
+            metrics["visible"] = {"attributes": list(VISIBLE_ATTRIBUTES), "mean_accuracy": visible.mean_accuracy,
+                                  "mean_average_precision": loggable(visible.mean_average_precision)}
+        return metrics
+
+    def figures(self, metrics: dict) -> dict:
+        if not metrics:
+            return {}
+        figures = {"val/mean_ap": metrics["mean_average_precision"], "val/mean_accuracy": metrics["mean_accuracy"]}
+        if "visible" in metrics:
+            figures["val/visible_mean_accuracy"] = metrics["visible"]["mean_accuracy"]
+        return figures
+
+    def metrics_table(self) -> str:
+        """Accuracy and AP per attribute, then their means."""
+        if not self.metrics:
+            return "no images evaluated"
+        lines = [f"{'attribute':<22}{'accuracy':>9}{'AP':>8}", "-" * 39]
+        for name, values in self.metrics["per_attribute"].items():
+            lines.append(f"{name:<22}{values['accuracy']:>9.4f}{shown(values['average_precision']):>8}")
+        lines += ["-" * 39, f"{'mean (' + str(len(self.class_names)) + ')':<22}{self.metrics['mean_accuracy']:>9.4f}"
+                            f"{shown(self.metrics['mean_average_precision']):>8}"]
+        if "visible" in self.metrics:
+            visible = self.metrics["visible"]
+            lines.append(f"{'mean, visible (' + str(len(visible['attributes'])) + ')':<22}"
+                         f"{visible['mean_accuracy']:>9.4f}{shown(visible['mean_average_precision']):>8}")
+        return "\n".join(lines)

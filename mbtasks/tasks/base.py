@@ -1,0 +1,177 @@
+"""What every task shares. BaseDataModule: the data root or the embedded set, and the loaders. BaseTask: the network
+built from the recipe, the optimiser and schedule, the checkpoint record, and the end of validation (per-sample
+results gathered over processes -> scored -> logged)."""
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import Config, config_from_dict
+from ..datasets.synthetic import write_synthetic_once
+from ..io.records import RECORD_KEY, Record
+from ..models import MODELS, build_configured_model, weights_defaults
+from .optimizer import configure_optimizer
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """A task's data: `data.root` in its data set's own layout, or the embedded set written to `data.synth_dir`.
+
+    A subclass sets `write_synthetic` (folder, **options) and builds `val_set` (and, for "fit", `train_set`) in setup.
+    """
+
+    write_synthetic: ClassVar[Callable]
+    train_collate: ClassVar[Callable | None] = None
+    val_collate: ClassVar[Callable | None] = None
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        data = config.data
+        self.root = Path(data.root if data.root is not None else data.synth_dir)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @staticmethod
+    def input_size(config: Config) -> int | list | tuple | None:
+        """The input size this config trains at (None: the data set's own)."""
+        return config.data.size
+
+    def prepare_data(self) -> None:
+        if self.config.data.root is None:
+            write_synthetic_once(self.root, type(self).write_synthetic, dict(self.config.data.synth))
+
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def category_ids(self) -> list:
+        """The data set's own ids of the classes (COCO's category ids); empty where the classes are the ids."""
+        return []
+
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate: Callable | None) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+                          drop_last=shuffle and len(dataset) > batch_size, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_set, self.config.data.batch_size, True, type(self).train_collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_set, self.config.data.val_batch_size, False, type(self).val_collate)
+
+
+class BaseTask(pl.LightningModule):
+    """A task's network, loss, metrics and optimiser, built from (recipe, class names, category ids).
+
+    A subclass gives `network` (the registered model and its options for these classes), `training_step`,
+    `validation_step` (results kept per sample in `self.results`, keyed so that a sample the DistributedSampler
+    repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values) and
+    `metrics_table`.
+    """
+
+    task: ClassVar[str] = ""
+    progress_bar: ClassVar[tuple[str, ...]] = ()  # logged figures the progress bar shows
+
+    def __init__(self, config: dict, class_names: list[str], category_ids: list):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config_from_dict(config)
+        self.class_names, self.category_ids = list(class_names), list(category_ids)
+        model = self.config.model
+        # The weights file's backbone options go into the recipe itself, so the checkpoint rebuilds the same network.
+        model.options = {**weights_defaults(model.weights, model.backbone_weights), **model.options}
+        self.model_name, self.model_options = self.network(model.name, dict(model.options))
+        self.model = build_configured_model(self.model_name, self.model_options, model.weights, model.backbone_weights)
+        self.evaluation_options: dict = {}
+        self.metrics: dict = {}
+        self.evaluated_images = 0
+        self.results: dict = {}
+
+    def network(self, name: str, options: dict) -> tuple[str, dict]:
+        """(MODELS name, its options) for the recipe's model name and options and this task's classes."""
+        raise NotImplementedError
+
+    def forward(self, images):
+        return self.model(images)
+
+    def configure_optimizers(self) -> dict:
+        return configure_optimizer(self, self.config.train)
+
+    # ---- validation: gather -> score -> log ----
+
+    def on_validation_epoch_start(self) -> None:
+        self.results = {}
+
+    def on_validation_epoch_end(self) -> None:
+        merged = gather_by_key(self.results, self)
+        self.evaluated_images = len(merged)
+        self.metrics = self.score(merged)
+        for name, value in self.figures(self.metrics).items():
+            # Every process holds the same merged figures; sync_dist averages equal values (and stops Lightning's
+            # warning about logging without it).
+            self.log(name, loggable(value), prog_bar=name in self.progress_bar, sync_dist=True)
+
+    def score(self, merged: dict) -> dict:
+        """The metrics of the merged per-sample results (key -> result, over all processes)."""
+        raise NotImplementedError
+
+    def figures(self, metrics: dict) -> dict[str, float | None]:
+        """What is logged at the end of validation: name -> value."""
+        raise NotImplementedError
+
+    def metrics_table(self) -> str:
+        """The metrics as evaluate prints them."""
+        raise NotImplementedError
+
+    # ---- the checkpoint record ----
+
+    def record(self) -> Record:
+        """What rebuilds this network and what it was trained on."""
+        return Record(self.model_name, MODELS.get(self.model_name).backbone, self.model_options, self.task,
+                      self.class_names, self.category_ids, self.config.to_dict(), plain(self.metrics))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[RECORD_KEY] = self.record().to_dict()
+
+
+def gather_by_key(items: dict, module: pl.LightningModule) -> dict:
+    """Merge a per-process dict (sample key -> result) over all processes; a key seen twice is kept once.
+
+    A DistributedSampler pads the last batch with repeated samples, so the same key can come from two processes:
+    keeping each key once counts every sample exactly once.
+    """
+    if module.trainer is None or module.trainer.world_size == 1:
+        return items
+    gathered = [None] * module.trainer.world_size
+    torch.distributed.all_gather_object(gathered, items)
+    merged = {}
+    for part in gathered:
+        for key, value in part.items():
+            merged.setdefault(key, value)
+    return merged
+
+
+def loggable(value: float | None) -> float:
+    """A NaN or missing figure (nothing evaluated, no positives) is logged as 0: a NaN best score is never beaten."""
+    return 0.0 if value is None or value != value else float(value)
+
+
+def shown(value: float | None) -> str:
+    """A figure in a table: four decimals, or n/a where it is not defined."""
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def plain(value):
+    """Metrics as plain Python data, which checkpoints load with weights_only=True (numpy scalars would not)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

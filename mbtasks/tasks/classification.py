@@ -1,0 +1,90 @@
+"""Classification: ImageFolder data, ImageNet-style classifiers, top-1 / top-5 every validation."""
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import BACKBONES
+from ..config import Config
+from ..datasets.imagefolder import ImageFolder
+from ..datasets.synthetic.faces import write_shape_imagefolder
+from ..errors import MbtasksError
+from ..evaluation.classification import classification_accuracy
+from .base import BaseTask
+from .image_data import ImageDataModule, Indexed
+
+
+class ClassificationDataModule(ImageDataModule):
+    """ImageFolder layout under data.root (`train/<class>/*`, `val/<class>/*`), or the embedded shapes.
+    Classes are the training folder's class folders (the validation folder's when there is no training folder)."""
+
+    write_synthetic = staticmethod(write_shape_imagefolder)
+    default_size, default_augmentation = 224, "imagenet"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.train_dir = self.root / (config.data.train_split or "train")
+        self.val_dir = self.root / (config.data.val_split or "val")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is None:
+            self.val_set = Indexed(ImageFolder(self.val_dir, self.transform(False), classes=self._classes()))
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = Indexed(ImageFolder(self.train_dir, self.transform(True), classes=self.class_names))
+
+    def _classes(self) -> list[str] | None:
+        if not self.train_dir.is_dir():
+            return None
+        return sorted(entry.name for entry in self.train_dir.iterdir() if entry.is_dir()) or None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.val_set.dataset.classes)
+
+
+class ClassificationTask(BaseTask):
+    """An ImageNet-style classifier (backbone + classifier head, torchvision's layer names), softmax cross-entropy
+    with train.label_smoothing, and top-1 / top-5 over the whole validation set."""
+
+    task = "cls"
+    progress_bar = ("val/top1",)
+
+    def network(self, name: str, options: dict) -> tuple[str, dict]:
+        if name not in BACKBONES:
+            raise MbtasksError(f"model.name for cls must be a classifier ({', '.join(BACKBONES)}), got {name!r}")
+        given = options.get("num_classes", len(self.class_names))
+        if given != len(self.class_names):
+            raise MbtasksError(f"model.options.num_classes is {given} but the data set has "
+                               f"{len(self.class_names)} classes")
+        self.loss = nn.CrossEntropyLoss(label_smoothing=self.config.train.label_smoothing)
+        return name, {**options, "num_classes": len(self.class_names)}
+
+    def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
+        _, images, labels = batch
+        loss = self.loss(self.model(images), labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: tuple, batch_index: int) -> None:
+        indices, images, labels = batch
+        scores, labels = self.model(images).float().cpu().numpy(), labels.cpu().numpy()
+        # Per image, whether it is right at top-1 / top-5: small to gather, and exact (ties as the evaluator's).
+        for row, index in enumerate(indices.tolist()):
+            hits = classification_accuracy(scores[row:row + 1], labels[row:row + 1], ks=(1, 5))
+            self.results[index] = (hits["top1"], hits["top5"])
+
+    def score(self, merged: dict) -> dict:
+        if not merged:
+            return {}
+        hits = np.array([merged[i] for i in sorted(merged)])
+        return {"top1": float(hits[:, 0].mean()), "top5": float(hits[:, 1].mean()), "num_images": len(merged)}
+
+    def figures(self, metrics: dict) -> dict:
+        return {"val/top1": metrics["top1"], "val/top5": metrics["top5"]} if metrics else {}
+
+    def metrics_table(self) -> str:
+        if not self.metrics:
+            return "no images evaluated"
+        top5 = "top-5" if len(self.class_names) > 5 else f"top-{len(self.class_names)}"
+        return "\n".join([f"classes        : {len(self.class_names)}",
+                          f"top-1 accuracy : {self.metrics['top1']:.4f}",
+                          f"{top5} accuracy : {self.metrics['top5']:.4f}"])

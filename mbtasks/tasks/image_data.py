@@ -1,0 +1,62 @@
+"""What the image-level data modules (attributes, embeddings, classification) share: input size, augmentation
+presets, and samples keyed by their index."""
+from collections.abc import Callable
+from typing import ClassVar
+
+from torch.utils.data import Dataset
+
+from ..config import Config
+from ..datasets.image_transforms import eval_transform, train_transform
+from ..errors import MbtasksError
+from .base import BaseDataModule
+
+# data.augmentation -> training crop and colour settings, and the evaluation crop (None: the whole image, resized)
+AUGMENTATIONS = {
+    "imagenet": dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True, color_jitter=0.4, crop_fraction=0.875),
+    # Faces keep (nearly) the whole face and their colours: hair colour, pale skin and lipstick are attributes.
+    "face": dict(scale=(0.8, 1.0), ratio=(0.9, 1.1), hflip=True, color_jitter=0.0, crop_fraction=None),
+    "light": dict(scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), hflip=True, color_jitter=0.2, crop_fraction=None),
+    "none": dict(crop_fraction=None),  # training images go through the evaluation transform
+}
+
+
+class Indexed(Dataset):
+    """(index, *item): the key that counts a validation sample once under DDP, and a training image's teacher row."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        return (index, *self.dataset[index])
+
+
+class ImageDataModule(BaseDataModule):
+    """An image-level data module: square or HxW inputs resized from whole images, a preset of augmentations."""
+
+    default_size: ClassVar[int]  # input size when data.size is not set
+    default_augmentation: ClassVar[str]  # the preset data.augmentation "default" means
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        data = config.data
+        size = self.input_size(config)
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        preset = self.default_augmentation if data.augmentation == "default" else data.augmentation
+        if preset not in AUGMENTATIONS:
+            raise MbtasksError(f"data.augmentation must be default or one of {', '.join(AUGMENTATIONS)}, "
+                               f"got {data.augmentation!r}")
+        self.augmentation = AUGMENTATIONS[preset]
+
+    @classmethod
+    def input_size(cls, config: Config) -> int | list:
+        return config.data.size or cls.default_size
+
+    def transform(self, train: bool) -> Callable:
+        settings = dict(self.augmentation)
+        crop_fraction = settings.pop("crop_fraction")
+        if not train or not settings:
+            return eval_transform(self.size, crop_fraction)
+        return train_transform(self.size, seed=self.config.train.seed, **settings)
