@@ -106,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
-        from .onnx_runtime import load_onnx_model
+        from .export.runtime import load_onnx_model
 
         if args.model is None or args.checkpoint is not None:
             raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "

@@ -1,13 +1,16 @@
 """Detection with Lightning: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch."""
+import copy
 import re
+from operator import itemgetter
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, config_from_dict
 from ..datasets.coco import CocoDetection
+from ..datasets.mapped import Mapped
 from ..datasets.synthetic.shapes_coco import write_shapes_coco
 from ..datasets.transforms import detection_transforms
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
@@ -71,6 +74,17 @@ class DetectionDataModule(pl.LightningDataModule):
             self.train_set = CocoDetection(self.root / self.train_split, self.annotation_file(self.train_split),
                                            detection_transforms(preset, self.size, train=True, seed=seed),
                                            train=True)
+
+    def graph_inputs(self, split: str) -> Dataset:
+        """The images of `split` ("train", after setup("fit"), or "val") as the exported graph takes them: CHW float
+        in [0, 1], pre-processed as at evaluation (training images without augmentation)."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be train or val, got {split!r}")
+        if split == "val":
+            return Mapped(self.val_set, itemgetter(0))
+        images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ
+        images.transforms = self.val_set.transforms
+        return Mapped(images, itemgetter(0))
 
     @property
     def class_names(self) -> list[str]:

@@ -4,7 +4,9 @@
 Every validation sample is kept under its index in the validation set and merged over processes once per index, so
 DDP gives the figures of one process (a DistributedSampler's padding repeats samples, which count once).
 """
+import copy
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from ..datasets.celeba import CelebA
 from ..datasets.image_transforms import eval_transform, train_transform
 from ..datasets.imagefolder import ImageFolder, apply_transform, read_rgb
 from ..datasets.lfw import LFWIdentities, LFWPairs, image_path
+from ..datasets.mapped import Mapped
 from ..datasets.synthetic import write_synthetic_once
 from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES, write_celeba_faces, write_lfw_identities, \
     write_shape_imagefolder
@@ -108,6 +111,17 @@ class ImageDataModule(pl.LightningDataModule):
         if not train or not settings:
             return eval_transform(self.size, crop_fraction)
         return train_transform(self.size, seed=self.config.train.seed, **settings)
+
+    def graph_inputs(self, split: str) -> Dataset:
+        """The images of `split` ("train", after setup("fit"), or "val") as the exported graph takes them: normalised
+        CHW, pre-processed as at evaluation (training images without augmentation)."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be train or val, got {split!r}")
+        if split == "val":
+            return Mapped(self.val_set, itemgetter(1))  # items (index, image, ...)
+        images = copy.copy(self.train_set.dataset)  # the set under Indexed: items (image, target)
+        images.transform = self.transform(False)
+        return Mapped(images, itemgetter(0))
 
     @property
     def category_ids(self) -> list:

@@ -4,7 +4,9 @@ Validation runs on whole images at their own resolution. On Cityscapes it scores
 evaluation (IoU and iIoU, per class and per category); on VOC it reports the confusion-matrix mIoU. Each image's
 counts are kept under its path and merged over processes once per image, so DDP gives the figures of one process.
 """
+import copy
 import os
+from operator import itemgetter
 from pathlib import Path
 
 import cv2
@@ -19,6 +21,7 @@ from ..config import Config, config_from_dict
 from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from ..datasets.label_png import read_label_png
+from ..datasets.mapped import Mapped
 from ..datasets.synthetic import write_synthetic_once
 from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
@@ -111,6 +114,17 @@ class SegmentationDataModule(pl.LightningDataModule):
             transform = segmentation_train_transforms(self.crop_size, AUGMENTATIONS[self.config.data.augmentation],
                                                       ignore_index=dataset.ignore_index, seed=self.config.train.seed)
             self.train_set = dataset(self.root, self.train_split, transform)
+
+    def graph_inputs(self, split: str) -> Dataset:
+        """The images of `split` ("train", after setup("fit"), or "val") as the exported graph takes them: normalised
+        CHW, pre-processed as at evaluation (training images whole, without augmentation)."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be train or val, got {split!r}")
+        if split == "val":
+            return Mapped(self.val_set, itemgetter("image"))
+        images = copy.copy(self.train_set)
+        images.transform = segmentation_eval_transforms()
+        return Mapped(images, itemgetter("image"))
 
     @property
     def class_names(self) -> list[str]:

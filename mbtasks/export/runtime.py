@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import MbtasksError
+from ..errors import MbtasksError
 
 RECORD_KEY, EXPORT_KEY = "mbtasks", "export"
 
