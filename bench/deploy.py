@@ -31,8 +31,8 @@ import torchvision
 
 from mbtasks.config import load_config
 from mbtasks.export import export_onnx
+from mbtasks.export.runtime import load_onnx_model
 from mbtasks.layers.fusion import for_inference
-from mbtasks.onnx_runtime import load_onnx_model
 from mbtasks.tasks.detection import DetectionDataModule
 from mbtasks.tasks.segmentation import SegmentationDataModule
 

@@ -101,19 +101,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_coco_files(args)
     if args.task == "seg" and (args.gt or args.predictions):
         return _evaluate_cityscapes_files(args)
-    from .io.records import Record, read_checkpoint
+    from .io.records import read_checkpoint
     from .layers.fusion import for_inference
     from .tasks.trainer import build_trainer
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
-        from .onnx_runtime import load_onnx_model
+        from .export.runtime import load_onnx_model
 
         if args.model is None or args.checkpoint is not None:
             raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
                                "not a --checkpoint")
         onnx_model, record = load_onnx_model(args.model, args.task)
-        record, source = Record.from_dict(record), args.model
+        source = args.model
     elif args.model is not None:
         raise MbtasksError("--model is an ONNX file for --runtime onnxruntime; the torch runtime takes --checkpoint")
     elif args.checkpoint is None:

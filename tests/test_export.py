@@ -14,10 +14,10 @@ from helpers import TINY_IMAGE_DATA, randomised
 from mbtasks.cli import main
 from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
-from mbtasks.export import BoxDecoder, SelectDetections
-from mbtasks.layers.fusion import for_inference
-from mbtasks.onnx_runtime import create_session, load_onnx_model
+from mbtasks.export.detection_graph import BoxDecoder, SelectDetections
+from mbtasks.export.runtime import create_session, load_onnx_model
 from mbtasks.io.records import read_checkpoint
+from mbtasks.layers.fusion import for_inference
 
 COMMON = ["data.num_workers=0", "data.val_batch_size=2", "train.accelerator=cpu", "train.progress_bar=false"]
 SETTINGS = {
@@ -112,7 +112,7 @@ def test_onnxruntime_model_matches_pytorch(exported, task):
     checkpoint, _, out, _ = exported[task]
     model, record = load_onnx_model(out)
     reference = _torch_model(checkpoint, task)
-    assert record["task"] == task
+    assert record.task == task
     torch.manual_seed(1)
     # Batch, height and width are dynamic: two batch sizes at two sizes.
     for shape in ((2, 3, 64, 128), (1, 3, 48, 80)) if task == "seg" else ((3, 3, 32, 32), (1, 3, 40, 32)):
@@ -180,6 +180,28 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
     assert re.match(r"evaluated [35] images", lines[0])
     figures = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= figures["AP" if task == "det" else "mean_class_iou"] <= 1
+
+
+@pytest.mark.parametrize("task", list(SETTINGS))
+def test_data_modules_give_the_images_the_graph_takes_as_at_evaluation(task, tmp_path):
+    """What calibration and the check read: one CHW float image per item, training images without augmentation
+    (the same tensor each time, at the evaluation size: seg's training crops would be 512x1024; det: the file's)."""
+    config = load_config(None, COMMON + SETTINGS[task] + [f"data.synth_dir={tmp_path}"], task=task)
+    data = TASKS.get(task).data_module(config)
+    data.prepare_data()
+    data.setup("fit")
+    train, val = data.graph_inputs("train"), data.graph_inputs("val")
+    assert len(train) == len(data.train_set) and len(val) == len(data.val_set)
+    assert train[0].dtype == val[0].dtype == torch.float32 and train[0].ndim == val[0].ndim == 3
+    assert all(torch.equal(train[i], train[i]) for i in range(len(train)))
+    if task == "det":  # the graph resizes and normalises a detector's images itself
+        first = data.train_set.coco.imgs[data.train_set.image_ids[0]]
+        assert train[0].shape[-2:] == (first["height"], first["width"])
+        assert 0 <= float(train[0].min()) and float(train[0].max()) <= 1
+    else:
+        assert train[0].shape == val[0].shape
+    with pytest.raises(ValueError, match="split must be train or val"):
+        data.graph_inputs("test")
 
 
 def test_paper_pooling_is_exported_at_the_validation_size(tmp_path):

@@ -2,6 +2,7 @@
 built from the recipe, the optimiser and schedule, the checkpoint record, and the end of validation (per-sample
 results gathered over processes -> scored -> logged)."""
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, config_from_dict
+from ..datasets.mapped import Mapped
 from ..datasets.synthetic import write_synthetic_once
 from ..io.records import RECORD_KEY, Record
 from ..models import MODELS, build_configured_model, weights_defaults
@@ -24,6 +26,7 @@ class BaseDataModule(pl.LightningDataModule):
     """
 
     write_synthetic: ClassVar[Callable]
+    graph_input: ClassVar[Callable] = itemgetter(0)  # an item -> its image (picklable for loader workers)
     train_collate: ClassVar[Callable | None] = None
     val_collate: ClassVar[Callable | None] = None
 
@@ -52,6 +55,17 @@ class BaseDataModule(pl.LightningDataModule):
     def category_ids(self) -> list:
         """The data set's own ids of the classes (COCO's category ids); empty where the classes are the ids."""
         return []
+
+    def graph_inputs(self, split: str) -> Dataset:
+        """The images of `split` ("val", or "train" after setup("fit")) as the exported graph takes them,
+        pre-processed as at evaluation: what int8 calibration and the check against PyTorch run on."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be train or val, got {split!r}")
+        return Mapped(self.val_set if split == "val" else self.unaugmented_train_set(), type(self).graph_input)
+
+    def unaugmented_train_set(self) -> Dataset:
+        """The training set with the evaluation pre-processing (no augmentation), items as the validation set's."""
+        raise NotImplementedError
 
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate: Callable | None) -> DataLoader:
         workers = self.config.data.num_workers

@@ -1,4 +1,5 @@
 """Detection: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch."""
+import copy
 import re
 
 import torch
@@ -40,6 +41,11 @@ class DetectionDataModule(BaseDataModule):
     @staticmethod
     def input_size(config: Config) -> tuple[int, int]:
         return detection_input_size(config)
+
+    def unaugmented_train_set(self) -> CocoDetection:
+        images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ
+        images.transforms = self.val_set.transforms
+        return images
 
     def annotation_file(self, split: str):
         return self.root / "annotations" / f"instances_{split}.json"

@@ -1,6 +1,8 @@
 """What the image-level data modules (attributes, embeddings, classification) share: input size, augmentation
 presets, and samples keyed by their index."""
+import copy
 from collections.abc import Callable
+from operator import itemgetter
 from typing import ClassVar
 
 from torch.utils.data import Dataset
@@ -38,6 +40,7 @@ class ImageDataModule(BaseDataModule):
 
     default_size: ClassVar[int]  # input size when data.size is not set
     default_augmentation: ClassVar[str]  # the preset data.augmentation "default" means
+    graph_input = itemgetter(1)  # items (index, image, ...)
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -53,6 +56,11 @@ class ImageDataModule(BaseDataModule):
     @classmethod
     def input_size(cls, config: Config) -> int | list:
         return config.data.size or cls.default_size
+
+    def unaugmented_train_set(self) -> Dataset:
+        images = copy.copy(self.train_set.dataset)  # the set under Indexed
+        images.transform = self.transform(False)
+        return Indexed(images)
 
     def transform(self, train: bool) -> Callable:
         settings = dict(self.augmentation)

@@ -4,7 +4,9 @@ Validation runs on whole images at their own resolution. On Cityscapes it scores
 evaluation (IoU and iIoU, per class and per category); on VOC it reports the confusion-matrix mIoU. Each image's
 counts are kept under its path and merged over processes once per image, so DDP gives the figures of one process.
 """
+import copy
 import os
+from operator import itemgetter
 from pathlib import Path
 
 import cv2
@@ -76,6 +78,7 @@ class SegmentationDataModule(BaseDataModule):
 
     write_synthetic = staticmethod(write_streets_cityscapes)
     val_collate = staticmethod(keep_list)
+    graph_input = itemgetter("image")
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -99,6 +102,11 @@ class SegmentationDataModule(BaseDataModule):
             transform = segmentation_train_transforms(self.crop_size, AUGMENTATIONS[self.config.data.augmentation],
                                                       ignore_index=dataset.ignore_index, seed=self.config.train.seed)
             self.train_set = dataset(self.root, self.train_split, transform)
+
+    def unaugmented_train_set(self) -> Dataset:
+        images = copy.copy(self.train_set)
+        images.transform = segmentation_eval_transforms()
+        return images
 
     @property
     def class_names(self) -> list[str]:

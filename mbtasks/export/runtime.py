@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import MbtasksError
+from ..errors import MbtasksError
+from ..io.records import RECORD_KEY, Record
 
-RECORD_KEY, EXPORT_KEY = "mbtasks", "export"
+EXPORT_KEY = "export"
 
 
 def create_session(path: str | Path, threads: int | None = None):
@@ -47,23 +48,23 @@ def require(module: str):
         raise MbtasksError(f"ONNX export and ONNX Runtime need {module}: pip install 'mbtasks[export]'") from None
 
 
-def read_metadata(session, path: str | Path) -> tuple[dict, dict]:
+def read_metadata(session, path: str | Path) -> tuple[Record, dict]:
     """(the checkpoint's record, the export settings) stored in an mbtasks ONNX file."""
     stored = session.get_modelmeta().custom_metadata_map
     if RECORD_KEY not in stored or EXPORT_KEY not in stored:
         raise MbtasksError("is an ONNX model without mbtasks metadata (write it with `mbtasks export`)", path)
-    return json.loads(stored[RECORD_KEY]), json.loads(stored[EXPORT_KEY])
+    return Record.from_dict(json.loads(stored[RECORD_KEY])), json.loads(stored[EXPORT_KEY])
 
 
-def load_onnx_model(path: str | Path, task: str | None = None, threads: int | None = None) -> tuple[nn.Module, dict]:
+def load_onnx_model(path: str | Path, task: str | None = None, threads: int | None = None) -> tuple[nn.Module, Record]:
     """The ORT wrapper of an exported model and its record; `task`, when given, must be the model's."""
     if not Path(path).is_file():
         raise MbtasksError("no such file", path)
     session = create_session(path, threads)
     record, settings = read_metadata(session, path)
-    if task is not None and record["task"] != task:
-        raise MbtasksError(f"is an ONNX model of a {record['task']} model, not {task}", path)
-    wrapper = OnnxDetector if record["task"] == "det" else OnnxModel
+    if task is not None and record.task != task:
+        raise MbtasksError(f"is an ONNX model of a {record.task} model, not {task}", path)
+    wrapper = OnnxDetector if record.task == "det" else OnnxModel
     return wrapper(session, settings, path), record
 
 

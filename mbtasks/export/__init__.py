@@ -1,0 +1,168 @@
+"""ONNX export of a trained model (fp32, or int8 by static QDQ quantisation), checked against PyTorch in ONNX Runtime.
+
+What the graph holds (runtime.py runs it behind the PyTorch model's contract):
+- seg, attr, embed, cls: the network of the inference copy (batch norm folded): a normalised NCHW batch `images` ->
+  `logits` (seg: at the input resolution; attr: one per attribute; cls: one per class) or unit `embeddings` (embed).
+  Batch, height and width are dynamic, except for LR-ASPP with `pooling: paper`, whose window follows the input
+  size: that graph is fixed to the validation images' size.
+- det: the whole detector, end to end: one [0, 1] image of any size -> `boxes`, `scores`, `labels`
+  (detection_graph.py).
+
+The exporter is torch.onnx's TorchScript one (dynamo=False): the dynamo exporter gives the same ORT latency but, with a
+dynamic height and width, exported LR-ASPP's upsampling for the example's size only (logits off by 0.5 elsewhere).
+int8 quantises that fp32 graph (int8.py). The data module gives the images, as the graph takes them: its validation
+images for the check, its training images for int8 calibration (`graph_inputs`).
+"""
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..errors import MbtasksError
+from ..heads.lraspp import PaperPool
+from ..io.records import RECORD_KEY, Record
+from ..tasks import TASKS
+from .detection_graph import DetectionGraph
+from .int8 import calibration_reader, quantize
+from .runtime import EXPORT_KEY, create_session, require
+
+OPSET = 17
+# ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
+# the image's side (1e-4 of 320 pixels is 0.03 pixels; float32 itself steps 3e-5 pixels there). Both
+# runtimes do the same float arithmetic in another order: differences are ~1e-6.
+TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportReport:
+    """What `mbtasks export` prints: the file, its size and the check against PyTorch."""
+
+    path: Path
+    size_bytes: int
+    differences: dict[str, float]  # output name -> largest |onnxruntime - pytorch| over the samples, in its units
+    num_samples: int
+    int8: bool
+    box_side: int | None = None  # det: the longest image side boxes are measured against
+    calibration_images: int = 0  # int8: how many training images set the ranges
+
+    @property
+    def largest_difference(self) -> float:
+        """The largest difference with boxes as a fraction of the image side: what is held to 1e-4 (fp32)."""
+        return max(v / self.box_side if k == "boxes" else v for k, v in self.differences.items())
+
+    def summary(self) -> str:
+        parts = [f"{k} {v:.3g} pixels of the {self.box_side}-pixel input" if k == "boxes" else f"{k} {v:.3g}"
+                 for k, v in self.differences.items()]
+        return (f"largest |onnxruntime - pytorch| difference: {self.largest_difference:.3g} ({', '.join(parts)}; "
+                f"{self.num_samples} validation images{'; int8 is not held to 1e-4' if self.int8 else ''})")
+
+
+def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, out: str | Path, *, int8: bool = False,
+                calibration: int = 100, samples: int = 4) -> ExportReport:
+    """Write `model` (the inference copy of the checkpoint's network) to ONNX with the record in its metadata, int8
+    if asked, and compare ONNX Runtime with PyTorch on `samples` validation images; fp32 must agree within 1e-4."""
+    onnx = require("onnx")
+    task, out = record.task, Path(out)
+    model = model.eval()
+    graph = DetectionGraph(model) if task == "det" else model
+    data.prepare_data()
+    data.setup("fit" if int8 else "validate")
+    inputs = [image[None].float().contiguous() for image in _first(data.graph_inputs("val"), samples)]
+    fixed = any(isinstance(m, PaperPool) for m in model.modules())
+    settings = {"graph": task, "opset": OPSET, "int8": int8,
+                "input_size": list(inputs[0].shape[-2:]) if fixed else None}
+    if task == "det":
+        settings["postprocess"] = graph.postprocess
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calibrated = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32 = Path(scratch) / "fp32.onnx"
+        _torch_export(graph, inputs[0], fp32, task, dynamic_size=not fixed)
+        if int8:
+            reader = calibration_reader(data.graph_inputs("train"), calibration)
+            quantize(fp32, out, reader)
+            calibrated = len(reader)
+        proto = onnx.load(str(out if int8 else fp32))
+    for key, value in ((RECORD_KEY, json.dumps(record.to_dict())), (EXPORT_KEY, json.dumps(settings))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+    box_side = max(max(x.shape[-2:]) for x in inputs) if task == "det" else None
+    report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, output_names(task)), len(inputs),
+                          int8, box_side, calibrated)
+    if not int8 and report.largest_difference > TOLERANCE:
+        raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
+                           "for inspection", out)
+    return report
+
+
+def output_names(task: str) -> list[str]:
+    """The exported graph's outputs for a task."""
+    return list(TASKS.get(task).graph_outputs)
+
+
+def _first(dataset, count: int) -> list:
+    return [dataset[i] for i in range(min(count, len(dataset)))]
+
+
+def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: str, dynamic_size: bool) -> None:
+    """torch.onnx's TorchScript exporter, batch dynamic and, where asked, height and width (seg: of the logits too);
+    det: one image of any size in, any number of detections out."""
+    size = {2: "height", 3: "width"} if dynamic_size else {}
+    if task == "det":
+        dynamic = {"images": size, **{name: {0: "detections"} for name in output_names(task)}}
+    else:
+        dynamic = {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in output_names(task)}}
+    if task == "seg":
+        dynamic["logits"].update(size)
+    with warnings.catch_warnings(), torch.no_grad():
+        # TracerWarnings about shapes turned into constants: they are the fixed sizes the graph is exported at.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=output_names(task),
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+
+
+def _compare(graph: nn.Module, path: Path, inputs: list[torch.Tensor], names: list[str]) -> dict[str, float]:
+    """Largest |onnxruntime - pytorch| per output over the inputs (det: between each detection and its twin)."""
+    session = create_session(path)
+    largest = dict.fromkeys(names, 0.0)
+    for x in inputs:
+        with torch.no_grad():
+            expected = graph(x)
+        expected = [e.numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
+        got = session.run(names, {"images": x.numpy()})
+        differences = _detection_differences(expected, got) if names == output_names("det") else [
+            float(np.abs(want - have).max()) for want, have in zip(expected, got)]
+        for name, difference in zip(names, differences):
+            largest[name] = max(largest[name], difference)
+    return largest
+
+
+def _detection_differences(expected: list[np.ndarray], got: list[np.ndarray]) -> list[float]:
+    """Boxes, scores, labels of two lists of detections. Scores are compared sorted. Each detection is paired with
+    the one of the same label whose box is nearest in the other list; boxes are compared over the pairs within a
+    pixel, and `labels` is the share of detections left without such a twin and without a score tie (within 1e-6) to
+    explain it: which of two tied boxes NMS keeps, or which comes last in the top N, is a matter of the last bit
+    (flat image regions give many anchors the same score). A different count is an infinite difference."""
+    (want_boxes, want_scores, want_labels), (boxes, scores, labels) = expected, got
+    if len(boxes) != len(want_boxes):
+        return [float("inf")] * 3
+    if len(boxes) == 0:
+        return [0.0] * 3
+    distance = np.abs(boxes[:, None] - want_boxes[None]).max(-1)
+    distance[labels[:, None] != want_labels[None]] = np.inf
+    nearest = distance.min(1)
+    paired = nearest <= 1.0
+    # An unpaired detection's score met in the other list, or twice in its own, is a tie between two detections.
+    gaps = np.abs(scores[:, None] - scores[None])
+    np.fill_diagonal(gaps, np.inf)
+    tied = (gaps.min(1) <= 1e-6) | (np.abs(scores[:, None] - want_scores[None]).min(1) <= 1e-6)
+    unexplained = (~paired & ~tied).mean()  # a detection without a twin, and without a tie to explain it
+    return [float(nearest[paired].max()) if paired.any() else float("inf"),
+            float(np.abs(np.sort(scores) - np.sort(want_scores)).max()), float(unexplained)]
