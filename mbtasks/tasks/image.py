@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config, ModelConfig, config_from_dict
 from ..datasets.celeba import CelebA
 from ..datasets.image_transforms import eval_transform, train_transform
-from ..datasets.imagefolder import ImageFolder, apply_transform, read_rgb
+from ..datasets.imagefolder import ImageFolder, apply_transform
 from ..datasets.lfw import LFWIdentities, LFWPairs, image_path
 from ..datasets.synthetic import write_synthetic_once
 from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES, write_celeba_faces, write_lfw_identities, \
@@ -25,6 +25,7 @@ from ..errors import MbtasksError
 from ..evaluation.attributes import attribute_metrics
 from ..evaluation.classification import classification_accuracy
 from ..evaluation.verification import lfw_protocol
+from ..io.images import read_rgb_image
 from ..heads.image import AttributeHead, EmbeddingHead
 from ..losses import ArcFaceLoss, AttributeLoss, DistillationLoss, TripletLoss, attribute_pos_weight
 from ..models import BACKBONE_OPTIONS, BACKBONES, MODEL_BACKBONES, ImageClassifier, build_backbone, \
@@ -67,7 +68,7 @@ class PairImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple:
         name, number = self.keys[index]
-        return index, apply_transform(self.pairs.transform, read_rgb(image_path(self.pairs.images_dir, name, number)))
+        return index, apply_transform(self.pairs.transform, read_rgb_image(image_path(self.pairs.images_dir, name, number)))
 
 
 # ---- data ----

@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config, config_from_dict
 from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
-from ..datasets.label_png import read_label_png
 from ..datasets.synthetic import write_synthetic_once
 from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
@@ -26,6 +25,7 @@ from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
 from ..datasets.voc import VOCSegmentation, voc_palette
 from ..errors import MbtasksError
 from ..evaluation.segmentation import CityscapesEvaluator, ConfusionMatrix, format_cityscapes_table
+from ..io.images import read_label_png
 from ..models import MODEL_BACKBONES, build_configured_model
 from .training import configure_optimizer, gather_by_key
 
