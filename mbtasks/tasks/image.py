@@ -25,8 +25,8 @@ from ..errors import MbtasksError
 from ..evaluation.attributes import attribute_metrics
 from ..evaluation.classification import classification_accuracy
 from ..evaluation.verification import lfw_protocol
-from ..io.images import read_rgb_image
 from ..heads.image import AttributeHead, EmbeddingHead
+from ..io.images import read_rgb_image
 from ..losses import ArcFaceLoss, AttributeLoss, DistillationLoss, TripletLoss, attribute_pos_weight
 from ..models import BACKBONE_OPTIONS, BACKBONES, MODEL_BACKBONES, ImageClassifier, build_backbone, \
     build_configured_model
