@@ -25,9 +25,9 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels
 from PIL import Image
 
-from mbtasks.datasets.label_png import read_label_png
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.evaluation.segmentation import evaluate_cityscapes_folders
+from mbtasks.io.images import read_label_png
 
 SIZE = (1024, 2048)
 
@@ -44,7 +44,7 @@ def write_predictions(gt_root: str, pred_dir: str, seed: int) -> None:
     os.makedirs(pred_dir, exist_ok=True)
     h, w = SIZE
     for gt_file in sorted(glob.glob(os.path.join(gt_root, "gtFine", "val", "*", "*_gtFine_labelIds.png"))):
-        gt = np.asarray(Image.open(gt_file))
+        gt = read_label_png(gt_file)
         flow = rng.normal(0, 6, (2, h // 64, w // 64)).astype(np.float32)
         dx, dy = (cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC) for f in flow)
         grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))

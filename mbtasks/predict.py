@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
-from .datasets.label_png import read_rgb_image
+from .io.images import read_rgb_image
 from .io.records import Record, read_checkpoint
 from .layers.fusion import for_inference
 from .models import build_from_record
@@ -20,13 +20,16 @@ def load_detector(checkpoint: str | Path) -> tuple[torch.nn.Module, Record]:
 
 def predict_detection(checkpoint: str | Path, images: list[str], out_dir: str | Path,
                       score_threshold: float = 0.3) -> list[str]:
-    """Draw each image's detections scoring at least the threshold into OUT/<name>.png; all into detections.json."""
+    """Draw each image's detections scoring at least the threshold into OUT/<name>.png; all into detections.json.
+
+    Photos are turned upright by their EXIF orientation first, so boxes refer to the image as it is displayed.
+    """
     model, record = load_detector(checkpoint)
     names, category_ids = record.class_names, record.category_ids
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report, lines = [], []
-    pixels = [read_rgb_image(path) for path in images]  # every file checked before any work is done
+    pixels = [read_rgb_image(path, exif_upright=True) for path in images]  # every file checked before any work is done
     for path, image in zip(images, pixels):
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         with torch.inference_mode():

@@ -6,6 +6,7 @@ import filecmp
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from mbtasks.datasets.synthetic.streets_cityscapes import PRESENT_CLASSES, write
 from mbtasks.datasets.voc import CLASS_NAMES as VOC_CLASSES
 from mbtasks.datasets.voc import VOCSegmentation, voc_palette
 from mbtasks.errors import MbtasksError
+from mbtasks.io.images import read_label_png, read_rgb_image
 
 SIZE = (64, 128)
 
@@ -78,10 +80,9 @@ def test_labels_follow_cityscapes_encoding(streets):
     root, summary = streets
     present = set()
     for label_file in glob.glob(str(root / "gtFine" / "*" / "*" / "*_gtFine_labelIds.png")):
-        label_image = Image.open(label_file)
-        instance_image = Image.open(label_file.replace("labelIds", "instanceIds"))
-        assert label_image.mode == "L" and instance_image.mode in ("I;16", "I")
-        label_ids, instance_ids = np.array(label_image), np.array(instance_image).astype(np.int64)
+        instance_file = label_file.replace("labelIds", "instanceIds")
+        assert Image.open(label_file).mode == "L" and Image.open(instance_file).mode in ("I;16", "I")
+        label_ids, instance_ids = read_label_png(label_file), read_label_png(instance_file).astype(np.int64)
         # instanceIds: id*1000+k for classes with instances, the plain label id elsewhere
         is_instance = instance_ids >= 1000
         assert np.array_equal(np.where(is_instance, instance_ids // 1000, instance_ids), label_ids)
@@ -91,7 +92,7 @@ def test_labels_follow_cityscapes_encoding(streets):
         annotation = Annotation()
         annotation.fromJsonFile(label_file.replace("labelIds.png", "polygons.json"))
         assert np.array_equal(np.array(createLabelImage(annotation, "ids")), label_ids)
-        colors = np.array(Image.open(label_file.replace("labelIds", "color")).convert("RGB"))
+        colors = read_rgb_image(label_file.replace("labelIds", "color"))
         assert np.array_equal(colors[0, 0], id2label[int(label_ids[0, 0])].color)
         present |= {id2label[int(i)].name for i in np.unique(label_ids)}
     assert set(summary["classes"]) == set(PRESENT_CLASSES)
@@ -113,7 +114,7 @@ def test_cityscapes_dataset_items(streets):
     item = dataset[0]
     assert item["image"].shape == (*SIZE, 3) and item["image"].dtype == np.uint8
     assert item["mask"].shape == SIZE and item["mask"].dtype == np.uint8
-    label_ids = np.array(Image.open(item["label_path"]))
+    label_ids = read_label_png(item["label_path"])
     assert np.array_equal(item["mask"], label_ids_to_train_ids(label_ids))
     assert item["mask"][-1, SIZE[1] // 2] == 255  # the ego vehicle is ignored
     assert set(np.unique(item["mask"])) <= {0, 1, 2, 8, 10, 11, 13, 255}
@@ -156,7 +157,7 @@ def test_cityscapes_corrupt_image_and_colour_label(streets, tmp_path):
         dataset[0]
     assert error.value.path == dataset.image_paths[0]
     # a colour PNG where the labelIds belong (e.g. the _color.png copied over it)
-    Image.open(dataset.label_paths[1].replace("labelIds", "color")).save(dataset.label_paths[1])
+    shutil.copyfile(dataset.label_paths[1].replace("labelIds", "color"), dataset.label_paths[1])
     with pytest.raises(MbtasksError, match="RGBA PNG where a label PNG belongs") as error:
         dataset[1]
     assert error.value.path == dataset.label_paths[1]
@@ -210,7 +211,7 @@ def test_voc_errors(tmp_path):
     assert error.value.path.endswith("2007_000039.jpg")
     # an RGB rendering of the palette where the indices belong
     label_file = root / "SegmentationClass" / "2007_000063.png"
-    Image.open(label_file).convert("RGB").save(label_file)
+    Image.fromarray(read_rgb_image(label_file)).save(label_file)
     with pytest.raises(MbtasksError, match="RGB PNG where a label PNG belongs"):
         VOCSegmentation(root, "val")[0]
     Image.fromarray(np.full((30, 40), 21, np.uint8)).save(label_file)

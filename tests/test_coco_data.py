@@ -19,6 +19,7 @@ from mbtasks.datasets.coco import CocoDetection
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.datasets.transforms import detection_transforms
 from mbtasks.errors import MbtasksError
+from mbtasks.io.images import read_rgb_image
 
 SMALL = {"num_train": 16, "num_val": 40, "image_size": 96}
 
@@ -72,8 +73,8 @@ def test_synthetic_set_is_valid_coco(shapes: dict[str, Path]) -> None:
         assert [c["id"] for c in coco.loadCats(coco.getCatIds())] == [1, 3, 5, 7]
         assert all(c["name"] and c["supercategory"] == "shape" for c in coco.cats.values())
         for image in coco.imgs.values():
-            with Image.open(shapes[f"{split}_images"] / image["file_name"]) as im:
-                assert im.size == (image["width"], image["height"])
+            pixels = read_rgb_image(shapes[f"{split}_images"] / image["file_name"])
+            assert pixels.shape == (image["height"], image["width"], 3)
         for ann in coco.anns.values():
             assert ann["area"] > 0 and ann["bbox"][2] > 0 and ann["bbox"][3] > 0
             assert coco.annToMask(ann).sum() > 0
@@ -96,7 +97,7 @@ def test_synthetic_boxes_are_tight_around_the_drawn_shapes(shapes: dict[str, Pat
     for ann in coco.anns.values():
         if ann["iscrowd"]:
             continue
-        image = np.asarray(Image.open(shapes["val_images"] / coco.imgs[ann["image_id"]]["file_name"]), dtype=int)
+        image = read_rgb_image(shapes["val_images"] / coco.imgs[ann["image_id"]]["file_name"]).astype(int)
         x, y, w, h = ann["bbox"]
         colour = np.median(image[y + h // 2 - 1 : y + h // 2 + 2, x + w // 2 - 1 : x + w // 2 + 2], axis=(0, 1))
         is_shape = np.abs(image - colour).max(axis=2) < 40
@@ -129,7 +130,7 @@ def test_item_is_the_image_and_its_boxes_in_pixels(shapes: dict[str, Path]) -> N
     image, target = ds[3]
     info = ds.coco.imgs[target["image_id"]]
     assert image.dtype == np.uint8 and image.shape == (info["height"], info["width"], 3)
-    assert np.array_equal(image, np.asarray(Image.open(shapes["val_images"] / info["file_name"]).convert("RGB")))
+    assert np.array_equal(image, read_rgb_image(shapes["val_images"] / info["file_name"]))
     assert target["orig_size"] == (info["height"], info["width"])
     assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
     expected = sorted([a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]

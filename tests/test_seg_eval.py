@@ -25,6 +25,7 @@ from mbtasks.evaluation.segmentation import (
     find_cityscapes_pairs,
     format_cityscapes_table,
 )
+from mbtasks.io.images import read_label_png
 
 SIZE = (96, 192)
 # predicted ids include ignored classes (0, 4, caravan 29, trailer 30) and classes absent from the ground truth
@@ -41,7 +42,7 @@ def cityscapes_case(tmp_path_factory):
     # extra ground truth on the first image: a rider instance, a caravan instance (ignored) and a car group
     label_path = gt_files[0]
     instance_path = label_path.replace("labelIds", "instanceIds")
-    label_ids, instance_ids = np.array(Image.open(label_path)), np.array(Image.open(instance_path))
+    label_ids, instance_ids = read_label_png(label_path), read_label_png(instance_path)
     for (y0, y1, x0, x1), label, instance in (
         ((50, 80, 5, 20), 25, 25000),
         ((40, 60, 150, 185), 29, 29000),
@@ -54,7 +55,7 @@ def cityscapes_case(tmp_path_factory):
     rng = np.random.default_rng(0)
     pred_dir.mkdir()
     for index, gt_file in enumerate(gt_files):
-        pred = np.array(Image.open(gt_file))
+        pred = read_label_png(gt_file)
         pred = np.roll(pred, rng.integers(-2, 3), axis=1)  # boundaries off by a pixel or two
         for _ in range(15):
             y, x, r = rng.integers(0, SIZE[0]), rng.integers(0, SIZE[1]), rng.integers(2, 12)
@@ -64,7 +65,7 @@ def cityscapes_case(tmp_path_factory):
             image = Image.fromarray(pred, mode="L").convert("P")
             image.putpalette(list(range(256)) * 3)
             image.save(name)
-            assert np.array_equal(np.array(Image.open(name)), pred)
+            assert np.array_equal(read_label_png(name), pred)
         elif index == 2:  # a 16-bit PNG
             Image.fromarray(pred.astype(np.uint16)).save(name)
         else:
@@ -138,9 +139,9 @@ def test_update_and_merge_equal_folder_evaluation(cityscapes_case):
     shards = [CityscapesEvaluator(), CityscapesEvaluator()]
     for index, (pred_file, gt_file) in enumerate(find_cityscapes_pairs(root, pred_dir)):
         shards[index % 2].update(
-            np.array(Image.open(pred_file)),
-            np.array(Image.open(gt_file)),
-            np.array(Image.open(gt_file.replace("labelIds", "instanceIds"))),
+            read_label_png(pred_file),
+            read_label_png(gt_file),
+            read_label_png(gt_file.replace("labelIds", "instanceIds")),
         )
     merged = shards[0].merge(shards[1]).result()
     expected = evaluate_cityscapes_folders(root, pred_dir, workers=1)
@@ -156,8 +157,8 @@ def test_train_id_confusion_matrix_gives_official_class_iou(cityscapes_case):
     rng = np.random.default_rng(1)
     train_to_label = np.array([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], np.uint8)
     for gt_file in sorted(glob.glob(str(root / "gtFine" / "val" / "*" / "*_labelIds.png"))):
-        gt = np.array(Image.open(gt_file))
-        instances = np.array(Image.open(gt_file.replace("labelIds", "instanceIds")))
+        gt = read_label_png(gt_file)
+        instances = read_label_png(gt_file.replace("labelIds", "instanceIds"))
         pred_train = label_ids_to_train_ids(np.roll(gt, 3, axis=0))
         pred_train[pred_train == 255] = rng.integers(0, 19)
         evaluator.update(train_to_label[pred_train], gt, instances)

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mbtasks.datasets.imagefolder import apply_transform, read_rgb
+from mbtasks.datasets.imagefolder import apply_transform
 from mbtasks.errors import MbtasksError
+from mbtasks.io.images import read_rgb_image
 
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -95,7 +96,7 @@ class CelebA(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray | torch.Tensor, torch.Tensor]:
-        image = read_rgb(self.image_dir / self.files[index])
+        image = read_rgb_image(self.image_dir / self.files[index])
         return apply_transform(self.transform, image), torch.from_numpy(self.targets[index])
 
 

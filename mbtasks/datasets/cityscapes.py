@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from cityscapesscripts.helpers.labels import labels
 
-from mbtasks.datasets.label_png import read_image_and_label
+from mbtasks.io.images import read_image_and_label
 from mbtasks.errors import MbtasksError
 
 IGNORE_INDEX = 255

@@ -8,21 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from mbtasks.errors import MbtasksError
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as an HWC uint8 RGB array; unreadable files raise MbtasksError naming the file."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise MbtasksError("image not found", path) from None
-    except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise MbtasksError(f"cannot read image ({error})", path) from None
+from mbtasks.io.images import read_rgb_image
 
 
 def apply_transform(transform: Callable | None, image: np.ndarray) -> np.ndarray | torch.Tensor:
@@ -76,4 +65,4 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray | torch.Tensor, int]:
         path, label = self.samples[index]
-        return apply_transform(self.transform, read_rgb(path)), label
+        return apply_transform(self.transform, read_rgb_image(path)), label

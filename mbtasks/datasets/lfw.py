@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mbtasks.datasets.imagefolder import ImageFolder, apply_transform, read_rgb
+from mbtasks.datasets.imagefolder import ImageFolder, apply_transform
 from mbtasks.errors import MbtasksError
+from mbtasks.io.images import read_rgb_image
 
 HEADERLESS_FOLDS = 10
 
@@ -134,7 +135,7 @@ class LFWPairs(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor, bool, int]:
         pair = self.pairs[index]
         images = (
-            apply_transform(self.transform, read_rgb(image_path(self.images_dir, name, number)))
+            apply_transform(self.transform, read_rgb_image(image_path(self.images_dir, name, number)))
             for name, number in ((pair.name1, pair.number1), (pair.name2, pair.number2))
         )
         return (*images, pair.same, pair.fold)

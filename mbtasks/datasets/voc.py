@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbtasks.datasets.label_png import read_image_and_label
 from mbtasks.errors import MbtasksError
+from mbtasks.io.images import read_image_and_label
 
 IGNORE_INDEX = 255
 CLASS_NAMES: tuple[str, ...] = (

@@ -14,7 +14,7 @@ import numpy as np
 from cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling import args as _official_args
 from cityscapesscripts.helpers.labels import category2labels, labels
 
-from mbtasks.datasets.label_png import read_label_png
+from mbtasks.io.images import read_label_png
 from mbtasks.errors import MbtasksError
 
 # The official script's weights: average instance size per class over the Cityscapes training set

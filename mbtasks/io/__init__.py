@@ -1,1 +1,1 @@
-"""Files in and out: the checkpoint record and weights files."""
+"""Files in and out: the one image reader, and the record of a trained model (checkpoints, weights files)."""

@@ -5,11 +5,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..backbones import BACKBONES
-from ..datasets.imagefolder import apply_transform, read_rgb
+from ..datasets.imagefolder import apply_transform
 from ..datasets.lfw import LFWIdentities, LFWPairs, image_path
 from ..datasets.synthetic.faces import write_lfw_identities
 from ..errors import MbtasksError
 from ..evaluation.verification import lfw_protocol
+from ..io.images import read_rgb_image
 from ..models.losses import ArcFaceLoss, DistillationLoss, TripletLoss
 from .base import BaseTask, shown
 from .image_data import ImageDataModule, Indexed
@@ -29,7 +30,7 @@ class PairImages(Dataset):
     def __getitem__(self, index: int) -> tuple:
         name, number = self.keys[index]
         return index, apply_transform(self.pairs.transform,
-                                      read_rgb(image_path(self.pairs.images_dir, name, number)))
+                                      read_rgb_image(image_path(self.pairs.images_dir, name, number)))
 
 
 class EmbeddingsDataModule(ImageDataModule):

@@ -19,13 +19,13 @@ from torch.utils.data import Dataset
 from ..config import Config
 from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
-from ..datasets.label_png import read_label_png
 from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
 from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
 from ..datasets.voc import VOCSegmentation, voc_palette
 from ..errors import MbtasksError
 from ..evaluation.segmentation import CityscapesEvaluator, ConfusionMatrix, format_cityscapes_table
+from ..io.images import read_label_png
 from .base import BaseDataModule, BaseTask
 
 # data.augmentation -> the random-scale range of the training crops (mmseg's recipe is 0.5..2.0)

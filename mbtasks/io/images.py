@@ -1,18 +1,52 @@
-"""Reading label PNGs (one integer id per pixel) and colour images, with checks that name the file."""
+"""The one reader of images: colour photos as RGB uint8, label PNGs as ids; each error names the file."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mbtasks.errors import MbtasksError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # IHDR colour types that carry colours, not ids
 _COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+
+
+def read_rgb_image(path: str | os.PathLike, exif_upright: bool = False) -> np.ndarray:
+    """Decode a colour image to HxWx3 uint8 RGB: the stored pixels, or turned upright by EXIF with exif_upright."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        raise MbtasksError("file not found", path) from None
+    except OSError as error:
+        raise MbtasksError(f"cannot read file: {error.strerror}", path) from None
+    if not data:
+        raise MbtasksError("cannot decode image (empty file)", path)
+    # cv2 rather than PIL: faster (best of repeats, one core: 640x480 JPEG 1.04 ms vs 1.25-1.35 ms, 2048x1024 PNG
+    # 49.5 ms vs 66-71 ms) under the same rules (grey, palette, LA, RGBA without alpha, CMYK, 16 bits as v >> 8,
+    # EXIF only on request). But cv2.imread returns a truncated JPEG with its missing rows grey and no error
+    # (imdecode's handling varies by version), so a JPEG lacking its end marker (truncated, or with bytes after
+    # the end) goes to PIL, which raises or decodes it; PIL also gives the reason when cv2 refuses a file.
+    jpeg_without_end = data.startswith(_JPEG_START) and not data.endswith(_JPEG_END)
+    if not jpeg_without_end:
+        flags = cv2.IMREAD_COLOR_RGB if exif_upright else cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        if array is not None:
+            return array
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.array((ImageOps.exif_transpose(image) if exif_upright else image).convert("RGB"))
+    except UnidentifiedImageError:
+        raise MbtasksError("cannot decode image (not an image, or a format neither cv2 nor PIL reads)", path) from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise MbtasksError(f"cannot decode image ({reason})", path) from None
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
@@ -47,17 +81,6 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     if array.ndim != 2:
         raise MbtasksError(f"PNG with {array.shape[2]} channels where a label PNG belongs", path)
     return array.astype(np.uint8) if array.dtype == bool else array
-
-
-def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode a colour image (PNG, JPEG) to an HxWx3 uint8 RGB array."""
-    if not os.path.isfile(path):
-        raise MbtasksError("file not found", path)
-    # EXIF rotation is ignored: label PNGs are aligned with the stored pixels, not the displayed ones
-    array = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if array is None:
-        raise MbtasksError("cannot decode image (corrupt, or not an image)", path)
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
 
 def read_image_and_label(image_path: str | os.PathLike, label_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
