@@ -10,7 +10,7 @@ from .backbones.blocks import make_divisible
 from .errors import MbtasksError
 from .heads.image import ClassifierHead
 
-# v3's hidden classifier layer; like v2's last layer it keeps its width for width < 1 (REFERENCE.md).
+# v3's hidden classifier layer; like v2's last layer it keeps its width for width < 1 (the v2 paper's rule).
 CLASSIFIER_HIDDEN = {"mobilenet_v3_large": 1280, "mobilenet_v3_small": 1024}
 
 

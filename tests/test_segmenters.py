@@ -7,7 +7,8 @@ from mbtasks import MbtasksError, build_model
 from mbtasks.backbones.weights import import_weights, read_weights_file
 from mbtasks.cli import main
 from mbtasks.heads.lraspp import paper_pool_geometry
-from mbtasks.profiling import SEGMENTER_PAPER_FIGURES, count_madds, count_parameters
+from mbtasks.profiling import count_madds, count_parameters
+from mbtasks.reference import SEGMENTER_PAPER_FIGURES
 from mbtasks.segmenters import SEGMENTERS
 
 from helpers import randomised
