@@ -38,8 +38,9 @@ SEGMENTER_PAPER_FIGURES = {
     # v2 paper, table 7 (VOC, 21 classes, OS16): mobile DeepLabv3 without and with ASPP.
     ("deeplabv3_mobilenet_v2", (("aspp", False),), (513, 513)): (2.11e6, 2.75e9),
     ("deeplabv3_mobilenet_v2", (("aspp", True),), (513, 513)): (4.52e6, 5.8e9),
-    # torchvision's weights `_meta` (exact integer params; its ops include the aux head, which `model(x)` here does
-    # not run): LRASPP_MobileNet_V3_Large_Weights and DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.
+    # torchvision's weights `_meta` "num_params" and "_ops" (exact integer params; its ops include the aux head,
+    # which `model(x)` here does not run), of LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1 and
+    # DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.
     ("lraspp_mobilenet_v3_large", (), (520, 520)): (3_221_538, 2.086e9),
     ("deeplabv3_mobilenet_v3_large", (("aux", True),), (520, 520)): (11_029_328, 10.452e9),
 }
@@ -62,8 +63,8 @@ DETECTOR_PAPER_OPTIONS = {
     "ssdlite320_mobilenet_v3_large": {"reduce_boxes_in_lowest_layer": True},
     "ssdlite320_mobilenet_v3_small": {"reduce_boxes_in_lowest_layer": True},
 }
-# torchvision's ssdlite320_mobilenet_v3_large, the same network as mbtasks' default: SSDLite320_MobileNet_V3_Large_
-# Weights.COCO_V1 `_meta` "num_params" and "_ops".
+# torchvision's ssdlite320_mobilenet_v3_large, the same network as mbtasks' default: the `_meta` "num_params" and
+# "_ops" of SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.
 DETECTOR_TORCHVISION_FIGURES = {("ssdlite320_mobilenet_v3_large", 1.0, 320): (3_440_060, 0.583e9)}
 
 
