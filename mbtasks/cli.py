@@ -20,7 +20,8 @@ def _resolution(text: str) -> int | tuple[int, int]:
 def cmd_profile(args: argparse.Namespace) -> None:
     from .models import build_model
     from .models.detectors import DETECTORS
-    from .profiling import example_input, profile, reference_rows
+    from .profiling import example_input, profile
+    from .reference import reference_rows
 
     if args.model is None:
         print(f"{'model':<30}{'options':<56}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}"

@@ -7,36 +7,28 @@ import torch
 from mbtasks import MbtasksError, build_backbone, build_model
 from mbtasks.backbones import BACKBONES
 from mbtasks.profiling import count_madds, count_parameters, example_input
+from mbtasks.reference import PAPER_FIGURES, TORCHVISION_FIGURES
 
-# (model, width, resolution, params or None, multiply-adds): the figures, held within 2%.
-PAPER = [
-    ("mobilenet_v1", 1.0, 224, 4.2e6, 569e6),
-    ("mobilenet_v1", 0.75, 224, 2.6e6, 325e6),
-    ("mobilenet_v1", 0.5, 224, 1.3e6, 149e6),
-    ("mobilenet_v1", 0.25, 224, None, 41e6),
-    ("mobilenet_v1", 1.0, 192, None, 418e6),
-    ("mobilenet_v1", 1.0, 160, None, 290e6),
-    ("mobilenet_v1", 1.0, 128, None, 186e6),
-    ("mobilenet_v2", 1.0, 224, 3_504_872, 300e6),
-    ("mobilenet_v3_large", 1.0, 224, 5_483_032, 217e6),
-    ("mobilenet_v3_small", 1.0, 224, 2_542_856, 56e6),
-]
+# (model, width, resolution, params, multiply-adds): the v1 paper's figures, and torchvision's for the networks it
+# publishes weights of (exact parameters), held within 2%.
+FIGURES = [(*key, *figures) for key, figures in PAPER_FIGURES.items() if key[0] == "mobilenet_v1"]
+FIGURES += [(*key, *figures) for key, figures in TORCHVISION_FIGURES.items()]
 
 
-@pytest.mark.parametrize("name,width,resolution,params,madds", PAPER)
-def test_paper_figures(name, width, resolution, params, madds):
+@pytest.mark.parametrize("name,width,resolution,params,madds", FIGURES)
+def test_published_figures(name, width, resolution, params, madds):
     model = build_model(name, width_mult=width)
-    if params is not None:
-        # The paper prints 1.3M for v1 0.5 (1,331,592 exactly, as timm's): compare at the paper's precision too.
-        count = count_parameters(model)
-        assert count == pytest.approx(params, rel=0.02) or round(count / 1e6, 1) == params / 1e6
+    # The paper prints 1.3M for v1 0.5 (1,331,592 exactly, as timm's) and 0.5M for v1 0.25 (470,072): compare at the
+    # paper's precision too.
+    count = count_parameters(model)
+    assert count == pytest.approx(params, rel=0.02) or round(count / 1e6, 1) == params / 1e6
     assert count_madds(model, example_input(resolution)) == pytest.approx(madds, rel=0.02)
 
 
-def test_torchvision_parameter_counts_are_exact():
-    assert count_parameters(build_model("mobilenet_v2")) == 3_504_872
-    assert count_parameters(build_model("mobilenet_v3_large")) == 5_483_032
-    assert count_parameters(build_model("mobilenet_v3_small")) == 2_542_856
+@pytest.mark.parametrize("key", list(TORCHVISION_FIGURES), ids=[key[0] for key in TORCHVISION_FIGURES])
+def test_torchvision_parameter_counts_are_exact(key):
+    name, width, _ = key
+    assert count_parameters(build_model(name, width_mult=width)) == TORCHVISION_FIGURES[key][0]
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

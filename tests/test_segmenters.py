@@ -8,8 +8,9 @@ from mbtasks.io.records import read_weights
 from mbtasks.models.importers import import_weights
 from mbtasks.cli import main
 from mbtasks.heads.lraspp import paper_pool_geometry
-from mbtasks.profiling import SEGMENTER_PAPER_FIGURES, count_madds, count_parameters
 from mbtasks.models.segmenters import SEGMENTERS
+from mbtasks.profiling import count_madds, count_parameters
+from mbtasks.reference import SEGMENTER_PAPER_FIGURES
 
 from helpers import randomised
 

@@ -11,7 +11,7 @@ from mbtasks.cli import main
 from helpers import randomised
 
 
-REFERENCES = [
+ORIGINALS = [
     ("torchvision", "mobilenet_v2", lambda: torchvision.models.mobilenet_v2()),
     ("torchvision", "mobilenet_v3_large", lambda: torchvision.models.mobilenet_v3_large()),
     ("torchvision", "mobilenet_v3_small", lambda: torchvision.models.mobilenet_v3_small()),
@@ -22,7 +22,7 @@ REFERENCES = [
 ]
 
 
-@pytest.mark.parametrize("source,name,make", REFERENCES, ids=[f"{s}-{n}" for s, n, _ in REFERENCES])
+@pytest.mark.parametrize("source,name,make", ORIGINALS, ids=[f"{s}-{n}" for s, n, _ in ORIGINALS])
 def test_imported_weights_give_the_same_outputs(tmp_path, source, name, make):
     reference = randomised(make())
     torch.save(reference.state_dict(), tmp_path / "src.pth")

@@ -1,0 +1,15 @@
+"""`mbtasks ablate`: grids of runs -> CSV, Markdown, plots; versions x widths x resolutions of one task, as the papers'
+tables.
+
+Each run trains and evaluates in child processes of its own (`mbtasks train`, then `mbtasks evaluate` of its best
+checkpoint, the commands written to RUN_DIR/commands.json and their output to RUN_DIR/log.txt), so a crash in one run
+is recorded and the others go on; the parent then profiles the trained network. A run whose RUN_DIR/result.json holds
+a finished result for the same resolved config is not run again; one finished with other settings is run again in a
+fresh RUN_DIR.
+"""
+from .plan import Run, default_config, parse_resolutions, parse_versions, parse_widths, plan_runs
+from .report import write_outputs
+from .run import run_ablation
+
+__all__ = ["Run", "default_config", "parse_resolutions", "parse_versions", "parse_widths", "plan_runs",
+           "run_ablation", "write_outputs"]

@@ -1,0 +1,140 @@
+"""The grid of an ablation: --backbones/--widths/--resolutions parsed, each point a Run with its config checked."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backbones import BACKBONES
+from ..config import Config, load_config
+from ..errors import MbtasksError
+from ..models import MODELS
+from ..tasks import TASKS
+
+Resolution = int | tuple[int, int]
+
+
+@dataclass
+class Run:
+    """One point of the grid: a backbone version at a width and an input resolution, as a model of the task."""
+
+    version: str  # a BACKBONES name
+    width: float
+    resolution: Resolution
+    model: str
+    config: Config  # the task's config with the grid's settings applied
+    overrides: list[str]  # the --set assignments that make `config` from the config file
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_w{self.width:g}_r{resolution_text(self.resolution)}"
+
+
+def resolution_text(resolution: Resolution) -> str:
+    return str(resolution) if isinstance(resolution, int) else f"{resolution[0]}x{resolution[1]}"
+
+
+def _version(name: str, where: str) -> str:
+    """'v1' or 'mobilenet_v1' -> 'mobilenet_v1'."""
+    full = name if name.startswith("mobilenet_") else f"mobilenet_{name}"
+    if full not in BACKBONES:
+        known = ", ".join(v.removeprefix("mobilenet_") for v in BACKBONES)
+        raise MbtasksError(f"unknown backbone {name!r} in {where}; known: {known}")
+    return full
+
+
+def parse_versions(text: str) -> list[str]:
+    """'v1,v3_large' (or full names) -> BACKBONES names."""
+    versions = [_version(item, "--backbones") for item in filter(None, (part.strip() for part in text.split(",")))]
+    if not versions:
+        raise MbtasksError("--backbones names no backbone")
+    return versions
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MbtasksError(f"{what} must be numbers separated by commas, got {text!r}") from None
+    if not values or any(not value > 0 for value in values):
+        raise MbtasksError(f"{what} must be positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def parse_widths(specs: list[str], versions: list[str]) -> dict[str, list[float]]:
+    """['0.5,1.0', 'v1=0.25,0.5'] -> widths per version: a VERSION= list is that version's, a plain list every
+    other version's (default 1.0)."""
+    plain, own = [1.0], {}
+    for spec in specs:
+        if "=" in spec:
+            short, text = spec.split("=", 1)
+            version = _version(short.strip(), "--widths")
+            if version not in versions:
+                raise MbtasksError(f"--widths {spec}: {short} is not in --backbones")
+            own[version] = _numbers(text, f"--widths {short}")
+        else:
+            plain = _numbers(spec, "--widths")
+    return {version: own.get(version, plain) for version in versions}
+
+
+def parse_resolutions(text: str) -> list[Resolution]:
+    """'160,224,320x512' -> [160, 224, (320, 512)] (height x width)."""
+    resolutions = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            size = tuple(int(v) for v in item.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) not in (1, 2) or min(size) <= 0:
+            raise MbtasksError(f"resolution must be N or HxW (positive integers), got {item!r} in --resolutions")
+        resolutions.append(size[0] if len(size) == 1 else size)
+    if not resolutions:
+        raise MbtasksError("--resolutions names no resolution")
+    return resolutions
+
+
+def default_config(task: str) -> Path:
+    """The task's demo config, from the source tree the package sits in."""
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo" / TASKS.get(task).demo_config
+    if not path.is_file():
+        raise MbtasksError(f"no demo config for {task} next to the package ({path}): pass --config")
+    return path
+
+
+def model_for(task: str, config_model: str, version: str) -> str:
+    """The task's model on `version`: the config's head family where it has that version (ssd300 only has v1,
+    Lite R-ASPP no v1), else SSDLite / DeepLabv3; image tasks use the backbone's own name."""
+    if task in ("attr", "embed", "cls"):
+        return version
+    family = config_model.split("_mobilenet_")[0] if "_mobilenet_" in config_model else ""
+    fallback = {"det": "ssdlite320", "seg": "deeplabv3"}[task]
+    for head in (family, fallback):
+        if f"{head}_{version}" in MODELS:
+            return f"{head}_{version}"
+    raise MbtasksError(f"no {task} model on {version}")
+
+
+def config_resolution(config: Config) -> Resolution:
+    """The config's own input size (det: from data.size or the model)."""
+    size = TASKS.get(config.task).data_module.input_size(config)
+    if size is None:
+        raise MbtasksError("the config sets no data.size: pass --resolutions")
+    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return size[0] if size[0] == size[1] else size
+
+
+def plan_runs(task: str, config_path: str | Path, overrides: list[str], versions: list[str],
+              widths: dict[str, list[float]], resolutions: list[Resolution] | None) -> list[Run]:
+    """Every combination, each config loaded and checked before any run starts."""
+    base = load_config(config_path, overrides, task)
+    resolutions = resolutions or [config_resolution(base)]
+    runs = []
+    for version in versions:
+        model = model_for(task, base.model.name, version)
+        for width in widths[version]:
+            for resolution in resolutions:
+                size = resolution if isinstance(resolution, int) else list(resolution)
+                grid = [f"model.name={model}", f"model.options.width_mult={width:g}", f"data.size={size}"]
+                if task == "det":  # a detector's size option outranks data.size
+                    grid.append(f"model.options.size={size}")
+                run_overrides = ["train.progress_bar=false", *overrides, *grid]
+                runs.append(Run(version, width, resolution, model, load_config(config_path, run_overrides, task),
+                                run_overrides))
+    return runs
