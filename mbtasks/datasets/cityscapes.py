@@ -12,6 +12,7 @@ import torch
 from cityscapesscripts.helpers.labels import labels
 
 from mbtasks.io.images import read_image_and_label
+from mbtasks.datasets.segmentation_transforms import segmentation_item
 from mbtasks.errors import MbtasksError
 
 IGNORE_INDEX = 255
@@ -93,9 +94,4 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
             unknown = label_ids[(label_ids < 0) | (label_ids > _MAX_LABEL_ID)]
             raise MbtasksError(f"unknown label id {int(unknown[0])} (not in cityscapesscripts' table)", label_path)
         mask = _LABEL_TO_TRAIN[label_ids]
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-            if isinstance(mask, torch.Tensor):
-                mask = mask.long()  # what cross-entropy with ignore_index expects
-        return {"image": image, "mask": mask, "image_path": image_path, "label_path": label_path}
+        return segmentation_item(self.transform, image, mask, image_path, label_path)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import albumentations as A
 import cv2
+import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from mbtasks.datasets.image_transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -56,3 +60,14 @@ def segmentation_train_transforms(
 def segmentation_eval_transforms() -> A.Compose:
     """Normalise only: evaluation runs on the whole image at its own resolution."""
     return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+
+
+def segmentation_item(transform: Callable | None, image: np.ndarray, mask: np.ndarray, image_path: str,
+                      label_path: str) -> dict:
+    """A data set item: image and mask through `transform` (an albumentations pipeline), with their files."""
+    if transform is not None:
+        out = transform(image=image, mask=mask)
+        image, mask = out["image"], out["mask"]
+        if isinstance(mask, torch.Tensor):
+            mask = mask.long()  # what cross-entropy with ignore_index expects
+    return {"image": image, "mask": mask, "image_path": image_path, "label_path": label_path}

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbtasks.datasets.segmentation_transforms import segmentation_item
 from mbtasks.errors import MbtasksError
 from mbtasks.io.images import read_image_and_label
 
@@ -104,9 +105,4 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 f"class index {int(bad[0])} outside 0..{len(CLASS_NAMES) - 1} and not {IGNORE_INDEX}", label_path
             )
         mask = mask.astype(np.uint8)
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-            if isinstance(mask, torch.Tensor):
-                mask = mask.long()  # what cross-entropy with ignore_index expects
-        return {"image": image, "mask": mask, "image_path": image_path, "label_path": label_path}
+        return segmentation_item(self.transform, image, mask, image_path, label_path)

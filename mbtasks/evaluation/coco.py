@@ -22,18 +22,10 @@ from mbtasks.errors import MbtasksError
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 # (title, IoU, area, maxDets) of each figure, as COCOeval.summarize prints them.
 _STAT_LAYOUT = (
-    ("AP", "0.50:0.95", "all", 100),
-    ("AP", "0.50", "all", 100),
-    ("AP", "0.75", "all", 100),
-    ("AP", "0.50:0.95", "small", 100),
-    ("AP", "0.50:0.95", "medium", 100),
-    ("AP", "0.50:0.95", "large", 100),
-    ("AR", "0.50:0.95", "all", 1),
-    ("AR", "0.50:0.95", "all", 10),
-    ("AR", "0.50:0.95", "all", 100),
-    ("AR", "0.50:0.95", "small", 100),
-    ("AR", "0.50:0.95", "medium", 100),
-    ("AR", "0.50:0.95", "large", 100),
+    ("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100), ("AP", "0.75", "all", 100),
+    ("AP", "0.50:0.95", "small", 100), ("AP", "0.50:0.95", "medium", 100), ("AP", "0.50:0.95", "large", 100),
+    ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
+    ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100),
 )
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 

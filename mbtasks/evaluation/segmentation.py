@@ -287,24 +287,14 @@ def evaluate_cityscapes_folders(
 
 def format_cityscapes_table(result: dict[str, Any]) -> str:
     """The official script's class and category tables (IoU, nIoU) and their averages, without colours."""
-    lines = ["classes          IoU      nIoU", "-" * 32]
-    for name, iou in result["class_iou"].items():
-        lines.append(f"{name:<14}: {iou:>5.3f}    {result['class_iiou'].get(name, math.nan):>5.3f}")
-    lines += [
-        "-" * 32,
-        f"Score Average : {result['mean_class_iou']:5.3f}    {result['mean_class_iiou']:5.3f}",
-        "-" * 32,
-        "",
-    ]
-    lines += ["categories       IoU      nIoU", "-" * 32]
-    for name, iou in result["category_iou"].items():
-        lines.append(f"{name:<14}: {iou:>5.3f}    {result['category_iiou'].get(name, math.nan):>5.3f}")
-    lines += [
-        "-" * 32,
-        f"Score Average : {result['mean_category_iou']:5.3f}    {result['mean_category_iiou']:5.3f}",
-        "-" * 32,
-    ]
-    return "\n".join(lines)
+    lines = []
+    for title, kind in (("classes   ", "class"), ("categories", "category")):
+        lines += [f"{title}       IoU      nIoU", "-" * 32]
+        for name, iou in result[f"{kind}_iou"].items():
+            lines.append(f"{name:<14}: {iou:>5.3f}    {result[f'{kind}_iiou'].get(name, math.nan):>5.3f}")
+        lines += ["-" * 32, f"Score Average : {result[f'mean_{kind}_iou']:5.3f}    {result[f'mean_{kind}_iiou']:5.3f}",
+                  "-" * 32, ""]
+    return "\n".join(lines[:-1])
 
 
 class ConfusionMatrix:

@@ -68,7 +68,8 @@ class SelectDetections(nn.Module):
         self.detections_per_img, self.topk_candidates = detections_per_img, topk_candidates
 
     def forward(self, boxes: torch.Tensor, probabilities: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """boxes (1, anchors, 4), probabilities (1, anchors, classes), class 0 the background -> boxes, scores, labels."""
+        """boxes (1, anchors, 4), probabilities (1, anchors, classes), class 0 the background -> boxes, scores,
+        labels."""
         scores = probabilities[0, :, 1:].t()  # (classes - 1, anchors)
         k = min(self.topk_candidates, scores.shape[1])
         # torchvision runs NMS on each class's top k candidates. Greedy NMS over all of them keeps the same boxes

@@ -14,9 +14,9 @@ WEIGHTS_FORMAT = "mbtasks.weights/1"
 
 @dataclass
 class Record:
-    """A model's record. `model` and `options` rebuild the network (`mbtasks.models.build_model`); `task`, `class_names`,
-    `category_ids`, `config` (the recipe) and `metrics` (its last validation) say what it was trained on. A weights
-    file imported from torchvision or timm has no task."""
+    """A model's record. `model` and `options` rebuild the network (`mbtasks.models.build_model`); `task`,
+    `class_names`, `category_ids`, `config` (the recipe) and `metrics` (its last validation) say what it was trained
+    on. A weights file imported from torchvision or timm has no task."""
 
     model: str
     backbone: str  # the BACKBONES version the model stands on

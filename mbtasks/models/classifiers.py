@@ -51,7 +51,7 @@ def _classifier(version: str) -> Callable[..., ImageClassifier]:
             hidden = make_divisible(hidden * max(1.0, width))
         return ImageClassifier(backbone, ClassifierHead(backbone.num_features, num_classes, hidden, dropout))
 
-    build.__doc__ = f"{version} ImageNet-style classifier; options: num_classes, dropout, {', '.join(BACKBONE_OPTIONS)}."
+    build.__doc__ = f"{version} ImageNet-style classifier; options num_classes, dropout, {', '.join(BACKBONE_OPTIONS)}"
     return build
 
 

@@ -1,6 +1,5 @@
 """Face attributes: CelebA-format data, a backbone with one binary logit per attribute, mean AP every validation."""
 import numpy as np
-import torch
 
 from ..backbones import BACKBONES
 from ..datasets.celeba import CelebA
@@ -60,12 +59,6 @@ class AttributesTask(BaseTask):
         if stage == "fit" and self.balanced:
             targets = self.trainer.datamodule.train_targets
             self.loss.pos_weight = attribute_pos_weight("balanced", self.class_names, targets).to(self.device)
-
-    def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
-        _, images, targets = batch
-        loss = self.loss(self.model(images), targets)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
-        return loss
 
     def validation_step(self, batch: tuple, batch_index: int) -> None:
         indices, images, targets = batch

@@ -82,7 +82,8 @@ class BaseDataModule(pl.LightningDataModule):
 class BaseTask(pl.LightningModule):
     """A task's network, loss, metrics and optimiser, built from (recipe, class names, category ids).
 
-    A subclass gives `network` (the registered model and its options for these classes), `training_step`,
+    A subclass gives `network` (the registered model and its options for these classes), `self.loss` or its own
+    `training_step`,
     `validation_step` (results kept per sample in `self.results`, keyed so that a sample the DistributedSampler
     repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values) and
     `metrics_table`.
@@ -112,6 +113,13 @@ class BaseTask(pl.LightningModule):
 
     def forward(self, images):
         return self.model(images)
+
+    def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
+        """A batch (..., images, targets) through the network and `self.loss`; tasks with other batches override."""
+        images, targets = batch[-2:]
+        loss = self.loss(self.model(images), targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
 
     def configure_optimizers(self) -> dict:
         return configure_optimizer(self, self.config.train)

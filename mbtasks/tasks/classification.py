@@ -1,6 +1,5 @@
 """Classification: ImageFolder data, ImageNet-style classifiers, top-1 / top-5 every validation."""
 import numpy as np
-import torch
 from torch import nn
 
 from ..backbones import BACKBONES
@@ -57,12 +56,6 @@ class ClassificationTask(BaseTask):
                                f"{len(self.class_names)} classes")
         self.loss = nn.CrossEntropyLoss(label_smoothing=self.config.train.label_smoothing)
         return name, {**options, "num_classes": len(self.class_names)}
-
-    def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
-        _, images, labels = batch
-        loss = self.loss(self.model(images), labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
-        return loss
 
     def validation_step(self, batch: tuple, batch_index: int) -> None:
         indices, images, labels = batch

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from ..config import Config
 from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
+from ..datasets.mapped import Mapped
 from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
 from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
@@ -51,21 +52,12 @@ def dataset_format(root: str | os.PathLike) -> str:
                        "(ImageSets/Segmentation/, JPEGImages/, SegmentationClass/)", root)
 
 
-class CityscapesWithOfficialTargets(Dataset):
-    """Cityscapes items plus the ground truth the official evaluation reads: label ids and instance ids (HxW)."""
-
-    def __init__(self, dataset: CityscapesSegmentation):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.dataset[index]
-        label_path = item["label_path"]
-        item["label_ids"] = read_label_png(label_path)
-        item["instance_ids"] = read_label_png(label_path[: -len("labelIds.png")] + "instanceIds.png")
-        return item
+def with_official_targets(item: dict) -> dict:
+    """A Cityscapes item plus the ground truth the official evaluation reads: label ids and instance ids (HxW)."""
+    label_path = item["label_path"]
+    item["label_ids"] = read_label_png(label_path)
+    item["instance_ids"] = read_label_png(label_path[: -len("labelIds.png")] + "instanceIds.png")
+    return item
 
 
 def keep_list(batch: list) -> list:
@@ -97,7 +89,7 @@ class SegmentationDataModule(BaseDataModule):
         if self.val_set is None:
             self.val_set = dataset(self.root, self.val_split, segmentation_eval_transforms())
             if self.format == "cityscapes":
-                self.val_set = CityscapesWithOfficialTargets(self.val_set)
+                self.val_set = Mapped(self.val_set, with_official_targets)
         if stage in (None, "fit") and self.train_set is None:
             transform = segmentation_train_transforms(self.crop_size, AUGMENTATIONS[self.config.data.augmentation],
                                                       ignore_index=dataset.ignore_index, seed=self.config.train.seed)

@@ -132,13 +132,8 @@ def write_celeba_faces(
 
 
 def write_lfw_identities(
-    out_dir: str | Path,
-    seed: int = 0,
-    num_identities: int = 200,
-    images_per_identity: int = 10,
-    num_pair_identities: int = 100,
-    pair_images_per_identity: int = 6,
-    matched_per_fold: int = 100,
+    out_dir: str | Path, seed: int = 0, num_identities: int = 200, images_per_identity: int = 10,
+    num_pair_identities: int = 100, pair_images_per_identity: int = 6, matched_per_fold: int = 100,
     size: tuple[int, int] = (128, 128),
 ) -> Path:
     """Identity training folders out_dir/train/<name>/*.jpg, and an LFW set out_dir/lfw + out_dir/pairs.txt.
@@ -191,14 +186,8 @@ def write_lfw_identities(
     return out_dir
 
 
-def write_shape_imagefolder(
-    out_dir: str | Path,
-    seed: int = 0,
-    num_classes: int = 8,
-    train_per_class: int = 150,
-    val_per_class: int = 50,
-    size: int = 64,
-) -> Path:
+def write_shape_imagefolder(out_dir: str | Path, seed: int = 0, num_classes: int = 8, train_per_class: int = 150,
+                            val_per_class: int = 50, size: int = 64) -> Path:
     """ImageFolder layout out_dir/{train,val}/<shape>/*.png: one class per outline in SHAPE_CLASSES[:num_classes]."""
     if not 2 <= num_classes <= len(SHAPE_CLASSES):
         raise MbtasksError(f"num_classes must lie in [2, {len(SHAPE_CLASSES)}], got {num_classes}", out_dir)
