@@ -71,8 +71,12 @@ def cmd_weights_import(args: argparse.Namespace) -> None:
 
 def _config(args: argparse.Namespace, base: dict | None = None):
     from .config import load_config
+    from .tasks import TASKS
 
-    return load_config(args.config, args.set or [], task=args.task, base=base)
+    config = load_config(args.config, args.set or [], task=args.task, base=base)
+    if config.task not in TASKS:
+        raise MbtasksError(f"task must be one of {', '.join(TASKS)}, got {config.task!r}", args.config)
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> None:
