@@ -2,6 +2,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import MbtasksError
 
@@ -98,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path
         print(f"best {spec.monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
-        print(f"last: {trainer.checkpoint_callback.last_model_path}")
+        print(f"last: {Path(config.train.out_dir) / 'checkpoints' / 'last.ckpt'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -147,10 +148,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _task_of_record(args: argparse.Namespace, record):
     """(config, data module, task module) for a checkpoint's or an exported model's record: its own recipe unless a
-    config file is given, --set on top of either; the network is always the record's (weights not loaded)."""
+    config file is given, on the machine at hand (one device of the accelerator there; a recipe's 8 GPUs are the
+    training machine's), --set on top; the network is always the record's (weights not loaded)."""
     from .config import config_from_dict
     from .tasks import TASKS
 
+    at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1"]
+    args = argparse.Namespace(**{**vars(args), "set": at_hand + (args.set or [])})
     config = _config(args, base=record.config if args.config is None else None)
     config.model = config_from_dict(record.config).model
     config.model.weights = config.model.backbone_weights = None
@@ -228,7 +232,6 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-    from pathlib import Path
 
     from .ablation import (default_config, parse_resolutions, parse_versions, parse_widths, plan_runs,
                            run_ablation, write_outputs)

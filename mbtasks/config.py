@@ -50,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 4e-5
     nesterov: bool = False
     warmup_epochs: float = 0.0
-    schedule: str = "cosine"  # cosine | poly | constant
+    schedule: str = "cosine"  # cosine | poly | step | constant
     poly_power: float = 0.9
     lr_step_epochs: float = 2.0  # schedule "step": multiply by lr_gamma every this many epochs
     lr_gamma: float = 0.973
@@ -68,6 +68,13 @@ class TrainConfig:
     gradient_clip: float | None = None
     log_every: int = 10
     progress_bar: bool = True
+    warmup_factor: float = 0.001  # the warm-up's first learning rate, a factor of train.lr (torchvision's detection)
+    sync_batchnorm: bool = False  # batch-norm statistics over all processes (Lightning's SyncBN)
+    accumulate_grad_batches: int = 1
+    ema_decay: float | None = None  # an exponential moving average of the weights: validated, saved, evaluated
+    checkpoint_every_steps: int | None = None  # also write last.ckpt every this many optimiser steps
+    keep_every_epochs: int | None = None  # also keep checkpoints/epoch{N}.ckpt every this many epochs
+    loggers: list = field(default_factory=lambda: ["csv", "tensorboard"])  # csv, tensorboard, wandb, mlflow
 
 
 @dataclass

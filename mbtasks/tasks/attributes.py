@@ -22,7 +22,8 @@ class AttributesDataModule(ImageDataModule):
         if self.val_set is None:
             self.val_set = Indexed(CelebA(self.root, self.config.data.val_split or "val", self.transform(False)))
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = Indexed(CelebA(self.root, self.config.data.train_split or "train", self.transform(True)))
+            self.train_transform = self.transform(True)
+            self.train_set = Indexed(CelebA(self.root, self.config.data.train_split or "train", self.train_transform))
 
     @property
     def class_names(self) -> list[str]:

@@ -9,10 +9,11 @@ from typing import ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import Config, config_from_dict
 from ..datasets.mapped import Mapped
+from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..io.records import RECORD_KEY, Record
 from ..models import MODELS, build_configured_model, weights_defaults
@@ -22,7 +23,8 @@ from .optimizer import configure_optimizer
 class BaseDataModule(pl.LightningDataModule):
     """A task's data: `data.root` in its data set's own layout, or the embedded set written to `data.synth_dir`.
 
-    A subclass sets `write_synthetic` (folder, **options) and builds `val_set` (and, for "fit", `train_set`) in setup.
+    A subclass sets `write_synthetic` (folder, **options) and builds in setup `val_set` and, for "fit", `train_set`
+    with its random augmentation `train_transform` (an albumentations pipeline).
     """
 
     write_synthetic: ClassVar[Callable]
@@ -37,6 +39,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.root = Path(data.root if data.root is not None else data.synth_dir)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.train_transform = None
 
     @staticmethod
     def input_size(config: Config) -> int | list | tuple | None:
@@ -67,16 +70,29 @@ class BaseDataModule(pl.LightningDataModule):
         """The training set with the evaluation pre-processing (no augmentation), items as the validation set's."""
         raise NotImplementedError
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate: Callable | None) -> DataLoader:
-        workers = self.config.data.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-                          drop_last=shuffle and len(dataset) > batch_size, persistent_workers=workers > 0)
+    def _processes(self) -> tuple[int, int]:
+        """(how many processes share the data, this one's rank)."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_set, self.config.data.batch_size, True, type(self).train_collate)
+        """Each process's share of the epoch's seeded order, augmented per sample from (seed, epoch, index)."""
+        world, rank = self._processes()
+        seed, batch_size = self.config.train.seed, self.config.data.batch_size
+        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        dataset = SeededAugmentation(self.train_set, self.train_transform, seed)
+        workers = self.config.data.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          collate_fn=type(self).train_collate, drop_last=len(sampler) > batch_size,
+                          persistent_workers=workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val_set, self.config.data.val_batch_size, False, type(self).val_collate)
+        """Each process's share of the validation set in order (padded to equal shares: results are kept by key)."""
+        world, rank = self._processes()
+        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+        workers = self.config.data.num_workers
+        return DataLoader(self.val_set, batch_size=self.config.data.val_batch_size, sampler=sampler,
+                          num_workers=workers, collate_fn=type(self).val_collate, persistent_workers=workers > 0)
 
 
 class BaseTask(pl.LightningModule):
@@ -123,6 +139,10 @@ class BaseTask(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return configure_optimizer(self, self.config.train)
+
+    def warmup_steps(self, steps_per_epoch: float) -> int:
+        """How many optimiser steps the learning rate warms up over: train.warmup_epochs of them."""
+        return int(self.config.train.warmup_epochs * steps_per_epoch)
 
     # ---- validation: gather -> score -> log ----
 

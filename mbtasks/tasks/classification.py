@@ -28,7 +28,8 @@ class ClassificationDataModule(ImageDataModule):
         if self.val_set is None:
             self.val_set = Indexed(ImageFolder(self.val_dir, self.transform(False), classes=self._classes()))
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = Indexed(ImageFolder(self.train_dir, self.transform(True), classes=self.class_names))
+            self.train_transform = self.transform(True)
+            self.train_set = Indexed(ImageFolder(self.train_dir, self.train_transform, classes=self.class_names))
 
     def _classes(self) -> list[str] | None:
         if not self.train_dir.is_dir():

@@ -61,9 +61,9 @@ class DetectionDataModule(BaseDataModule):
             self.val_set = CocoDetection(self.root / self.val_split, self.val_annotation_file,
                                          detection_transforms(preset, self.size, train=False), train=False)
         if stage in (None, "fit") and self.train_set is None:
+            self.train_transform = detection_transforms(preset, self.size, train=True, seed=self.config.train.seed)
             self.train_set = CocoDetection(self.root / self.train_split, self.annotation_file(self.train_split),
-                                           detection_transforms(preset, self.size, train=True,
-                                                                seed=self.config.train.seed), train=True)
+                                           self.train_transform, train=True)
 
     @property
     def class_names(self) -> list[str]:
@@ -83,6 +83,10 @@ class DetectionTask(BaseTask):
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
                       **options}
+
+    def warmup_steps(self, steps_per_epoch: float) -> int:
+        """torchvision's detection reference: min(1000, one epoch's steps) (none when train.warmup_epochs is 0)."""
+        return min(1000, int(steps_per_epoch)) if self.config.train.warmup_epochs > 0 else 0
 
     def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
         images, targets = batch

@@ -46,8 +46,9 @@ class EmbeddingsDataModule(ImageDataModule):
             pairs = LFWPairs(self.root, self.transform(False), pairs_file=self.config.data.val_split or "pairs.txt")
             self.val_set = PairImages(pairs)
         if stage in (None, "fit") and self.train_set is None:
+            self.train_transform = self.transform(True)
             self.train_set = Indexed(LFWIdentities(self.root / (self.config.data.train_split or "train"),
-                                                   self.transform(True)))
+                                                   self.train_transform))
 
     @property
     def class_names(self) -> list[str]:

@@ -1,8 +1,8 @@
-"""The optimiser and the per-step learning-rate schedule every task trains with."""
-import math
-
+"""The optimiser and the per-step learning-rate schedule every task trains with: torch's schedulers, as torchvision's
+reference recipes compose them (a LinearLR warm-up, then the main schedule, in a SequentialLR)."""
 import pytorch_lightning as pl
 import torch
+from torch.optim import lr_scheduler
 
 from ..config import TrainConfig
 from ..errors import MbtasksError
@@ -11,24 +11,29 @@ SCHEDULES = ("cosine", "poly", "step", "constant")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, poly_power: float = 0.9,
-              decay_every: int = 1, gamma: float = 1.0) -> float:
-    """Linear warm-up, then cosine / poly decay to zero, step decay (x gamma every `decay_every` steps), or
-    constant; a factor of the base learning rate."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "step":
-        return gamma ** ((step - warmup_steps) // max(1, decay_every))
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "poly":
-        return (1 - progress) ** poly_power
-    return 1.0
+def build_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int, warmup_steps: int,
+                   steps_per_epoch: float) -> lr_scheduler.LRScheduler:
+    """Linear warm-up from train.warmup_factor over `warmup_steps`, then cosine or poly decay to zero over the rest,
+    step decay (x lr_gamma every lr_step_epochs), or constant. Its lengths live in its state: a resumed run keeps
+    the schedule it started with."""
+    decay_steps = max(1, total_steps - warmup_steps)
+    if train.schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=decay_steps)
+    elif train.schedule == "poly":
+        main = lr_scheduler.PolynomialLR(optimizer, total_iters=decay_steps, power=train.poly_power)
+    elif train.schedule == "step":
+        main = lr_scheduler.StepLR(optimizer, step_size=max(1, int(train.lr_step_epochs * steps_per_epoch)),
+                                   gamma=train.lr_gamma)
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup_steps <= 0:
+        return main
+    warmup = lr_scheduler.LinearLR(optimizer, start_factor=train.warmup_factor, total_iters=warmup_steps)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
 
 
 def configure_optimizer(module: pl.LightningModule, train: TrainConfig) -> dict:
-    """SGD (momentum, optional Nesterov) or AdamW, and a per-step warm-up + decay schedule."""
+    """SGD (momentum, optional Nesterov), RMSprop or AdamW, and the per-step schedule."""
     if train.optimizer not in OPTIMIZERS:
         raise MbtasksError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train.optimizer!r}")
     if train.schedule not in SCHEDULES:
@@ -46,8 +51,5 @@ def configure_optimizer(module: pl.LightningModule, train: TrainConfig) -> dict:
         optimizer = torch.optim.AdamW(groups, lr=train.lr)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     steps_per_epoch = total / max(1, module.trainer.max_epochs or 1)
-    warmup = int(train.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, train.schedule, train.poly_power,
-                                          int(train.lr_step_epochs * steps_per_epoch), train.lr_gamma))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    schedule = build_schedule(optimizer, train, total, module.warmup_steps(steps_per_epoch), steps_per_epoch)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,31 +1,125 @@
-"""The Lightning trainer every command runs: checkpoints (last and best), CSV and TensorBoard logs, progress bar."""
+"""The Lightning trainer every command runs: checkpoints (last, best, every K epochs or steps, written atomically),
+the loggers named in the recipe, EMA of the weights, SyncBN, precision and gradient accumulation."""
+import importlib
+import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+import torch
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from ..config import Config
+from ..config import Config, TrainConfig
+from ..errors import MbtasksError
+
+# train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
+LOGGERS = {"csv": ("CSVLogger", None), "tensorboard": ("TensorBoardLogger", "tensorboard"),
+           "wandb": ("WandbLogger", "wandb"), "mlflow": ("MLFlowLogger", "mlflow")}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed, so a kill mid-write never leaves last.ckpt unloadable;
+    read back with weights_only=True (a checkpoint holds tensors and plain data only)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        super().save_checkpoint(checkpoint, temporary, storage_options)
+        os.replace(temporary, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+class RandomState(Callback):
+    """Saves the random generators' states with each checkpoint and restores them when training resumes, so dropout
+    and the loader's worker seeds continue as in an uninterrupted run. Restored when training starts, after the
+    sanity check, whose loader draws from them too."""
+
+    def __init__(self):
+        self._restore: dict | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        generator, keys, position, has_gauss, gauss = np.random.get_state()
+        checkpoint["random_state"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                      "numpy": [generator, torch.from_numpy(keys.astype(np.int64)), position,
+                                                has_gauss, gauss]}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._restore = checkpoint.get("random_state")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._restore is None:
+            return
+        torch.set_rng_state(self._restore["torch"])
+        version, state, internal = self._restore["python"]
+        random.setstate((version, tuple(state), internal))
+        generator, keys, position, has_gauss, gauss = self._restore["numpy"]
+        np.random.set_state((generator, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        self._restore = None
+
+
+def check_train_settings(train: TrainConfig) -> None:
+    """The recipe's training settings that Lightning would take without a word, or fail on late."""
+    if train.ema_decay is not None and not 0 < train.ema_decay < 1:
+        raise MbtasksError(f"train.ema_decay must be between 0 and 1 (exclusive), got {train.ema_decay}")
+    if train.accumulate_grad_batches < 1:
+        raise MbtasksError(f"train.accumulate_grad_batches must be 1 or more, got {train.accumulate_grad_batches}")
+    for key in ("checkpoint_every_steps", "keep_every_epochs"):
+        value = getattr(train, key)
+        if value is not None and value < 1:
+            raise MbtasksError(f"train.{key} must be 1 or more, got {value}")
+    unknown = [name for name in train.loggers if name not in LOGGERS]
+    if unknown:
+        raise MbtasksError(f"unknown logger {unknown[0]!r} in train.loggers; known: {', '.join(LOGGERS)}")
+
+
+def build_loggers(names: list[str], out: Path) -> list:
+    """Lightning's loggers by name; one whose package is missing is a one-line error naming the package."""
+    from pytorch_lightning import loggers
+
+    built = []
+    for name in names:
+        class_name, package = LOGGERS[name]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise MbtasksError(f"train.loggers names {name}, which needs the {package} package: pip install {package}")
+        logger_class = getattr(loggers, class_name)
+        built.append(logger_class(out, name="logs") if name == "csv" else
+                     logger_class(save_dir=str(out), name=name) if name != "mlflow" else
+                     logger_class(save_dir=str(out / "mlruns")))
+    return built
+
+
+def checkpoint_callbacks(train: TrainConfig, monitor: str) -> list[ModelCheckpoint]:
+    """best.ckpt by the monitored metric; last.ckpt after every epoch (and every K steps); epoch{N}.ckpt every K
+    epochs. last.ckpt is its own callback: Lightning's save_last only follows the saves of a monitored one."""
+    folder = Path(train.out_dir) / "checkpoints"
+    common = {"dirpath": folder, "auto_insert_metric_name": False, "enable_version_counter": False}
+    callbacks = [ModelCheckpoint(filename="best", monitor=monitor, mode="max", **common),
+                 ModelCheckpoint(filename="last", save_on_train_epoch_end=True, **common)]
+    if train.checkpoint_every_steps:
+        callbacks.append(ModelCheckpoint(filename="last", every_n_train_steps=train.checkpoint_every_steps, **common))
+    if train.keep_every_epochs:
+        callbacks.append(ModelCheckpoint(filename="epoch{epoch}", every_n_epochs=train.keep_every_epochs,
+                                         save_top_k=-1, **common))
+    return callbacks
 
 
 def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trainer:
-    """A Lightning trainer with last + best checkpoints, CSV and TensorBoard logs and a progress bar."""
+    """The Lightning trainer of a recipe: for training with checkpoints, loggers and EMA; else for evaluation."""
     train = config.train
+    check_train_settings(train)
     out = Path(train.out_dir)
     callbacks, loggers = [], False
     if for_fit:
-        callbacks = [
-            ModelCheckpoint(
-                dirpath=out / "checkpoints",
-                filename="best",
-                monitor=monitor,
-                mode="max",
-                save_last=True,
-                auto_insert_metric_name=False,
-            ),
-            LearningRateMonitor(logging_interval="step"),
-        ]
-        loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")]
+        callbacks = [*checkpoint_callbacks(train, monitor), LearningRateMonitor(logging_interval="step"),
+                     RandomState()]
+        if train.ema_decay is not None:
+            # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
+            callbacks.append(EMAWeightAveraging(decay=train.ema_decay))
+        loggers = build_loggers(train.loggers, out)
     extra = {}
     if train.limit_train_batches is not None:
         extra["limit_train_batches"] = train.limit_train_batches
@@ -38,11 +132,16 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
         num_nodes=train.num_nodes,
         strategy=train.strategy,
         precision=train.precision,
+        sync_batchnorm=train.sync_batchnorm,
+        accumulate_grad_batches=train.accumulate_grad_batches,
         check_val_every_n_epoch=train.val_every,
         gradient_clip_val=train.gradient_clip,
         log_every_n_steps=train.log_every,
         callbacks=callbacks,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        # The data modules give each process its share of every epoch's one seeded order (samplers.py).
+        use_distributed_sampler=False,
         enable_progress_bar=train.progress_bar,
         enable_model_summary=for_fit,
         default_root_dir=out,
