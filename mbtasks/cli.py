@@ -84,9 +84,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     import pytorch_lightning as pl
 
     from .tasks import TASKS
-    from .tasks.trainer import build_trainer
+    from .tasks.trainer import build_trainer, check_train_settings
 
     config = _config(args)
+    check_train_settings(config.train)
     spec = TASKS.get(config.task)
     config.model.name = config.model.name or spec.default_model
     pl.seed_everything(config.train.seed, workers=True, verbose=False)

@@ -1,16 +1,22 @@
 """One seeded order of the training set per epoch, shared out over processes, and augmentations seeded per sample:
 the images a step sees, and how they are augmented, depend on (seed, epoch, index) alone, so N processes x batch b
 see what one process x batch N*b sees, in any loader worker, and a resumed run sees what the uninterrupted one did."""
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from torch.utils.data import Dataset, DistributedSampler
 
 
 class EpochSampler(DistributedSampler):
     """torch's DistributedSampler (the epoch's permutation from seed + epoch, this process's share), yielding
-    (epoch, index) keys for SeededAugmentation. Lightning calls set_epoch at each epoch's start."""
+    (epoch, index) keys for SeededAugmentation. The epoch is read from `epoch_of()` when an epoch's iteration starts:
+    Lightning builds a resumed run's first iterator before it calls set_epoch."""
+
+    def __init__(self, dataset: Dataset, epoch_of: Callable[[], int], **options):
+        super().__init__(dataset, **options)
+        self.epoch_of = epoch_of
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        self.set_epoch(self.epoch_of())
         return ((self.epoch, index) for index in super().__iter__())
 
 

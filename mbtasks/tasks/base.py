@@ -40,6 +40,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.train_transform = None
+        self.resumed_epoch = 0
 
     @staticmethod
     def input_size(config: Config) -> int | list | tuple | None:
@@ -75,16 +76,30 @@ class BaseDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def _current_epoch(self) -> int:
+        """The epoch the training loader serves: Lightning's count of processed epochs (what it hands set_epoch),
+        or, before Lightning has restored that count, the one saved with the checkpoint being resumed (a resumed
+        run's first loader iterator is built, and its workers prefetch, before the loops are restored)."""
+        processed = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        return max(processed, self.resumed_epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._current_epoch()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resumed_epoch = int(state.get("epoch", 0))
+
     def train_dataloader(self) -> DataLoader:
         """Each process's share of the epoch's seeded order, augmented per sample from (seed, epoch, index)."""
         world, rank = self._processes()
         seed, batch_size = self.config.train.seed, self.config.data.batch_size
-        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler = EpochSampler(self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True,
+                               seed=seed)
         dataset = SeededAugmentation(self.train_set, self.train_transform, seed)
         workers = self.config.data.num_workers
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           collate_fn=type(self).train_collate, drop_last=len(sampler) > batch_size,
-                          persistent_workers=workers > 0)
+                          persistent_workers=workers > 0, generator=self._own_generator())
 
     def val_dataloader(self) -> DataLoader:
         """Each process's share of the validation set in order (padded to equal shares: results are kept by key)."""
@@ -92,7 +107,13 @@ class BaseDataModule(pl.LightningDataModule):
         sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
         workers = self.config.data.num_workers
         return DataLoader(self.val_set, batch_size=self.config.data.val_batch_size, sampler=sampler,
-                          num_workers=workers, collate_fn=type(self).val_collate, persistent_workers=workers > 0)
+                          num_workers=workers, collate_fn=type(self).val_collate, persistent_workers=workers > 0,
+                          generator=self._own_generator())
+
+    def _own_generator(self) -> torch.Generator:
+        """The loader's own generator for its workers' seeds: a loader drawing them from the global one whenever
+        Lightning builds its iterator would shift the dropout masks of a resumed run against an uninterrupted one."""
+        return torch.Generator().manual_seed(self.config.train.seed)
 
 
 class BaseTask(pl.LightningModule):

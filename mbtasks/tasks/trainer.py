@@ -9,10 +9,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins import LayerSync, TorchSyncBatchNorm
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ..config import Config, TrainConfig
 from ..errors import MbtasksError
+from ..layers.sync_batchnorm import convert_batchnorm
 
 # train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
 LOGGERS = {"csv": ("CSVLogger", None), "tensorboard": ("TensorBoardLogger", "tensorboard"),
@@ -33,10 +35,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
+class AllReduceSyncBatchNorm(LayerSync):
+    """Lightning's sync_batchnorm on any accelerator: batch norm over all processes' batches (CPU processes too)."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_batchnorm(model, to_sync=False)
+
+
 class RandomState(Callback):
-    """Saves the random generators' states with each checkpoint and restores them when training resumes, so dropout
-    and the loader's worker seeds continue as in an uninterrupted run. Restored when training starts, after the
-    sanity check, whose loader draws from them too."""
+    """Saves the random generators' states with each checkpoint and restores them when training resumes (when
+    training starts, after the sanity check), so dropout continues as in an uninterrupted run."""
 
     def __init__(self):
         self._restore: dict | None = None
@@ -71,6 +82,9 @@ def check_train_settings(train: TrainConfig) -> None:
         value = getattr(train, key)
         if value is not None and value < 1:
             raise MbtasksError(f"train.{key} must be 1 or more, got {value}")
+    if train.accelerator == "cpu" and isinstance(train.devices, int) and train.devices > (os.cpu_count() or 1):
+        raise MbtasksError(f"train.devices is {train.devices} CPU processes but this machine has "
+                           f"{os.cpu_count()} cores")
     unknown = [name for name in train.loggers if name not in LOGGERS]
     if unknown:
         raise MbtasksError(f"unknown logger {unknown[0]!r} in train.loggers; known: {', '.join(LOGGERS)}")
@@ -110,7 +124,6 @@ def checkpoint_callbacks(train: TrainConfig, monitor: str) -> list[ModelCheckpoi
 def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trainer:
     """The Lightning trainer of a recipe: for training with checkpoints, loggers and EMA; else for evaluation."""
     train = config.train
-    check_train_settings(train)
     out = Path(train.out_dir)
     callbacks, loggers = [], False
     if for_fit:
@@ -132,14 +145,15 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
         num_nodes=train.num_nodes,
         strategy=train.strategy,
         precision=train.precision,
-        sync_batchnorm=train.sync_batchnorm,
         accumulate_grad_batches=train.accumulate_grad_batches,
         check_val_every_n_epoch=train.val_every,
         gradient_clip_val=train.gradient_clip,
         log_every_n_steps=train.log_every,
         callbacks=callbacks,
         logger=loggers,
-        plugins=[AtomicCheckpointIO()],
+        # torch's SyncBatchNorm (Lightning's default) is GPU-only: CPU processes synchronise through all_reduce.
+        plugins=[AtomicCheckpointIO(), *([] if not train.sync_batchnorm else
+                                         [TorchSyncBatchNorm() if torch.cuda.is_available() else AllReduceSyncBatchNorm()])],
         # The data modules give each process its share of every epoch's one seeded order (samplers.py).
         use_distributed_sampler=False,
         enable_progress_bar=train.progress_bar,
