@@ -181,3 +181,16 @@ def test_schedules_step_by_step():
     step = _learning_rates("step", 50, 0, lr_step_epochs=2, lr_gamma=0.5)  # every 2 epochs of 10 steps
     assert step[19] == pytest.approx(0.1) and step[20] == pytest.approx(0.05) and step[40] == pytest.approx(0.025)
     assert set(_learning_rates("constant", 20, 0)) == {0.1}
+
+
+def test_one_image_per_step_under_a_pooled_batch_norm_is_one_line(tmp_path):
+    """The embedding head's batch norm follows global pooling, as DeepLabv3's image pooling: one image per step is
+    refused before training, naming the settings that fix it."""
+    result = subprocess.run([MBTASKS, "train", "--task", "embed", "--set", "model.name=mobilenet_v1",
+                             "--set", "model.options={width_mult: 0.25, embedding_dim: 8}", "--set", "data.batch_size=1",
+                             "--set", f"data.synth_dir={tmp_path / 'data'}", "--set", f"train.out_dir={tmp_path / 'run'}",
+                             "--set", "train.accelerator=cpu", *[a for s in TINY_IMAGE_DATA["embed"] for a in ("--set", s)]],
+                            capture_output=True, text=True, timeout=300, env=ENV)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "data.batch_size" in lines[0] and "train.sync_batchnorm" in lines[0]

@@ -57,6 +57,7 @@ class AttributesTask(BaseTask):
         return f"attributes_{name}", {**options, "num_attributes": len(self.class_names)}
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if stage == "fit" and self.balanced:
             targets = self.trainer.datamodule.train_targets
             self.loss.pos_weight = attribute_pos_weight("balanced", self.class_names, targets).to(self.device)

@@ -9,12 +9,14 @@ from typing import ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import Config, config_from_dict
 from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
+from ..errors import MbtasksError
 from ..io.records import RECORD_KEY, Record
 from ..models import MODELS, build_configured_model, weights_defaults
 from .optimizer import configure_optimizer
@@ -147,6 +149,22 @@ class BaseTask(pl.LightningModule):
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         """(MODELS name, its options) for the recipe's model name and options and this task's classes."""
         raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_batch_statistics()
+
+    def check_batch_statistics(self) -> None:
+        """A batch norm after global pooling (DeepLabv3's image pooling, the embedding head) needs two values per
+        channel: one image per batch fails deep inside the first step unless SyncBN pools the devices' batches."""
+        train, per_step = self.config.train, self.config.data.batch_size
+        if train.sync_batchnorm and self.trainer is not None:
+            per_step *= self.trainer.world_size
+        pooled = [m for m in self.model.modules() if type(m).__name__ == "ASPPPooling" or isinstance(m, nn.BatchNorm1d)]
+        if per_step < 2 and pooled:
+            raise MbtasksError(f"data.batch_size is {self.config.data.batch_size}: {self.model_name} has a batch norm "
+                               "after global pooling, which needs 2 or more images per step (raise data.batch_size, "
+                               "or set train.sync_batchnorm: true on several devices)")
 
     def forward(self, images):
         return self.model(images)

@@ -94,6 +94,7 @@ class EmbeddingsTask(BaseTask):
         return f"embedding_{name}", options
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if stage != "fit" or self.margin_loss is not None or self.distillation is not None:
             return
         data = self.trainer.datamodule
