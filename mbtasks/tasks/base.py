@@ -189,13 +189,29 @@ class BaseTask(pl.LightningModule):
         self.results = {}
 
     def on_validation_epoch_end(self) -> None:
-        merged = gather_by_key(self.results, self)
-        self.evaluated_images = len(merged)
-        self.metrics = self.score(merged)
+        # Scored once, on the first process, from every process's results gathered there; the figures are then
+        # sent to the others (an all-gather would hold every detection of 5,000 images in every process).
+        merged, outcome = gather_on_first(self.results, self), None
+        if merged is not None:
+            missing = self.missing_images(merged)
+            outcome = ("error", missing) if missing else ("ok", (len(merged), self.score(merged)))
+        kind, value = broadcast_from_first(outcome, self)
+        if kind == "error":
+            raise MbtasksError(value)
+        self.evaluated_images, self.metrics = value
         for name, value in self.figures(self.metrics).items():
             # Every process holds the same merged figures; sync_dist averages equal values (and stops Lightning's
             # warning about logging without it).
             self.log(name, loggable(value), prog_bar=name in self.progress_bar, sync_dist=True)
+
+    def missing_images(self, merged: dict) -> str:
+        """Why a whole validation scored other than every image once ("" when it did not); a sanity check or
+        train.limit_val_batches scores part of the set on purpose."""
+        trainer = self.trainer
+        if trainer is None or trainer.sanity_checking or self.config.train.limit_val_batches is not None:
+            return ""
+        expected = len(trainer.datamodule.val_set)
+        return "" if len(merged) == expected else f"scored {len(merged)} of the {expected} validation images"
 
     def score(self, merged: dict) -> dict:
         """The metrics of the merged per-sample results (key -> result, over all processes)."""
@@ -220,21 +236,31 @@ class BaseTask(pl.LightningModule):
         checkpoint[RECORD_KEY] = self.record().to_dict()
 
 
-def gather_by_key(items: dict, module: pl.LightningModule) -> dict:
-    """Merge a per-process dict (sample key -> result) over all processes; a key seen twice is kept once.
-
-    A DistributedSampler pads the last batch with repeated samples, so the same key can come from two processes:
-    keeping each key once counts every sample exactly once.
-    """
+def gather_on_first(items: dict, module: pl.LightningModule) -> dict | None:
+    """Every process's dict (sample key -> result) merged on the first process (None on the others); a key seen
+    twice is kept once: a DistributedSampler pads the last batch with repeated samples, so the same key can come
+    from two processes, and keeping each once counts every sample exactly once."""
     if module.trainer is None or module.trainer.world_size == 1:
         return items
-    gathered = [None] * module.trainer.world_size
-    torch.distributed.all_gather_object(gathered, items)
+    first = module.trainer.global_rank == 0
+    gathered = [None] * module.trainer.world_size if first else None
+    torch.distributed.gather_object(items, gathered, dst=0)
+    if not first:
+        return None
     merged = {}
     for part in gathered:
         for key, value in part.items():
             merged.setdefault(key, value)
     return merged
+
+
+def broadcast_from_first(value, module: pl.LightningModule):
+    """The first process's value, on every process."""
+    if module.trainer is None or module.trainer.world_size == 1:
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def loggable(value: float | None) -> float:
