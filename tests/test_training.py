@@ -186,10 +186,10 @@ def test_schedules_step_by_step():
 def test_one_image_per_step_under_a_pooled_batch_norm_is_one_line(tmp_path):
     """The embedding head's batch norm follows global pooling, as DeepLabv3's image pooling: one image per step is
     refused before training, naming the settings that fix it."""
-    result = subprocess.run([MBTASKS, "train", "--task", "embed", "--set", "model.name=mobilenet_v1",
-                             "--set", "model.options={width_mult: 0.25, embedding_dim: 8}", "--set", "data.batch_size=1",
-                             "--set", f"data.synth_dir={tmp_path / 'data'}", "--set", f"train.out_dir={tmp_path / 'run'}",
-                             "--set", "train.accelerator=cpu", *[a for s in TINY_IMAGE_DATA["embed"] for a in ("--set", s)]],
+    settings = ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 8}", "data.batch_size=1",
+                f"data.synth_dir={tmp_path / 'data'}", f"train.out_dir={tmp_path / 'run'}", "train.accelerator=cpu",
+                *TINY_IMAGE_DATA["embed"]]
+    result = subprocess.run([MBTASKS, "train", "--task", "embed", *[a for s in settings for a in ("--set", s)]],
                             capture_output=True, text=True, timeout=300, env=ENV)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]

@@ -23,7 +23,7 @@ the input resolution)."""
 
 
 def register_model(name: str, backbone: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a builder under `name`, standing on the `backbone` version; a name registered twice raises."""
+    """Decorator: register a builder as `name`, standing on the `backbone` version; a name registered twice raises."""
 
     def register(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         MODELS.register(name, ModelEntry(build, backbone))

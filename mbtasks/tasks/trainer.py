@@ -72,6 +72,14 @@ class RandomState(Callback):
         self._restore = None
 
 
+def layer_sync(train: TrainConfig) -> list[LayerSync]:
+    """train.sync_batchnorm: Lightning's SyncBN on GPUs; torch's SyncBatchNorm is GPU-only, so CPU processes
+    synchronise through an all_reduce."""
+    if not train.sync_batchnorm:
+        return []
+    return [TorchSyncBatchNorm() if torch.cuda.is_available() else AllReduceSyncBatchNorm()]
+
+
 def check_train_settings(train: TrainConfig) -> None:
     """The recipe's training settings that Lightning would take without a word, or fail on late."""
     if train.ema_decay is not None and not 0 < train.ema_decay < 1:
@@ -151,9 +159,7 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
         log_every_n_steps=train.log_every,
         callbacks=callbacks,
         logger=loggers,
-        # torch's SyncBatchNorm (Lightning's default) is GPU-only: CPU processes synchronise through all_reduce.
-        plugins=[AtomicCheckpointIO(), *([] if not train.sync_batchnorm else
-                                         [TorchSyncBatchNorm() if torch.cuda.is_available() else AllReduceSyncBatchNorm()])],
+        plugins=[AtomicCheckpointIO(), *layer_sync(train)],
         # The data modules give each process its share of every epoch's one seeded order (samplers.py).
         use_distributed_sampler=False,
         enable_progress_bar=train.progress_bar,
