@@ -92,8 +92,8 @@ class SegmentationDataModule(BaseDataModule):
                 self.val_set = Mapped(self.val_set, with_official_targets)
         if stage in (None, "fit") and self.train_set is None:
             scales = AUGMENTATIONS[self.config.data.augmentation]
-            self.train_transform = segmentation_train_transforms(self.crop_size, scales, ignore_index=dataset.ignore_index,
-                                                                 seed=self.config.train.seed)
+            self.train_transform = segmentation_train_transforms(
+                self.crop_size, scales, ignore_index=dataset.ignore_index, seed=self.config.train.seed)
             self.train_set = dataset(self.root, self.train_split, self.train_transform)
 
     def unaugmented_train_set(self) -> Dataset:
