@@ -17,6 +17,14 @@ def _resolution(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"resolution must be N or HxW, got {text!r}") from None
 
 
+def _scales(text: str) -> list[float]:
+    """'0.75,1.0,1.25' -> [0.75, 1.0, 1.25]."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be numbers separated by commas, got {text!r}") from None
+
+
 def cmd_profile(args: argparse.Namespace) -> None:
     from .models import build_model
     from .models.detectors import DETECTORS
@@ -62,11 +70,11 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def cmd_weights_import(args: argparse.Namespace) -> None:
-    from .models.importers import import_weights
+    from .models.pretrained import save_imported
 
-    saved = import_weights(args.source, args.src, args.model, args.out)
-    print(f"wrote {args.out}: {saved.model} ({len(saved.state_dict)} tensors from {args.source}, "
-          f"options {saved.options})")
+    saved = save_imported(args.src, args.out, args.source, args.model)
+    source = args.source or args.src.split(":")[0]
+    print(f"wrote {args.out}: {saved.model} ({len(saved.state_dict)} tensors from {source}, options {saved.options})")
 
 
 def _config(args: argparse.Namespace, base: dict | None = None):
@@ -112,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
-        from .export.runtime import load_onnx_model
+        from .io.onnx_runtime import load_onnx_model
 
         if args.model is None or args.checkpoint is not None:
             raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
@@ -195,11 +203,13 @@ def _evaluate_cityscapes_files(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import predict_detection
+    from .predict import predict
 
-    if args.task != "det":
-        raise MbtasksError(f"predict supports --task det, got {args.task!r}")
-    for line in predict_detection(args.checkpoint, args.images, args.out, args.score_threshold):
+    given = {"score_threshold": args.score_threshold, "scales": args.scales, "flip": args.flip or None,
+             "threshold": args.threshold, "pairs": args.pairs}
+    for line in predict(args.checkpoint, args.inputs, args.out, task=args.task,
+                        options={k: v for k, v in given.items() if v is not None}, batch_size=args.batch_size,
+                        workers=args.workers, device=args.device, strict=args.strict):
         print(line)
 
 
@@ -278,10 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("weights", help="import checkpoints from torchvision or timm")
     weights = p.add_subparsers(dest="weights_command", required=True)
-    p = weights.add_parser("import", help="convert a torchvision / timm state-dict file to mbtasks' layout")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "timm"])
-    p.add_argument("src", help="state-dict file saved from the source model")
-    p.add_argument("--model", required=True, help="mbtasks model name")
+    p = weights.add_parser("import", help="convert torchvision / timm weights (a state-dict file, or by name) to "
+                                          "mbtasks' layout")
+    p.add_argument("--from", dest="source", choices=["torchvision", "timm"], help="a state-dict file's library")
+    p.add_argument("src", help="state-dict file saved from the source model, or weights by name: "
+                               "torchvision:<Enum>.<NAME> (e.g. torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1) "
+                               "or timm:<name> (e.g. timm:mobilenetv3_large_100.ra_in1k), from their caches")
+    p.add_argument("--model", help="mbtasks model name (a state-dict file's; weights by name name their own)")
     p.add_argument("--out", required=True, help="mbtasks weights file to write")
     p.set_defaults(func=cmd_weights_import)
 
@@ -299,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", help="seg: folder of labelId PNGs")
     p.add_argument("--split", default="val", help="seg: split of --gt to score (default val)")
     p.add_argument("--save-predictions", help="seg: write labelId and colour PNGs in the official layout here")
-    p.add_argument("--scales", type=lambda t: [float(v) for v in t.split(",")], default=None,
+    p.add_argument("--scales", type=_scales,
                    help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
     p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
@@ -323,12 +336,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.set_defaults(func=cmd_export)
 
-    p = commands.add_parser("predict", help="draw a checkpoint's predictions on images")
-    p.add_argument("--task", default="det", choices=["det"])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--out", required=True, help="folder for the PNGs and detections.json")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="draw boxes scoring at least this")
+    p = commands.add_parser(
+        "predict", help="apply a checkpoint or an exported ONNX file to photos (every task)",
+        description="Writes, under --out, each photo's answer at its path relative to what the inputs share: det the "
+                    "boxes drawn (PNG) and detections.json; seg the class colours blended on the photo (overlay/) and "
+                    "the label PNG in the data set's results format (labels/: Cityscapes labelIds/ and color/, VOC "
+                    "palette PNGs) and segmentation.json; attr the attributes at --threshold or above written on the "
+                    "photo and attributes.json (every probability); embed embeddings.npy and embeddings.json (the "
+                    "files in row order), and with --pairs each pair's distance and verdict; cls the top five classes "
+                    "on the photo and in classes.json. Photos are turned upright by their EXIF orientation.")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint, or ONNX file from `mbtasks export`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively for image extensions) and glob patterns")
+    p.add_argument("--out", required=True, help="folder for the pictures and the JSON")
+    p.add_argument("--task", help="check that the model is of this task (it comes from the file)")
+    p.add_argument("--batch-size", type=int, default=8, help="photos per forward pass (default 8)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading photos (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
+    p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
+    p.add_argument("--score-threshold", type=float, help="det: draw boxes scoring at least this (default 0.3)")
+    p.add_argument("--scales", type=_scales,
+                   help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
+    p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
+    p.add_argument("--threshold", type=float,
+                   help="attr: write attributes of at least this probability (default 0.5); embed: the distance "
+                        "below which a pair is the same person (default: the one the checkpoint's validation chose)")
+    p.add_argument("--pairs", help="embed: a file of image pairs (two paths a line) whose distances to print")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("data", help="embedded data sets")
@@ -378,7 +411,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user mistakes print one line and exit 2."""
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "evaluate"):
+    if args.command in ("train", "evaluate", "predict"):
         _quiet_libraries()
     try:
         args.func(args)
