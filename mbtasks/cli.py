@@ -116,7 +116,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_cityscapes_files(args)
     from .io.records import read_checkpoint
     from .layers.fusion import for_inference
-    from .tasks.trainer import build_trainer
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
@@ -130,8 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     elif args.model is not None:
         raise MbtasksError("--model is an ONNX file for --runtime onnxruntime; the torch runtime takes --checkpoint")
     elif args.checkpoint is None:
-        raise MbtasksError("evaluate needs --checkpoint (or --runtime onnxruntime --model FILE.onnx; or, for det, "
-                           "--annotations with --detections)")
+        return _evaluate_weights(args)
     else:
         record = read_checkpoint(args.checkpoint, args.task)
     config, data, task = _task_of_record(args, record)
@@ -145,6 +143,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         task.model = for_inference(task.model)
     else:
         task.model = onnx_model  # the same evaluators, the exported graph in ONNX Runtime
+    _validate(args, config, data, task)
+
+
+def _evaluate_weights(args: argparse.Namespace) -> None:
+    """No checkpoint: the configured model with its whole-model weights (a file, or pretrained weights by name), in
+    the classes the weights answer in (torchvision's COCO detectors: COCO category ids)."""
+    from .layers.fusion import for_inference
+    from .models.pretrained import load_weights
+    from .tasks import TASKS
+
+    config = _config(args) if args.task or args.config else None
+    if config is None or not config.model.weights:
+        raise MbtasksError("evaluate needs --checkpoint, or model.weights (a weights file, or weights by name such as "
+                           "torchvision:SSDLite320_MobileNet_V3_Large_Weights.COCO_V1) with --task or --config; "
+                           "or --runtime onnxruntime --model FILE.onnx; or, for det, --annotations with --detections")
+    weights = load_weights(config.model.weights)
+    config.model.name = config.model.name or weights.model
+    spec = TASKS.get(config.task)
+    data = spec.data_module(config)
+    data.prepare_data()
+    data.setup("validate")
+    task = spec.module(config.to_dict(), *spec.module.classes_of_weights(weights, data.class_names,
+                                                                         data.category_ids))
+    task.model = for_inference(task.model)
+    _validate(args, config, data, task)
+
+
+def _validate(args: argparse.Namespace, config, data, task) -> None:
+    """Run the task's validation with the evaluate options and print (and --json) its figures."""
+    from .tasks.trainer import build_trainer
+
     task.evaluation_options = {"save_predictions": args.save_predictions, "scales": args.scales, "flip": args.flip}
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)
@@ -228,6 +257,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     kind = f"int8 (QDQ, calibrated on {report.calibration_images} training images)" if args.int8 else "fp32"
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record.task} {record.model}, {kind}")
     print(report.summary())
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .info import describe, format_info
+
+    info = describe(args.file)
+    print(json.dumps(_json_safe(info), indent=1) if args.json else format_info(info))
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -363,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "below which a pair is the same person (default: the one the checkpoint's validation chose)")
     p.add_argument("--pairs", help="embed: a file of image pairs (two paths a line) whose distances to print")
     p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser(
+        "info", help="what a checkpoint, weights file or exported ONNX file holds",
+        description="Task, model, options, classes, the recipe it was trained with, the last validation metrics, "
+                    "parameters, multiply-adds (at the recipe's input size; a detector's own), file size and sha256.")
+    p.add_argument("file", help="training checkpoint, mbtasks weights file, or ONNX file from `mbtasks export`")
+    p.add_argument("--json", action="store_true", help="print it all as one JSON object")
+    p.set_defaults(func=cmd_info)
 
     p = commands.add_parser("data", help="embedded data sets")
     data = p.add_subparsers(dest="data_command", required=True)

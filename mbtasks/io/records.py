@@ -73,7 +73,15 @@ def _from_loaded(data: object, path: str | Path) -> Record:
 
 def read_weights(path: str | Path) -> Record:
     """The record and weights of an mbtasks weights file or training checkpoint."""
-    return _from_loaded(load_file(path), path)
+    return read_record(path)[0]
+
+
+def read_record(path: str | Path) -> tuple[Record, str]:
+    """The record and weights of an mbtasks weights file or training checkpoint, and which it is: "checkpoint" or
+    "weights"."""
+    data = load_file(path)
+    kind = "checkpoint" if isinstance(data, dict) and isinstance(data.get(RECORD_KEY), dict) else "weights"
+    return _from_loaded(data, path), kind
 
 
 def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
