@@ -115,8 +115,12 @@ class DetectionTask(BaseTask):
                                                                           self.category_ids)
 
     def score(self, merged: dict) -> dict:
-        results = [d for image_id in sorted(merged) for d in merged[image_id]]
-        return coco_metrics(self.trainer.datamodule.val_annotation_file, results, image_ids=sorted(merged))
+        data = self.trainer.datamodule
+        # Weights that answer in more categories than the data set has (torchvision's 91 COCO ids, "N/A" among them):
+        # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
+        known = set(data.category_ids)
+        results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
+        return coco_metrics(data.val_annotation_file, results, image_ids=sorted(merged))
 
     def figures(self, metrics: dict) -> dict:
         return {"val/mAP": metrics["AP"], "val/mAP50": metrics["AP50"]}
