@@ -77,6 +77,7 @@ def test_torchvision_weights_by_name_load_through_its_cache(torch_cache, tmp_pat
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'v3s.pth'}: mobilenet_v3_small (")
     saved = read_weights(tmp_path / "v3s.pth")
     assert saved.model == "mobilenet_v3_small" and saved.options["num_classes"] == 1000
+    assert saved.class_names == MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet's names
 
 
 def test_timm_weights_by_name_load_through_the_hub_cache(hub_cache, tmp_path):

@@ -68,6 +68,7 @@ def _from_loaded(data: object, path: str | Path) -> Record:
     if not isinstance(data, dict) or not isinstance(data.get("model"), str) or "state_dict" not in data:
         raise MbtasksError("not an mbtasks weights file (convert it with `mbtasks weights import`)", path)
     return Record(data["model"], data.get("backbone", data["model"]), dict(data.get("options", {})),
+                  class_names=list(data.get("class_names", [])), category_ids=list(data.get("category_ids", [])),
                   state_dict=data["state_dict"])
 
 
@@ -96,10 +97,11 @@ def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
 
 
 def save_weights(path: str | Path, record: Record) -> None:
-    """Write a weights file: the network's state and what rebuilds it."""
+    """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": WEIGHTS_FORMAT, "model": record.model, "backbone": record.backbone,
-                "options": record.options, "state_dict": record.state_dict}, path)
+                "options": record.options, "class_names": record.class_names, "category_ids": record.category_ids,
+                "state_dict": record.state_dict}, path)
 
 
 def load_into(module: nn.Module, state_dict: dict, path: str | Path) -> None:

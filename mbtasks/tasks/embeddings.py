@@ -78,6 +78,8 @@ class EmbeddingsTask(BaseTask):
     progress_bar = ("val/accuracy",)
     prediction_defaults = {"threshold": None, "pairs": None}
     prediction_file = "embeddings.json"
+    pairs: tuple = ()  # predict --pairs: (as written, resolved) pairs of files, and the distance threshold
+    pair_threshold: tuple[float, str] = (math.nan, "")
     LOSSES = {"arcface": ("scale", "margin"), "triplet": ("margin",), "none": ()}
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
@@ -171,11 +173,10 @@ class EmbeddingsTask(BaseTask):
     # ---- predict ----
 
     def prepare_predictions(self, files: list[Path]) -> None:
-        """The distance threshold, and the --pairs file read and matched to the input files, before any work."""
-        self.pair_threshold = self._distance_threshold()
-        self.pairs = []
+        """With --pairs: the pairs file read and matched to the input files, and the threshold, before any work."""
         if self.prediction_options["pairs"]:
             self.pairs = read_file_pairs(self.prediction_options["pairs"], {path.resolve() for path in files})
+            self.pair_threshold = self._distance_threshold()
 
     def _distance_threshold(self) -> tuple[float, str]:
         """(distance between unit embeddings below which a pair is the same person, where it comes from)."""
@@ -185,8 +186,6 @@ class EmbeddingsTask(BaseTask):
         if similarity is None and self.metrics.get("fold_thresholds"):
             similarity = float(np.mean(self.metrics["fold_thresholds"]))  # checkpoints from before `threshold`
         if similarity is None:
-            if not self.prediction_options["pairs"]:
-                return math.nan, "none"
             raise MbtasksError("the checkpoint's validation chose no threshold (it scored no pairs): give --threshold")
         # |a - b|^2 = 2 - 2 a.b for unit vectors: similarity above s is distance below sqrt(2 - 2 s).
         return math.sqrt(max(0.0, 2 - 2 * similarity)), f"the checkpoint's validation: cosine similarity {similarity:.4f}"
