@@ -31,7 +31,7 @@ import torchvision
 
 from mbtasks.config import load_config
 from mbtasks.export import export_onnx
-from mbtasks.export.runtime import load_onnx_model
+from mbtasks.io.onnx_runtime import load_onnx_model
 from mbtasks.layers.fusion import for_inference
 from mbtasks.tasks.detection import DetectionDataModule
 from mbtasks.tasks.segmentation import SegmentationDataModule

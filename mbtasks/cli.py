@@ -18,6 +18,14 @@ def _resolution(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"resolution must be N or HxW, got {text!r}") from None
 
 
+def _scales(text: str) -> list[float]:
+    """'0.75,1.0,1.25' -> [0.75, 1.0, 1.25]."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be numbers separated by commas, got {text!r}") from None
+
+
 def cmd_profile(args: argparse.Namespace) -> None:
     from .models import build_model
     from .models.detectors import DETECTORS
@@ -63,11 +71,11 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def cmd_weights_import(args: argparse.Namespace) -> None:
-    from .models.importers import import_weights
+    from .models.pretrained import save_imported
 
-    saved = import_weights(args.source, args.src, args.model, args.out)
-    print(f"wrote {args.out}: {saved.model} ({len(saved.state_dict)} tensors from {args.source}, "
-          f"options {saved.options})")
+    saved = save_imported(args.src, args.out, args.source, args.model)
+    source = args.source or args.src.split(":")[0]
+    print(f"wrote {args.out}: {saved.model} ({len(saved.state_dict)} tensors from {source}, options {saved.options})")
 
 
 def _config(args: argparse.Namespace, base: dict | None = None):
@@ -110,11 +118,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_cityscapes_files(args)
     from .io.records import read_checkpoint
     from .layers.fusion import for_inference
-    from .tasks.trainer import build_trainer
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
-        from .export.runtime import load_onnx_model
+        from .io.onnx_runtime import load_onnx_model
 
         if args.model is None or args.checkpoint is not None:
             raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
@@ -124,8 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     elif args.model is not None:
         raise MbtasksError("--model is an ONNX file for --runtime onnxruntime; the torch runtime takes --checkpoint")
     elif args.checkpoint is None:
-        raise MbtasksError("evaluate needs --checkpoint (or --runtime onnxruntime --model FILE.onnx; or, for det, "
-                           "--annotations with --detections)")
+        return _evaluate_weights(args)
     else:
         record = read_checkpoint(args.checkpoint, args.task)
     config, data, task = _task_of_record(args, record)
@@ -139,6 +145,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         task.model = for_inference(task.model)
     else:
         task.model = onnx_model  # the same evaluators, the exported graph in ONNX Runtime
+    _validate(args, config, data, task)
+
+
+def _evaluate_weights(args: argparse.Namespace) -> None:
+    """No checkpoint: the configured model with its whole-model weights (a file, or pretrained weights by name), in
+    the classes the weights answer in (torchvision's COCO detectors: COCO category ids)."""
+    from .layers.fusion import for_inference
+    from .models.pretrained import load_weights
+    from .tasks import TASKS
+
+    config = _config(args) if args.task or args.config else None
+    if config is None or not config.model.weights:
+        raise MbtasksError("evaluate needs --checkpoint, or model.weights (a weights file, or weights by name such as "
+                           "torchvision:SSDLite320_MobileNet_V3_Large_Weights.COCO_V1) with --task or --config; "
+                           "or --runtime onnxruntime --model FILE.onnx; or, for det, --annotations with --detections")
+    weights = load_weights(config.model.weights)
+    config.model.name = config.model.name or weights.model
+    spec = TASKS.get(config.task)
+    data = spec.data_module(config)
+    data.prepare_data()
+    data.setup("validate")
+    task = spec.module(config.to_dict(), *spec.module.classes_of_weights(weights, data.class_names,
+                                                                         data.category_ids))
+    task.model = for_inference(task.model)
+    _validate(args, config, data, task)
+
+
+def _validate(args: argparse.Namespace, config, data, task) -> None:
+    """Run the task's validation with the evaluate options and print (and --json) its figures."""
+    from .tasks.trainer import build_trainer
+
     task.evaluation_options = {"save_predictions": args.save_predictions, "scales": args.scales, "flip": args.flip}
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)
@@ -200,11 +237,13 @@ def _evaluate_cityscapes_files(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import predict_detection
+    from .predict import predict
 
-    if args.task != "det":
-        raise MbtasksError(f"predict supports --task det, got {args.task!r}")
-    for line in predict_detection(args.checkpoint, args.images, args.out, args.score_threshold):
+    given = {"score_threshold": args.score_threshold, "scales": args.scales, "flip": args.flip or None,
+             "threshold": args.threshold, "pairs": args.pairs}
+    for line in predict(args.checkpoint, args.inputs, args.out, task=args.task,
+                        options={k: v for k, v in given.items() if v is not None}, batch_size=args.batch_size,
+                        workers=args.workers, device=args.device, strict=args.strict):
         print(line)
 
 
@@ -223,6 +262,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     kind = f"int8 (QDQ, calibrated on {report.calibration_images} training images)" if args.int8 else "fp32"
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record.task} {record.model}, {kind}")
     print(report.summary())
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .info import describe, format_info
+
+    info = describe(args.file)
+    print(json.dumps(_json_safe(info), indent=1) if args.json else format_info(info))
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -266,6 +312,12 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
 
+PREDICT_OUTPUTS = ("Each photo's answer under --out at its relative path (photos turned upright by EXIF): det drawn "
+                   "boxes, detections.json; seg overlay/ and labels/ in the data set's results format; attr the "
+                   "attributes at --threshold on the photo, attributes.json; embed embeddings.npy and .json "
+                   "(--pairs: distances and verdicts); cls the top five on the photo and in classes.json.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mbtasks", description="Vision tasks on MobileNet backbones.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -282,10 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("weights", help="import checkpoints from torchvision or timm")
     weights = p.add_subparsers(dest="weights_command", required=True)
-    p = weights.add_parser("import", help="convert a torchvision / timm state-dict file to mbtasks' layout")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "timm"])
-    p.add_argument("src", help="state-dict file saved from the source model")
-    p.add_argument("--model", required=True, help="mbtasks model name")
+    p = weights.add_parser("import", help="convert torchvision / timm weights (a state-dict file, or by name) to "
+                                          "mbtasks' layout")
+    p.add_argument("--from", dest="source", choices=["torchvision", "timm"], help="a state-dict file's library")
+    p.add_argument("src", help="state-dict file saved from the source model, or weights by name: "
+                               "torchvision:<Enum>.<NAME> (e.g. torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1) "
+                               "or timm:<name> (e.g. timm:mobilenetv3_large_100.ra_in1k), from their caches")
+    p.add_argument("--model", help="mbtasks model name (a state-dict file's; weights by name name their own)")
     p.add_argument("--out", required=True, help="mbtasks weights file to write")
     p.set_defaults(func=cmd_weights_import)
 
@@ -303,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", help="seg: folder of labelId PNGs")
     p.add_argument("--split", default="val", help="seg: split of --gt to score (default val)")
     p.add_argument("--save-predictions", help="seg: write labelId and colour PNGs in the official layout here")
-    p.add_argument("--scales", type=lambda t: [float(v) for v in t.split(",")], default=None,
+    p.add_argument("--scales", type=_scales,
                    help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
     p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
@@ -327,13 +382,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.set_defaults(func=cmd_export)
 
-    p = commands.add_parser("predict", help="draw a checkpoint's predictions on images")
-    p.add_argument("--task", default="det", choices=["det"])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--out", required=True, help="folder for the PNGs and detections.json")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="draw boxes scoring at least this")
+    p = commands.add_parser("predict", help="apply a checkpoint or an exported ONNX file to photos (every task)",
+                            description=PREDICT_OUTPUTS)
+    p.add_argument("--checkpoint", required=True, help="training checkpoint, or ONNX file from `mbtasks export`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively for image extensions) and glob patterns")
+    p.add_argument("--out", required=True, help="folder for the pictures and the JSON")
+    p.add_argument("--task", help="check that the model is of this task (it comes from the file)")
+    p.add_argument("--batch-size", type=int, default=8, help="photos per forward pass (default 8)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading photos (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
+    p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
+    p.add_argument("--score-threshold", type=float, help="det: draw boxes scoring at least this (default 0.3)")
+    p.add_argument("--scales", type=_scales,
+                   help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
+    p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
+    p.add_argument("--threshold", type=float,
+                   help="attr: write attributes of at least this probability (default 0.5); embed: the distance "
+                        "below which a pair is the same person (default: the one the checkpoint's validation chose)")
+    p.add_argument("--pairs", help="embed: a file of image pairs (two paths a line) whose distances to print")
     p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser(
+        "info", help="what a checkpoint, weights file or exported ONNX file holds",
+        description="Task, model, options, classes, the recipe it was trained with, the last validation metrics, "
+                    "parameters, multiply-adds (at the recipe's input size; a detector's own), file size and sha256.")
+    p.add_argument("file", help="training checkpoint, mbtasks weights file, or ONNX file from `mbtasks export`")
+    p.add_argument("--json", action="store_true", help="print it all as one JSON object")
+    p.set_defaults(func=cmd_info)
 
     p = commands.add_parser("data", help="embedded data sets")
     data = p.add_subparsers(dest="data_command", required=True)
@@ -382,7 +458,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user mistakes print one line and exit 2."""
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "evaluate"):
+    if args.command in ("train", "evaluate", "predict"):
         _quiet_libraries()
     try:
         args.func(args)

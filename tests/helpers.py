@@ -47,3 +47,32 @@ def evaluate_with_one_and_two_processes(checkpoint: Path, out_dir: Path, val_bat
         assert f"evaluated {images} images" in result.stdout
         figures.append(json.loads(out.read_text()))
     return figures
+
+
+# Tiny settings of each task's demo recipe for checkpoints written without training (write_checkpoint).
+TINY_MODELS = {
+    "det": ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.5}", "data.size=128"],
+    "seg": ["model.name=lraspp_mobilenet_v3_small", "model.options={width_mult: 0.5}"],
+    "attr": ["model.options={width_mult: 0.5}", "data.size=[40, 32]"],
+    "embed": ["model.options={width_mult: 0.5, embedding_dim: 16}", "data.size=32"],
+    "cls": ["model.options={width_mult: 0.5}", "data.size=32"],
+}
+
+
+def write_checkpoint(path: Path, task: str, class_names: list, category_ids: list = (), settings: list[str] = (),
+                     metrics: dict | None = None) -> Path:
+    """A checkpoint as training writes it (the record, the task's `model.` weights), of an untrained tiny network on
+    the task's demo recipe, with random batch-norm statistics so that a wrong input shows in the outputs."""
+    from mbtasks.config import load_config
+    from mbtasks.io.records import RECORD_KEY
+    from mbtasks.tasks import TASKS
+
+    spec = TASKS.get(task)
+    config = load_config(Path(__file__).resolve().parents[1] / "configs/demo" / spec.demo_config,
+                         [*TINY_MODELS[task], *settings])
+    module = spec.module(config.to_dict(), list(class_names), list(category_ids))
+    randomised(module.model)
+    module.metrics = metrics or {}
+    torch.save({RECORD_KEY: module.record().to_dict(),
+                "state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, path)
+    return path

@@ -15,7 +15,7 @@ from mbtasks.cli import main
 from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
 from mbtasks.export.detection_graph import BoxDecoder, SelectDetections
-from mbtasks.export.runtime import create_session, load_onnx_model
+from mbtasks.io.onnx_runtime import create_session, load_onnx_model
 from mbtasks.io.records import read_checkpoint
 from mbtasks.layers.fusion import for_inference
 

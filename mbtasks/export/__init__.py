@@ -1,6 +1,6 @@
 """ONNX export of a trained model (fp32, or int8 by static QDQ quantisation), checked against PyTorch in ONNX Runtime.
 
-What the graph holds (runtime.py runs it behind the PyTorch model's contract):
+What the graph holds (io/onnx_runtime.py runs it behind the PyTorch model's contract):
 - seg, attr, embed, cls: the network of the inference copy (batch norm folded): a normalised NCHW batch `images` ->
   `logits` (seg: at the input resolution; attr: one per attribute; cls: one per class) or unit `embeddings` (embed).
   Batch, height and width are dynamic, except for LR-ASPP with `pooling: paper`, whose window follows the input
@@ -30,7 +30,7 @@ from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS
 from .detection_graph import DetectionGraph
 from .int8 import calibration_reader, quantize
-from .runtime import EXPORT_KEY, create_session, require
+from ..io.onnx_runtime import EXPORT_KEY, create_session, require
 
 OPSET = 17
 # ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of

@@ -68,12 +68,21 @@ def _from_loaded(data: object, path: str | Path) -> Record:
     if not isinstance(data, dict) or not isinstance(data.get("model"), str) or "state_dict" not in data:
         raise MbtasksError("not an mbtasks weights file (convert it with `mbtasks weights import`)", path)
     return Record(data["model"], data.get("backbone", data["model"]), dict(data.get("options", {})),
+                  class_names=list(data.get("class_names", [])), category_ids=list(data.get("category_ids", [])),
                   state_dict=data["state_dict"])
 
 
 def read_weights(path: str | Path) -> Record:
     """The record and weights of an mbtasks weights file or training checkpoint."""
-    return _from_loaded(load_file(path), path)
+    return read_record(path)[0]
+
+
+def read_record(path: str | Path) -> tuple[Record, str]:
+    """The record and weights of an mbtasks weights file or training checkpoint, and which it is: "checkpoint" or
+    "weights"."""
+    data = load_file(path)
+    kind = "checkpoint" if isinstance(data, dict) and isinstance(data.get(RECORD_KEY), dict) else "weights"
+    return _from_loaded(data, path), kind
 
 
 def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
@@ -88,10 +97,11 @@ def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
 
 
 def save_weights(path: str | Path, record: Record) -> None:
-    """Write a weights file: the network's state and what rebuilds it."""
+    """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": WEIGHTS_FORMAT, "model": record.model, "backbone": record.backbone,
-                "options": record.options, "state_dict": record.state_dict}, path)
+                "options": record.options, "class_names": record.class_names, "category_ids": record.category_ids,
+                "state_dict": record.state_dict}, path)
 
 
 def load_into(module: nn.Module, state_dict: dict, path: str | Path) -> None:

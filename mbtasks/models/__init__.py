@@ -1,13 +1,15 @@
-"""build_model(name, **options): every network by name (MODELS), with weights from mbtasks files or records."""
+"""build_model(name, **options): every network by name (MODELS), with weights from mbtasks files, records, or
+pretrained weights by name (`torchvision:<Enum>.<NAME>`, `timm:<name>`)."""
 from pathlib import Path
 
 from torch import nn
 
 from ..backbones import BACKBONES, Backbone
 from ..errors import MbtasksError
-from ..io.records import Record, load_into, read_weights
+from ..io.records import Record, load_into
 from . import classifiers, detectors, segmenters  # noqa: F401  (each registers its networks in MODELS)
 from .classifiers import BACKBONE_OPTIONS
+from .pretrained import load_weights
 from .registry import MODELS
 
 # A weights file's options that its backbone needs to give the same outputs: a model built on its backbone takes them
@@ -21,11 +23,12 @@ def list_models() -> list[str]:
 
 
 def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:
-    """Build a model by name; `weights` is a file written by `mbtasks weights import` (or a checkpoint)."""
+    """Build a model by name; `weights` is a file written by `mbtasks weights import` (or a checkpoint), or
+    pretrained weights by name, e.g. `torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1`, `timm:mobilenetv1_100`."""
     entry = MODELS.get(name)
     if weights is None:
         return entry.build(**options)
-    saved = read_weights(weights)
+    saved = load_weights(weights)
     if saved.model != name:
         raise MbtasksError(f"holds weights of {saved.model}, not {name}", weights)
     model = entry.build(**{**saved.options, **options})
@@ -34,11 +37,11 @@ def build_model(name: str, weights: str | Path | None = None, **options) -> nn.M
 
 
 def build_backbone(name: str, weights: str | Path | None = None, **options) -> Backbone:
-    """Build a backbone alone; `weights` may be any mbtasks weights file or checkpoint on that version."""
+    """Build a backbone alone; `weights` may be any mbtasks weights file, checkpoint or weights name on that version."""
     build = BACKBONES.get(name)
     if weights is None:
         return build(**options)
-    saved = read_weights(weights)
+    saved = load_weights(weights)
     if saved.backbone != name:
         raise MbtasksError(f"holds a {saved.backbone} backbone, not {name}", weights)
     # The saved model's backbone options (width, tail, eps) are the defaults; a detector's own defaults are not
@@ -63,7 +66,7 @@ def weights_defaults(weights: str | None, backbone_weights: str | None) -> dict:
     path = weights or backbone_weights
     if not path:
         return {}
-    return {k: v for k, v in read_weights(path).options.items() if k in WEIGHTS_BACKBONE_OPTIONS}
+    return {k: v for k, v in load_weights(path).options.items() if k in WEIGHTS_BACKBONE_OPTIONS}
 
 
 def build_configured_model(name: str, options: dict, weights: str | None = None,
@@ -72,7 +75,7 @@ def build_configured_model(name: str, options: dict, weights: str | None = None,
     entry = MODELS.get(name)
     model = build_model(name, weights=weights, **options)
     if backbone_weights:
-        saved = read_weights(backbone_weights)
+        saved = load_weights(backbone_weights)
         if saved.backbone != entry.backbone:
             raise MbtasksError(f"holds a {saved.backbone} backbone, not {entry.backbone}", backbone_weights)
         backbone = find_backbone(model)

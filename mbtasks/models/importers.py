@@ -47,6 +47,9 @@ SOURCES: dict[str, dict[str, Callable[[dict], dict]]] = {
     "timm": {name: _classifier_options(1e-5) for name in
              ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]},
 }
+# timm's architecture name of each network it imports (`timm:<architecture>.<tag>` names its weights)
+TIMM_NETWORKS = {"mobilenetv1_100": "mobilenet_v1", "mobilenetv2_100": "mobilenet_v2",
+                 "mobilenetv3_large_100": "mobilenet_v3_large", "mobilenetv3_small_100": "mobilenet_v3_small"}
 
 
 def map_by_position(source: dict, target, path: str | Path, source_name: str) -> dict:
@@ -82,19 +85,28 @@ def _first_mismatch(source: dict, own: dict) -> str:
     return ""
 
 
-def import_weights(source: str, src: str | Path, model: str, out: str | Path) -> Record:
-    """Convert a torchvision / timm state-dict file into an mbtasks weights file for `model`."""
-    if source not in SOURCES:
-        raise MbtasksError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
-    if model not in SOURCES[source]:
-        raise MbtasksError(f"{source} has no {model} to import; known: {', '.join(SOURCES[source])}")
-    state = read_state_dict(src)
+def convert_state_dict(source: str, state: dict, model: str, src: str | Path) -> Record:
+    """A torchvision / timm state dict of `model` as an mbtasks record (`src` names it in errors)."""
+    _check_importable(source, model)
     try:
         options = SOURCES[source][model](state)
     except (IndexError, KeyError, AttributeError):
         raise MbtasksError(f"not a {source} {model} state dict", src) from None
     entry = MODELS.get(model)
     mapped = map_by_position(state, entry.build(**options), src, model)
-    record = Record(model, entry.backbone, options, state_dict=mapped)
+    return Record(model, entry.backbone, options, state_dict=mapped)
+
+
+def import_weights(source: str, src: str | Path, model: str, out: str | Path) -> Record:
+    """Convert a torchvision / timm state-dict file into an mbtasks weights file for `model`."""
+    _check_importable(source, model)
+    record = convert_state_dict(source, read_state_dict(src), model, src)
     save_weights(out, record)
     return record
+
+
+def _check_importable(source: str, model: str) -> None:
+    if source not in SOURCES:
+        raise MbtasksError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+    if model not in SOURCES[source]:
+        raise MbtasksError(f"{source} has no {model} to import; known: {', '.join(SOURCES[source])}")

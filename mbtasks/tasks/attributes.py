@@ -1,9 +1,13 @@
-"""Face attributes: CelebA-format data, a backbone with one binary logit per attribute, mean AP every validation."""
+"""Face attributes: CelebA-format data, a backbone with one binary logit per attribute, mean AP every validation;
+the attributes written on photos."""
+from pathlib import Path
+
 import numpy as np
 
 from ..backbones import BACKBONES
 from ..datasets.celeba import CelebA
 from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES, write_celeba_faces
+from ..drawing import write_png, write_text
 from ..errors import MbtasksError
 from ..evaluation.attributes import attribute_metrics
 from ..models.losses import AttributeLoss, attribute_pos_weight
@@ -45,6 +49,8 @@ class AttributesTask(BaseTask):
 
     task = "attr"
     progress_bar = ("val/mean_ap", "val/mean_accuracy")
+    prediction_defaults = {"threshold": 0.5}
+    prediction_file = "attributes.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         if name not in BACKBONES:
@@ -103,3 +109,13 @@ class AttributesTask(BaseTask):
             lines.append(f"{'mean, visible (' + str(len(visible['attributes'])) + ')':<22}"
                          f"{visible['mean_accuracy']:>9.4f}{shown(visible['mean_average_precision']):>8}")
         return "\n".join(lines)
+
+    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
+        """The probability of every attribute; on the photo, those at or above `threshold`, most likely first."""
+        probabilities = 1 / (1 + np.exp(-answer.astype(np.float64)))
+        threshold = self.prediction_options["threshold"]
+        written = [f"{self.class_names[i]} {probabilities[i]:.2f}" for i in np.argsort(-probabilities, kind="stable")
+                  if probabilities[i] >= threshold]
+        write_png(out / item["name"], write_text(item["photo"], written or [f"no attribute at {threshold:g} or above"]))
+        return {"file": item["file"], "attributes": {name: round(float(p), 4)
+                                                     for name, p in zip(self.class_names, probabilities)}}

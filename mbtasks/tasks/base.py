@@ -1,6 +1,7 @@
 """What every task shares. BaseDataModule: the data root or the embedded set, and the loaders. BaseTask: the network
-built from the recipe, the optimiser and schedule, the checkpoint record, and the end of validation (per-sample
-results gathered over processes -> scored -> logged)."""
+built from the recipe, the optimiser and schedule, the checkpoint record, the end of validation (per-sample
+results gathered over processes -> scored -> logged), and prediction on photos (answers -> files)."""
+import json
 from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
@@ -48,6 +49,12 @@ class BaseDataModule(pl.LightningDataModule):
     def input_size(config: Config) -> int | list | tuple | None:
         """The input size this config trains at (None: the data set's own)."""
         return config.data.size
+
+    @classmethod
+    def predict_transform(cls, config: Config) -> Callable:
+        """What a photo (HWC uint8 RGB) goes through to become the network's input, as at evaluation; it reads no
+        data, so a checkpoint's recipe gives it on a machine without the training data."""
+        raise NotImplementedError
 
     def prepare_data(self) -> None:
         if self.config.data.root is None:
@@ -125,11 +132,15 @@ class BaseTask(pl.LightningModule):
     `training_step`,
     `validation_step` (results kept per sample in `self.results`, keyed so that a sample the DistributedSampler
     repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values) and
-    `metrics_table`.
+    `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
+    where the network's output is not what it needs, `predict_inputs`.
     """
 
     task: ClassVar[str] = ""
     progress_bar: ClassVar[tuple[str, ...]] = ()  # logged figures the progress bar shows
+    # predict: the options it takes (`prediction_options`, defaults here) and the JSON file of its answers
+    prediction_defaults: ClassVar[dict] = {}
+    prediction_file: ClassVar[str] = "predictions.json"
 
     def __init__(self, config: dict, class_names: list[str], category_ids: list):
         super().__init__()
@@ -142,6 +153,7 @@ class BaseTask(pl.LightningModule):
         self.model_name, self.model_options = self.network(model.name, dict(model.options))
         self.model = build_configured_model(self.model_name, self.model_options, model.weights, model.backbone_weights)
         self.evaluation_options: dict = {}
+        self.prediction_options: dict = dict(self.prediction_defaults)
         self.metrics: dict = {}
         self.evaluated_images = 0
         self.results: dict = {}
@@ -224,6 +236,37 @@ class BaseTask(pl.LightningModule):
     def metrics_table(self) -> str:
         """The metrics as evaluate prints them."""
         raise NotImplementedError
+
+    @staticmethod
+    def classes_of_weights(weights: Record, class_names: list[str], category_ids: list) -> tuple[list, list]:
+        """The classes a model evaluated with whole-model `weights` (no checkpoint) answers in: the data set's,
+        unless a task knows better (detection: the weights' own ids)."""
+        return class_names, category_ids
+
+    # ---- prediction on photos: `mbtasks predict` ----
+
+    def predict_step(self, batch: list[dict], batch_index: int) -> list:
+        """The answer for each readable photo of a batch (items with an `input`; unreadable ones carry an `error`)."""
+        inputs = [item["input"] for item in batch if "input" in item]
+        return self.predict_inputs(inputs) if inputs else []
+
+    def predict_inputs(self, inputs: list[torch.Tensor]) -> list:
+        """The network's output for each input (inputs of one size, stacked into one batch), as numpy arrays."""
+        return list(self.model(torch.stack(inputs).to(self.device)).float().cpu().numpy())
+
+    def prepare_predictions(self, files: list[Path]) -> None:
+        """Check what the options need of the input files before any photo is read (embed: the --pairs file)."""
+
+    def write_prediction(self, out: Path, item: dict, answer) -> dict:
+        """Write one photo's pictures under `out` (item: `file`, its output `name` (relative, .png), `photo`, the
+        upright HWC uint8 RGB image) and return its entry in the JSON file."""
+        raise NotImplementedError
+
+    def write_predictions(self, out: Path, entries: list[dict]) -> list[str]:
+        """Write what covers all photos (the JSON file of the entries); return the lines that say what was written."""
+        path = out / self.prediction_file
+        path.write_text(json.dumps(entries, indent=1))
+        return [f"wrote {path}"]
 
     # ---- the checkpoint record ----
 

@@ -1,4 +1,7 @@
-"""Classification: ImageFolder data, ImageNet-style classifiers, top-1 / top-5 every validation."""
+"""Classification: ImageFolder data, ImageNet-style classifiers, top-1 / top-5 every validation; the top five
+classes written on photos."""
+from pathlib import Path
+
 import numpy as np
 from torch import nn
 
@@ -6,6 +9,7 @@ from ..backbones import BACKBONES
 from ..config import Config
 from ..datasets.imagefolder import ImageFolder
 from ..datasets.synthetic.faces import write_shape_imagefolder
+from ..drawing import write_png, write_text
 from ..errors import MbtasksError
 from ..evaluation.classification import classification_accuracy
 from .base import BaseTask
@@ -47,6 +51,7 @@ class ClassificationTask(BaseTask):
 
     task = "cls"
     progress_bar = ("val/top1",)
+    prediction_file = "classes.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         if name not in BACKBONES:
@@ -82,3 +87,12 @@ class ClassificationTask(BaseTask):
         return "\n".join([f"classes        : {len(self.class_names)}",
                           f"top-1 accuracy : {self.metrics['top1']:.4f}",
                           f"{top5} accuracy : {self.metrics['top5']:.4f}"])
+
+    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
+        """The five most probable classes (softmax) with their probabilities, in the entry and on the photo."""
+        logits = answer.astype(np.float64)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        top = [(self.class_names[i], float(probabilities[i])) for i in np.argsort(-probabilities, kind="stable")[:5]]
+        write_png(out / item["name"], write_text(item["photo"], [f"{name} {p:.2f}" for name, p in top]))
+        return {"file": item["file"], "top5": [{"class": name, "probability": round(p, 4)} for name, p in top]}

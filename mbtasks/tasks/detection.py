@@ -1,14 +1,19 @@
-"""Detection: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch."""
+"""Detection: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch; boxes drawn on photos."""
 import copy
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from torchvision.utils import draw_bounding_boxes
 
 from ..config import Config
 from ..datasets.coco import CocoDetection
 from ..datasets.synthetic.shapes_coco import write_shapes_coco
 from ..datasets.transforms import detection_transforms
+from ..drawing import write_png
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
+from ..io.records import Record
 from .base import BaseDataModule, BaseTask
 
 
@@ -19,6 +24,11 @@ def detection_input_size(config: Config) -> tuple[int, int]:
         match = re.match(r"[a-z]+(\d+)_", config.model.name)
         size = int(match.group(1)) if match else 320
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def augmentation_preset(config: Config) -> str:
+    """data.augmentation, with "default" meaning torchvision's SSDLite recipe."""
+    return "ssdlite" if config.data.augmentation == "default" else config.data.augmentation
 
 
 def collate(batch: list) -> tuple:
@@ -42,6 +52,10 @@ class DetectionDataModule(BaseDataModule):
     def input_size(config: Config) -> tuple[int, int]:
         return detection_input_size(config)
 
+    @classmethod
+    def predict_transform(cls, config: Config) -> Callable:
+        return detection_transforms(augmentation_preset(config), detection_input_size(config), train=False)
+
     def unaugmented_train_set(self) -> CocoDetection:
         images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ
         images.transforms = self.val_set.transforms
@@ -55,8 +69,7 @@ class DetectionDataModule(BaseDataModule):
         return self.annotation_file(self.val_split)
 
     def setup(self, stage: str | None = None) -> None:
-        preset = self.config.data.augmentation
-        preset = "ssdlite" if preset == "default" else preset
+        preset = augmentation_preset(self.config)
         if self.val_set is None:
             self.val_set = CocoDetection(self.root / self.val_split, self.val_annotation_file,
                                          detection_transforms(preset, self.size, train=False), train=False)
@@ -79,6 +92,8 @@ class DetectionTask(BaseTask):
 
     task = "det"
     progress_bar = ("val/mAP",)
+    prediction_defaults = {"score_threshold": 0.3}
+    prediction_file = "detections.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
@@ -104,8 +119,12 @@ class DetectionTask(BaseTask):
                                                                           self.category_ids)
 
     def score(self, merged: dict) -> dict:
-        results = [d for image_id in sorted(merged) for d in merged[image_id]]
-        return coco_metrics(self.trainer.datamodule.val_annotation_file, results, image_ids=sorted(merged))
+        data = self.trainer.datamodule
+        # Weights that answer in more categories than the data set has (torchvision's 91 COCO ids, "N/A" among them):
+        # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
+        known = set(data.category_ids)
+        results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
+        return coco_metrics(data.val_annotation_file, results, image_ids=sorted(merged))
 
     def figures(self, metrics: dict) -> dict:
         return {"val/mAP": metrics["AP"], "val/mAP50": metrics["AP50"]}
@@ -113,3 +132,32 @@ class DetectionTask(BaseTask):
     def metrics_table(self) -> str:
         """The 12 COCO figures as pycocotools prints them."""
         return format_coco_table(self.metrics)
+
+    @staticmethod
+    def classes_of_weights(weights: Record, class_names: list[str], category_ids: list) -> tuple[list, list]:
+        """The weights' classes where they label by category id and agree with the data set on every category it
+        has (torchvision's COCO detectors: label = COCO category id, 91 of them), else the data set's."""
+        theirs = dict(zip(weights.category_ids, weights.class_names))
+        if theirs and all(theirs.get(i) == name for i, name in zip(category_ids[1:], class_names[1:])):
+            return list(weights.class_names), list(weights.category_ids)
+        return class_names, category_ids
+
+    # ---- predict ----
+
+    def predict_inputs(self, inputs: list[torch.Tensor]) -> list:
+        outputs = self.model([image.to(self.device) for image in inputs])
+        return [{k: v.cpu() for k, v in output.items()} for output in outputs]
+
+    def write_prediction(self, out: Path, item: dict, answer: dict) -> dict:
+        """The photo with its boxes scoring at least `score_threshold`, class names and scores drawn."""
+        keep = answer["scores"] >= self.prediction_options["score_threshold"]
+        boxes, scores, labels = answer["boxes"][keep], answer["scores"][keep].tolist(), answer["labels"][keep].tolist()
+        captions = [f"{self.class_names[label]} {score:.2f}" for label, score in zip(labels, scores)]
+        photo = torch.from_numpy(item["photo"]).permute(2, 0, 1)
+        if len(boxes):  # torchvision warns when asked to draw no boxes
+            photo = draw_bounding_boxes(photo, boxes, captions, colors="red", width=2)
+        write_png(out / item["name"], photo.permute(1, 2, 0).numpy())
+        ids = self.category_ids or list(range(len(self.class_names)))
+        return {"file": item["file"], "detections": [
+            {"box_xyxy": [round(v, 2) for v in box], "score": round(score, 4), "label": self.class_names[label],
+             "category_id": ids[label]} for box, score, label in zip(boxes.tolist(), scores, labels)]}

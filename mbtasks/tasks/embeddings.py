@@ -1,4 +1,9 @@
-"""Face embeddings: identity folders for training, LFW pairs for verification, a backbone with a unit embedding."""
+"""Face embeddings: identity folders for training, LFW pairs for verification, a backbone with a unit embedding;
+photos embedded, and pairs of them verified at the threshold the validation chose."""
+import json
+import math
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -9,7 +14,7 @@ from ..datasets.imagefolder import apply_transform
 from ..datasets.lfw import LFWIdentities, LFWPairs, image_path
 from ..datasets.synthetic.faces import write_lfw_identities
 from ..errors import MbtasksError
-from ..evaluation.verification import lfw_protocol
+from ..evaluation.verification import best_threshold, lfw_protocol
 from ..io.images import read_rgb_image
 from ..models.losses import ArcFaceLoss, DistillationLoss, TripletLoss
 from .base import BaseTask, shown
@@ -72,6 +77,10 @@ class EmbeddingsTask(BaseTask):
 
     task = "embed"
     progress_bar = ("val/accuracy",)
+    prediction_defaults = {"threshold": None, "pairs": None}
+    prediction_file = "embeddings.json"
+    pairs: tuple = ()  # predict --pairs: (as written, resolved) pairs of files, and the distance threshold
+    pair_threshold: tuple[float, str] = (math.nan, "")
     LOSSES = {"arcface": ("scale", "margin"), "triplet": ("margin",), "none": ()}
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
@@ -139,8 +148,11 @@ class EmbeddingsTask(BaseTask):
             return {}
         # Embeddings are unit vectors: the dot product is the cosine similarity.
         scores = np.array([float(embedding[(p.name1, p.number1)] @ embedding[(p.name2, p.number2)]) for p in pairs])
-        result = lfw_protocol(scores, np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]))
-        return {**result.as_dict(), "num_pairs": len(pairs), "num_images": len(merged)}
+        same = np.array([p.same for p in pairs])
+        result = lfw_protocol(scores, same, np.array([p.fold for p in pairs]))
+        # The similarity threshold for new pairs: the most accurate one over all validation pairs.
+        return {**result.as_dict(), "threshold": best_threshold(scores, same)[0], "num_pairs": len(pairs),
+                "num_images": len(merged)}
 
     def figures(self, metrics: dict) -> dict:
         if not metrics:
@@ -157,4 +169,78 @@ class EmbeddingsTask(BaseTask):
             f"pairs                  : {m['num_pairs']} ({len(m['fold_accuracies'])} folds, {m['num_images']} images)",
             f"verification accuracy  : {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f}",
             f"accuracy per fold      : {folds}",
-            f"TAR @ FAR={m['far']:g}        : {shown(m['tar'])}"])
+            f"TAR @ FAR={m['far']:g}        : {shown(m['tar'])}",
+            f"threshold (all pairs)  : {m['threshold']:.4f} (cosine similarity)"])
+
+    # ---- predict ----
+
+    def prepare_predictions(self, files: list[Path]) -> None:
+        """With --pairs: the pairs file read and matched to the input files, and the threshold, before any work."""
+        if self.prediction_options["pairs"]:
+            self.pairs = read_file_pairs(self.prediction_options["pairs"], {path.resolve() for path in files})
+            self.pair_threshold = self._distance_threshold()
+
+    def _distance_threshold(self) -> tuple[float, str]:
+        """(distance between unit embeddings below which a pair is the same person, where it comes from)."""
+        if self.prediction_options["threshold"] is not None:
+            return float(self.prediction_options["threshold"]), "--threshold"
+        similarity = self.metrics.get("threshold")
+        if similarity is None and self.metrics.get("fold_thresholds"):
+            similarity = float(np.mean(self.metrics["fold_thresholds"]))  # checkpoints from before `threshold`
+        if similarity is None:
+            raise MbtasksError("the checkpoint's validation chose no threshold (it scored no pairs): give --threshold")
+        # |a - b|^2 = 2 - 2 a.b for unit vectors: similarity above s is distance below sqrt(2 - 2 s).
+        return math.sqrt(max(0.0, 2 - 2 * similarity)), f"the checkpoint's validation: cosine similarity {similarity:.4f}"
+
+    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
+        return {"file": item["file"], "embedding": answer}
+
+    def write_predictions(self, out: Path, entries: list[dict]) -> list[str]:
+        """embeddings.npy (one row per photo) and embeddings.json (the files in the same order); with --pairs, each
+        pair's distance and verdict."""
+        dim = self.model_options["embedding_dim"]
+        np.save(out / "embeddings.npy", np.stack([e["embedding"] for e in entries]) if entries
+                else np.zeros((0, dim), np.float32))
+        (out / self.prediction_file).write_text(json.dumps({"embeddings": "embeddings.npy",
+                                                             "files": [e["file"] for e in entries]}, indent=1))
+        lines = [f"wrote {out / 'embeddings.npy'} ({len(entries)} x {dim}) and {out / self.prediction_file}"]
+        if not self.pairs:
+            return lines
+        threshold, source = self.pair_threshold
+        embedding = {Path(e["file"]).resolve(): e["embedding"] for e in entries}
+        lines.append(f"same person below distance {threshold:.4f} ({source})")
+        for (first, second), (a, b) in self.pairs:
+            if a not in embedding or b not in embedding:
+                lines.append(f"{first}\t{second}\tn/a (unreadable image)")
+                continue
+            distance = float(np.linalg.norm(embedding[a] - embedding[b]))
+            lines.append(f"{first}\t{second}\tdistance {distance:.4f}\t{'same' if distance < threshold else 'different'}")
+        return lines
+
+
+def read_file_pairs(path: str | Path, known: set[Path]) -> list[tuple[tuple[str, str], tuple[Path, Path]]]:
+    """A pairs file: one pair of image paths a line (tab-separated, or two whitespace-separated fields; `#`
+    comments), relative to the current folder; every path must be one of the `known` (resolved) input files.
+    Returns each pair as written and resolved."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MbtasksError("file not found", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise MbtasksError(f"cannot read the pairs file ({type(error).__name__})", path) from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) != 2:
+            raise MbtasksError(f"line {number}: expected two image paths, got {len(fields)} fields", path)
+        given = (fields[0].strip(), fields[1].strip())
+        resolved = (Path(given[0]).expanduser().resolve(), Path(given[1]).expanduser().resolve())
+        for name, file in zip(given, resolved):
+            if file not in known:
+                raise MbtasksError(f"line {number}: {name} is not among the input images", path)
+        pairs.append((given, resolved))
+    if not pairs:
+        raise MbtasksError("holds no pairs", path)
+    return pairs

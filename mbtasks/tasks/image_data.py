@@ -62,6 +62,10 @@ class ImageDataModule(BaseDataModule):
         images.transform = self.transform(False)
         return Indexed(images)
 
+    @classmethod
+    def predict_transform(cls, config: Config) -> Callable:
+        return cls(config).transform(False)  # the constructor reads no data: only sizes and presets
+
     def transform(self, train: bool) -> Callable:
         settings = dict(self.augmentation)
         crop_fraction = settings.pop("crop_fraction")

@@ -6,10 +6,10 @@ counts are kept under its path and merged over processes once per image, so DDP 
 """
 import copy
 import os
+from collections.abc import Callable
 from operator import itemgetter
-from pathlib import Path
+from pathlib import Path, PurePath
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -24,6 +24,7 @@ from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from ..datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
 from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
 from ..datasets.voc import VOCSegmentation, voc_palette
+from ..drawing import blend, write_png
 from ..errors import MbtasksError
 from ..evaluation.segmentation import CityscapesEvaluator, ConfusionMatrix, format_cityscapes_table
 from ..io.images import read_label_png
@@ -101,6 +102,10 @@ class SegmentationDataModule(BaseDataModule):
         images.transform = segmentation_eval_transforms()
         return images
 
+    @classmethod
+    def predict_transform(cls, config: Config) -> Callable:
+        return segmentation_eval_transforms()
+
     @property
     def class_names(self) -> list[str]:
         return list(CLASS_NAMES[self.format])
@@ -112,6 +117,8 @@ class SegmentationTask(BaseTask):
 
     task = "seg"
     progress_bar = ("val/mIoU",)
+    prediction_defaults = {"scales": None, "flip": False}
+    prediction_file = "segmentation.json"
 
     def __init__(self, config: dict, class_names: list[str], category_ids: list):
         self.format = "cityscapes" if list(class_names) == list(CITYSCAPES_CLASSES) else "voc"
@@ -132,10 +139,10 @@ class SegmentationTask(BaseTask):
 
     # ---- inference ----
 
-    def predict_class_indices(self, images: torch.Tensor) -> torch.Tensor:
-        """Class index per pixel (N, H, W) at the input resolution; multi-scale and flip per evaluation_options."""
-        scales = self.evaluation_options.get("scales") or [1.0]
-        flip = bool(self.evaluation_options.get("flip"))
+    def predict_class_indices(self, images: torch.Tensor, scales: list[float] | None = None,
+                              flip: bool = False) -> torch.Tensor:
+        """Class index per pixel (N, H, W) at the input resolution; multi-scale (`scales`) and flipped inference."""
+        scales = scales or [1.0]
         if scales == [1.0] and not flip:
             return self.model(images).argmax(1)
         size = images.shape[-2:]
@@ -154,17 +161,19 @@ class SegmentationTask(BaseTask):
                 total = probabilities if total is None else total + probabilities
         return total.argmax(1)
 
-    def _predict(self, items: list[dict]) -> list[np.ndarray]:
-        """Per item, its prediction as an HxW uint8 numpy array; same-sized images go through in chunks."""
+    def _predict(self, images: list[torch.Tensor], options: dict) -> list[np.ndarray]:
+        """Per image, its prediction as an HxW uint8 numpy array; same-sized images go through in chunks. Options:
+        `scales` and `flip` (multi-scale and flipped inference)."""
         predictions, start = [], 0
-        while start < len(items):
-            shape = items[start]["image"].shape
+        while start < len(images):
+            shape = images[start].shape
             per_forward = max(1, MAX_PIXELS_PER_FORWARD // (shape[-2] * shape[-1]))
             end = start + 1
-            while end < len(items) and end - start < per_forward and items[end]["image"].shape == shape:
+            while end < len(images) and end - start < per_forward and images[end].shape == shape:
                 end += 1
-            images = torch.stack([item["image"] for item in items[start:end]]).to(self.device)
-            predictions += list(self.predict_class_indices(images).to(torch.uint8).cpu().numpy())
+            chunk = torch.stack(images[start:end]).to(self.device)
+            indices = self.predict_class_indices(chunk, options.get("scales"), bool(options.get("flip")))
+            predictions += list(indices.to(torch.uint8).cpu().numpy())
             start = end
         return predictions
 
@@ -172,7 +181,8 @@ class SegmentationTask(BaseTask):
 
     def validation_step(self, batch: list[dict], batch_index: int) -> None:
         save_dir = None if self.trainer.sanity_checking else self.evaluation_options.get("save_predictions")
-        for item, prediction in zip(batch, self._predict(batch), strict=True):
+        predictions = self._predict([item["image"] for item in batch], self.evaluation_options)
+        for item, prediction in zip(batch, predictions, strict=True):
             if self.format == "cityscapes":
                 label_ids = train_ids_to_label_ids(prediction)
                 counts = CityscapesEvaluator()
@@ -182,20 +192,35 @@ class SegmentationTask(BaseTask):
                 counts.update(prediction, np.asarray(item["mask"]))
             self.results[item["image_path"]] = counts  # image path -> that image's counts
             if save_dir:
-                self._save_prediction(Path(save_dir), item["image_path"], prediction)
+                path = Path(item["image_path"])
+                self._save_prediction(Path(save_dir), PurePath(path.parent.name, path.name)
+                                      if self.format == "cityscapes" else PurePath(path.stem + ".png"), prediction)
 
-    def _save_prediction(self, out: Path, image_path: str, prediction: np.ndarray) -> None:
-        """Cityscapes: labelIds/<city>/<image name> (what the official evaluation reads) and color/<city>/<image name>;
-        VOC: <name>.png, a palette PNG of class indices (the devkit's results format)."""
-        name = os.path.basename(image_path)
+    def _save_prediction(self, out: Path, name: PurePath, prediction: np.ndarray) -> None:
+        """Cityscapes: labelIds/<name> (what the official evaluation reads; name <city>/<image name> at evaluation)
+        and color/<name>; VOC: <name>, a palette PNG of class indices (the devkit's results format)."""
         if self.format == "cityscapes":
-            city = os.path.basename(os.path.dirname(image_path))
-            _write_png(out / "labelIds" / city / name, train_ids_to_label_ids(prediction))
-            _write_png(out / "color" / city / name, TRAIN_ID_COLORS[prediction])
+            write_png(out / "labelIds" / name, train_ids_to_label_ids(prediction))
+            write_png(out / "color" / name, TRAIN_ID_COLORS[prediction])
         else:
             image = Image.fromarray(prediction)
             image.putpalette(voc_palette().ravel().tolist())  # makes it a palette image
-            _write_png(out / (os.path.splitext(name)[0] + ".png"), image)
+            write_png(out / name, image)
+
+    # ---- predict ----
+
+    def predict_inputs(self, inputs: list[torch.Tensor]) -> list:
+        return self._predict(inputs, self.prediction_options)
+
+    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
+        """overlay/<name>: the class colours blended on the photo; labels/<name>: the label PNG in the data set's
+        results format (as `evaluate --save-predictions`); the entry: the share of the pixels of each class."""
+        colours = TRAIN_ID_COLORS if self.format == "cityscapes" else voc_palette()
+        write_png(out / "overlay" / item["name"], blend(item["photo"], colours[answer].astype(np.uint8)))
+        self._save_prediction(out / "labels", PurePath(item["name"]), answer)
+        counts = np.bincount(answer.ravel(), minlength=len(self.class_names))
+        return {"file": item["file"], "pixels": {self.class_names[i]: round(float(counts[i] / answer.size), 4)
+                                                 for i in np.flatnonzero(counts)}}
 
     def score(self, merged: dict) -> dict:
         if self.format == "cityscapes":
@@ -233,15 +258,3 @@ class SegmentationTask(BaseTask):
                   f"pixel accuracy: {self.metrics['pixel_accuracy']:5.3f}"]
         return "\n".join(lines)
 
-
-def _write_png(path: Path, image: np.ndarray | Image.Image) -> None:
-    """Write via a temporary name and rename: DDP processes may both write an image the sampler repeated."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.png")
-    if isinstance(image, Image.Image):
-        image.save(temporary)
-    else:
-        array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-        if not cv2.imwrite(str(temporary), array):
-            raise MbtasksError("cannot write PNG", temporary)
-    os.replace(temporary, path)

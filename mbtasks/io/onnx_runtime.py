@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import MbtasksError
-from ..io.records import RECORD_KEY, Record
+from .records import RECORD_KEY, Record
 
 EXPORT_KEY = "export"
 

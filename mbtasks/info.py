@@ -1,0 +1,91 @@
+"""`mbtasks info FILE`: what a checkpoint, weights file or exported ONNX file holds, as torchvision's `Weights.meta`
+tells of its own weights: task, model, options, classes, the recipe, the last validation metrics, parameters,
+multiply-adds, file size and sha256."""
+import hashlib
+from pathlib import Path
+
+import yaml
+
+from .config import config_from_dict
+from .errors import MbtasksError
+from .io.onnx_runtime import create_session, read_metadata
+from .io.records import Record, read_record
+from .models import MODELS
+from .models.detectors import DETECTORS
+from .models.segmenters import SEGMENTERS
+from .profiling import count_madds, count_parameters, example_input
+from .tasks import TASKS
+
+
+def describe(path: str | Path) -> dict:
+    """The file's record and figures as plain data (what `mbtasks info --json` prints)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MbtasksError("no such file", path)
+    export = None
+    if path.suffix.lower() == ".onnx":
+        record, export = read_metadata(create_session(path), path)
+        kind = "onnx"
+    else:
+        record, kind = read_record(path)
+    if record.model not in MODELS:
+        raise MbtasksError(f"holds a model mbtasks does not know ({record.model!r})", path)
+    network = MODELS.get(record.model).build(**record.options)
+    resolution = _profile_resolution(record, network)
+    return {"file": str(path), "kind": kind, "task": record.task, "model": record.model, "backbone": record.backbone,
+            "options": record.options, "categories": record.class_names, "category_ids": record.category_ids,
+            "recipe": record.config, "metrics": record.metrics, "export": export,
+            "num_params": count_parameters(network), "madds": count_madds(network, example_input(resolution)),
+            "input_size": list(resolution) if isinstance(resolution, tuple) else [resolution, resolution],
+            "file_size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _profile_resolution(record: Record, network) -> int | tuple[int, int]:
+    """The input multiply-adds are counted at: a detector's own size; else the recipe's input size; else 224 (520
+    for segmenters, the size torchvision's segmentation metadata counts at)."""
+    if record.model in DETECTORS:
+        return tuple(network.transform.fixed_size[::-1])  # torchvision keeps (width, height)
+    if record.config and record.task in TASKS:
+        size = TASKS.get(record.task).data_module.input_size(config_from_dict(record.config))
+        if size is not None:
+            return size if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return 520 if record.model in SEGMENTERS else 224
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+KINDS = {"checkpoint": "training checkpoint", "weights": "mbtasks weights file", "onnx": "ONNX model"}
+
+
+def format_info(info: dict) -> str:
+    """The record as `mbtasks info` prints it: one field a line, the recipe as YAML."""
+    names = info["categories"]
+    shown = ", ".join(names if len(names) <= 12 else [*names[:10], "..."])
+    export = info["export"]
+    kind = KINDS[info["kind"]] + (f" ({'int8' if export['int8'] else 'fp32'}, opset {export['opset']})"
+                                  if export else "")
+    h, w = info["input_size"]
+    scalars = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    lines = [
+        f"file           {info['file']}: {kind}",
+        f"task           {info['task'] or '(none: imported weights)'}",
+        f"model          {info['model']} on {info['backbone']}",
+        f"options        {info['options']}",
+        f"classes        {len(names)}{': ' + shown if names else ''}",
+        f"parameters     {info['num_params']:,}",
+        f"multiply-adds  {info['madds'] / 1e9:.3f}G at {h}x{w}",
+        f"file size      {info['file_size'] / 1e6:.2f} MB ({info['file_size']:,} bytes)",
+        f"sha256         {info['sha256']}",
+        "metrics        " + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in
+                                       scalars.items()) or "(none)") + " (last validation)" * bool(scalars),
+    ]
+    if info["recipe"]:
+        recipe = yaml.safe_dump(info["recipe"], sort_keys=False, default_flow_style=False)
+        lines += ["recipe", *("  " + line for line in recipe.rstrip().splitlines())]
+    return "\n".join(lines)
