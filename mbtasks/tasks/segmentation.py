@@ -27,6 +27,7 @@ from ..datasets.voc import VOCSegmentation, voc_palette
 from ..errors import MbtasksError
 from ..evaluation.segmentation import CityscapesEvaluator, ConfusionMatrix, format_cityscapes_table
 from ..io.images import read_label_png
+from ..io.outputs import replaced_atomically
 from .base import BaseDataModule, BaseTask
 
 # data.augmentation -> the random-scale range of the training crops (mmseg's recipe is 0.5..2.0)
@@ -236,11 +237,10 @@ class SegmentationTask(BaseTask):
 def _write_png(path: Path, image: np.ndarray | Image.Image) -> None:
     """Write via a temporary name and rename: DDP processes may both write an image the sampler repeated."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.png")
-    if isinstance(image, Image.Image):
-        image.save(temporary)
-    else:
-        array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-        if not cv2.imwrite(str(temporary), array):
-            raise MbtasksError("cannot write PNG", temporary)
-    os.replace(temporary, path)
+    with replaced_atomically(path) as temporary:
+        if isinstance(image, Image.Image):
+            image.save(temporary)
+        else:
+            array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+            if not cv2.imwrite(str(temporary), array):
+                raise MbtasksError("cannot write PNG", path)
