@@ -1,6 +1,15 @@
 """mbtasks: detection, segmentation and image-level tasks on MobileNet v1/v2/v3 backbones."""
 from .errors import MbtasksError
-from .models import build_backbone, build_model, list_models
 
 __all__ = ["MbtasksError", "build_backbone", "build_model", "list_models"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The builders import torch and torchvision (seconds): loaded on first use, so that `mbtasks --help` and the
+    # command line's own mistakes answer at once.
+    if name in ("build_backbone", "build_model", "list_models"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'mbtasks' has no attribute {name!r}")

@@ -2,20 +2,66 @@
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from .errors import MbtasksError
+from .errors import MbtasksError, missing_package
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its mistakes on one line, as every other user mistake (its default prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mbtasks: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _resolution(text: str) -> int | tuple[int, int]:
-    """'224' -> 224, '320x512' -> (320, 512) (height x width)."""
+    """'224' -> 224, '320x512' -> (320, 512) (height x width): positive integers."""
     try:
-        if "x" in text:
-            h, w = text.lower().split("x")
-            return int(h), int(w)
-        return int(text)
+        size = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"resolution must be N or HxW, got {text!r}") from None
+        size = ()
+    if len(size) not in (1, 2) or min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"resolution must be N or HxW (positive integers), got {text!r}")
+    return size[0] if len(size) == 1 else size
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer of at least {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _scales(text: str) -> list[float]:
+    """'0.75,1.0,1.25' -> [0.75, 1.0, 1.25]: positive numbers."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be positive numbers separated by commas, got {text!r}")
+    return values
 
 
 def _scales(text: str) -> list[float]:
@@ -71,7 +117,10 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def cmd_weights_import(args: argparse.Namespace) -> None:
+    from .io.outputs import output_file
     from .models.pretrained import save_imported
+
+    output_file(args.out)
 
     saved = save_imported(args.src, args.out, args.source, args.model)
     source = args.source or args.src.split(":")[0]
@@ -80,22 +129,28 @@ def cmd_weights_import(args: argparse.Namespace) -> None:
 
 def _config(args: argparse.Namespace, base: dict | None = None):
     from .config import load_config
-    from .tasks import TASKS
 
     config = load_config(args.config, args.set or [], task=args.task, base=base)
+    from .tasks import TASKS  # after the config's own checks: importing the tasks takes seconds
+
     if config.task not in TASKS:
         raise MbtasksError(f"task must be one of {', '.join(TASKS)}, got {config.task!r}", args.config)
     return config
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    config = _config(args)
+    _quiet_libraries()
     import pytorch_lightning as pl
 
+    from .io.records import read_checkpoint
     from .tasks import TASKS
-    from .tasks.trainer import build_trainer, check_train_settings
+    from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir
 
-    config = _config(args)
     check_train_settings(config.train)
+    if args.resume is not None:
+        read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
+    claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
     spec = TASKS.get(config.task)
     config.model.name = config.model.name or spec.default_model
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
@@ -104,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     data.setup("fit")
     task = spec.module(config.to_dict(), data.class_names, data.category_ids)
     trainer = build_trainer(config, spec.monitor)
-    trainer.fit(task, datamodule=data, ckpt_path=args.resume)
+    trainer.fit(task, datamodule=data, ckpt_path=args.resume, weights_only=True)
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path
         print(f"best {spec.monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
@@ -112,12 +167,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .io.outputs import output_file, output_folder
+
+    if args.json:
+        output_file(args.json)  # a bad output path is told before the work, not after it
+    if args.save_predictions:
+        output_folder(args.save_predictions)
     if args.task == "det" and (args.annotations or args.detections):
         return _evaluate_coco_files(args)
     if args.task == "seg" and (args.gt or args.predictions):
         return _evaluate_cityscapes_files(args)
     from .io.records import read_checkpoint
-    from .layers.fusion import for_inference
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
@@ -135,6 +195,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:
         record = read_checkpoint(args.checkpoint, args.task)
     config, data, task = _task_of_record(args, record)
+    _quiet_libraries()
+    from .layers.fusion import for_inference
+
     data.prepare_data()
     data.setup("validate")
     if list(data.class_names) != list(record.class_names):
@@ -189,22 +252,24 @@ def _task_of_record(args: argparse.Namespace, record):
     config file is given, on the machine at hand (one device of the accelerator there; a recipe's 8 GPUs are the
     training machine's), --set on top; the network is always the record's (weights not loaded)."""
     from .config import config_from_dict
-    from .tasks import TASKS
 
     at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1"]
     args = argparse.Namespace(**{**vars(args), "set": at_hand + (args.set or [])})
     config = _config(args, base=record.config if args.config is None else None)
     config.model = config_from_dict(record.config).model
     config.model.weights = config.model.backbone_weights = None
+    from .tasks import TASKS  # after the config's checks, as in _config
+
     spec = TASKS.get(config.task)
     return config, spec.data_module(config), spec.module(config.to_dict(), record.class_names, record.category_ids)
 
 
 def _print_metrics(args: argparse.Namespace, metrics: dict, table: str) -> None:
+    from .io.outputs import write_text_atomically
+
     print(table)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(_json_safe(metrics), f, indent=2)
+        write_text_atomically(args.json, json.dumps(_json_safe(metrics), indent=2))
 
 
 def _json_safe(value):
@@ -239,6 +304,7 @@ def _evaluate_cityscapes_files(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
+    _quiet_libraries()
     given = {"score_threshold": args.score_threshold, "scales": args.scales, "flip": args.flip or None,
              "threshold": args.threshold, "pairs": args.pairs}
     for line in predict(args.checkpoint, args.inputs, args.out, task=args.task,
@@ -248,13 +314,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export import export_onnx
+    from .io.outputs import output_file
     from .io.records import read_checkpoint
+
+    output_file(args.out)
+    record = read_checkpoint(args.checkpoint, args.task)  # the files are checked before the heavy imports
+    from .export import export_onnx
     from .layers.fusion import for_inference
 
-    if args.calibration < 1 or args.samples < 1:
-        raise MbtasksError("--calibration and --samples must be at least 1")
-    record = read_checkpoint(args.checkpoint, args.task)
     _, data, task = _task_of_record(args, record)
     task.model.load_state_dict(record.state_dict)
     report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
@@ -272,9 +339,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
+    from .datasets.synthetic import write_synthetic_once
     from .tasks import TASKS
 
-    TASKS.get(args.task).data_module.write_synthetic(args.out, seed=args.seed)
+    # As training writes it: never into a folder of other files, complete or not at all.
+    write_synthetic_once(args.out, TASKS.get(args.task).data_module.write_synthetic, {"seed": args.seed})
     print(f"wrote the embedded {args.task} data set to {args.out} (seed {args.seed})")
 
 
@@ -283,6 +352,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from .ablation import (default_config, parse_resolutions, parse_versions, parse_widths, plan_runs,
                            run_ablation, write_outputs)
     from .config import load_config
+    from .io.outputs import output_folder
 
     if args.task is None and args.config is None:
         raise MbtasksError("ablate needs --task (or a --config, whose task it takes)")
@@ -290,8 +360,6 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         from .tasks import TASKS
 
         TASKS.get(args.task)  # an unknown task is a one-line error
-    if args.runs < 0:
-        raise MbtasksError(f"--runs must be 0 or more, got {args.runs}")
     config_path = args.config or default_config(args.task)
     task = args.task or load_config(config_path).task
     versions = parse_versions(args.backbones)
@@ -299,8 +367,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
     runs = plan_runs(task, config_path, args.set or [], versions, widths, resolutions)  # the whole grid checked first
     print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {config_path} in {args.out}")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    rows = run_ablation(runs, config_path, args.out, args.profile_only, args.runs)
+    output_folder(args.out)
+    rows = run_ablation(runs, config_path, args.out, args.profile_only, args.runs, overwrite=args.overwrite)
     written = write_outputs(rows, args.out, args.profile_only, args.runs)
     failed = sum(row["status"] != "ok" for row in rows)
     print(f"{len(rows) - failed} runs done, {failed} failed; wrote {', '.join(str(path) for path in written)}")
@@ -319,7 +387,7 @@ PREDICT_OUTPUTS = ("Each photo's answer under --out at its relative path (photos
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mbtasks", description="Vision tasks on MobileNet backbones.")
+    parser = _Parser(prog="mbtasks", description="Vision tasks on MobileNet backbones.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("profile", help="parameters, multiply-adds and CPU latency")
@@ -328,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=_resolution, help="N or HxW (default 224; a detector's own size)")
     p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
                    help="a model option, e.g. reduced_tail=true (repeatable)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs for the median latency")
+    p.add_argument("--runs", type=_at_least(1), default=30, help="timed runs for the median latency")
     p.add_argument("--json", action="store_true", help="print one JSON object: params, madds, latency_ms")
     p.set_defaults(func=cmd_profile)
 
@@ -347,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model (Lightning)")
     _add_config_arguments(p)
     p.add_argument("--resume", help="checkpoint to resume from (e.g. OUT/checkpoints/last.ckpt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.out_dir holds an earlier run's checkpoints: remove them and train afresh")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="official metric of a checkpoint, or of a saved results file")
@@ -376,8 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="training checkpoint")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="file format (onnx)")
     p.add_argument("--int8", action="store_true", help="static int8 quantisation (QDQ, per-channel weights)")
-    p.add_argument("--calibration", type=int, default=100, help="int8: training images to calibrate on (default 100)")
-    p.add_argument("--samples", type=int, default=4,
+    p.add_argument("--calibration", type=_at_least(1), default=100,
+                   help="int8: training images to calibrate on (default 100)")
+    p.add_argument("--samples", type=_at_least(1), default=4,
                    help="validation images to compare onnxruntime with pytorch on (default 4)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.set_defaults(func=cmd_export)
@@ -389,11 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, folders (searched recursively for image extensions) and glob patterns")
     p.add_argument("--out", required=True, help="folder for the pictures and the JSON")
     p.add_argument("--task", help="check that the model is of this task (it comes from the file)")
-    p.add_argument("--batch-size", type=int, default=8, help="photos per forward pass (default 8)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading photos (default 2)")
+    p.add_argument("--batch-size", type=_at_least(1), default=8, help="photos per forward pass (default 8)")
+    p.add_argument("--workers", type=_at_least(0), default=2, help="DataLoader processes reading photos (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
     p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
-    p.add_argument("--score-threshold", type=float, help="det: draw boxes scoring at least this (default 0.3)")
+    p.add_argument("--score-threshold", type=_fraction, help="det: draw boxes scoring at least this (default 0.3)")
     p.add_argument("--scales", type=_scales,
                    help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
@@ -416,14 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="write an embedded data set in its real format")
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.set_defaults(func=cmd_data_synth)
 
     p = commands.add_parser(
         "ablate", help="train, evaluate and profile versions x widths x resolutions of a task",
         description="Every combination trained and evaluated on the task's config (default: its demo config in "
                     "configs/demo/ of the source tree), or only profiled; runs finished with the same settings are "
-                    "skipped on a rerun, a failed run is recorded and the rest go on. Writes results.csv, results.md "
+                    "skipped on a rerun, one finished with other settings is kept (the new run gets a folder of its "
+                    "own, or replaces it with --overwrite), a failed run is recorded and the rest go on. Writes "
+                    "results.csv, results.md "
                     "and PNG plots (metric against multiply-adds and latency; profile-only: latency against "
                     "multiply-adds) in --out.")
     _add_config_arguments(p)
@@ -436,7 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-only", action="store_true",
                    help="parameters, multiply-adds and latency only; classes from model.options.num_classes, "
                         "else the task's usual data set's (ImageNet's 1000 for cls)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs for the median latency (0: no latency)")
+    p.add_argument("--runs", type=_at_least(0), default=10, help="timed runs for the median latency (0: no latency)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a run finished before with other settings is replaced (default: kept, the new one runs in "
+                        "RUN-2, RUN-3, ...)")
     p.add_argument("--out", required=True, help="folder for results.csv, results.md, the plots and runs/")
     p.set_defaults(func=cmd_ablate)
     return parser
@@ -455,18 +531,43 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 
+def _fail(message: str) -> int:
+    print(f"mbtasks: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _lightning_refusal(error: Exception) -> bool:
+    """Lightning's MisconfigurationException (looked up only if Lightning was imported: profile never imports it)."""
+    exceptions = sys.modules.get("lightning_fabric.utilities.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.MisconfigurationException)
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """Python's, CUDA's (torch.OutOfMemoryError) or the CPU allocator's (a RuntimeError) report of too little memory."""
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; user mistakes print one line and exit 2."""
+    """Run a command. User mistakes print one line and exit 2; an unexpected error keeps its traceback (exit 1)."""
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "evaluate", "predict"):
-        _quiet_libraries()
     try:
         args.func(args)
     except MbtasksError as error:
         # Raised in a DataLoader worker, torch re-raises it with the worker's traceback: its last line is ours.
-        message = str(error).strip().splitlines()[-1].removeprefix("mbtasks.errors.MbtasksError: ")
-        print(f"mbtasks: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(str(error).strip().splitlines()[-1].removeprefix("mbtasks.errors.MbtasksError: "))
+    except ModuleNotFoundError as error:
+        if (error.name or "mbtasks").split(".")[0] == "mbtasks":
+            raise  # a module of mbtasks itself: a bug, not the user's installation
+        return _fail(str(missing_package(error.name)))
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if _lightning_refusal(error):
+            return _fail("Lightning refuses the settings: " + " ".join(str(error).split()))
+        if _out_of_memory(error):
+            # The sizes asked for (input size, batch size, devices) do not fit this machine: the user's to change.
+            return _fail(f"out of memory ({first_line[:200]}): use a smaller input size or batch size")
+        raise
     return 0
 
 

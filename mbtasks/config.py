@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,30 @@ import yaml
 
 from .errors import MbtasksError
 
+
+def _check(rule: str, test: Callable[[Any], bool]) -> dict:
+    """Field metadata: a value that fails `test` is an error "KEY RULE, got VALUE" (None passes where allowed)."""
+    return {"rule": rule, "test": test}
+
+
+def _at_least(low: int) -> dict:
+    return _check(f"must be at least {low}", lambda value: value >= low)
+
+
+def _positive() -> dict:
+    return _check("must be above 0", lambda value: value > 0)
+
+
+def _between(low: float, high: float) -> dict:
+    return _check(f"must be between {low} and {high}", lambda value: low <= value <= high)
+
+
+def _is_size(value: Any) -> bool:
+    """None (the model's own), N, or [H, W]: positive integers."""
+    if value is None:
+        return True
+    values = value if isinstance(value, (list, tuple)) and len(value) == 2 else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 @dataclass
@@ -32,41 +57,43 @@ class DataConfig:
     synth: dict = field(default_factory=dict)  # options of the synthetic writer (seed, sizes, counts)
     train_split: str = ""  # empty: the format's own name (train2017, train, ...)
     val_split: str = ""
-    size: Any = None  # input size: int or [h, w]; the model's own when None
+    # input size: int or [h, w]; the model's own when None
+    size: Any = field(default=None, metadata=_check("must be a positive integer or [height, width]", _is_size))
     augmentation: str = "default"
-    batch_size: int = 32
-    val_batch_size: int = 32
-    num_workers: int = 2
+    batch_size: int = field(default=32, metadata=_at_least(1))
+    val_batch_size: int = field(default=32, metadata=_at_least(1))
+    num_workers: int = field(default=2, metadata=_at_least(0))
 
 
 @dataclass
 class TrainConfig:
     """The optimisation recipe and the Lightning trainer's settings."""
 
-    epochs: int = 10
+    epochs: int = field(default=10, metadata=_at_least(1))
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
+    lr: float = field(default=0.1, metadata=_positive())
+    momentum: float = field(default=0.9, metadata=_between(0, 1))
+    weight_decay: float = field(default=4e-5, metadata=_at_least(0))
     nesterov: bool = False
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = field(default=0.0, metadata=_at_least(0))
     schedule: str = "cosine"  # cosine | poly | step | constant
-    poly_power: float = 0.9
-    lr_step_epochs: float = 2.0  # schedule "step": multiply by lr_gamma every this many epochs
-    lr_gamma: float = 0.973
-    label_smoothing: float = 0.0
+    poly_power: float = field(default=0.9, metadata=_positive())
+    # schedule "step": multiply by lr_gamma every this many epochs
+    lr_step_epochs: float = field(default=2.0, metadata=_positive())
+    lr_gamma: float = field(default=0.973, metadata=_positive())
+    label_smoothing: float = field(default=0.0, metadata=_between(0, 1))
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: Any = 1
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata=_at_least(1))
     strategy: str = "auto"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_between(0, 2**32 - 1))  # numpy's seed range
     out_dir: str = "runs/default"
-    val_every: int = 1
+    val_every: int = field(default=1, metadata=_at_least(1))
     limit_train_batches: Any = None
     limit_val_batches: Any = None
-    gradient_clip: float | None = None
-    log_every: int = 10
+    gradient_clip: float | None = field(default=None, metadata=_positive())
+    log_every: int = field(default=10, metadata=_at_least(1))
     progress_bar: bool = True
     warmup_factor: float = 0.001  # the warm-up's first learning rate, a factor of train.lr (torchvision's detection)
     sync_batchnorm: bool = False  # batch-norm statistics over all processes (Lightning's SyncBN)
@@ -101,11 +128,15 @@ def _build(cls, values: dict, where: str, source: str):
         )
     kwargs = {}
     for name, value in values.items():
+        key = f"{where + '.' if where else ''}{name}"
         sub = known[name].default_factory if dataclasses.is_dataclass(known[name].default_factory) else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(sub, value or {}, f"{where + '.' if where else ''}{name}", source)
+            kwargs[name] = _build(sub, value or {}, key, source)
         else:
-            kwargs[name] = _typed(value, known[name].type, f"{where + '.' if where else ''}{name}", source)
+            kwargs[name] = _typed(value, known[name].type, key, source)
+            check = known[name].metadata
+            if check and kwargs[name] is not None and not check["test"](kwargs[name]):
+                raise MbtasksError(f"{key} {check['rule']}, got {value!r}", source)
     return cls(**kwargs)
 
 

@@ -1,5 +1,4 @@
 """Pictures of predictions: text written on a photo, a colour map blended over it, and PNGs written safely."""
-import os
 from pathlib import Path
 
 import cv2
@@ -7,20 +6,20 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import MbtasksError
+from .io.outputs import replaced_atomically
 
 
 def write_png(path: Path, image: np.ndarray | Image.Image) -> None:
     """Write via a temporary name and rename: DDP processes may both write an image the sampler repeated, and an
     interrupted run leaves no half-written PNG under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.png")
-    if isinstance(image, Image.Image):
-        image.save(temporary)
-    else:
-        array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-        if not cv2.imwrite(str(temporary), array):
-            raise MbtasksError("cannot write PNG", temporary)
-    os.replace(temporary, path)
+    with replaced_atomically(path) as temporary:
+        if isinstance(image, Image.Image):
+            image.save(temporary)
+        else:
+            array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+            if not cv2.imwrite(str(temporary), array):
+                raise MbtasksError("cannot write PNG", path)
 
 
 def write_text(image: np.ndarray, lines: list[str]) -> np.ndarray:

@@ -30,6 +30,27 @@ def randomised(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def task_module(task: str, settings: list[str]):
+    """The task's LightningModule (untrained, seed 0) for these --set settings, on its data set's classes."""
+    from mbtasks.config import load_config
+    from mbtasks.tasks import TASKS
+
+    config = load_config(None, settings, task=task)
+    data = TASKS.get(task).data_module(config)
+    data.prepare_data()
+    data.setup("validate")
+    torch.manual_seed(0)
+    return TASKS.get(task).module(config.to_dict(), data.class_names, data.category_ids)
+
+
+def save_checkpoint(module, path: Path) -> Path:
+    """The module saved as a training checkpoint: its state and its record, as `mbtasks train` writes them."""
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
 def evaluate_with_one_and_two_processes(checkpoint: Path, out_dir: Path, val_batch_size: int,
                                         images: int) -> list[dict]:
     """The checkpoint's figures from `mbtasks evaluate` on one process and on two (DDP, gloo). Each run must report

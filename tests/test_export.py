@@ -10,7 +10,7 @@ import torch
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.ssd import SSD
 
-from helpers import TINY_IMAGE_DATA, randomised
+from helpers import TINY_IMAGE_DATA, randomised, save_checkpoint, task_module
 from mbtasks.cli import main
 from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
@@ -36,13 +36,7 @@ def _make_checkpoint(task: str, folder, extra: list[str] = ()) -> tuple[str, lis
     """A randomly initialised model (random batch-norm statistics) saved as a training checkpoint, on its tiny
     embedded data set; returns the checkpoint and the --set settings that reach the data."""
     settings = COMMON + SETTINGS[task] + list(extra) + [f"data.synth_dir={folder / 'data'}"]
-    config = load_config(None, settings, task=task)
-    data_class, task_class = TASKS.get(task).data_module, TASKS.get(task).module
-    data = data_class(config)
-    data.prepare_data()
-    data.setup("validate")
-    torch.manual_seed(0)
-    module = task_class(config.to_dict(), data.class_names, data.category_ids)
+    module = task_module(task, settings)
     randomised(module.model)
     # Spread the class scores out: near-ties would make the ranking (det) a matter of the last bit, and a random
     # segmenter predicts one class everywhere.
@@ -51,11 +45,7 @@ def _make_checkpoint(task: str, folder, extra: list[str] = ()) -> tuple[str, lis
         for layer in module.model.get_submodule(classifier).modules():
             if isinstance(layer, torch.nn.Conv2d) and layer.groups == 1:
                 layer.weight.data *= 30
-    checkpoint = {"state_dict": module.state_dict()}
-    module.on_save_checkpoint(checkpoint)
-    path = folder / f"{task}.ckpt"
-    torch.save(checkpoint, path)
-    return str(path), settings
+    return str(save_checkpoint(module, folder / f"{task}.ckpt")), settings
 
 
 @pytest.fixture(scope="module")

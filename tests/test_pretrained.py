@@ -6,7 +6,6 @@ import urllib.error
 from pathlib import Path
 
 import huggingface_hub
-import numpy as np
 import pytest
 import safetensors.torch
 import timm

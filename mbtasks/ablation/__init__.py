@@ -4,8 +4,8 @@ tables.
 Each run trains and evaluates in child processes of its own (`mbtasks train`, then `mbtasks evaluate` of its best
 checkpoint, the commands written to RUN_DIR/commands.json and their output to RUN_DIR/log.txt), so a crash in one run
 is recorded and the others go on; the parent then profiles the trained network. A run whose RUN_DIR/result.json holds
-a finished result for the same resolved config is not run again; one finished with other settings is run again in a
-fresh RUN_DIR.
+a finished result for the same resolved config is not run again. A run of other settings is never removed: the new one
+goes to RUN_DIR-2 (-3, ...), or replaces it with --overwrite. result.json is replaced whole, never half-written.
 """
 from .plan import Run, default_config, parse_resolutions, parse_versions, parse_widths, plan_runs
 from .report import write_outputs

@@ -1,17 +1,19 @@
-"""An ablation's outputs from its results rows: results.csv, results.md (the papers' table) and the plots."""
+"""An ablation's outputs from its results rows: results.csv, results.md (the papers' table) and the plots, each
+replaced whole (a kill while writing leaves the previous file)."""
 import csv
 from pathlib import Path
 
 import torch
 
 from ..backbones import BACKBONES
+from ..io.outputs import replaced_atomically, write_text_atomically
 
 COLUMNS = ["task", "version", "width", "resolution", "model", "params", "madds", "latency_ms", "paper_params",
            "paper_madds", "metric_name", "metric", "status", "error", "run"]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with replaced_atomically(path) as temporary, open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         for row in rows:
@@ -45,7 +47,7 @@ def write_markdown(rows: list[dict], path: Path, profile_only: bool, latency_run
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- {r['run']}: {r['error']}" for r in failed]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomically(path, "\n".join(lines) + "\n")
 
 
 def _paper(value: float | None) -> str:
@@ -73,7 +75,8 @@ def write_plot(rows: list[dict], x: str, y: str, path: Path, xlabel: str, ylabel
     axes.grid(alpha=0.3)
     axes.legend(title="version")
     figure.tight_layout()
-    figure.savefig(path)
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary)
     return True
 
 

@@ -1,4 +1,5 @@
-"""Running the grid: each run trained and evaluated in child processes, then profiled; finished runs are skipped."""
+"""Running the grid: each run trained and evaluated in child processes, then profiled; finished runs are skipped, and
+no run folder is removed but the same run's unfinished one, or one of other settings that --overwrite replaces."""
 import inspect
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import BACKBONES
+from ..io.outputs import write_text_atomically
 from ..io.records import Record, read_checkpoint
 from ..layers.fusion import for_inference
 from ..models import MODELS
@@ -105,7 +107,7 @@ def run_one(run: Run, config_path: Path, run_dir: Path, profile_only: bool, late
     task, spec = run.config.task, TASKS.get(run.config.task)
     row = {"task": task, "version": run.version.removeprefix("mobilenet_"), "width": run.width,
            "resolution": resolution_text(run.resolution), "model": run.model, "status": "ok", "error": "",
-           "run": run.name, "metric_name": "" if profile_only else spec.headline_metrics[0]}
+           "run": run_dir.name, "metric_name": "" if profile_only else spec.headline_metrics[0]}
     try:
         if profile_only:
             class_count = run.config.model.options.get("num_classes", spec.profile_classes)
@@ -136,25 +138,56 @@ def _settings(run: Run, profile_only: bool) -> dict:
     return json.loads(json.dumps({"config": config, "profile_only": profile_only}))  # as result.json reads back
 
 
+def read_result(run_dir: Path) -> dict:
+    """RUN_DIR/result.json ({"settings", "row"}; row None while the run is under way), or {} where there is none or
+    it cannot be read: such a folder is not taken for one of ours."""
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return result if isinstance(result, dict) and "settings" in result else {}
+
+
+def run_folder(runs_dir: Path, name: str, settings: dict, overwrite: bool) -> Path:
+    """Where the run `name` with these settings goes: the folder that holds them (NAME, or NAME-2, NAME-3, ... from
+    earlier changes of settings), else NAME-N, the first free one; with `overwrite`, NAME itself when it holds a run
+    of other settings. A folder without a readable result.json (not ours, or broken) is never chosen."""
+
+    def named(number: int) -> Path:
+        return runs_dir / (name if number == 1 else f"{name}-{number}")
+
+    suffixes = [p.name[len(name) + 1:] for p in runs_dir.glob(f"{name}-*")]
+    numbers = [1] + [int(suffix) for suffix in suffixes if suffix.isdigit()]
+    for number in sorted(numbers):
+        if read_result(named(number)).get("settings") == settings:
+            return named(number)
+    if overwrite and read_result(named(1)):
+        return named(1)
+    return named(next(n for n in range(1, len(numbers) + 2) if not named(n).exists()))
+
+
 def run_ablation(runs: list[Run], config_path: str | Path, out: str | Path, profile_only: bool = False,
-                 latency_runs: int = 10, log=print) -> list[dict]:
-    """Run (or reuse) every run of the grid under OUT/runs/<run name>; returns the results rows in grid order."""
+                 latency_runs: int = 10, log=print, overwrite: bool = False) -> list[dict]:
+    """Run (or reuse) every run of the grid under OUT/runs/ (run_folder); returns the results rows in grid order."""
     config_path = Path(config_path).resolve()
     rows = []
     for index, run in enumerate(runs, 1):
-        run_dir = Path(out).resolve() / "runs" / run.name
-        result_file = run_dir / "result.json"
         settings = _settings(run, profile_only)
-        previous = json.loads(result_file.read_text()) if result_file.is_file() else {}
-        if previous.get("settings") == settings and previous["row"]["status"] == "ok":
+        run_dir = run_folder(Path(out).resolve() / "runs", run.name, settings, overwrite)
+        previous = read_result(run_dir)
+        if previous.get("settings") == settings and (previous.get("row") or {}).get("status") == "ok":
             row, what = previous["row"], "finished before, skipped"
         else:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a stale checkpoint would make Lightning write best-v1.ckpt
-            run_dir.mkdir(parents=True)
+            # Ours (run_folder): this run unfinished or failed, or another one that --overwrite replaces. Its
+            # checkpoints would make the new `mbtasks train` refuse the folder.
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # Written first, so that an interrupted run's folder is known for ours; replaced whole, never half-written.
+            write_text_atomically(run_dir / "result.json", json.dumps({"settings": settings, "row": None}))
             row = run_one(run, config_path, run_dir, profile_only, latency_runs)
-            result_file.write_text(json.dumps({"settings": settings, "row": row}, indent=2))
+            write_text_atomically(run_dir / "result.json", json.dumps({"settings": settings, "row": row}, indent=2))
             what = _summary(row)
-        log(f"[{index}/{len(runs)}] {run.name}: {what}")
+        log(f"[{index}/{len(runs)}] {run_dir.name}: {what}")
         rows.append(row)
     return rows
 

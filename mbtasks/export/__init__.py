@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import MbtasksError
 from ..heads.lraspp import PaperPool
+from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS
 from .detection_graph import DetectionGraph
@@ -79,20 +80,21 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
                 "input_size": list(inputs[0].shape[-2:]) if fixed else None}
     if task == "det":
         settings["postprocess"] = graph.postprocess
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_file(out)
     calibrated = 0
     with tempfile.TemporaryDirectory() as scratch:
-        fp32 = Path(scratch) / "fp32.onnx"
+        fp32, quantised = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         _torch_export(graph, inputs[0], fp32, task, dynamic_size=not fixed)
         if int8:
             reader = calibration_reader(data.graph_inputs("train"), calibration)
-            quantize(fp32, out, reader)
+            quantize(fp32, quantised, reader)
             calibrated = len(reader)
-        proto = onnx.load(str(out if int8 else fp32))
+        proto = onnx.load(str(quantised if int8 else fp32))
     for key, value in ((RECORD_KEY, json.dumps(record.to_dict())), (EXPORT_KEY, json.dumps(settings))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(proto, str(out))
+    with replaced_atomically(out) as temporary:
+        onnx.save(proto, str(temporary))
     box_side = max(max(x.shape[-2:]) for x in inputs) if task == "det" else None
     report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, output_names(task)), len(inputs),
                           int8, box_side, calibrated)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import MbtasksError
+from ..errors import MbtasksError, missing_package
 from .records import RECORD_KEY, Record
 
 EXPORT_KEY = "export"
@@ -39,13 +39,13 @@ def create_session(path: str | Path, threads: int | None = None):
 
 
 def require(module: str):
-    """An optional dependency (the `export` extra), or one clear error."""
+    """An optional dependency (the `export` extra), or one clear error naming it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MbtasksError(f"ONNX export and ONNX Runtime need {module}: pip install 'mbtasks[export]'") from None
+        raise missing_package(module) from None
 
 
 def read_metadata(session, path: str | Path) -> tuple[Record, dict]:

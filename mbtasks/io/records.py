@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import MbtasksError
+from .outputs import output_file, replaced_atomically
 
 RECORD_KEY = "mbtasks"  # where a Lightning checkpoint keeps the record
 WEIGHTS_FORMAT = "mbtasks.weights/1"
@@ -98,10 +99,10 @@ def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
 
 def save_weights(path: str | Path, record: Record) -> None:
     """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": WEIGHTS_FORMAT, "model": record.model, "backbone": record.backbone,
-                "options": record.options, "class_names": record.class_names, "category_ids": record.category_ids,
-                "state_dict": record.state_dict}, path)
+    with replaced_atomically(output_file(path)) as temporary:
+        torch.save({"format": WEIGHTS_FORMAT, "model": record.model, "backbone": record.backbone,
+                    "options": record.options, "class_names": record.class_names,
+                    "category_ids": record.category_ids, "state_dict": record.state_dict}, temporary)
 
 
 def load_into(module: nn.Module, state_dict: dict, path: str | Path) -> None:

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins import LayerSync, TorchSyncBatchNorm
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ..config import Config, TrainConfig
 from ..errors import MbtasksError
+from ..io.outputs import output_folder
 from ..layers.sync_batchnorm import convert_batchnorm
 
 # train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
@@ -72,6 +74,22 @@ class RandomState(Callback):
         self._restore = None
 
 
+def claim_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """The training output folder, created; one that holds checkpoints of an earlier run is refused unless the run is
+    resumed, or `overwrite` asks to remove those checkpoints (else Lightning would write best-v1.ckpt beside
+    best.ckpt, and `evaluate OUT/checkpoints/best.ckpt` would score the old model)."""
+    out = output_folder(out_dir)
+    earlier = sorted((out / "checkpoints").glob("*.ckpt"))
+    if earlier and not resume:
+        if not overwrite:
+            raise MbtasksError(f"holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}): pass "
+                               f"--resume {out / 'checkpoints' / 'last.ckpt'} to continue it, --overwrite to replace "
+                               "it, or set train.out_dir to a new folder", out)
+        for checkpoint in earlier:
+            checkpoint.unlink(missing_ok=True)  # DDP processes each run this: another may have removed it
+    return out
+
+
 def layer_sync(train: TrainConfig) -> list[LayerSync]:
     """train.sync_batchnorm: Lightning's SyncBN on GPUs; torch's SyncBatchNorm is GPU-only, so CPU processes
     synchronise through an all_reduce."""
@@ -90,9 +108,11 @@ def check_train_settings(train: TrainConfig) -> None:
         value = getattr(train, key)
         if value is not None and value < 1:
             raise MbtasksError(f"train.{key} must be 1 or more, got {value}")
-    if train.accelerator == "cpu" and isinstance(train.devices, int) and train.devices > (os.cpu_count() or 1):
-        raise MbtasksError(f"train.devices is {train.devices} CPU processes but this machine has "
-                           f"{os.cpu_count()} cores")
+    on_cpu = train.accelerator == "cpu" or (train.accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and type(train.devices) is int and train.devices > (os.cpu_count() or 1):
+        # Lightning would start them all, one process per device: past the core count that only thrashes the machine.
+        raise MbtasksError(f"train.devices={train.devices} on the CPU starts {train.devices} processes on this "
+                           f"machine, which has {os.cpu_count()} CPUs")
     unknown = [name for name in train.loggers if name not in LOGGERS]
     if unknown:
         raise MbtasksError(f"unknown logger {unknown[0]!r} in train.loggers; known: {', '.join(LOGGERS)}")
@@ -146,6 +166,14 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
         extra["limit_train_batches"] = train.limit_train_batches
     if train.limit_val_batches is not None:
         extra["limit_val_batches"] = train.limit_val_batches
+    try:
+        return _trainer(train, out, callbacks, loggers, for_fit, extra)
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        # Lightning checks these settings itself (devices, strategy, precision, ...): its refusal is the user's mistake.
+        raise MbtasksError(f"Lightning refuses the train settings: {' '.join(str(error).split())}") from None
+
+
+def _trainer(train: TrainConfig, out: Path, callbacks: list, loggers, for_fit: bool, extra: dict) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=train.epochs,
         accelerator=train.accelerator,

@@ -1,0 +1,50 @@
+"""Where commands write: output folders checked (and created) before any work, files replaced atomically."""
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import MbtasksError
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """The folder, created with its parents if missing; one error if it cannot be created or written into."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise MbtasksError("is a file, not a folder to write into", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent that is a file, no permission, a read-only file system
+        raise MbtasksError(f"cannot create this output folder ({error.strerror or error})", folder) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MbtasksError("output folder is not writable", folder)
+    return folder
+
+
+def output_file(path: str | os.PathLike) -> Path:
+    """The file's folder checked as output_folder does; one error if the path is a folder."""
+    file = Path(path)
+    if file.is_dir():
+        raise MbtasksError("is a folder, not a file to write", file)
+    output_folder(file.parent)
+    return file
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, so writers pick the format from it) that replaces `path` when
+    the block ends without an error: a reader, or a rerun after a kill, sees the old file or the new one, never half."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through replaced_atomically."""
+    with replaced_atomically(path) as temporary:
+        temporary.write_text(text)
