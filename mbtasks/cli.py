@@ -64,14 +64,6 @@ def _scales(text: str) -> list[float]:
     return values
 
 
-def _scales(text: str) -> list[float]:
-    """'0.75,1.0,1.25' -> [0.75, 1.0, 1.25]."""
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"scales must be numbers separated by commas, got {text!r}") from None
-
-
 def cmd_profile(args: argparse.Namespace) -> None:
     from .models import build_model
     from .models.detectors import DETECTORS

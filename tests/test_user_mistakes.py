@@ -109,7 +109,8 @@ CASES = {
                                                         "{out}/x.onnx"]),
     # predict
     "predict_not_an_image": ("{in}/user/notes.txt: cannot decode image",
-                             ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/notes.txt", "--out", "{out}/p"]),
+                             ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/notes.txt", "--out", "{out}/p",
+                              "--strict"]),
     "score_threshold": ("argument --score-threshold: must be a number from 0 to 1, got '2'",
                         ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{out}/p",
                          "--score-threshold", "2"]),

@@ -84,6 +84,16 @@ class PhotoWriter(BasePredictionWriter):
             self.entries.append(task.write_prediction(self.out, item, answer))
 
 
+def refuse_writing_over_inputs(files: list, names: list[str], out: Path) -> None:
+    """No answer may replace a photo it was read from: an --out inside the inputs' folders could (photo.png's
+    drawing is OUT/photo.png; seg also writes under overlay/ and labels/)."""
+    inputs = {Path(file).resolve() for file in files}
+    for file, name in zip(files, names):
+        for folder in (out, out / "overlay", out / "labels"):
+            if (folder / name).resolve() in inputs:
+                raise MbtasksError("its drawing would replace an input image (choose another --out)", file)
+
+
 def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task: str | None = None,
             options: dict | None = None, batch_size: int = 8, workers: int = 2, device: str = "auto",
             strict: bool = False, progress_bar: bool = True) -> list[str]:
@@ -104,6 +114,7 @@ def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task:
             raise MbtasksError(f"--{key.replace('_', '-')} does not apply to a {record.task} model", model_file)
         module.prediction_options[key] = value
     files, names = find_images(inputs)
+    refuse_writing_over_inputs(files, names, out)
     module.prepare_predictions(files)
     hardware, devices = accelerator(device, runtime)
     transform = TASKS.get(record.task).data_module.predict_transform(module.config)
