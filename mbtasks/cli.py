@@ -1,6 +1,7 @@
 """The one entry point: `mbtasks COMMAND ...`."""
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -225,9 +226,9 @@ def _task_of_record(args: argparse.Namespace, record):
 def _print_metrics(args: argparse.Namespace, metrics: dict, table: str) -> None:
     from .io.outputs import write_text_atomically
 
-    print(table)
-    if args.json:
+    if args.json:  # first: the file is kept even when the reader of the table goes away (`| head`)
         write_text_atomically(args.json, json.dumps(_json_safe(metrics), indent=2))
+    print(table)
 
 
 def _json_safe(value):
@@ -472,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except BrokenPipeError:
+        # The reader of our output left (`mbtasks ... | head`): no traceback. Python's documented way out: stdout to
+        # devnull so that the interpreter's final flush does not fail again, and exit 1 as Python does on EPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except MbtasksError as error:
         # Raised in a DataLoader worker, torch re-raises it with the worker's traceback: its last line is ours.
         return _fail(str(error).strip().splitlines()[-1].removeprefix("mbtasks.errors.MbtasksError: "))
