@@ -416,9 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "configs/demo/ of the source tree), or only profiled; runs finished with the same settings are "
                     "skipped on a rerun, one finished with other settings is kept (the new run gets a folder of its "
                     "own, or replaces it with --overwrite), a failed run is recorded and the rest go on. Writes "
-                    "results.csv, results.md "
-                    "and PNG plots (metric against multiply-adds and latency; profile-only: latency against "
-                    "multiply-adds) in --out.")
+                    "results.csv, results.md and PNG plots (metric against multiply-adds and latency; profile-only: "
+                    "latency against multiply-adds) in --out.")
     _add_config_arguments(p)
     p.add_argument("--backbones", default="v1,v2,v3_large,v3_small", help="versions, e.g. v1,v3_large (default: all)")
     p.add_argument("--widths", action="append", metavar="[VERSION=]W,W",
