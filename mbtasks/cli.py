@@ -261,12 +261,10 @@ def _evaluate_cityscapes_files(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .io.outputs import output_folder
     from .predict import predict_detection
 
     if args.task != "det":
         raise MbtasksError(f"predict supports --task det, got {args.task!r}")
-    output_folder(args.out)
     for line in predict_detection(args.checkpoint, args.images, args.out, args.score_threshold):
         print(line)
 
