@@ -1,6 +1,7 @@
 """The one entry point: `mbtasks COMMAND ...`."""
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -259,9 +260,9 @@ def _task_of_record(args: argparse.Namespace, record):
 def _print_metrics(args: argparse.Namespace, metrics: dict, table: str) -> None:
     from .io.outputs import write_text_atomically
 
-    print(table)
-    if args.json:
+    if args.json:  # first: the file is kept even when the reader of the table goes away (`| head`)
         write_text_atomically(args.json, json.dumps(_json_safe(metrics), indent=2))
+    print(table)
 
 
 def _json_safe(value):
@@ -488,9 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "configs/demo/ of the source tree), or only profiled; runs finished with the same settings are "
                     "skipped on a rerun, one finished with other settings is kept (the new run gets a folder of its "
                     "own, or replaces it with --overwrite), a failed run is recorded and the rest go on. Writes "
-                    "results.csv, results.md "
-                    "and PNG plots (metric against multiply-adds and latency; profile-only: latency against "
-                    "multiply-adds) in --out.")
+                    "results.csv, results.md and PNG plots (metric against multiply-adds and latency; profile-only: "
+                    "latency against multiply-adds) in --out.")
     _add_config_arguments(p)
     p.add_argument("--backbones", default="v1,v2,v3_large,v3_small", help="versions, e.g. v1,v3_large (default: all)")
     p.add_argument("--widths", action="append", metavar="[VERSION=]W,W",
@@ -545,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except BrokenPipeError:
+        # The reader of our output left (`mbtasks ... | head`): no traceback. Python's documented way out: stdout to
+        # devnull so that the interpreter's final flush does not fail again, and exit 1 as Python does on EPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except MbtasksError as error:
         # Raised in a DataLoader worker, torch re-raises it with the worker's traceback: its last line is ours.
         return _fail(str(error).strip().splitlines()[-1].removeprefix("mbtasks.errors.MbtasksError: "))

@@ -151,6 +151,50 @@ def test_a_failed_run_is_recorded_and_the_rest_go_on(shapes, tmp_path):
     assert "- ssdlite320_mobilenet_v3_small_w0.25_r64: unknown option(s)" in table
 
 
+def _contents(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _classes(run_dir: Path) -> int:
+    return json.loads((run_dir / "result.json").read_text())["settings"]["config"]["model"]["options"]["num_classes"]
+
+
+def test_runs_of_other_settings_are_kept_and_overwrite_replaces_them(tmp_path):
+    out = tmp_path / "grid"
+    args = ["--task", "cls", "--profile-only", "--backbones", "v3_small", "--widths", "0.5", "--resolutions", "64",
+            "--runs", "0", "--out", str(out)]
+    ablate([*args, "--set", "model.options.num_classes=3"])
+    first = out / "runs" / "mobilenet_v3_small_w0.5_r64"
+    kept = _contents(first)
+    # Other settings: a run of its own beside the first, which stays as it was.
+    printed = ablate([*args, "--set", "model.options.num_classes=10"])
+    second = first.with_name(first.name + "-2")
+    assert "mobilenet_v3_small_w0.5_r64-2: " in printed and _contents(first) == kept and _classes(second) == 10
+    row, = read_rows(out)
+    assert row["run"] == second.name and int(row["params"]) == count_parameters(
+        build_model("mobilenet_v3_small", width_mult=0.5, num_classes=10))
+    # Each is found again by its settings.
+    assert "finished before, skipped" in ablate([*args, "--set", "model.options.num_classes=3"])
+    assert "finished before, skipped" in ablate([*args, "--set", "model.options.num_classes=10"])
+    # A folder whose result.json cannot be read (an older version killed while writing it, or not ours) is left alone.
+    broken = first.with_name(first.name + "-3")
+    broken.mkdir()
+    (broken / "result.json").write_text('{"settings": {"conf')
+    (broken / "mine.txt").write_text("a file of the user's")
+    untouched = _contents(broken)
+    assert "mobilenet_v3_small_w0.5_r64-4: " in ablate([*args, "--set", "model.options.num_classes=5"])
+    assert _contents(broken) == untouched
+    # --overwrite: the run of other settings in the run's own folder is replaced; the others stay.
+    assert "mobilenet_v3_small_w0.5_r64: " in ablate([*args, "--set", "model.options.num_classes=7", "--overwrite"])
+    assert _classes(first) == 7 and _classes(second) == 10 and _contents(broken) == untouched
+    # A run of the same settings that never finished (killed: its result.json has no row yet) runs again in place.
+    started = json.loads((first / "result.json").read_text())
+    (first / "result.json").write_text(json.dumps({**started, "row": None}))
+    (first / "stale.txt").write_text("left by the killed run")
+    assert "mobilenet_v3_small_w0.5_r64: " in ablate([*args, "--set", "model.options.num_classes=7"])
+    assert not (first / "stale.txt").exists() and read_rows(out)[0]["status"] == "ok"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--task", "pose"], "unknown task 'pose'; known: det, seg, attr, embed, cls"),
     (["--task", "cls", "--backbones", "v1,v4"], "unknown backbone 'v4' in --backbones; known: v1, v2, v3_large, "

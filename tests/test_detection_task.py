@@ -1,5 +1,6 @@
 """The detection task end to end on a tiny embedded data set: train, resume, evaluate, DDP, predict, errors."""
 import json
+import shutil
 
 import pytest
 
@@ -57,11 +58,29 @@ def test_backbone_loads_from_a_detection_checkpoint(run):
 
 def test_evaluate_checkpoint_prints_12_figures(run, tmp_path, capsys):
     root, _ = run
-    out = tmp_path / "m.json"
+    out = tmp_path / "figures" / "m.json"  # its folder is created
     assert main(["evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "evaluated 9 images" in printed and printed.count("Average Precision") == 6
     assert len(json.loads(out.read_text())) == 12
+
+
+def test_a_second_train_into_the_same_out_dir_needs_overwrite(run, tmp_path, capsys):
+    root, settings = run
+    out = tmp_path / "run"
+    shutil.copytree(root / "run", out)
+    before = {p: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    args = ["train", "--task", "det"] + [a for s in settings + [f"train.out_dir={out}"] for a in ("--set", s)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds checkpoints of an earlier run (best.ckpt, last.ckpt): pass --resume" in err[0]
+    assert {p: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before
+    assert not (out / "logs/version_1").exists()
+    # --overwrite: the new run's best.ckpt and last.ckpt, no best-v1.ckpt beside the old ones.
+    assert main(args + ["--overwrite", "--set", "train.seed=1"]) == 0
+    after = {p: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    assert sorted(p.name for p in after) == ["best.ckpt", "last.ckpt"]
+    assert all(after[p] != before[p] for p in after)
 
 
 def test_two_processes_give_the_same_map_as_one(run, tmp_path):

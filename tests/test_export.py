@@ -2,6 +2,7 @@
 int8, torchvision's detection post-processing reproduced, and one-line errors."""
 import json
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import onnx
@@ -29,6 +30,7 @@ SETTINGS = {
     "embed": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 16}", *TINY_IMAGE_DATA["embed"]],
     "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.5}", *TINY_IMAGE_DATA["cls"]],
 }
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIFFERENCE = re.compile(r"largest \|onnxruntime - pytorch\| difference: (\S+)")
 
 
@@ -170,6 +172,40 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
     assert re.match(r"evaluated [35] images", lines[0])
     figures = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= figures["AP" if task == "det" else "mean_class_iou"] <= 1
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread while a test trains: two threads on a shared 2-core machine spin more than they work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo_segmenter(tmp_path_factory, one_thread) -> str:
+    """The demo segmenter's recipe (configs/demo: LR-ASPP v3-Large on the embedded street scenes) trained for 8
+    epochs on 64 scenes at 64x128: a model that segments (class mIoU 0.59), as the demo's does, in a test's time."""
+    root = tmp_path_factory.mktemp("seg_demo")
+    settings = [f"data.synth_dir={root / 'data'}", "data.synth={seed: 0, num_train: 64, num_val: 12, size: [64, 128]}",
+                "data.size=[64, 128]", "train.epochs=8", f"train.out_dir={root / 'run'}", "train.progress_bar=false"]
+    args = ["train", "--config", str(CONFIGS / "demo" / "seg_cityscapes_synth.yaml")]
+    _run(args + [a for s in settings for a in ("--set", s)])
+    return str(root / "run" / "checkpoints" / "best.ckpt")
+
+
+def test_int8_costs_the_demo_segmenter_at_most_1_point_of_miou(demo_segmenter, tmp_path):
+    """What the README's int8 table says of the demo segmenter (class mIoU, int8 against PyTorch)."""
+    common = ["--set", "train.progress_bar=false"]
+    _run(["evaluate", "--checkpoint", demo_segmenter, "--json", str(tmp_path / "torch.json"), *common])
+    _run(["export", "--checkpoint", demo_segmenter, "--out", str(tmp_path / "int8.onnx"), "--int8", "--calibration",
+          "32"])
+    _run(["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "int8.onnx"), "--json",
+          str(tmp_path / "int8.json"), *common])
+    fp32, int8 = (json.loads((tmp_path / f"{name}.json").read_text())["mean_class_iou"] for name in ("torch", "int8"))
+    assert fp32 > 0.5  # it segments: a loss of a point means something
+    assert fp32 - int8 <= 0.01, (fp32, int8)
 
 
 @pytest.mark.parametrize("task", list(SETTINGS))

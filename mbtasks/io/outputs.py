@@ -11,8 +11,9 @@ from ..errors import MbtasksError
 def output_folder(path: str | os.PathLike) -> Path:
     """The folder, created with its parents if missing; one error if it cannot be created or written into."""
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise MbtasksError("is a file, not a folder to write into", folder)
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise MbtasksError("is a file, not a folder to write into", blocking)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a parent that is a file, no permission, a read-only file system
