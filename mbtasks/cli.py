@@ -222,8 +222,7 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
     data = spec.data_module(config)
     data.prepare_data()
     data.setup("validate")
-    task = spec.module(config.to_dict(), *spec.module.classes_of_weights(weights, data.class_names,
-                                                                         data.category_ids))
+    task = spec.module(config.to_dict(), data.class_names, data.category_ids)
     task.model = for_inference(task.model)
     _validate(args, config, data, task)
 

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
 # The image tasks' embedded sets, kept tiny (--set settings); the classification set has 9 validation images (odd,
@@ -97,3 +99,75 @@ def write_checkpoint(path: Path, task: str, class_names: list, category_ids: lis
     torch.save({RECORD_KEY: module.record().to_dict(),
                 "state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, path)
     return path
+
+
+def write_voc_folder(root: Path, count: int = 6, size: tuple[int, int] = (48, 64)) -> None:
+    """A tiny VOC 2012 layout: JPEG images and palette masks with a background, a box of one class and a boundary."""
+    from mbtasks.datasets.voc import voc_palette
+
+    palette = voc_palette()
+    rng = np.random.default_rng(0)
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    names = [f"2007_{i:06d}" for i in range(count)]
+    for name in names:
+        mask = np.zeros(size, np.uint8)
+        cls = int(rng.integers(1, 21))
+        y, x = int(rng.integers(0, size[0] // 2)), int(rng.integers(0, size[1] // 2))
+        mask[y:y + size[0] // 2, x:x + size[1] // 2] = cls
+        mask[y, x:x + size[1] // 2] = 255
+        image = palette[mask] // 2 + rng.integers(0, 60, (*size, 3)).astype(np.uint8)
+        Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg")
+        label = Image.fromarray(mask)
+        label.putpalette(palette.ravel().tolist())
+        label.save(root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[:4]) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[4:]) + "\n")
+
+
+def coco_category_names() -> list[str]:
+    """COCO's names by category id (0: background, "N/A" at the 10 unused ids), as torchvision's weights list them."""
+    from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
+    return list(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"])
+
+
+def write_coco_folder(root: Path, splits: dict[str, int] | None = None) -> Path:
+    """A COCO 2017 layout of real photos (scikit-image's, as 640x480 JPEGs): annotations/instances_{split}.json with
+    COCO's 80 categories under their real ids (1..90 with gaps), boxes of ids 1, 17, 18, 62 and 90, and a crowd
+    region stored as compressed RLE (as instances_val2017.json stores them)."""
+    from pycocotools import mask as coco_mask
+    from skimage import data
+
+    names = coco_category_names()
+    categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(names) if i and n != "N/A"]
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
+    annotation_id = 0
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, count in (splits or {"train2017": 4, "val2017": 2}).items():
+        (root / split).mkdir(exist_ok=True)
+        images, annotations = [], []
+        for index in range(count):
+            image_id = 139 + 1000 * index + (split == "val2017")
+            name = f"{image_id:012d}.jpg"
+            Image.fromarray(photos[index % len(photos)]).convert("RGB").resize((640, 480)).save(root / split / name,
+                                                                                                   quality=90)
+            images.append({"id": image_id, "file_name": name, "width": 640, "height": 480})
+            for j, (category, box) in enumerate(((1, [120, 40, 260, 420]), (17, [400, 220, 180, 200]),
+                                                 (18, [30, 300, 90, 120]), (62, [500, 20, 100, 90]),
+                                                 (90, [300, 400, 60, 40]))):
+                if (index + j) % 3 == 2:
+                    continue
+                annotation_id += 1
+                annotations.append({"id": annotation_id, "image_id": image_id, "category_id": category, "bbox": box,
+                                    "area": float(box[2] * box[3]), "iscrowd": 0, "segmentation": []})
+            crowd = np.zeros((480, 640), np.uint8, order="F")
+            crowd[10:110, 10:200] = 1
+            rle = coco_mask.encode(crowd)
+            annotation_id += 1
+            annotations.append({"id": annotation_id, "image_id": image_id, "category_id": 1, "iscrowd": 1,
+                                "bbox": [10.0, 10.0, 190.0, 100.0], "area": float(coco_mask.area(rle)),
+                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return root

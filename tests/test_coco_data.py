@@ -16,6 +16,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from mbtasks.datasets.coco import CocoDetection
+from mbtasks.datasets.samplers import SeededAugmentation
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.datasets.transforms import detection_transforms
 from mbtasks.errors import MbtasksError
@@ -173,15 +174,17 @@ def test_images_without_annotations_are_kept(shapes: dict[str, Path]) -> None:
         assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
 
 
-def test_workers_do_not_repeat_each_others_augmentations(shapes: dict[str, Path]) -> None:
-    ds = _val(shapes, train=True, transforms=detection_transforms("ssd", (64, 64), train=True, seed=0))
+def test_augmentations_are_seeded_per_sample_in_any_worker(shapes: dict[str, Path]) -> None:
+    """Training items go through SeededAugmentation: an (epoch, index) key gives the same augmentation in any loader
+    worker (what an exact resume needs), and the same image differs between epochs."""
+    transforms = detection_transforms("ssd", (64, 64), train=True, seed=0)
+    ds = _val(shapes, train=True, transforms=transforms)
     index = next(i for i, image_id in enumerate(ds.image_ids) if ds.coco.imgToAnns[image_id])
-    torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(ds, [index] * 4), batch_size=None, num_workers=2, collate_fn=lambda x: x
-    )
-    images = [image for image, _ in loader]
-    # Worker 0 makes items 0 and 2, worker 1 items 1 and 3: their first draws must differ.
+    keys = [(0, index), (1, index), (0, index), (1, index)]
+    loader = torch.utils.data.DataLoader(SeededAugmentation(ds, transforms, seed=0), sampler=keys, batch_size=None,
+                                         num_workers=2, collate_fn=lambda x: x)
+    images = [image for image, _ in loader]  # worker 0 makes items 0 and 2, worker 1 items 1 and 3
+    assert torch.equal(images[0], images[2]) and torch.equal(images[1], images[3])
     assert not torch.equal(images[0], images[1])
 
 

@@ -1,4 +1,4 @@
-"""The detection task end to end on a tiny embedded data set: train, resume, evaluate, DDP, predict, errors."""
+"""The detection task end to end on a tiny embedded data set: train, evaluate, DDP, predict, errors."""
 import json
 import shutil
 
@@ -30,17 +30,6 @@ def test_training_writes_checkpoints_and_logs(run):
     metrics = (root / "run/logs/version_0/metrics.csv").read_text()
     assert "val/mAP" in metrics and "train/loss" in metrics
     assert any((root / "run/tensorboard").rglob("events.out.tfevents.*"))
-
-
-def test_resume_continues_from_last_checkpoint(run, tmp_path):
-    root, settings = run
-    settings = [s for s in settings if not s.startswith(("train.epochs", "train.out_dir"))]
-    args = ["train", "--task", "det", "--resume", str(root / "run/checkpoints/last.ckpt")]
-    args += [a for s in settings + ["train.epochs=2", f"train.out_dir={tmp_path}"] for a in ("--set", s)]
-    assert main(args) == 0
-    import torch
-
-    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_backbone_loads_from_a_detection_checkpoint(run):

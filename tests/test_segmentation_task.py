@@ -1,4 +1,4 @@
-"""The segmentation task end to end on tiny embedded street scenes: train, resume, evaluate, save and score
+"""The segmentation task end to end on tiny embedded street scenes: train, evaluate, save and score
 predictions, DDP, VOC data, configs, and one-line errors for bad prediction folders."""
 import json
 import os
@@ -14,10 +14,9 @@ from mbtasks.config import load_config
 from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
 from mbtasks.errors import MbtasksError
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
-from mbtasks.datasets.voc import voc_palette
 from mbtasks.tasks.segmentation import SegmentationDataModule, SegmentationTask
 
-from helpers import evaluate_with_one_and_two_processes
+from helpers import evaluate_with_one_and_two_processes, write_voc_folder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MEANS = ("mean_class_iou", "mean_class_iiou", "mean_category_iou", "mean_category_iiou")
@@ -51,14 +50,6 @@ def test_training_writes_checkpoints_and_logs(run):
     assert record["task"] == "seg" and record["backbone"] == "mobilenet_v3_small" and record["category_ids"] == []
     assert record["options"] == {"width_mult": 0.5, "num_classes": 19}
     assert record["class_names"][:2] == ["road", "sidewalk"]
-
-
-def test_resume_continues_from_last_checkpoint(run, tmp_path):
-    root, settings = run
-    settings = [s for s in settings if not s.startswith(("train.epochs", "train.out_dir"))]
-    args = ["train", "--task", "seg", "--resume", str(root / "run/checkpoints/last.ckpt")]
-    assert main(_args(args, settings + ["train.epochs=2", f"train.out_dir={tmp_path}"])) == 0
-    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_evaluate_prints_the_official_table_and_saved_predictions_score_the_same(run, tmp_path, capsys):
@@ -98,29 +89,8 @@ def test_two_processes_give_the_same_miou_as_one(run, tmp_path):
     assert figures[0] == figures[1]
 
 
-def _voc_folder(root: Path, count: int = 6, size: tuple[int, int] = (48, 64)) -> None:
-    """A tiny VOC 2012 layout: JPEG images and palette masks with a background, a box of one class and a boundary."""
-    rng = np.random.default_rng(0)
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / folder).mkdir(parents=True)
-    names = [f"2007_{i:06d}" for i in range(count)]
-    for name in names:
-        mask = np.zeros(size, np.uint8)
-        cls = int(rng.integers(1, 21))
-        y, x = int(rng.integers(0, size[0] // 2)), int(rng.integers(0, size[1] // 2))
-        mask[y:y + size[0] // 2, x:x + size[1] // 2] = cls
-        mask[y, x:x + size[1] // 2] = 255
-        image = voc_palette()[mask] // 2 + rng.integers(0, 60, (*size, 3)).astype(np.uint8)
-        Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg")
-        label = Image.fromarray(mask)
-        label.putpalette(voc_palette().ravel().tolist())
-        label.save(root / "SegmentationClass" / f"{name}.png")
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[:4]) + "\n")
-    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[4:]) + "\n")
-
-
 def test_voc_data_gets_miou(tmp_path, capsys):
-    _voc_folder(tmp_path / "VOC2012")
+    write_voc_folder(tmp_path / "VOC2012")
     settings = [f"data.root={tmp_path}", "model.name=deeplabv3_mobilenet_v2", "model.options={width_mult: 0.35}",
                 "data.size=[48, 64]", "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0",
                 "train.epochs=1", "train.accelerator=cpu", "train.progress_bar=false", "train.schedule=poly",

@@ -7,7 +7,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,30 @@ def _check_structure(dataset: dict, path: Path) -> None:
             raise MbtasksError(f"annotation {ann['id']} has a bbox that is not finite", path)
 
 
+def coco_labels(coco: COCO, num_classes: int | None, names_by_id: Sequence[str], source: Path
+                ) -> tuple[list[int], list[str]]:
+    """(label -> category id, label -> class name) for a model of `num_classes` outputs (None: the data's count).
+
+    The data's K categories in id order are labels 1..K (a model of K + 1 outputs). A model of more outputs that label
+    by category id (torchvision's COCO detectors: 91 outputs for COCO's ids 1..90, "N/A" at unused ids) keeps its own
+    labels through this map: label = id. `names_by_id` (its weights' names by id, if any) must agree with the data's.
+    """
+    ids = sorted(coco.cats)
+    names = {c: coco.cats[c]["name"] for c in ids}
+    if num_classes is None or num_classes == len(ids) + 1:
+        return [0, *ids], ["__background__", *names.values()]
+    by_id = len(names_by_id) == num_classes or num_classes == ids[-1] + 1
+    if not by_id or num_classes <= ids[-1] or ids[0] < 1:
+        raise MbtasksError(f"the model has {num_classes} classes (model.options.num_classes or its weights), which "
+                           f"fits neither the data set's {len(ids)} categories + background ({len(ids) + 1}) nor "
+                           f"labels by category id (ids up to {ids[-1]}: {ids[-1] + 1})", source)
+    for c in ids:
+        if names_by_id and names_by_id[c] not in (names[c], "N/A"):
+            raise MbtasksError(f"category {c} is {names[c]!r} here but {names_by_id[c]!r} in the model's weights, "
+                               "which label by category id", source)
+    return list(range(num_classes)), ["__background__", *(names.get(c, "N/A") for c in range(1, num_classes))]
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Images of a COCO annotation file with their boxes; labels 1..K follow the sorted category ids (0 = background).
 
@@ -80,18 +104,19 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms: Callable[..., dict[str, Any]] | None = None,
         *,
         train: bool,
+        num_classes: int | None = None,
+        names_by_id: Sequence[str] = (),
     ):
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         self.transforms = transforms
         self.train = train
         self.coco = load_coco_json(self.annotation_file)
-        sorted_ids = sorted(self.coco.cats)
-        self.category_ids: list[int] = [0, *sorted_ids]  # label -> COCO category id; 0 stands for background
-        self.class_names: list[str] = ["__background__", *(self.coco.cats[c]["name"] for c in sorted_ids)]
+        # label -> COCO category id (0 stands for background) and label -> name
+        self.category_ids, self.class_names = coco_labels(self.coco, num_classes, names_by_id, self.annotation_file)
         self.image_ids: list[int] = sorted(self.coco.imgs)
-        self._targets = self._build_targets({c: label for label, c in enumerate(self.category_ids) if label})
-        self._seeded_worker: tuple[int, int] | None = None
+        self._targets = self._build_targets({c: label for label, c in enumerate(self.category_ids)
+                                             if label and c in self.coco.cats})
 
     def _build_targets(self, label_of: dict[int, int]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         targets, degenerate = {}, 0
@@ -160,7 +185,6 @@ class CocoDetection(torch.utils.data.Dataset):
         image = self.load_image(image_id)
         boxes, labels, iscrowd = self._targets[image_id]
         if self.transforms is not None:
-            self._reseed_transforms_in_worker()
             out = self.transforms(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
             image, boxes, labels, iscrowd = out["image"], out["bboxes"], out["labels"], out["iscrowd"]
         target = {
@@ -171,14 +195,3 @@ class CocoDetection(torch.utils.data.Dataset):
             "orig_size": (self.coco.imgs[image_id]["height"], self.coco.imgs[image_id]["width"]),
         }
         return image, target
-
-    def _reseed_transforms_in_worker(self) -> None:
-        # Forked DataLoader workers inherit one albumentations random state, so without this every worker (and,
-        # with non-persistent workers, every epoch) repeats the same augmentations. torch gives each worker a
-        # seed that differs per worker and per epoch and follows torch's own seed.
-        worker = torch.utils.data.get_worker_info()
-        if worker is None or self._seeded_worker == (worker.id, worker.seed):
-            return
-        if hasattr(self.transforms, "set_random_seed"):
-            self.transforms.set_random_seed(worker.seed % 2**32)
-        self._seeded_worker = (worker.id, worker.seed)

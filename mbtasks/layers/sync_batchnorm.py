@@ -5,10 +5,10 @@ sums with torch.distributed.nn's differentiable all_reduce, which gloo runs on C
 is batch norm on the local batch, with the same arithmetic.
 """
 import torch
-import torch.distributed as dist
-import torch.distributed.nn as dist_nn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .process_sums import sum_over_processes
 
 
 class AllReduceBatchNorm(_BatchNorm):
@@ -23,13 +23,15 @@ class AllReduceBatchNorm(_BatchNorm):
             return super().forward(x)
         dims, channels = [0, *range(2, x.dim())], self.num_features
         shape = [1, channels] + [1] * (x.dim() - 2)
-        count = torch.full((1,), x.numel() / channels, dtype=torch.float32, device=x.device)
-        sums = _all_reduce(torch.cat([x.float().sum(dims), count]))
+        # Statistics in float32 at least (half-precision sums overflow), in float64 for float64 training.
+        wide = x if x.dtype == torch.float64 else x.float()
+        count = torch.full((1,), x.numel() / channels, dtype=wide.dtype, device=x.device)
+        sums = sum_over_processes(torch.cat([wide.sum(dims), count]))
         total = sums[-1]
         mean = sums[:channels] / total
         # Two passes, as batch norm itself: the variance from squared deviations, not E[x^2] - E[x]^2, which loses
         # float32 digits when the mean is large.
-        var = _all_reduce((x.float() - mean.view(shape)).pow(2).sum(dims)) / total
+        var = sum_over_processes((wide - mean.view(shape)).pow(2).sum(dims)) / total
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -41,13 +43,6 @@ class AllReduceBatchNorm(_BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
-
-
-def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum over processes (differentiable), or the tensor itself without a process group."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist_nn.all_reduce(tensor)
-    return tensor
 
 
 def convert_batchnorm(module: nn.Module, to_sync: bool = True) -> nn.Module:

@@ -3,18 +3,30 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from torch import nn
 from torchvision.models.detection.ssd import SSD
 
 from ..backbones import BACKBONES
 from ..errors import MbtasksError
 from ..heads.ssdlite import SSDFeatures, default_boxes, extra_layers, normal_init, ssd_head
+from ..layers.process_sums import share_of_global_mean
 from .registry import register_model
 
 # The stride-16 expansion (v1: the stride-16 map itself) and the last map, as the v2 and v3 papers tap them.
 TAPS = ("C4_expand", "C5")
 # torchvision's SSDLite batch norm; the momentum is its training setting, the backbone keeps its own eps.
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03
+
+
+class SSDOverProcesses(SSD):
+    """torchvision's SSD whose MultiBox loss is normalised by the foreground anchors of every process's batch, as
+    one process with the whole batch would be (torchvision divides by its own process's count)."""
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, torch.Tensor]:
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        foreground = max(1, sum(int((matched >= 0).sum()) for matched in matched_idxs))  # torchvision's normaliser
+        return {name: share_of_global_mean(loss * foreground, foreground) for name, loss in losses.items()}
 
 
 def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: float = 1.0,
@@ -38,7 +50,7 @@ def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: fl
     features = SSDFeatures(backbone, TAPS, extra)
     anchors = default_boxes(len(features.out_channels), reduce_boxes_in_lowest_layer)
     head = ssd_head(features.out_channels, anchors.num_anchors_per_location(), num_classes, lite, norm, head_kernel)
-    model = SSD(features, anchors, (width, height), num_classes, image_mean=list(image_mean),
+    model = SSDOverProcesses(features, anchors, (width, height), num_classes, image_mean=list(image_mean),
                 image_std=list(image_std), head=head, score_thresh=score_thresh, nms_thresh=nms_thresh,
                 detections_per_img=detections_per_img, topk_candidates=topk_candidates, iou_thresh=iou_thresh)
     for module in model.modules():

@@ -60,13 +60,16 @@ class ArcFaceLoss(nn.Module):
     again, so there cos(theta) - margin * sin(margin) takes over (insightface's fallback).
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5):
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5,
+                 seed: int = 0):
         super().__init__()
         if num_classes < 2:
             raise MbtasksError(f"ArcFace needs at least 2 training identities, got {num_classes}")
         self.scale, self.margin = scale, margin
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
-        nn.init.xavier_uniform_(self.weight)
+        # Its own seeded generator: it is built when training starts, after Lightning has drawn from the global one
+        # by amounts that differ with the number of processes.
+        nn.init.xavier_uniform_(self.weight, generator=torch.Generator().manual_seed(seed))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cosine = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1 + 1e-7, 1 - 1e-7)

@@ -22,6 +22,7 @@ from ..backbones import BACKBONES, Backbone
 from ..errors import MbtasksError
 from ..heads.deeplabv3 import DeepLabV3Head, FCNHead
 from ..heads.lraspp import POOLINGS, LRASPPHead
+from ..layers.process_sums import share_of_global_mean
 from .registry import register_model
 
 LOW_TAP = "low"  # the first layer at stride 8
@@ -59,11 +60,13 @@ class Segmenter(nn.Module):
         return outputs
 
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-        """Cross-entropy of "out", plus `aux_loss_weight` times that of "aux" where present (torchvision's recipe)."""
-        loss = F.cross_entropy(outputs["out"], target, ignore_index=ignore_index)
+        """Cross-entropy of "out", plus `aux_loss_weight` times that of "aux" where present (torchvision's recipe),
+        averaged over the labelled pixels of every process's batch."""
+        loss = F.cross_entropy(outputs["out"], target, ignore_index=ignore_index, reduction="sum")
         if "aux" in outputs:
-            loss = loss + self.aux_loss_weight * F.cross_entropy(outputs["aux"], target, ignore_index=ignore_index)
-        return loss
+            loss = loss + self.aux_loss_weight * F.cross_entropy(outputs["aux"], target, ignore_index=ignore_index,
+                                                                 reduction="sum")
+        return share_of_global_mean(loss, (target != ignore_index).sum())
 
 
 def _resize(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

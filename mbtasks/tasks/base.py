@@ -237,12 +237,6 @@ class BaseTask(pl.LightningModule):
         """The metrics as evaluate prints them."""
         raise NotImplementedError
 
-    @staticmethod
-    def classes_of_weights(weights: Record, class_names: list[str], category_ids: list) -> tuple[list, list]:
-        """The classes a model evaluated with whole-model `weights` (no checkpoint) answers in: the data set's,
-        unless a task knows better (detection: the weights' own ids)."""
-        return class_names, category_ids
-
     # ---- prediction on photos: `mbtasks predict` ----
 
     def predict_step(self, batch: list[dict], batch_index: int) -> list:

@@ -13,7 +13,8 @@ from ..datasets.synthetic.shapes_coco import write_shapes_coco
 from ..datasets.transforms import detection_transforms
 from ..drawing import write_png
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
-from ..io.records import Record
+from ..errors import MbtasksError
+from ..models.pretrained import load_weights
 from .base import BaseDataModule, BaseTask
 
 
@@ -29,6 +30,18 @@ def detection_input_size(config: Config) -> tuple[int, int]:
 def augmentation_preset(config: Config) -> str:
     """data.augmentation, with "default" meaning torchvision's SSDLite recipe."""
     return "ssdlite" if config.data.augmentation == "default" else config.data.augmentation
+
+
+def detector_classes(config: Config) -> dict:
+    """The detector's class count (model.options.num_classes, else its whole-model weights'; None: the data's) and, for
+    weights that label by category id (torchvision's COCO detectors), their class names by id."""
+    num_classes, model = config.model.options.get("num_classes"), config.model
+    if not model.weights:
+        return {"num_classes": num_classes}
+    weights = load_weights(model.weights)
+    by_id = weights.category_ids == list(range(len(weights.class_names)))
+    return {"num_classes": num_classes or weights.options.get("num_classes"),
+            "names_by_id": list(weights.class_names) if by_id else []}
 
 
 def collate(batch: list) -> tuple:
@@ -70,13 +83,17 @@ class DetectionDataModule(BaseDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         preset = augmentation_preset(self.config)
+        labels = detector_classes(self.config)
         if self.val_set is None:
             self.val_set = CocoDetection(self.root / self.val_split, self.val_annotation_file,
-                                         detection_transforms(preset, self.size, train=False), train=False)
+                                         detection_transforms(preset, self.size, train=False), train=False, **labels)
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = detection_transforms(preset, self.size, train=True, seed=self.config.train.seed)
             self.train_set = CocoDetection(self.root / self.train_split, self.annotation_file(self.train_split),
-                                           self.train_transform, train=True)
+                                           self.train_transform, train=True, **labels)
+            if self.train_set.category_ids != self.val_set.category_ids:
+                raise MbtasksError(f"has other categories than {self.val_annotation_file.name}",
+                                   self.annotation_file(self.train_split))
 
     @property
     def class_names(self) -> list[str]:
@@ -96,6 +113,13 @@ class DetectionTask(BaseTask):
     prediction_file = "detections.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
+        given = options.get("num_classes", len(self.class_names))
+        if given != len(self.class_names):
+            raise MbtasksError(f"model.options.num_classes is {given} but the data set gives {len(self.class_names)} "
+                               "labels")
+        # The class count goes into the recipe, so a checkpoint's data module maps labels as training did (by
+        # category id for a model of COCO's 91 ids) without the weights file.
+        self.config.model.options["num_classes"] = len(self.class_names)
         return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
                       **options}
 
@@ -120,9 +144,9 @@ class DetectionTask(BaseTask):
 
     def score(self, merged: dict) -> dict:
         data = self.trainer.datamodule
-        # Weights that answer in more categories than the data set has (torchvision's 91 COCO ids, "N/A" among them):
+        # A model labelling by category id answers in ids the data set lacks too ("N/A" among torchvision's 91):
         # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
-        known = set(data.category_ids)
+        known = set(data.val_set.coco.cats)
         results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
         return coco_metrics(data.val_annotation_file, results, image_ids=sorted(merged))
 
@@ -132,15 +156,6 @@ class DetectionTask(BaseTask):
     def metrics_table(self) -> str:
         """The 12 COCO figures as pycocotools prints them."""
         return format_coco_table(self.metrics)
-
-    @staticmethod
-    def classes_of_weights(weights: Record, class_names: list[str], category_ids: list) -> tuple[list, list]:
-        """The weights' classes where they label by category id and agree with the data set on every category it
-        has (torchvision's COCO detectors: label = COCO category id, 91 of them), else the data set's."""
-        theirs = dict(zip(weights.category_ids, weights.class_names))
-        if theirs and all(theirs.get(i) == name for i, name in zip(category_ids[1:], class_names[1:])):
-            return list(weights.class_names), list(weights.category_ids)
-        return class_names, category_ids
 
     # ---- predict ----
 

@@ -108,7 +108,8 @@ class EmbeddingsTask(BaseTask):
             return
         data = self.trainer.datamodule
         if self.loss_name == "arcface":
-            self.margin_loss = ArcFaceLoss(self.embedding_dim, data.num_identities, **self.loss_spec)
+            self.margin_loss = ArcFaceLoss(self.embedding_dim, data.num_identities, **self.loss_spec,
+                                           seed=self.config.train.seed)
         elif self.loss_name == "triplet":
             self.margin_loss = TripletLoss(**self.loss_spec)
         if self.distillation_spec:
