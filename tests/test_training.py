@@ -80,14 +80,18 @@ def test_a_run_killed_and_resumed_is_the_same_run(tmp_path):
     resumed = _train(*common, "--set", f"train.out_dir={tmp_path / 'killed'}", "--resume", str(last))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    a, b = _weights(tmp_path / "straight/checkpoints/last.ckpt"), _weights(last)
+    _assert_the_same_run(tmp_path / "straight", tmp_path / "killed", steps=6)
+
+
+def _assert_the_same_run(straight: Path, resumed: Path, steps: int) -> None:
+    """The same weights within 1e-6, the same loss (the same batches) and learning rate at every step."""
+    a, b = _weights(straight / "checkpoints/last.ckpt"), _weights(resumed / "checkpoints/last.ckpt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6, rtol=0), key
-    # The same batches (the same loss at every step) and the same learning rate at every step.
     for column in ("train/loss", "lr-SGD/pg1"):
-        straight_values, resumed_values = _logged(tmp_path / "straight", column), _logged(tmp_path / "killed", column)
-        assert len(straight_values) == 6 and straight_values.keys() == resumed_values.keys(), column
+        straight_values, resumed_values = _logged(straight, column), _logged(resumed, column)
+        assert len(straight_values) == steps and straight_values.keys() == resumed_values.keys(), column
         for step, value in straight_values.items():
             assert resumed_values[step] == pytest.approx(value, abs=1e-6), (column, step)
 
@@ -132,14 +136,7 @@ def test_a_detector_or_segmenter_killed_and_resumed_is_the_same_run(task, tmp_pa
     last = tmp_path / "killed/checkpoints/last.ckpt"
     resumed = _train_task(task, *common, f"train.out_dir={tmp_path / 'killed'}", resume=last)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = _weights(tmp_path / "straight/checkpoints/last.ckpt"), _weights(last)
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6, rtol=0), key
-    for column in ("train/loss", "lr-SGD/pg1"):
-        straight_values, resumed_values = _logged(tmp_path / "straight", column), _logged(tmp_path / "killed", column)
-        assert len(straight_values) == 4 and straight_values.keys() == resumed_values.keys(), column
-        for step, value in straight_values.items():
-            assert resumed_values[step] == pytest.approx(value, abs=1e-6), (column, step)
+    _assert_the_same_run(tmp_path / "straight", tmp_path / "killed", steps=4)
 
 
 @pytest.mark.parametrize("task", TWO_PROCESS_TASKS)
