@@ -4,6 +4,7 @@ on this machine and the fastest is kept (`choose`). All of them: uint8 activatio
 images pre-processed as at evaluation; in QDQ, h-swish rewritten to int8 arithmetic (int8_hard_sigmoid); all of a
 detector but its network, and the segmentation logits' final upsampling, stay float.
 """
+import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -94,11 +95,18 @@ def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATE
                 or (candidate.float_depthwise and _depthwise(node))]
     # uint8 activations, int8 weights: ONNX Runtime's fast path on x86 (int8 activations were 2.6x slower here);
     # MinMax ranges cost the demos 0.01 points or less.
-    quantize_static(str(prepared), str(out), reader, quant_format=getattr(QuantFormat, candidate.quant_format),
-                    per_channel=candidate.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-                    # One image at a time, ranges merged: a whole set's intermediate tensors would not fit in memory.
-                    extra_options={"CalibStridedMinMax": 1})
+    # ONNX Runtime warns of each integer tensor it leaves alone (shapes, in QOperator): expected, not news.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_static(str(prepared), str(out), reader, quant_format=getattr(QuantFormat, candidate.quant_format),
+                        per_channel=candidate.per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=excluded,
+                        # One image at a time, ranges merged: a whole set's intermediate tensors would not fit in
+                        # memory.
+                        extra_options={"CalibStridedMinMax": 1})
+    finally:
+        logging.disable(logging.NOTSET)
     model = onnx.load(str(out))
     int8_hard_sigmoid(model)
     onnx.save(model, str(out))
