@@ -318,9 +318,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     task.model.load_state_dict(record.state_dict)
     report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
                          calibration=args.calibration, samples=args.samples)
-    kind = f"int8 (QDQ, calibrated on {report.calibration_images} training images)" if args.int8 else "fp32"
+    kind = (f"int8 ({report.int8_choice['chosen']}, calibrated on {report.calibration_images} training images)"
+            if args.int8 else "fp32")
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record.task} {record.model}, {kind}")
     print(report.summary())
+    if args.int8:
+        print(report.choice_summary())
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -437,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p)
     p.add_argument("--checkpoint", required=True, help="training checkpoint")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="file format (onnx)")
-    p.add_argument("--int8", action="store_true", help="static int8 quantisation (QDQ, per-channel weights)")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantisation, the fastest here of a few ways (QDQ or QOperator, per-channel or "
+                   "per-tensor weights, depthwise convolutions int8 or fp32), timed at export")
     p.add_argument("--calibration", type=_at_least(1), default=100,
                    help="int8: training images to calibrate on (default 100)")
     p.add_argument("--samples", type=_at_least(1), default=4,

@@ -16,6 +16,7 @@ from mbtasks.cli import main
 from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
 from mbtasks.export.detection_graph import BoxDecoder, SelectDetections
+from mbtasks.export.int8 import CANDIDATES, CHOICE_RUNS, choose, prepare
 from mbtasks.io.onnx_runtime import create_session, load_onnx_model
 from mbtasks.io.records import read_checkpoint
 from mbtasks.layers.fusion import for_inference
@@ -32,6 +33,8 @@ SETTINGS = {
 }
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIFFERENCE = re.compile(r"largest \|onnxruntime - pytorch\| difference: (\S+)")
+CHOICE = re.compile(r"int8 chosen by measurement: (?P<chosen>.+) \((?P<ratio>\S+)x of fp32\); median ms of \d+ runs "
+                    r"on a \d+x\d+ input, \d+ threads: fp32 \S+, ")
 
 
 def _make_checkpoint(task: str, folder, extra: list[str] = ()) -> tuple[str, list[str]]:
@@ -152,13 +155,26 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
     checkpoint, _, fp32, _ = exported[task]
     out = tmp_path / f"{task}_int8.onnx"
     lines = _run(["export", "--checkpoint", checkpoint, "--out", str(out), "--int8", "--calibration", "3"])
-    assert "int8 (QDQ, calibrated on 3 training images)" in lines[0] and DIFFERENCE.match(lines[1])
+    choice = CHOICE.match(lines[2])
+    assert choice and f"int8 ({choice['chosen']}, calibrated on 3 training images)" in lines[0], lines
+    assert DIFFERENCE.match(lines[1])
+    # The export settings keep the choice and every time measured; the choice is the fastest of them.
+    settings = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["export"])["int8_choice"]
+    ms = settings["ms"]
+    assert set(ms) == {"fp32", *(c.name for c in CANDIDATES)} and all(v > 0 for v in ms.values())
+    assert settings["chosen"] == choice["chosen"] == min((c.name for c in CANDIDATES), key=ms.get)
+    assert settings["threads"] == torch.get_num_threads() and settings["runs"] == CHOICE_RUNS
+    candidate = next(c for c in CANDIDATES if c.name == choice["chosen"])
     graph = onnx.load(str(out)).graph
-    quantised = {node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
-    convs = [node for node in graph.node if node.op_type == "Conv"]
-    assert convs and all(node.input[1] in {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-                         for node in convs)  # every conv reads int8 weights
-    assert not any(node.op_type == "HardSigmoid" for node in graph.node)  # h-swish rewritten to int8 arithmetic
+    quantised = [node for node in graph.node if node.op_type in ("DequantizeLinear", "QLinearConv")]
+    if candidate.quant_format == "QDQ":
+        weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        convs = [node for node in graph.node if node.op_type == "Conv"]
+        assert convs and all(node.input[1] in weights for node in convs
+                             if not (candidate.float_depthwise and _group(node) > 1))  # int8 weights
+        assert not any(node.op_type == "HardSigmoid" for node in graph.node)  # h-swish rewritten to int8 arithmetic
+    else:
+        assert any(node.op_type == "QLinearConv" for node in graph.node)
     if task == "det":  # box decoding and softmax stay float
         decoder = [node for node in graph.node if node.name.startswith("/decode/")]
         assert decoder and not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in decoder)
@@ -172,6 +188,48 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
     assert re.match(r"evaluated [35] images", lines[0])
     figures = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= figures["AP" if task == "det" else "mean_class_iou"] <= 1
+
+
+def _group(node) -> int:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+
+
+def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_path):
+    """A tiny inverted residual (1x1, h-swish, 3x3 depthwise, ReLU, 1x1): each candidate's graph, and the choice."""
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), torch.nn.Hardswish(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 1)).eval()
+    example = torch.rand(3, 24, 32)
+    with torch.no_grad():
+        torch.onnx.export(block, (example[None],), str(tmp_path / "fp32.onnx"), input_names=["images"],
+                          opset_version=17, dynamo=False)
+    fp32 = tmp_path / "fp32.onnx"
+    chosen, ms = choose(fp32, prepare(fp32), example, tmp_path, runs=2)
+    assert set(ms) == {"fp32", *(c.name for c in CANDIDATES)}
+    assert chosen.name == min((c.name for c in CANDIDATES), key=ms.get)
+    for index, candidate in enumerate(CANDIDATES):
+        graph = onnx.load(str(tmp_path / f"candidate{index}.onnx")).graph
+        initializers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+        if candidate.quant_format == "QOperator":
+            convs = [node for node in graph.node if node.op_type == "QLinearConv"]
+            assert len(convs) == 3 and not any(node.op_type == "Conv" for node in graph.node)
+            weight_scales = [initializers[node.input[4]] for node in convs]
+        else:
+            convs = {_group(node): node for node in graph.node if node.op_type == "Conv"}
+            dequantise = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
+            # Depthwise fp32: its weights stay float (and ONNX Runtime is told not to quantise them itself).
+            assert (convs[16].input[1] in initializers) == candidate.float_depthwise
+            assert candidate.disabled_optimizers == (["WeightBiasQuantization"] if candidate.float_depthwise else [])
+            weight_scales = [initializers[dequantise[node.input[1]].input[1]] for node in graph.node
+                             if node.op_type == "Conv" and node.input[1] in dequantise]
+            assert not any(node.op_type == "HardSigmoid" for node in graph.node)
+        assert weight_scales and all((scale.size > 1) == candidate.per_channel for scale in weight_scales)
+        session = create_session(tmp_path / f"candidate{index}.onnx", disabled_optimizers=candidate.disabled_optimizers)
+        with torch.no_grad():
+            want = block(example[None]).numpy()
+        got = session.run(None, {"images": example[None].numpy()})[0]
+        assert abs(got - want).max() < 0.05 * abs(want).max()  # int8, calibrated on this very input
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS
 from .detection_graph import DetectionGraph
-from .int8 import calibration_reader, quantize
+from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize
 from ..io.onnx_runtime import EXPORT_KEY, create_session, require
 
 OPSET = 17
@@ -51,6 +51,7 @@ class ExportReport:
     int8: bool
     box_side: int | None = None  # det: the longest image side boxes are measured against
     calibration_images: int = 0  # int8: how many training images set the ranges
+    int8_choice: dict | None = None  # int8: the way chosen and the median ms of each way tried (`choose`)
 
     @property
     def largest_difference(self) -> float:
@@ -62,6 +63,14 @@ class ExportReport:
                  for k, v in self.differences.items()]
         return (f"largest |onnxruntime - pytorch| difference: {self.largest_difference:.3g} ({', '.join(parts)}; "
                 f"{self.num_samples} validation images{'; int8 is not held to 1e-4' if self.int8 else ''})")
+
+    def choice_summary(self) -> str:
+        """int8: the way chosen and what each way tried measured, as one line."""
+        choice, ms = self.int8_choice, self.int8_choice["ms"]
+        times = ", ".join(f"{name} {value:.3g}" for name, value in ms.items())
+        return (f"int8 chosen by measurement: {choice['chosen']} ({ms[choice['chosen']] / ms['fp32']:.2f}x of fp32); "
+                f"median ms of {choice['runs']} runs on a {'x'.join(map(str, choice['input']))} input, "
+                f"{choice['threads']} threads: {times}")
 
 
 def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, out: str | Path, *, int8: bool = False,
@@ -81,14 +90,23 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
     if task == "det":
         settings["postprocess"] = graph.postprocess
     output_file(out)
-    calibrated = 0
+    calibrated, choice = 0, None
     with tempfile.TemporaryDirectory() as scratch:
         fp32, quantised = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         _torch_export(graph, inputs[0], fp32, task, dynamic_size=not fixed)
         if int8:
-            reader = calibration_reader(data.graph_inputs("train"), calibration)
-            quantize(fp32, quantised, reader)
+            images = data.graph_inputs("train")
+            prepared = prepare(fp32)
+            # Chosen on the first calibration image, at the threads the file will run with here.
+            chosen, times = choose(fp32, prepared, images[0], Path(scratch))
+            reader = calibration_reader(images, calibration)
+            quantize(prepared, quantised, reader, chosen)
             calibrated = len(reader)
+            choice = {"chosen": chosen.name, "ms": times, "runs": CHOICE_RUNS, "threads": torch.get_num_threads(),
+                      "input": list(images[0].shape[-2:])}
+            settings["int8_choice"] = choice
+            if chosen.disabled_optimizers:
+                settings["disabled_optimizers"] = chosen.disabled_optimizers
         proto = onnx.load(str(quantised if int8 else fp32))
     for key, value in ((RECORD_KEY, json.dumps(record.to_dict())), (EXPORT_KEY, json.dumps(settings))):
         entry = proto.metadata_props.add()
@@ -97,7 +115,7 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
         onnx.save(proto, str(temporary))
     box_side = max(max(x.shape[-2:]) for x in inputs) if task == "det" else None
     report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, output_names(task)), len(inputs),
-                          int8, box_side, calibrated)
+                          int8, box_side, calibrated, choice)
     if not int8 and report.largest_difference > TOLERANCE:
         raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
                            "for inspection", out)

@@ -1,14 +1,46 @@
-"""int8 quantisation of an exported fp32 graph: quantize_static in QDQ format, per-channel int8 weights, uint8
-activations calibrated (MinMax) on training images pre-processed as at evaluation; h-swish rewritten to int8
-arithmetic (int8_hard_sigmoid); all of a detector but its network, and the segmentation logits' final upsampling, stay
-float.
+"""int8 quantisation of an exported fp32 graph, chosen by measurement: a few ways to quantise (CANDIDATES: QDQ or
+QOperator, per-channel or per-tensor int8 weights, depthwise convolutions int8 or fp32) are each timed in ONNX Runtime
+on this machine and the fastest is kept (`choose`). All of them: uint8 activations calibrated (MinMax) on training
+images pre-processed as at evaluation; in QDQ, h-swish rewritten to int8 arithmetic (int8_hard_sigmoid); all of a
+detector but its network, and the segmentation logits' final upsampling, stay float.
 """
+import logging
+import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
+from ..io.onnx_runtime import create_session
 from .detection_graph import DECODER
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to quantise: ONNX Runtime's graph format, int8 weight scales per output channel or per tensor, and
+    depthwise convolutions in int8 or left fp32."""
+
+    name: str
+    quant_format: str = "QDQ"  # "QDQ" or "QOperator"
+    per_channel: bool = True
+    float_depthwise: bool = False
+
+    @property
+    def disabled_optimizers(self) -> list[str]:
+        """ONNX Runtime's graph passes the file must run without. Its WeightBiasQuantization quantises a float-weight
+        Conv that reads a DequantizeLinear and feeds a QuantizeLinear: a depthwise conv left fp32 stays fp32 only
+        without it (an ONNX Runtime without that pass ignores the name)."""
+        return ["WeightBiasQuantization"] if self.float_depthwise else []
+
+
+# Few on purpose, and few timed runs: each is quantised and timed at every int8 export.
+CANDIDATES = (Candidate("QDQ per-channel"), Candidate("QDQ per-tensor", per_channel=False),
+              Candidate("QOperator per-channel", quant_format="QOperator"),
+              Candidate("QDQ per-channel, depthwise fp32", float_depthwise=True))
+CHOICE_RUNS = 5
 
 
 def calibration_reader(images: Dataset, count: int):
@@ -36,14 +68,21 @@ def calibration_reader(images: Dataset, count: int):
     return Reader()
 
 
-def quantize(fp32: Path, out: Path, reader) -> None:
-    """`fp32` quantised to int8 into `out`, its activation ranges set on what `reader` gives."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def prepare(fp32: Path) -> Path:
+    """`fp32` through ONNX Runtime's pre-processing for quantisation (shape inference, basic fusions), beside it."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = fp32.with_name("prepared.onnx")
-    quant_pre_process(str(fp32), str(prepared))  # shape inference and ORT's basic fusions before quantising
+    prepared = fp32.with_name(f"{fp32.stem}_prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared))
+    return prepared
+
+
+def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATES[0]) -> None:
+    """`prepared` (see `prepare`) quantised to int8 as `candidate` says into `out`, its activation ranges set on what
+    `reader` gives."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     graph = onnx.load(str(prepared)).graph
     outputs = {output.name for output in graph.output}
     # Left float: everything of a detector but its network (resizing, normalisation, box decoding, softmax, selection,
@@ -52,17 +91,63 @@ def quantize(fp32: Path, out: Path, reader) -> None:
     detector = any(node.name.startswith(f"/{DECODER}/") for node in graph.node)
     excluded = [node.name for node in graph.node
                 if (detector and node.name.startswith("/") and not node.name.startswith(("/backbone/", "/head/")))
-                or (node.op_type == "Resize" and node.output[0] in outputs)]
-    # uint8 activations, int8 weights per output channel: ONNX Runtime's fast path on x86 (int8 activations were
-    # 2.6x slower here); MinMax ranges cost the demos 0.01 points or less.
-    quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-                    # One image at a time, ranges merged: a whole set's intermediate tensors would not fit in memory.
-                    extra_options={"CalibStridedMinMax": 1})
+                or (node.op_type == "Resize" and node.output[0] in outputs)
+                or (candidate.float_depthwise and _depthwise(node))]
+    # uint8 activations, int8 weights: ONNX Runtime's fast path on x86 (int8 activations were 2.6x slower here);
+    # MinMax ranges cost the demos 0.01 points or less.
+    # ONNX Runtime warns of each integer tensor it leaves alone (shapes, in QOperator): expected, not news.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_static(str(prepared), str(out), reader, quant_format=getattr(QuantFormat, candidate.quant_format),
+                        per_channel=candidate.per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=excluded,
+                        # One image at a time, ranges merged: a whole set's intermediate tensors would not fit in
+                        # memory.
+                        extra_options={"CalibStridedMinMax": 1})
+    finally:
+        logging.disable(logging.NOTSET)
     model = onnx.load(str(out))
     int8_hard_sigmoid(model)
     onnx.save(model, str(out))
+
+
+def choose(fp32: Path, prepared: Path, example: torch.Tensor, scratch: Path, candidates=CANDIDATES,
+           runs: int = CHOICE_RUNS) -> tuple[Candidate, dict[str, float]]:
+    """The fastest of `candidates` in ONNX Runtime here, and the median ms of each and of `fp32` over `runs` rounds
+    on `example` (one CHW graph input). Each is calibrated on `example` alone (the ranges do not change the speed)
+    and the graphs are timed in rotating order, so that the machine's noise falls on all alike."""
+    sessions = {"fp32": create_session(fp32)}
+    for index, candidate in enumerate(candidates):
+        path = scratch / f"candidate{index}.onnx"
+        quantize(prepared, path, calibration_reader([example], 1), candidate)
+        sessions[candidate.name] = create_session(path, disabled_optimizers=candidate.disabled_optimizers)
+    feed = {"images": example[None].float().contiguous().numpy()}
+    times = rotating_medians({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}, runs)
+    best = min(candidates, key=lambda candidate: times[candidate.name])
+    return best, times
+
+
+def rotating_medians(calls: dict, runs: int, pause: float = 0.02) -> dict[str, float]:
+    """Median ms of each call over `runs` rounds in rotating order, after one warm-up round. The pause lets the last
+    call's worker threads (ONNX Runtime's spin after a run) go idle before the next starts."""
+    names, times = list(calls), {name: [] for name in calls}
+    for index in range(runs + 1):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(pause)
+            start = time.perf_counter()
+            calls[name]()
+            if index:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _depthwise(node) -> bool:
+    from onnx import helper
+
+    group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+    return node.op_type == "Conv" and group > 1
 
 
 def int8_hard_sigmoid(model) -> int:

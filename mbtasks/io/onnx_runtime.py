@@ -21,8 +21,9 @@ from .records import RECORD_KEY, Record
 EXPORT_KEY = "export"
 
 
-def create_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with every graph optimisation; `threads` defaults to torch's intra-op threads, so
+def create_session(path: str | Path, threads: int | None = None, disabled_optimizers: list[str] | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation but `disabled_optimizers` and those the file's export
+    settings name (an int8 choice may need one off); `threads` defaults to torch's intra-op threads, so
     OMP_NUM_THREADS and torch.set_num_threads limit both runtimes alike."""
     ort = require("onnxruntime")
 
@@ -32,7 +33,16 @@ def create_session(path: str | Path, threads: int | None = None):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=disabled_optimizers)
+        stored = json.loads(session.get_modelmeta().custom_metadata_map.get(EXPORT_KEY, "{}"))
+        wanted = stored.get("disabled_optimizers") if isinstance(stored, dict) else None
+        if wanted and not disabled_optimizers:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=wanted)
+        return session
+    except json.JSONDecodeError:
+        raise MbtasksError("has export metadata that is not JSON", path) from None
     except Exception as error:  # ORT raises its own types (InvalidProtobuf, Fail, NoSuchFile) for a bad file
         raise MbtasksError(f"not an ONNX model ONNX Runtime can load ({str(error).splitlines()[0][:200]})",
                            path) from None
