@@ -28,13 +28,13 @@ _STAT_LAYOUT = (
     ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
     ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100),
 )
-_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 # The default backend: faster-coco-eval's C++ COCOeval, several times pycocotools' speed (bench/coco_eval.py). Its 12
-# figures are pycocotools' to within 1e-15 but not always to the last bit: pycocotools divides by tp + fp +
-# np.spacing(1), which makes a precision of exactly 1 at a curve's first detection 1 - 2**-52, the C++ code by tp + fp
-# (tests/test_coco_eval.py holds that this is the only difference). backend="pycocotools" gives pycocotools' bits.
+# figures are pycocotools' within 1e-12 (tests; the differences seen are below 1e-16), not always to the last bit:
+# pycocotools divides by tp + fp + np.spacing(1), which makes a precision of exactly 1 at a curve's first detection
+# 1 - 2**-52, the C++ code by tp + fp (tests/test_coco_eval.py holds that this is the only difference).
+# backend="pycocotools" gives pycocotools' own bits.
 DEFAULT_BACKEND = "faster-coco-eval"
 
 
