@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch: the --checkpoint's network in PyTorch (default); onnxruntime: an exported --model")
     p.add_argument("--model", help="onnxruntime: an ONNX file written by `mbtasks export` (its data config inside)")
     p.add_argument("--coco-backend", metavar="NAME",
-                   help="det: faster-coco-eval (default; pycocotools' figures to 1e-15, several times faster) or "
+                   help="det: faster-coco-eval (default; pycocotools' figures within 1e-12, several times faster) or "
                         "pycocotools (its figures to the last bit)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_evaluate)

@@ -78,7 +78,7 @@ def _faster_coco_eval(coco_gt: COCO, results: list, verbose: bool, image_ids: Se
     fast_gt = FastCOCO(coco_gt.dataset, print_function=say)
     coco_dt = FastCOCO(print_function=say)
     # loadRes's own work for box results, in one pass over new dicts (it writes into the dicts it gets, and adds a
-    # polygon per box that box IoU never reads): measured 3x faster than copying the dicts for it.
+    # polygon per box that box IoU never reads): measured 7x faster than loadRes on copies.
     coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
                        "annotations": [{"image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
                                         "score": r["score"], "area": r["bbox"][2] * r["bbox"][3], "id": i,
@@ -159,7 +159,7 @@ def _check_results(results: Any, coco_gt: COCO, path: Path | None) -> None:
 
 def _well_formed(results: list) -> bool:
     """Every entry a mapping with image_id, category_id, a bbox of 4 finite numbers and a finite score."""
-    # numpy checks all boxes and scores at once (measured 5x faster than a Python check per entry on 500,000): a
+    # numpy checks all boxes and scores at once (measured twice as fast as checking entry by entry): a
     # list of 4 ints or floats each makes a float or int array of shape (N, 4); a string, None, a nested list or a
     # length other than 4 anywhere makes another dtype or shape, or raises.
     try:
