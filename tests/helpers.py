@@ -171,3 +171,14 @@ def write_coco_folder(root: Path, splits: dict[str, int] | None = None) -> Path:
         (root / "annotations" / f"instances_{split}.json").write_text(
             json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return root
+
+
+def spy_on_coco_backends(monkeypatch) -> list[str]:
+    """The names of the COCO backends that run from now on, in order."""
+    import mbtasks.evaluation.coco as coco
+
+    calls = []
+    for name, backend in list(coco.BACKENDS.items()):
+        monkeypatch.setitem(coco.BACKENDS, name,
+                            lambda *args, name=name, backend=backend: calls.append(name) or backend(*args))
+    return calls

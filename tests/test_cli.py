@@ -1,9 +1,13 @@
-"""The command line: profile output and one-line errors."""
+"""The command line: profile output, one-line errors, the COCO backend option."""
 import json
 import subprocess
 import sys
 
+import pytest
+
+from helpers import spy_on_coco_backends
 from mbtasks.cli import main
+from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 
 
 def test_profile_json(capsys):
@@ -27,3 +31,17 @@ def test_console_script_prints_one_line_error():
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mbtasks: error: unknown model 'resnet50'; known: ")
     assert "mobilenet_v1" in lines[0] and "ssdlite320_mobilenet_v3_large" in lines[0]
+
+
+@pytest.mark.parametrize("option, used", [([], "faster-coco-eval"), (["--coco-backend", "pycocotools"], "pycocotools")])
+def test_evaluate_scores_a_results_file_with_the_chosen_coco_backend(tmp_path, monkeypatch, capsys, option, used):
+    paths = write_shapes_coco(tmp_path / "data", seed=1, num_train=0, num_val=6, image_size=64)
+    gt = json.loads(paths["val_annotations"].read_text())
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"] if not a["iscrowd"]]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    calls = spy_on_coco_backends(monkeypatch)
+    assert main(["evaluate", "--task", "det", "--annotations", str(paths["val_annotations"]), "--detections",
+                 str(tmp_path / "results.json"), "--json", str(tmp_path / "m.json")] + option) == 0
+    assert calls == [used]
+    assert json.loads((tmp_path / "m.json").read_text())["AP"] == 1.0

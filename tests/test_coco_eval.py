@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -79,10 +80,13 @@ def test_perfect_detections_score_one(shapes: dict[str, Path], gt: dict) -> None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_figures_equal_pycocotools_exactly(shapes: dict[str, Path], gt: dict, seed: int) -> None:
+def test_figures_equal_pycocotools(shapes: dict[str, Path], gt: dict, seed: int) -> None:
     results = perturbed_detections(gt, seed)
-    metrics = coco_metrics(shapes["val_annotations"], results)
-    assert [metrics[name] for name in STAT_NAMES] == reference_stats(shapes["val_annotations"], results)
+    reference = reference_stats(shapes["val_annotations"], results)
+    exact = coco_metrics(shapes["val_annotations"], results, backend="pycocotools")
+    assert [exact[name] for name in STAT_NAMES] == reference
+    metrics = coco_metrics(shapes["val_annotations"], results)  # the default backend, faster-coco-eval
+    assert [metrics[name] for name in STAT_NAMES] == pytest.approx(reference, abs=TOLERANCE, rel=0)
     assert 0.1 < metrics["AP"] < 0.9 and metrics["AP50"] > metrics["AP75"]
 
 
@@ -191,16 +195,151 @@ def test_bad_ground_truth_is_named(shapes: dict[str, Path], gt: dict, tmp_path: 
 
 
 def test_unknown_backend_is_named(shapes: dict[str, Path]) -> None:
-    with pytest.raises(MbtasksError, match="fast: unknown COCO evaluation backend; valid backends: pycocotools"):
+    valid = "valid backends: faster-coco-eval, pycocotools"
+    with pytest.raises(MbtasksError, match=f"fast: unknown COCO evaluation backend; {valid}"):
         coco_metrics(shapes["val_annotations"], [], backend="fast")
 
 
-def test_faster_coco_eval_backend_agrees_with_pycocotools(shapes: dict[str, Path], gt: dict) -> None:
-    pytest.importorskip("faster_coco_eval")
-    for seed in (0, 1, 2):
-        results = perturbed_detections(gt, seed)
-        fast = coco_metrics(shapes["val_annotations"], results, backend="faster-coco-eval")
-        reference = reference_stats(shapes["val_annotations"], results)
-        # Same algorithm, other summation order: equal up to rounding of the last bits.
-        assert [fast[name] for name in STAT_NAMES] == pytest.approx(reference, abs=1e-12, rel=0)
-    assert coco_metrics(shapes["val_annotations"], perfect_detections(gt), backend="faster-coco-eval")["AP"] == 1.0
+# ---- the default backend on real-format ground truth ----
+
+# faster-coco-eval's figures against pycocotools': equal but for the last bits (see the next test), so within 1e-12.
+TOLERANCE = 1e-12
+# COCO's own ids (1..90 with gaps), the first and last among them.
+CATEGORY_IDS = (1, 3, 18, 44, 62, 90)
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """The RLE COCO stores for some crowd regions: run lengths (0s first) down the columns, as a list."""
+    flat = np.asfortranarray(mask).ravel(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    return {"counts": ([0] + runs) if flat[0] else runs, "size": list(mask.shape)}
+
+
+def real_format_ground_truth(seed: int) -> dict:
+    """instances_val2017.json's make-up, small: COCO category ids, boxes of the small / medium / large ranges with
+    mask areas below the box's, crowd regions as compressed (a counts string) and uncompressed (a counts list) RLE,
+    images with no annotations."""
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    for image_id in range(1, 41):
+        height, width = [(480, 640), (427, 640), (640, 480)][image_id % 3]
+        images.append({"id": image_id * 1000 + 7, "file_name": f"{image_id:012d}.jpg", "height": height,
+                       "width": width})
+        for n in range(0 if image_id % 10 == 0 else int(rng.integers(2, 9))):  # every tenth image: none
+            side = [8, 20, 60, 200][n % 4] * rng.uniform(0.6, 1.4, 2)  # small, medium and large objects
+            x, y = rng.uniform(0, [width - side[0], height - side[1]])
+            box = [round(float(v), 2) for v in (x, y, *side)]
+            ann = {"id": len(annotations) + 1, "image_id": image_id * 1000 + 7, "bbox": box, "iscrowd": 0,
+                   "category_id": int(rng.choice(CATEGORY_IDS)), "area": round(box[2] * box[3] * 0.7, 2),
+                   "segmentation": [[x, y, x + side[0], y, x + side[0], y + side[1]]]}
+            if n == 3 and image_id % 4 == 0:  # a crowd region, its mask the box, in one of the two encodings
+                mask = np.zeros((height, width), np.uint8)
+                mask[int(y):int(y + side[1]), int(x):int(x + side[0])] = 1
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                compressed = {"counts": rle["counts"].decode("ascii"), "size": [height, width]}
+                ann.update(iscrowd=1, area=float(mask_utils.area(rle)), bbox=mask_utils.toBbox(rle).tolist(),
+                           segmentation=compressed if image_id % 8 == 0 else uncompressed_rle(mask))
+            annotations.append(ann)
+    categories = [{"id": i, "name": f"category {i}", "supercategory": ""} for i in CATEGORY_IDS]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def real_format_detections(gt: dict, seed: int) -> list[dict]:
+    """Jittered hits (some in the wrong category, some on crowd regions), misses, false positives, detections on
+    images without ground truth, tied scores, and enough answers per image and category to pass maxDets 1, 10 and
+    100 (the first image: 130 answers)."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for ann in gt["annotations"]:
+        if rng.random() < 0.15:
+            continue
+        x, y, w, h = ann["bbox"]
+        box = [x + rng.normal(0, 0.1 * w), y + rng.normal(0, 0.1 * h), w * np.exp(rng.normal(0, 0.15)),
+               h * np.exp(rng.normal(0, 0.15))]
+        category = ann["category_id"] if rng.random() < 0.9 else int(rng.choice(CATEGORY_IDS))
+        results.append({"image_id": ann["image_id"], "category_id": category, "bbox": [float(v) for v in box],
+                        "score": round(float(rng.uniform(0.2, 1.0)), 2)})
+    for index, image in enumerate(gt["images"]):
+        for _ in range(130 if index == 0 else int(rng.integers(5, 25))):
+            w, h = np.exp(rng.uniform(np.log(4), np.log(300), 2))
+            results.append({"image_id": image["id"], "category_id": int(rng.choice(CATEGORY_IDS[:2])),
+                            "bbox": [float(rng.uniform(0, 300)), float(rng.uniform(0, 200)), float(w), float(h)],
+                            "score": round(float(rng.uniform(0.0, 0.7)), 2)})
+    return results
+
+
+@pytest.fixture(scope="module")
+def real_format(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, list[dict]]]:
+    """Three seeds' ground-truth files (written as COCO writes them) and detections."""
+    cases = []
+    for seed in range(3):
+        path = tmp_path_factory.mktemp("real_format") / "instances_val2017.json"
+        gt = real_format_ground_truth(seed)
+        path.write_text(json.dumps(gt))
+        cases.append((path, real_format_detections(gt, seed)))
+    return cases
+
+
+def test_real_format_cases_cover_what_coco_has(real_format: list) -> None:
+    path, results = real_format[0]
+    gt = json.loads(path.read_text())
+    crowd = [a["segmentation"]["counts"] for a in gt["annotations"] if a["iscrowd"]]
+    assert any(isinstance(c, str) for c in crowd) and any(isinstance(c, list) for c in crowd)
+    annotated = {a["image_id"] for a in gt["annotations"]}
+    assert any(r["image_id"] not in annotated for r in results)
+    figures = coco_metrics(path, results, backend="pycocotools")
+    assert figures["AR1"] < figures["AR10"] < figures["AR100"]
+    assert all(0 < figures[name] < 1 for name in ("APs", "APm", "APl", "ARs", "ARm", "ARl"))
+
+
+def test_default_backend_is_faster_coco_eval_within_1e12_of_pycocotools(real_format: list) -> None:
+    for path, results in real_format:
+        reference = reference_stats(path, results)
+        default = coco_metrics(path, results)
+        assert [default[name] for name in STAT_NAMES] == pytest.approx(reference, abs=TOLERANCE, rel=0)
+        exact = coco_metrics(path, results, backend="pycocotools")
+        assert [exact[name] for name in STAT_NAMES] == reference
+
+
+def test_the_backends_differ_only_by_pycocotools_epsilon(real_format: list) -> None:
+    """pycocotools' precision is tp / (tp + fp + np.spacing(1)): 1 - 2**-52 where faster-coco-eval's tp / (tp + fp)
+    is exactly 1 (a curve's first detection, a hit); every other precision and every recall are the same bits."""
+    from faster_coco_eval import COCO as FastCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    just_below_one = 1 / (1 + np.spacing(1))  # 1 - 2**-52, pycocotools' precision of 1 hit in 1
+    seen = 0
+    for path, results in real_format:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO(str(path))
+            slow = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "bbox")
+            slow.evaluate()
+            slow.accumulate()
+        fast_gt = FastCOCO(str(path), print_function=lambda *args: None)
+        fast = COCOeval_faster(fast_gt, fast_gt.loadRes(copy.deepcopy(results)), "bbox",
+                               print_function=lambda *args: None)
+        fast.evaluate()
+        fast.accumulate()
+        np.testing.assert_array_equal(fast.eval["recall"], slow.eval["recall"])
+        slow_precision = slow.eval["precision"]
+        np.testing.assert_array_equal(fast.eval["precision"],
+                                      np.where(slow_precision == just_below_one, 1.0, slow_precision))
+        seen += int((slow_precision == just_below_one).sum())
+    assert seen > 0  # the cases do reach the one place where the two differ
+
+
+def test_default_backend_reads_results_as_given(real_format: list) -> None:
+    path, results = real_format[0]
+    before = copy.deepcopy(results)
+    coco_metrics(path, results)
+    assert results == before, "coco_metrics changed the caller's detections"
+
+
+def test_malformed_entry_deep_in_the_list_is_named(real_format: list) -> None:
+    path, results = real_format[0]
+    for bad in ({"bbox": [1.0, 2.0, "3", 4.0]}, {"score": float("nan")}, {"bbox": [1.0, 2.0, 3.0]}, {"bbox": None}):
+        broken = copy.deepcopy(results)
+        broken[57].update(bad)
+        with pytest.raises(MbtasksError, match="detections: not a COCO results file: entry 57 is not"):
+            coco_metrics(path, broken)

@@ -7,7 +7,7 @@ import pytest
 from mbtasks.cli import main
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 
-from helpers import evaluate_with_one_and_two_processes
+from helpers import evaluate_with_one_and_two_processes, spy_on_coco_backends
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,19 @@ def test_evaluate_checkpoint_prints_12_figures(run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "evaluated 9 images" in printed and printed.count("Average Precision") == 6
     assert len(json.loads(out.read_text())) == 12
+
+
+def test_evaluate_checkpoint_with_either_coco_backend(run, tmp_path, monkeypatch):
+    root, _ = run
+    calls = spy_on_coco_backends(monkeypatch)
+    figures = {}
+    for backend in ("pycocotools", "faster-coco-eval"):
+        out = tmp_path / f"{backend}.json"
+        assert main(["evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--coco-backend", backend,
+                     "--json", str(out)]) == 0
+        figures[backend] = json.loads(out.read_text())
+    assert calls == ["pycocotools", "faster-coco-eval"]
+    assert figures["faster-coco-eval"] == pytest.approx(figures["pycocotools"], abs=1e-12, rel=0)
 
 
 def test_a_second_train_into_the_same_out_dir_needs_overwrite(run, tmp_path, capsys):

@@ -201,6 +201,14 @@ class BaseTask(pl.LightningModule):
         self.results = {}
 
     def on_validation_epoch_end(self) -> None:
+        self.evaluated_images, self.metrics = self.scored_results()
+        for name, value in self.figures(self.metrics).items():
+            # Every process holds the same merged figures; sync_dist averages equal values (and stops Lightning's
+            # warning about logging without it).
+            self.log(name, loggable(value), prog_bar=name in self.progress_bar, sync_dist=True)
+
+    def scored_results(self) -> tuple[int, dict]:
+        """(images scored, metrics) of this epoch's results of every process, on every process."""
         # Scored once, on the first process, from every process's results gathered there; the figures are then
         # sent to the others (an all-gather would hold every detection of 5,000 images in every process).
         merged, outcome = gather_on_first(self.results, self), None
@@ -210,11 +218,7 @@ class BaseTask(pl.LightningModule):
         kind, value = broadcast_from_first(outcome, self)
         if kind == "error":
             raise MbtasksError(value)
-        self.evaluated_images, self.metrics = value
-        for name, value in self.figures(self.metrics).items():
-            # Every process holds the same merged figures; sync_dist averages equal values (and stops Lightning's
-            # warning about logging without it).
-            self.log(name, loggable(value), prog_bar=name in self.progress_bar, sync_dist=True)
+        return value
 
     def missing_images(self, merged: dict) -> str:
         """Why a whole validation scored other than every image once ("" when it did not); a sanity check or

@@ -148,7 +148,8 @@ class DetectionTask(BaseTask):
         # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
         known = set(data.val_set.coco.cats)
         results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
-        return coco_metrics(data.val_annotation_file, results, image_ids=sorted(merged))
+        return coco_metrics(data.val_annotation_file, results, image_ids=sorted(merged),
+                            backend=self.evaluation_options.get("coco_backend"))
 
     def figures(self, metrics: dict) -> dict:
         return {"val/mAP": metrics["AP"], "val/mAP50": metrics["AP50"]}
