@@ -200,7 +200,7 @@ def test_evaluate_runs_an_eight_gpu_checkpoint_on_the_machine_at_hand(tmp_path):
 @pytest.mark.parametrize("setting, key", [
     ("train.ema_decay=1.5", "train.ema_decay"), ("train.accumulate_grad_batches=0", "train.accumulate_grad_batches"),
     ("train.loggers=[csv, comet]", "train.loggers"), ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps"),
-    ("train.devices=512", "train.devices")])
+    ("train.devices=512", "train.devices"), ("train.strategy=dpp", "train.strategy")])
 def test_bad_training_settings_are_one_line_and_write_nothing(tmp_path, setting, key, capsys):
     out = tmp_path / "run"
     assert main(["train", *BASE, "--set", setting, "--set", f"data.synth_dir={tmp_path / 'data'}", "--set",

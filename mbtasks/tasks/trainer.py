@@ -1,5 +1,6 @@
 """The Lightning trainer every command runs: checkpoints (last, best, every K epochs or steps, written atomically),
 the loggers named in the recipe, EMA of the weights, SyncBN, precision and gradient accumulation."""
+import difflib
 import importlib
 import os
 import random
@@ -11,6 +12,7 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins import LayerSync, TorchSyncBatchNorm
+from pytorch_lightning.strategies import StrategyRegistry
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ..config import Config, TrainConfig
@@ -113,6 +115,12 @@ def check_train_settings(train: TrainConfig) -> None:
         # Lightning would start them all, one process per device: past the core count that only thrashes the machine.
         raise MbtasksError(f"train.devices={train.devices} on the CPU starts {train.devices} processes on this "
                            f"machine, which has {os.cpu_count()} CPUs")
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if isinstance(train.strategy, str) and train.strategy not in strategies:
+        close = difflib.get_close_matches(train.strategy, strategies, n=3)
+        raise MbtasksError(f"unknown train.strategy {train.strategy!r}"
+                           f"{f' (did you mean {close[0]!r}?)' if close else ''}; Lightning's strategies: "
+                           f"{', '.join(s for s in strategies if '_' not in s or s == 'ddp_spawn')}, ...")
     unknown = [name for name in train.loggers if name not in LOGGERS]
     if unknown:
         raise MbtasksError(f"unknown logger {unknown[0]!r} in train.loggers; known: {', '.join(LOGGERS)}")
