@@ -151,7 +151,7 @@ MORE_CASES = {
                       ["profile", "--model", "mobilenet_v1", "--option", "output_stride=7", "--runs", "1"]),
     "unknown_option": ("unknown option(s) for mobilenet_v1: depth",
                        ["profile", "--model", "mobilenet_v1", "--option", "depth=3", "--runs", "1"]),
-    "strategy": ("Lightning refuses the train settings: You selected an invalid strategy name: `strategy='warp'`",
+    "strategy": ("unknown train.strategy 'warp'; Lightning's strategies: auto, ddp",
                  TRAIN + _sets("train.strategy=warp")),
     "precision": ("Lightning refuses the train settings: Precision '13-mixed' is invalid",
                   TRAIN + _sets("train.precision=13-mixed")),
