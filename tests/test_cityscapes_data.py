@@ -228,17 +228,19 @@ def test_train_pipeline_scales_crops_and_pads_with_ignore():
     mask = np.full((40, 80), 3, np.uint8)
     transform = segmentation_train_transforms(crop_size=(64, 128), scale_range=(0.5, 0.5), seed=0)
     out = transform(image=image, mask=mask)
-    assert out["image"].shape == (3, 64, 128) and out["mask"].shape == (64, 128)
-    assert out["image"].dtype == out["mask"].dtype == torch.uint8  # normalise_batch finishes them on the device
+    assert out["image"].shape == (64, 128, 3) and out["mask"].shape == (64, 128)
+    assert out["image"].dtype == out["mask"].dtype == np.uint8  # normalise_batch finishes them on the device
     # scaled to 20x40 and padded: mask fill 255, image fill 0 before normalisation
     assert (out["mask"] == 3).sum() == 20 * 40 and (out["mask"] == 255).sum() == 64 * 128 - 20 * 40
-    assert (out["image"][:, out["mask"] == 255] == 0).all()
+    assert (out["image"][out["mask"] == 255] == 0).all()
     batch = normalise_batch(torch.utils.data.default_collate([out]))
     expected = -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])
     assert batch["mask"].dtype == torch.int64 and batch["image"].dtype == torch.float32
-    assert torch.allclose(batch["image"][0][:, out["mask"] == 255], expected[:, None], atol=1e-5)
+    padded = torch.from_numpy(out["mask"] == 255)
+    assert batch["image"].shape == (1, 3, 64, 128)
+    assert torch.allclose(batch["image"][0][:, padded], expected[:, None], atol=1e-5)
     big = segmentation_train_transforms(crop_size=(32, 32), scale_range=(2.0, 2.0), seed=0)(image=image, mask=mask)
-    assert big["image"].shape == (3, 32, 32) and set(big["mask"].unique().tolist()) == {3}
+    assert big["image"].shape == (32, 32, 3) and set(np.unique(big["mask"]).tolist()) == {3}
 
 
 def test_eval_pipeline_only_normalises():

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -63,10 +62,10 @@ def test_ssdlite_pipeline_gives_albumentations_output_for_the_same_draw(photos) 
             pipeline.set_random_seed(seed)
             window, flip = pipeline.sample(boxes.astype(np.float64), *image.shape[:2])
             ours = pipeline.apply(image, boxes.astype(np.float64), labels, iscrowd, window, flip)
-            reference = A.Compose([WindowCrop(window), A.HorizontalFlip(p=float(flip)), A.Resize(*SIZE), ToTensorV2()],
+            reference = A.Compose([WindowCrop(window), A.HorizontalFlip(p=float(flip)), A.Resize(*SIZE)],
                                   bbox_params=bbox_params)(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
-            assert ours["image"].dtype == torch.uint8 and ours["image"].shape == (3, *SIZE)
-            assert (ours["image"].int() - reference["image"].int()).abs().max() <= 1  # flip before or after resizing
+            assert ours["image"].dtype == np.uint8 and ours["image"].shape == (*SIZE, 3)
+            assert np.abs(ours["image"].astype(int) - reference["image"]).max() <= 1  # flip before or after resizing
             assert np.allclose(ours["bboxes"], np.asarray(reference["bboxes"]).reshape(-1, 4), atol=1e-3)
             assert ours["labels"].tolist() == list(reference["labels"])
             assert ours["iscrowd"].tolist() == list(reference["iscrowd"])
@@ -123,8 +122,8 @@ def test_iou_crop_windows_follow_torchvisions_distribution(photos) -> None:
 
 
 def test_ssdlite_training_items_on_real_photos(coco, photos) -> None:
-    """The training reader with the recipe's pipeline, many seeded samples: uint8 320x320 images (floats in [0, 1]
-    once on the device), every box inside the image, at least a pixel wide, on its object with its label."""
+    """The training reader with the recipe's pipeline, many seeded samples: uint8 320x320 images (NCHW floats in
+    [0, 1] once on the device), every box inside the image, at least a pixel wide, on its object with its label."""
     transform = detection_transforms("ssdlite", SIZE, train=True, seed=0)
     items = SeededAugmentation(CocoDetection(coco.image_dir, coco.annotation_file, transform, train=True),
                                transform, seed=3)
@@ -158,13 +157,19 @@ def test_ssdlite_training_items_on_real_photos(coco, photos) -> None:
 
 
 def test_detection_training_batch_is_one_uint8_tensor_and_floats_on_the_device() -> None:
-    images = [torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8) for _ in range(2)]
-    stacked, targets = collate_training([(images[0], {"a": 1}), (images[1], {"a": 2})])
-    assert stacked.dtype == torch.uint8 and stacked.shape == (2, 3, 4, 5) and targets == ({"a": 1}, {"a": 2})
+    images = [np.random.default_rng(i).integers(0, 256, (4, 5, 3), dtype=np.uint8) for i in range(2)]
+    given = [{"boxes": torch.rand(n, 4), "labels": torch.arange(n), "iscrowd": torch.zeros(n, dtype=torch.int64),
+              "image_id": n} for n in (2, 0)]
+    stacked, targets = collate_training([(images[0], given[0]), (images[1], given[1])])
+    assert stacked.dtype == torch.uint8 and stacked.shape == (2, 4, 5, 3)
+    for target, expected in zip(targets, given):
+        assert target.keys() == expected.keys() and target["image_id"] == expected["image_id"]
+        assert all(torch.equal(target[key], expected[key]) for key in ("boxes", "labels", "iscrowd"))
     floats, _ = images_to_float((stacked, targets))
-    assert torch.equal(floats, torch.stack(images).float() / 255)
-    evaluation = (tuple(image.float() for image in images), targets)
-    assert images_to_float(evaluation) is not None and images_to_float(evaluation)[0] is evaluation[0]
+    expected = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    assert floats.shape == (2, 3, 4, 5) and floats.is_contiguous() and torch.equal(floats, expected)
+    evaluation = (tuple(torch.from_numpy(image).permute(2, 0, 1).float() for image in images), targets)
+    assert images_to_float(evaluation)[0] is evaluation[0]
 
 
 # ---- segmentation ----
@@ -225,8 +230,8 @@ def test_segmentation_labels_stay_valid_and_on_their_pixels(streets, tmp_path) -
     checked = 0
     for index in range(12):
         item = items[(index, 0)]
-        image, mask = item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy()
-        assert item["image"].dtype == item["mask"].dtype == torch.uint8 and mask.shape == (384, 768)
+        image, mask = item["image"], item["mask"]
+        assert image.dtype == mask.dtype == np.uint8 and image.shape == (384, 768, 3) and mask.shape == (384, 768)
         assert set(np.unique(mask).tolist()) <= valid
         # interior: the 7x7 neighbourhood has one label, so linear and nearest sampling agree on it
         interior = (cv2.erode(mask, np.ones((7, 7), np.uint8)) == cv2.dilate(mask, np.ones((7, 7), np.uint8)))
@@ -241,10 +246,11 @@ def test_segmentation_training_batch_normalised_on_the_device(streets) -> None:
     transform = segmentation_train_transforms((256, 512), seed=0)
     items = SeededAugmentation(CityscapesSegmentation(root, "train", transform), transform, seed=0)
     batch = torch.utils.data.default_collate([items[(0, 0)], items[(1, 0)]])
-    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (2, 3, 256, 512)
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (2, 256, 512, 3)
     normalised = normalise_batch(batch)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    expected = (batch["image"].float() / 255 - mean[:, None, None]) / std[:, None, None]
+    expected = ((batch["image"].float() / 255 - mean) / std).permute(0, 3, 1, 2)
+    assert normalised["image"].shape == (2, 3, 256, 512) and normalised["image"].is_contiguous()
     assert torch.allclose(normalised["image"], expected, atol=1e-5) and normalised["mask"].dtype == torch.int64
     assert normalise_batch(normalised)["image"] is normalised["image"]  # float batches pass
 

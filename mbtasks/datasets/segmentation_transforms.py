@@ -65,11 +65,10 @@ class ScaleCropFlip:
         left = int((max(scaled_w, crop_w) - crop_w + 1) * w_start)
         return scale, top, left, bool(flip < 0.5)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         scale, top, left, flip = self.sample(*image.shape[:2])
         image, mask = self.apply(image, mask, scale, top, left, flip)
-        image = self.photometric(image=image)["image"]
-        return {"image": torch.from_numpy(image).permute(2, 0, 1), "mask": torch.from_numpy(mask)}
+        return {"image": self.photometric(image=image)["image"], "mask": mask}
 
     def apply(self, image: np.ndarray, mask: np.ndarray, scale: float, top: int, left: int,
               flip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -109,19 +108,20 @@ def segmentation_train_transforms(
     seed: int | None = None,
 ) -> ScaleCropFlip:
     """Random scale, random crop (height, width) padded with 0 / ignore_index, flip, photometric distortion; the
-    image as a uint8 CHW tensor, the mask as a uint8 tensor (`normalise_batch` normalises them on the device)."""
+    image as an HWC uint8 array, the mask as a uint8 array (`normalise_batch` finishes them on the device)."""
     photometric = A.Compose([_photometric_distortion()], seed=seed)
     return ScaleCropFlip(crop_size, scale_range, ignore_index, photometric, seed=seed)
 
 
 def normalise_batch(batch: dict) -> dict:
-    """A training batch from the loader (uint8 NCHW images, uint8 masks), where it is (the GPU), as the model and
-    loss take it: images ImageNet-normalised float, masks int64. Float batches (evaluation's) pass unchanged."""
+    """A training batch from the loader (NHWC uint8 images, uint8 masks), where it is (the GPU), as the model and
+    loss take it: NCHW ImageNet-normalised floats, int64 masks. Float batches (evaluation's) pass unchanged."""
     images = batch["image"]
     if images.dtype == torch.uint8:
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
-        batch = {**batch, "image": (images.float() - mean) / std, "mask": batch["mask"].long()}
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device) * 255
+        std = torch.tensor(IMAGENET_STD, device=images.device) * 255
+        images = ((images.float() - mean) / std).permute(0, 3, 1, 2).contiguous()
+        batch = {**batch, "image": images, "mask": batch["mask"].long()}
     return batch
 
 

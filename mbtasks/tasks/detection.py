@@ -58,7 +58,7 @@ class DetectionDataModule(BaseDataModule):
         return detection_transforms(augmentation_preset(config), detection_input_size(config), train=False)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
-        """Training images arrive as one uint8 tensor and become floats here, on the device."""
+        """Training images arrive as one NHWC uint8 tensor and become NCHW floats here, on the device."""
         return images_to_float(batch)
 
     def unaugmented_train_set(self) -> CocoDetection:

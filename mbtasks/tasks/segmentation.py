@@ -108,7 +108,7 @@ class SegmentationDataModule(BaseDataModule):
         return segmentation_eval_transforms()
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Training batches come from the loader as uint8 (a quarter of the bytes to copy, pin and send) and are
+        """Training batches come from the loader as NHWC uint8 (a quarter of the bytes to copy, pin and send) and are
         normalised here, on the device; evaluation's (lists of normalised items) pass unchanged."""
         return normalise_batch(batch) if isinstance(batch, dict) else batch
 
