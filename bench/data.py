@@ -68,6 +68,17 @@ def at_least(minimum: int):
     return parse
 
 
+def positive(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
+
+
 def collate_lists(batch: list) -> tuple:
     """torchvision's references/detection/utils.collate_fn."""
     return tuple(zip(*batch))
@@ -225,7 +236,8 @@ def main() -> None:
                         help="most loader workers in the scaling figure, 0 for none (default: the CPU count)")
     parser.add_argument("--det-images", type=at_least(1), default=96, help="images per detection run")
     parser.add_argument("--seg-images", type=at_least(1), default=8, help="images per segmentation run")
-    parser.add_argument("--step-time", type=float, default=0.25, help="seconds per training step for the cores table")
+    parser.add_argument("--step-time", type=positive, default=0.25,
+                        help="seconds per training step for the cores table (default 0.25)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
