@@ -5,7 +5,7 @@ Real photos (scikit-image's) in the real layouts (tests/photo_sets.py): COCO JPE
 the file to the tensor the network gets, as the training DataLoader makes it (the dataset's __getitem__, then the
 collate function, batch by batch), in one process on one thread (torch and OpenCV):
 
-- decode: the file(s) alone, through mbtasks' reader (OpenCV);
+- decode: the file(s) alone, through mbtasks' readers (libspng for 8-bit PNGs, OpenCV for JPEGs);
 - torchvision: its reference recipes in transforms.v2 on its own datasets (PIL): detection's "ssdlite" preset
   (RandomIoUCrop, RandomHorizontalFlip, then Resize to 320x320, which torchvision's model does itself, ToDtype
   float, SanitizeBoundingBoxes) and segmentation's SegmentationPresetTrain at Cityscapes' sizes (RandomResize of the

@@ -28,7 +28,8 @@ class BaseDataModule(pl.LightningDataModule):
     """A task's data: `data.root` in its data set's own layout, or the embedded set written to `data.synth_dir`.
 
     A subclass sets `write_synthetic` (folder, **options) and builds in setup `val_set` and, for "fit", `train_set`
-    with its random augmentation `train_transform` (an albumentations pipeline).
+    with its random augmentation `train_transform` (an albumentations pipeline, or one with its call and
+    `set_random_seed`).
     """
 
     write_synthetic: ClassVar[Callable]
