@@ -22,7 +22,8 @@ from mbtasks.datasets.cityscapes import (
     label_ids_to_train_ids,
     train_ids_to_label_ids,
 )
-from mbtasks.datasets.segmentation_transforms import segmentation_eval_transforms, segmentation_train_transforms
+from mbtasks.datasets.segmentation_transforms import (normalise_batch, segmentation_eval_transforms,
+                                                      segmentation_train_transforms)
 from mbtasks.datasets.synthetic.streets_cityscapes import PRESENT_CLASSES, write_streets_cityscapes
 from mbtasks.datasets.voc import CLASS_NAMES as VOC_CLASSES
 from mbtasks.datasets.voc import VOCSegmentation, voc_palette
@@ -124,7 +125,7 @@ def test_cityscapes_dataset_items(streets):
 
     with_tensors = CityscapesSegmentation(root, "train", segmentation_eval_transforms())[1]
     assert with_tensors["image"].shape == (3, *SIZE) and with_tensors["image"].dtype == torch.float32
-    assert with_tensors["mask"].dtype == torch.int64
+    assert with_tensors["mask"].dtype == torch.uint8  # int64 only on the device (normalise_batch)
 
 
 def copy_set(root, tmp_path):
@@ -192,7 +193,7 @@ def test_voc_reader(tmp_path):
     assert item["image"].shape == (30, 40, 3) and item["mask"].shape == (30, 40)
     assert set(np.unique(item["mask"])) == {0, 2, 255}
     val = VOCSegmentation(tmp_path / "VOCdevkit" / "VOC2012", "val", segmentation_eval_transforms())
-    assert val[0]["mask"].dtype == torch.int64 and val[0]["image"].shape == (3, 30, 40)
+    assert val[0]["mask"].dtype == torch.uint8 and val[0]["image"].shape == (3, 30, 40)
     palette = voc_palette()
     assert palette[1].tolist() == [128, 0, 0] and palette[15].tolist() == [192, 128, 128]
     assert palette[255].tolist() == [224, 224, 192]
@@ -227,14 +228,19 @@ def test_train_pipeline_scales_crops_and_pads_with_ignore():
     mask = np.full((40, 80), 3, np.uint8)
     transform = segmentation_train_transforms(crop_size=(64, 128), scale_range=(0.5, 0.5), seed=0)
     out = transform(image=image, mask=mask)
-    assert out["image"].shape == (3, 64, 128) and out["mask"].shape == (64, 128)
+    assert out["image"].shape == (64, 128, 3) and out["mask"].shape == (64, 128)
+    assert out["image"].dtype == out["mask"].dtype == np.uint8  # normalise_batch finishes them on the device
     # scaled to 20x40 and padded: mask fill 255, image fill 0 before normalisation
     assert (out["mask"] == 3).sum() == 20 * 40 and (out["mask"] == 255).sum() == 64 * 128 - 20 * 40
-    padded = out["image"][:, out["mask"] == 255]
+    assert (out["image"][out["mask"] == 255] == 0).all()
+    batch = normalise_batch(torch.utils.data.default_collate([out]))
     expected = -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])
-    assert torch.allclose(padded, expected[:, None], atol=1e-5)
+    assert batch["mask"].dtype == torch.int64 and batch["image"].dtype == torch.float32
+    padded = torch.from_numpy(out["mask"] == 255)
+    assert batch["image"].shape == (1, 3, 64, 128)
+    assert torch.allclose(batch["image"][0][:, padded], expected[:, None], atol=1e-5)
     big = segmentation_train_transforms(crop_size=(32, 32), scale_range=(2.0, 2.0), seed=0)(image=image, mask=mask)
-    assert big["image"].shape == (3, 32, 32) and set(big["mask"].unique().tolist()) == {3}
+    assert big["image"].shape == (32, 32, 3) and set(np.unique(big["mask"]).tolist()) == {3}
 
 
 def test_eval_pipeline_only_normalises():

@@ -42,9 +42,8 @@ def test_training_boxes_stay_valid_and_inside_the_image(preset: str) -> None:
         image, boxes = scene(rng)
         labels, iscrowd = np.arange(1, len(boxes) + 1), np.zeros(len(boxes), dtype=np.int64)
         out = transform(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
-        assert out["image"].shape == (3, 96, 128) and out["image"].dtype == torch.float32
-        pixels = out["image"].numpy()  # numpy: torch's thread pool makes tiny reductions slow on a busy machine
-        assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+        # training images stay HWC uint8 (the data module makes floats of the batch on the device)
+        assert out["image"].shape == (96, 128, 3) and out["image"].dtype == np.uint8
         result = np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4)
         assert len(result) == len(out["labels"]) == len(out["iscrowd"])
         assert set(np.asarray(out["labels"]).tolist()) <= set(labels.tolist())
@@ -65,7 +64,7 @@ def test_training_boxes_follow_the_object() -> None:
         out = transform(image=image, bboxes=box, labels=np.array([1]), iscrowd=np.array([0]))
         if len(out["bboxes"]) == 0:
             continue
-        red = (out["image"][0] > 0.6) & (out["image"][1] < 0.3)
+        red = torch.from_numpy((out["image"][..., 0] > 153) & (out["image"][..., 1] < 77))
         rows, cols = torch.nonzero(red.any(dim=1)).flatten(), torch.nonzero(red.any(dim=0)).flatten()
         found = [cols[0].item(), rows[0].item(), cols[-1].item() + 1, rows[-1].item() + 1]
         assert np.allclose(out["bboxes"][0], found, atol=2.5), (out["bboxes"][0], found)
@@ -100,7 +99,7 @@ def test_same_seed_same_augmentations() -> None:
     first, second = (detection_transforms("ssd", (64, 64), train=True, seed=7) for _ in range(2))
     for _ in range(5):
         a, b = first(**kwargs), second(**kwargs)
-        assert torch.equal(a["image"], b["image"]) and np.array_equal(a["bboxes"], b["bboxes"])
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["bboxes"], b["bboxes"])
 
 
 def test_iou_crop_drops_boxes_centred_outside_the_crop() -> None:

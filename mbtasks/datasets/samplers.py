@@ -21,8 +21,8 @@ class EpochSampler(DistributedSampler):
 
 
 class SeededAugmentation(Dataset):
-    """Items of `dataset` by (epoch, index) key, with the random augmentation `transform` (an albumentations
-    pipeline the data set applies) reseeded from (seed, epoch, index) before each."""
+    """Items of `dataset` by (epoch, index) key, with the random augmentation `transform` (the pipeline the data set
+    applies: albumentations', or one with its `set_random_seed`) reseeded from (seed, epoch, index) before each."""
 
     def __init__(self, dataset: Dataset, transform, seed: int):
         self.dataset, self.transform, self.seed = dataset, transform, seed

@@ -1,4 +1,5 @@
-"""Albumentations pipelines for semantic segmentation: mmsegmentation's training recipe, and evaluation."""
+"""Semantic segmentation pipelines: mmsegmentation's training recipe (geometry by hand, colour by albumentations),
+and evaluation (albumentations)."""
 
 from __future__ import annotations
 
@@ -26,35 +27,102 @@ def _photometric_distortion() -> A.BasicTransform:
     )
 
 
+class ScaleCropFlip:
+    """mmseg's training geometry and photometric distortion: scale by a factor drawn from scale_range, a random
+    crop_size (height, width) window (the scaled image padded at the bottom and right with 0 / ignore_index where it
+    is smaller), a horizontal flip (p=0.5), then `photometric` (an albumentations pipeline) on the crop.
+
+    Albumentations' RandomScale + RandomCrop + HorizontalFlip resample the whole scaled image (up to 4x the pixels at
+    scale 2) and copy it twice more; here one affine warp reads only the window's source pixels and writes the crop
+    flipped, so its cost is the crop's size (tests/test_pipelines.py holds it to albumentations' output: the mask
+    exactly, the image within one grey level). Images come
+    out as uint8 CHW tensors and masks as uint8 tensors: `normalise_batch` finishes them on the device.
+    """
+
+    def __init__(self, crop_size: tuple[int, int], scale_range: tuple[float, float], ignore_index: int,
+                 photometric: A.Compose, seed: int | None = None):
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.ignore_index = ignore_index
+        self.photometric = photometric
+        self.set_random_seed(seed)
+
+    def set_random_seed(self, seed: int | None) -> None:
+        """Reseed this and the photometric pipeline (SeededAugmentation calls it per sample)."""
+        # a stream of its own: albumentations seeds its generator from the same number
+        self.rng = np.random.default_rng(None if seed is None else [seed, 1])
+        if seed is not None:
+            self.photometric.set_random_seed(seed)
+
+    def sample(self, height: int, width: int) -> tuple[float, int, int, bool]:
+        """(scale, top, left, flip): all the geometry's randomness, from the image size alone."""
+        scale = self.rng.uniform(*self.scale_range)
+        h_start, w_start, flip = self.rng.random(3)
+        crop_h, crop_w = self.crop_size
+        # albumentations' rules: sizes truncated; the window's corner drawn over the padded image, ends included
+        scaled_h, scaled_w = int(height * scale), int(width * scale)
+        top = int((max(scaled_h, crop_h) - crop_h + 1) * h_start)
+        left = int((max(scaled_w, crop_w) - crop_w + 1) * w_start)
+        return scale, top, left, bool(flip < 0.5)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        scale, top, left, flip = self.sample(*image.shape[:2])
+        image, mask = self.apply(image, mask, scale, top, left, flip)
+        return {"image": self.photometric(image=image)["image"], "mask": mask}
+
+    def apply(self, image: np.ndarray, mask: np.ndarray, scale: float, top: int, left: int,
+              flip: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The geometry with its parameters given: HWC uint8 image and HW mask of crop_size."""
+        height, width = image.shape[:2]
+        scaled_h, scaled_w = int(height * scale), int(width * scale)
+        crop_h, crop_w = self.crop_size
+        # The source pixel of each crop pixel as cv2.resize to the scaled size maps it. Image: linear at pixel
+        # centres, through the warp's inverse map. Mask: cv2's nearest, floor(x / scale), as two index lookups
+        # (exactly cv2.resize's choice; the warp's nearest rounds in fixed point and moves some boundary pixels).
+        # cv2's factors, 1 / (new / old) in double precision, so that exact multiples floor alike
+        rx, ry = 1.0 / (scaled_w / width), 1.0 / (scaled_h / height)
+        first = left + (crop_w - 1 if flip else 0)  # the scaled-image column of the crop's column 0
+        to_image = np.array([[-rx if flip else rx, 0, (first + 0.5) * rx - 0.5], [0, ry, (top + 0.5) * ry - 0.5]])
+        # replicate: at the last row and column cv2.resize clamps to the edge pixel
+        out = cv2.warpAffine(image, to_image, (crop_w, crop_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        columns = np.arange(left, left + crop_w)[::-1 if flip else 1]
+        rows = np.arange(top, top + crop_h)
+        source_rows = np.minimum(np.floor(rows * ry).astype(np.intp), height - 1)
+        source_columns = np.minimum(np.floor(columns * rx).astype(np.intp), width - 1)
+        labels = mask.take(source_rows, axis=0).take(source_columns, axis=1)
+        # the padding: rows and columns of the window beyond the scaled image
+        pad_rows, pad_cols = max(top + crop_h - scaled_h, 0), max(left + crop_w - scaled_w, 0)
+        if pad_rows:
+            out[crop_h - pad_rows:], labels[crop_h - pad_rows:] = 0, self.ignore_index
+        if pad_cols:
+            columns = slice(0, pad_cols) if flip else slice(crop_w - pad_cols, crop_w)
+            out[:, columns], labels[:, columns] = 0, self.ignore_index
+        return out, labels
+
+
 def segmentation_train_transforms(
     crop_size: tuple[int, int] = (512, 1024),
     scale_range: tuple[float, float] = (0.5, 2.0),
     ignore_index: int = 255,
     seed: int | None = None,
-) -> A.Compose:
-    """Random scale, random crop (height, width) padded with 0 / ignore_index, flip, photometric distortion,
-    ImageNet normalisation, CHW tensor."""
-    height, width = crop_size
-    return A.Compose(
-        [
-            # RandomScale samples the factor as 1 + U(limits); the mask is resized with nearest neighbours
-            A.RandomScale(scale_limit=(scale_range[0] - 1, scale_range[1] - 1), p=1.0),
-            A.RandomCrop(
-                height=height,
-                width=width,
-                pad_if_needed=True,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=ignore_index,  # padding is never scored
-                pad_position="top_left",
-            ),
-            A.HorizontalFlip(p=0.5),
-            _photometric_distortion(),
-            A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            ToTensorV2(),
-        ],
-        seed=seed,
-    )
+) -> ScaleCropFlip:
+    """Random scale, random crop (height, width) padded with 0 / ignore_index, flip, photometric distortion; the
+    image as an HWC uint8 array, the mask as a uint8 array (`normalise_batch` finishes them on the device)."""
+    photometric = A.Compose([_photometric_distortion()], seed=seed)
+    return ScaleCropFlip(crop_size, scale_range, ignore_index, photometric, seed=seed)
+
+
+def normalise_batch(batch: dict) -> dict:
+    """A training batch from the loader (NHWC uint8 images, uint8 masks), where it is (the GPU), as the model and
+    loss take it: NCHW ImageNet-normalised floats, int64 masks. Float batches (evaluation's) pass unchanged."""
+    images = batch["image"]
+    if images.dtype == torch.uint8:
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device) * 255
+        std = torch.tensor(IMAGENET_STD, device=images.device) * 255
+        images = ((images.float() - mean) / std).permute(0, 3, 1, 2).contiguous()
+        batch = {**batch, "image": images, "mask": batch["mask"].long()}
+    return batch
 
 
 def segmentation_eval_transforms() -> A.Compose:
@@ -68,6 +136,4 @@ def segmentation_item(transform: Callable | None, image: np.ndarray, mask: np.nd
     if transform is not None:
         out = transform(image=image, mask=mask)
         image, mask = out["image"], out["mask"]
-        if isinstance(mask, torch.Tensor):
-            mask = mask.long()  # what cross-entropy with ignore_index expects
     return {"image": image, "mask": mask, "image_path": image_path, "label_path": label_path}

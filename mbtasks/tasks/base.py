@@ -7,6 +7,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar
 
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -27,7 +28,8 @@ class BaseDataModule(pl.LightningDataModule):
     """A task's data: `data.root` in its data set's own layout, or the embedded set written to `data.synth_dir`.
 
     A subclass sets `write_synthetic` (folder, **options) and builds in setup `val_set` and, for "fit", `train_set`
-    with its random augmentation `train_transform` (an albumentations pipeline).
+    with its random augmentation `train_transform` (an albumentations pipeline, or one with its call and
+    `set_random_seed`).
     """
 
     write_synthetic: ClassVar[Callable]
@@ -106,23 +108,42 @@ class BaseDataModule(pl.LightningDataModule):
                                seed=seed)
         dataset = SeededAugmentation(self.train_set, self.train_transform, seed)
         workers = self.config.data.num_workers
+        one_thread_opencv_with(workers)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           collate_fn=type(self).train_collate, drop_last=len(sampler) > batch_size,
-                          persistent_workers=workers > 0, generator=self._own_generator())
+                          persistent_workers=workers > 0, generator=self._own_generator(),
+                          worker_init_fn=one_thread_opencv)
 
     def val_dataloader(self) -> DataLoader:
         """Each process's share of the validation set in order (padded to equal shares: results are kept by key)."""
         world, rank = self._processes()
         sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
         workers = self.config.data.num_workers
+        one_thread_opencv_with(workers)
         return DataLoader(self.val_set, batch_size=self.config.data.val_batch_size, sampler=sampler,
                           num_workers=workers, collate_fn=type(self).val_collate, persistent_workers=workers > 0,
-                          generator=self._own_generator())
+                          generator=self._own_generator(), worker_init_fn=one_thread_opencv)
 
     def _own_generator(self) -> torch.Generator:
         """The loader's own generator for its workers' seeds: a loader drawing them from the global one whenever
         Lightning builds its iterator would shift the dropout masks of a resumed run against an uninterrupted one."""
         return torch.Generator().manual_seed(self.config.train.seed)
+
+
+def one_thread_opencv(worker_id: int | None = None) -> None:
+    """OpenCV on one thread (a loader's worker_init_fn), as torch already is in loader workers: each worker is one
+    core's worth of work, and OpenCV's own pool (a thread per core in every worker) would oversubscribe the cores."""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
+def one_thread_opencv_with(workers: int) -> None:
+    """Where a loader has worker processes, OpenCV on one thread in this, the main process, before they fork: a
+    forked worker inherits the count, and cannot change it itself while the main process's pool is alive (OpenCV
+    then waits forever on threads that exist only in the main process). Workers that start afresh (spawn) pin
+    their own in one_thread_opencv. The main process leaves the images to the workers anyway."""
+    if workers > 0:
+        one_thread_opencv()
 
 
 class BaseTask(pl.LightningModule):

@@ -10,7 +10,7 @@ from torchvision.utils import draw_bounding_boxes
 from ..config import Config
 from ..datasets.coco import CocoDetection
 from ..datasets.synthetic.shapes_coco import write_shapes_coco
-from ..datasets.transforms import detection_transforms
+from ..datasets.transforms import collate_training, detection_transforms, images_to_float
 from ..drawing import write_png
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..errors import MbtasksError
@@ -45,7 +45,7 @@ def detector_classes(config: Config) -> dict:
 
 
 def collate(batch: list) -> tuple:
-    """Detection batches stay lists: images may differ in size until the model resizes them."""
+    """Validation batches stay lists: images differ in size until the model resizes them."""
     return tuple(zip(*batch))
 
 
@@ -53,7 +53,8 @@ class DetectionDataModule(BaseDataModule):
     """COCO layout under data.root (`annotations/instances_{split}.json`, `{split}/*.jpg`), or the embedded set."""
 
     write_synthetic = staticmethod(write_shapes_coco)
-    train_collate = val_collate = staticmethod(collate)
+    train_collate = staticmethod(collate_training)
+    val_collate = staticmethod(collate)
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -68,6 +69,10 @@ class DetectionDataModule(BaseDataModule):
     @classmethod
     def predict_transform(cls, config: Config) -> Callable:
         return detection_transforms(augmentation_preset(config), detection_input_size(config), train=False)
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        """Training images arrive as one NHWC uint8 tensor and become NCHW floats here, on the device."""
+        return images_to_float(batch)
 
     def unaugmented_train_set(self) -> CocoDetection:
         images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ
