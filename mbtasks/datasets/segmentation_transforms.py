@@ -113,14 +113,15 @@ def segmentation_train_transforms(
     return ScaleCropFlip(crop_size, scale_range, ignore_index, photometric, seed=seed)
 
 
-def normalise_batch(batch: dict) -> dict:
+def normalise_batch(batch: dict, dtype: torch.dtype = torch.float32) -> dict:
     """A training batch from the loader (NHWC uint8 images, uint8 masks), where it is (the GPU), as the model and
-    loss take it: NCHW ImageNet-normalised floats, int64 masks. Float batches (evaluation's) pass unchanged."""
+    loss take it: NCHW ImageNet-normalised floats of `dtype` (the model's), int64 masks. Float batches (evaluation's)
+    pass unchanged."""
     images = batch["image"]
     if images.dtype == torch.uint8:
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device) * 255
-        std = torch.tensor(IMAGENET_STD, device=images.device) * 255
-        images = ((images.float() - mean) / std).permute(0, 3, 1, 2).contiguous()
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=dtype) * 255
+        std = torch.tensor(IMAGENET_STD, device=images.device, dtype=dtype) * 255
+        images = ((images.to(dtype) - mean) / std).permute(0, 3, 1, 2).contiguous()
         batch = {**batch, "image": images, "mask": batch["mask"].long()}
     return batch
 

@@ -137,11 +137,11 @@ def collate_training(batch: list) -> tuple[torch.Tensor, tuple]:
     return torch.from_numpy(np.stack(images)), tuple(targets)
 
 
-def images_to_float(batch: tuple) -> tuple:
-    """A batch where it lands (the GPU), images as the detection models take them: NHWC uint8 -> NCHW float in
-    [0, 1] (a quarter of the bytes crossed the loader, the pinned memory and the bus, and the transposition is the
-    GPU's). Other batches (evaluation's, float images) pass unchanged."""
+def images_to_float(batch: tuple, dtype: torch.dtype = torch.float32) -> tuple:
+    """A batch where it lands (the GPU), images as the detection models take them: NHWC uint8 -> NCHW floats of
+    `dtype` (the model's) in [0, 1] (a quarter of the bytes crossed the loader, the pinned memory and the bus, and the
+    transposition is the GPU's). Other batches (evaluation's, float images) pass unchanged."""
     images, targets = batch
     if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
-        images = images.permute(0, 3, 1, 2).float().div_(255).contiguous()
+        images = images.permute(0, 3, 1, 2).to(dtype).div_(255).contiguous()
     return images, targets

@@ -71,6 +71,12 @@ class BaseDataModule(pl.LightningDataModule):
         """The data set's own ids of the classes (COCO's category ids); empty where the classes are the ids."""
         return []
 
+    def model_dtype(self) -> torch.dtype:
+        """The floating type of the model being trained (float64 under `train.precision: 64-true`), which training
+        batches made floating on the device take."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return module.dtype if module is not None else torch.float32
+
     def graph_inputs(self, split: str) -> Dataset:
         """The images of `split` ("val", or "train" after setup("fit")) as the exported graph takes them,
         pre-processed as at evaluation: what int8 calibration and the check against PyTorch run on."""

@@ -72,7 +72,7 @@ class DetectionDataModule(BaseDataModule):
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """Training images arrive as one NHWC uint8 tensor and become NCHW floats here, on the device."""
-        return images_to_float(batch)
+        return images_to_float(batch, self.model_dtype())
 
     def unaugmented_train_set(self) -> CocoDetection:
         images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ

@@ -110,7 +110,7 @@ class SegmentationDataModule(BaseDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Training batches come from the loader as NHWC uint8 (a quarter of the bytes to copy, pin and send) and are
         normalised here, on the device; evaluation's (lists of normalised items) pass unchanged."""
-        return normalise_batch(batch) if isinstance(batch, dict) else batch
+        return normalise_batch(batch, self.model_dtype()) if isinstance(batch, dict) else batch
 
     @property
     def class_names(self) -> list[str]:
