@@ -5,7 +5,6 @@ channels-last weights: `mbtasks.layers.fusion.for_inference`).
 
     python bench/backbones.py [--runs 200] [--resolution 224] [--threads N]
 """
-import argparse
 import statistics
 import tempfile
 import time
@@ -17,6 +16,7 @@ import torchvision
 from mbtasks import build_model
 from mbtasks.models.importers import import_weights
 from mbtasks.layers.fusion import for_inference
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 
 def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[float]:
@@ -35,10 +35,10 @@ def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser = BenchParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=at_least(1), default=200)
+    parser.add_argument("--resolution", type=at_least(1), default=224)
+    parser.add_argument("--threads", type=at_least(1), default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -29,6 +29,7 @@ from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
 
 from mbtasks.errors import MbtasksError
 from mbtasks.evaluation.coco import DEFAULT_BACKEND, STAT_NAMES, check_backend, coco_metrics
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 IMAGE_SIZES = ((480, 640), (640, 480), (427, 640), (640, 427), (375, 500))  # (height, width), COCO's usual ones
 
@@ -189,16 +190,14 @@ def _backends(text: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--detections", type=int, default=100, help="detections per image")
+    parser = BenchParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=at_least(1), default=5000)
+    parser.add_argument("--detections", type=at_least(1), default=100, help="detections per image")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--backends", type=_backends, default=[DEFAULT_BACKEND],
                         help=f"coco_metrics backends to time, comma-separated (default {DEFAULT_BACKEND})")
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.exit(2, f"{parser.prog}: error: --repeats must be at least 1, got {args.repeats}\n")
 
     coco_gt, results = synthetic_set(args.images, args.detections, args.seed)
     anns = coco_gt.dataset["annotations"]

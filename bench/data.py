@@ -22,7 +22,6 @@ and the cores each pipeline needs to feed a training step of the recipes' size i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -47,36 +46,13 @@ from mbtasks.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photo_sets import write_cityscapes_photos, write_coco_photos  # noqa: E402  (the tests' real-photo sets)
+from arguments import BenchParser, at_least, positive  # bench/arguments.py, beside this script
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = {"det": CONFIGS / "det" / "ssdlite320_mobilenet_v3_large_coco.yaml",
            "seg": CONFIGS / "seg" / "lraspp_mobilenet_v3_large_cityscapes.yaml"}
 DEVICES = {"det": 8, "seg": 4}  # the recipes' devices: images per step = devices x batch_size
 PIPELINES = ("decode", "torchvision", "mbtasks")
-
-
-def at_least(minimum: int):
-    """An argparse type: an int of at least `minimum`; otherwise argparse's one-line error naming the value."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-        return value
-    return parse
-
-
-def positive(text: str) -> float:
-    """An argparse type: a number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not above 0")
-    return value
 
 
 def collate_lists(batch: list) -> tuple:
@@ -230,7 +206,7 @@ def scaling(task: str, root: Path, max_workers: int, images: int) -> list[tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = BenchParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=at_least(1), default=3, help="timed runs of each pipeline (default 3)")
     parser.add_argument("--workers", type=at_least(0), default=os.cpu_count(),
                         help="most loader workers in the scaling figure, 0 for none (default: the CPU count)")

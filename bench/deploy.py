@@ -19,7 +19,6 @@ is held by tests/test_export.py on the demo recipes. Targets (the deployment iss
 most 0.30x torchvision for SSDLite end to end (0.35x for LR-ASPP), mbtasks' PyTorch inference copy at most 0.75x;
 int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2048.
 """
-import argparse
 import collections
 import json
 import os
@@ -45,6 +44,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 from detection import NAME as DETECTOR, models as detection_models  # noqa: E402  (the same setup as those benches)
 from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser)
 from segmentation import models as segmentation_models  # noqa: E402
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 # As training leaves a detector: the background logit high, the others spread out. With random weights every one of
 # the 291,000 class scores would pass the 0.001 threshold; with these about 3,000 do and 300 detections are kept.
@@ -178,13 +178,11 @@ def report(title: str, task: str, times: dict[str, list[float]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="timed repeats (at least 7)")
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
-    parser.add_argument("--calibration", type=int, default=8, help="int8 calibration images")
+    parser = BenchParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=at_least(7), default=20, help="timed repeats (at least 7)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--calibration", type=at_least(1), default=8, help="int8 calibration images")
     args = parser.parse_args()
-    if args.runs < 7:
-        parser.error("--runs: at least 7 repeats")
     torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's thread count
     import onnxruntime
 

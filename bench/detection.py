@@ -10,7 +10,6 @@ detection task does once the network has answered (validation_step's COCO result
 and scored by coco_metrics) against pycocotools alone on the same detections, min / median / max over
 --eval-repeats, with the peak memory of each in a fresh process.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -38,6 +37,7 @@ from mbtasks.evaluation.coco import STAT_NAMES
 from mbtasks.models.importers import import_weights
 from mbtasks.layers.fusion import for_inference
 from mbtasks.tasks import TASKS
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 NAME = "ssdlite320_mobilenet_v3_large"
 
@@ -213,13 +213,13 @@ def validation_scoring(images: int, per_image: int, repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--train-steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--eval-images", type=int, default=5000, help="validation images whose scoring is timed")
-    parser.add_argument("--eval-detections", type=int, default=100, help="detections per validation image")
-    parser.add_argument("--eval-repeats", type=int, default=3)
+    parser = BenchParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=at_least(1), default=50)
+    parser.add_argument("--train-steps", type=at_least(1), default=5)
+    parser.add_argument("--threads", type=at_least(1), default=torch.get_num_threads())
+    parser.add_argument("--eval-images", type=at_least(1), default=5000, help="validation images whose scoring is timed")
+    parser.add_argument("--eval-detections", type=at_least(1), default=100, help="detections per validation image")
+    parser.add_argument("--eval-repeats", type=at_least(1), default=3)
     parser.add_argument("--scoring-only", action="store_true", help="only the validation epoch's scoring")
     args = parser.parse_args()
     if args.eval_repeats < 1:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import glob
 import math
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser: features that differ by place)
 from segmentation_eval import SIZE, write_predictions  # noqa: E402  (the perturbed predictions of that bench)
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 RESOLUTIONS = ((512, 1024), (1024, 2048))
 MEANS = (("mean_class_iou", "averageScoreClasses"), ("mean_class_iiou", "averageScoreInstClasses"),
@@ -115,9 +115,9 @@ def evaluation(images: int, tmp: str) -> tuple[float, float, bool]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per model and resolution")
-    parser.add_argument("--images", type=int, default=10, help="1024x2048 images for the evaluation timing")
+    parser = BenchParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=at_least(1), default=10, help="timed runs per model and resolution")
+    parser.add_argument("--images", type=at_least(1), default=10, help="1024x2048 images for the evaluation timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
     if args.threads:

@@ -11,7 +11,6 @@ ratios. (a) and (b) are the best of --repeats runs; (c) runs once.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import glob
 import math
@@ -28,6 +27,7 @@ from PIL import Image
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.evaluation.segmentation import evaluate_cityscapes_folders
 from mbtasks.io.images import read_label_png
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 SIZE = (1024, 2048)
 
@@ -69,9 +69,9 @@ def best_of(repeats: int, run) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = BenchParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=at_least(1), default=20)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     args = parser.parse_args()
     workers = min(4, os.cpu_count() or 1)
 

@@ -28,7 +28,7 @@ def _resolution(text: str) -> int | tuple[int, int]:
     return size[0] if len(size) == 1 else size
 
 
-def _at_least(low: int) -> Callable[[str], int]:
+def at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least `low`."""
 
     def parse(text: str) -> int:
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=_resolution, help="N or HxW (default 224; a detector's own size)")
     p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
                    help="a model option, e.g. reduced_tail=true (repeatable)")
-    p.add_argument("--runs", type=_at_least(1), default=30, help="timed runs for the median latency")
+    p.add_argument("--runs", type=at_least(1), default=30, help="timed runs for the median latency")
     p.add_argument("--json", action="store_true", help="print one JSON object: params, madds, latency_ms")
     p.set_defaults(func=cmd_profile)
 
@@ -451,9 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="static int8 quantisation, the fastest here of a few ways (QDQ or QOperator, per-channel or "
                    "per-tensor weights, depthwise convolutions int8 or fp32), timed at export")
-    p.add_argument("--calibration", type=_at_least(1), default=100,
+    p.add_argument("--calibration", type=at_least(1), default=100,
                    help="int8: training images to calibrate on (default 100)")
-    p.add_argument("--samples", type=_at_least(1), default=4,
+    p.add_argument("--samples", type=at_least(1), default=4,
                    help="validation images to compare onnxruntime with pytorch on (default 4)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.set_defaults(func=cmd_export)
@@ -465,8 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, folders (searched recursively for image extensions) and glob patterns")
     p.add_argument("--out", required=True, help="folder for the pictures and the JSON")
     p.add_argument("--task", help="check that the model is of this task (it comes from the file)")
-    p.add_argument("--batch-size", type=_at_least(1), default=8, help="photos per forward pass (default 8)")
-    p.add_argument("--workers", type=_at_least(0), default=2, help="DataLoader processes reading photos (default 2)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="photos per forward pass (default 8)")
+    p.add_argument("--workers", type=at_least(0), default=2, help="DataLoader processes reading photos (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
     p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
     p.add_argument("--score-threshold", type=_fraction, help="det: draw boxes scoring at least this (default 0.3)")
@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="write an embedded data set in its real format")
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(func=cmd_data_synth)
 
     p = commands.add_parser(
@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-only", action="store_true",
                    help="parameters, multiply-adds and latency only; classes from model.options.num_classes, "
                         "else the task's usual data set's (ImageNet's 1000 for cls)")
-    p.add_argument("--runs", type=_at_least(0), default=10, help="timed runs for the median latency (0: no latency)")
+    p.add_argument("--runs", type=at_least(0), default=10, help="timed runs for the median latency (0: no latency)")
     p.add_argument("--overwrite", action="store_true",
                    help="a run finished before with other settings is replaced (default: kept, the new one runs in "
                         "RUN-2, RUN-3, ...)")
