@@ -19,8 +19,8 @@ from mbtasks.layers.fusion import for_inference
 from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 
-def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[float]:
-    """Median ms of each model, timed in alternation so that machine noise falls on both alike."""
+def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[list[float]]:
+    """ms of each model's runs, timed in alternation so that machine noise falls on all alike."""
     times = [[] for _ in models]
     with torch.inference_mode():
         for _ in range(10):
@@ -31,7 +31,7 @@ def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: in
                 start = time.perf_counter()
                 model(x)
                 times[i].append((time.perf_counter() - start) * 1000)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def main() -> None:
@@ -43,16 +43,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.rand(1, 3, args.resolution, args.resolution)
-    print(f"batch 1, {args.resolution}x{args.resolution}, {args.threads} threads, median of {args.runs} runs")
-    print(f"{'model':<22}{'torchvision ms':>16}{'mbtasks ms':>12}{'ratio':>8}{'inference ms':>14}{'ratio':>8}")
+    print(f"batch 1, {args.resolution}x{args.resolution}, {args.threads} threads, {args.runs} runs in alternation: "
+          "median ms (min-max), ratio of medians to torchvision")
+    print(f"{'model':<22}{'torchvision ms':>22}{'mbtasks ms':>22}{'ratio':>8}{'inference ms':>22}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
             reference = getattr(torchvision.models, name)().eval()
             torch.save(reference.state_dict(), Path(tmp) / "tv.pth")
             import_weights("torchvision", Path(tmp) / "tv.pth", name, Path(tmp) / "mb.pth")
             ours = build_model(name, weights=Path(tmp) / "mb.pth").eval()
-            tv_ms, mb_ms, fold_ms = interleaved_latency([reference, ours, for_inference(ours)], x, args.runs)
-            print(f"{name:<22}{tv_ms:>16.2f}{mb_ms:>12.2f}{mb_ms / tv_ms:>8.3f}{fold_ms:>14.2f}{fold_ms / tv_ms:>8.3f}")
+            tv, mb, fold = interleaved_latency([reference, ours, for_inference(ours)], x, args.runs)
+            tv_ms, mb_ms, fold_ms = map(statistics.median, (tv, mb, fold))
+            print(f"{name:<22}{spread(tv):>22}{spread(mb):>22}{mb_ms / tv_ms:>8.3f}{spread(fold):>22}"
+                  f"{fold_ms / tv_ms:>8.3f}")
+
+
+def spread(ms: list[float]) -> str:
+    """median (min-max)"""
+    return f"{statistics.median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f})"
 
 
 if __name__ == "__main__":
