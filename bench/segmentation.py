@@ -60,7 +60,7 @@ def models(tmp: str) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def latency(runs: int, tmp: str) -> list[tuple[str, dict, dict]]:
-    """Per resolution: resolution, then wall-clock and CPU ms per model (MODELS), medians of batch-1 runs taken in
+    """Per resolution: resolution, then wall-clock and CPU ms of each batch-1 run per model (MODELS), taken in
     rotating order. "mbtasks inference" is what evaluate runs (for_inference: BN folded, channels-last). CPU time
     leaves out the time other processes hold the cores."""
     reference, ours = models(tmp)
@@ -83,22 +83,17 @@ def latency(runs: int, tmp: str) -> list[tuple[str, dict, dict]]:
                     if index:
                         wall[name].append(time.perf_counter() - start)
                         cpu[name].append(time.process_time() - start_cpu)
-        rows.append((f"{height}x{width}", *({name: 1000 * statistics.median(times[name]) for name in MODELS}
+        rows.append((f"{height}x{width}", *({name: [1000 * t for t in times[name]] for name in MODELS}
                                             for times in (wall, cpu))))
     return rows
 
 
-def evaluation(images: int, tmp: str) -> tuple[float, float, bool]:
-    """Seconds for mbtasks (best of 3) and for cityscapesscripts (once) on the same prediction PNGs; same means?"""
+def evaluation(images: int, tmp: str, repeats: int = 3) -> tuple[list[float], list[float], bool]:
+    """Seconds of each of `repeats` runs, in turn, of mbtasks and of cityscapesscripts on the same prediction PNGs;
+    the same means?"""
     gt_root, pred_dir = os.path.join(tmp, "cityscapes"), os.path.join(tmp, "pred")
     write_streets_cityscapes(gt_root, seed=0, num_train=0, num_val=images, size=SIZE, max_cars=20, max_persons=20)
     write_predictions(gt_root, pred_dir, seed=1)
-    ours_times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        ours = evaluate_cityscapes_folders(gt_root, pred_dir)
-        ours_times.append(time.perf_counter() - start)
-
     np.in1d = np.isin  # cityscapesscripts 2.3.0 still calls np.in1d, removed in numpy 2.4
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
 
@@ -106,18 +101,29 @@ def evaluation(images: int, tmp: str) -> tuple[float, float, bool]:
     official_args.JSONOutput, official_args.quiet = False, True
     official_args.predictionPath, official_args.predictionWalk = pred_dir, None
     gt_files = sorted(glob.glob(os.path.join(gt_root, "gtFine", "val", "*", "*_gtFine_labelIds.png")))
-    start = time.perf_counter()
-    predictions = [official.getPrediction(official_args, gt) for gt in gt_files]
-    reference = official.evaluateImgLists(predictions, gt_files, official_args)
-    official_time = time.perf_counter() - start
+    ours_times, official_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours = evaluate_cityscapes_folders(gt_root, pred_dir)
+        ours_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        predictions = [official.getPrediction(official_args, gt) for gt in gt_files]
+        reference = official.evaluateImgLists(predictions, gt_files, official_args)
+        official_times.append(time.perf_counter() - start)
     same = all(math.isclose(ours[a], reference[b], rel_tol=1e-9) for a, b in MEANS)
-    return min(ours_times), official_time, same
+    return ours_times, official_times, same
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    """median (min-max)"""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def main() -> None:
     parser = BenchParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=at_least(1), default=10, help="timed runs per model and resolution")
     parser.add_argument("--images", type=at_least(1), default=10, help="1024x2048 images for the evaluation timing")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="evaluation runs of each (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
     if args.threads:
@@ -125,17 +131,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"\nlatency, lraspp_mobilenet_v3_large, batch 1, CPU, median of {args.runs} runs in rotating order")
-        print("ms (ratio to torchvision)" + "".join(f"{name:>24}" for name in MODELS))
+        print(f"\nlatency, lraspp_mobilenet_v3_large, batch 1, CPU, {args.runs} runs in rotating order: median ms "
+              "(min-max), ratio of medians to torchvision")
+        print(f"{'':<25}" + "".join(f"{name:>32}" for name in MODELS))
         for resolution, wall, cpu in latency(args.runs, tmp):
             for kind, times in (("wall-clock", wall), ("CPU", cpu)):
+                base = statistics.median(times["torchvision"])
                 print(f"{resolution + ' ' + kind:<25}" + "".join(
-                    f"{times[name]:>14.1f} ({times[name] / times['torchvision']:.3f}x)" for name in MODELS))
-        ours, official, same = evaluation(args.images, tmp)
-    print(f"\nevaluation, {args.images} images {SIZE[0]}x{SIZE[1]}, the same prediction PNGs")
-    print(f"{'cityscapesscripts':<20}{official:8.2f} s  {1000 * official / args.images:8.1f} ms/image")
-    print(f"{'mbtasks':<20}{ours:8.2f} s  {1000 * ours / args.images:8.1f} ms/image")
-    print(f"cityscapesscripts / mbtasks = {official / ours:.1f}x; same four means: {same}")
+                    f"{spread(times[name]):>24} {statistics.median(times[name]) / base:.3f}x" for name in MODELS))
+        ours, official, same = evaluation(args.images, tmp, args.repeats)
+    ratios = [o / m for o, m in zip(official, ours)]
+    print(f"\nevaluation, {args.images} images {SIZE[0]}x{SIZE[1]}, the same prediction PNGs, {args.repeats} runs in "
+          "turn: median s (min-max)")
+    print(f"{'cityscapesscripts':<20}{spread(official, 2):>24}")
+    print(f"{'mbtasks':<20}{spread(ours, 2):>24}")
+    print(f"cityscapesscripts / mbtasks per run: {spread(ratios)}x; same four means: {same}")
 
 
 if __name__ == "__main__":

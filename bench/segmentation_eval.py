@@ -4,7 +4,7 @@ Writes N street scenes at 1024x2048 (about 20 car and person instances each) wit
 temporary folder, then times (a) decoding the ground-truth labelIds and instanceIds and the prediction PNGs alone
 (cv2, the decoder mbtasks uses, and PIL, the official one), (b) mbtasks' evaluate_cityscapes_folders and
 (c) cityscapesscripts' evalPixelLevelSemanticLabeling (its pure-Python path, as pip installs it), and prints
-ratios. (a) and (b) are the best of --repeats runs; (c) runs once.
+ratios of medians. Each runs --repeats times (min / median / max printed).
 
     python bench/segmentation_eval.py [--images 20] [--repeats 3]
 """
@@ -16,6 +16,7 @@ import glob
 import math
 import os
 import tempfile
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,13 +60,14 @@ def write_predictions(gt_root: str, pred_dir: str, seed: int) -> None:
         Image.fromarray(pred).save(os.path.join(pred_dir, name))
 
 
-def best_of(repeats: int, run) -> float:
+def timed(repeats: int, run) -> list[float]:
+    """Seconds of each of `repeats` runs."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
 
 
 def main() -> None:
@@ -103,13 +105,13 @@ def main() -> None:
                 list(pool.map(fn, triples))
 
         timings = {
-            "decode, PIL, 1 thread": best_of(args.repeats, lambda: [decode_pil(t) for t in triples]),
-            "decode, cv2, 1 thread": best_of(args.repeats, lambda: [decode_cv2(t) for t in triples]),
-            f"decode, cv2, {workers} threads": best_of(args.repeats, lambda: threaded(decode_cv2)),
-            "mbtasks, 1 thread": best_of(
+            "decode, PIL, 1 thread": timed(args.repeats, lambda: [decode_pil(t) for t in triples]),
+            "decode, cv2, 1 thread": timed(args.repeats, lambda: [decode_cv2(t) for t in triples]),
+            f"decode, cv2, {workers} threads": timed(args.repeats, lambda: threaded(decode_cv2)),
+            "mbtasks, 1 thread": timed(
                 args.repeats, lambda: evaluate_cityscapes_folders(gt_root, pred_dir, workers=1)
             ),
-            f"mbtasks, {workers} threads": best_of(
+            f"mbtasks, {workers} threads": timed(
                 args.repeats, lambda: evaluate_cityscapes_folders(gt_root, pred_dir, workers=workers)
             ),
         }
@@ -121,13 +123,19 @@ def main() -> None:
         official_args = copy.copy(official.args)
         official_args.JSONOutput, official_args.quiet = False, True
         official_args.predictionPath, official_args.predictionWalk = pred_dir, None
-        start = time.perf_counter()
-        predictions = [official.getPrediction(official_args, gt) for gt in gt_files]
-        reference = official.evaluateImgLists(predictions, gt_files, official_args)
-        timings["cityscapesscripts, 1 thread"] = time.perf_counter() - start
+        reference = {}
 
+        def run_official():
+            predictions = [official.getPrediction(official_args, gt) for gt in gt_files]
+            reference.update(official.evaluateImgLists(predictions, gt_files, official_args))
+
+        timings["cityscapesscripts, 1 thread"] = timed(args.repeats, run_official)
+
+    print(f"seconds over {args.repeats} runs: min / median / max, and the median per image")
     for name, seconds in timings.items():
-        print(f"{name:<32} {seconds:8.3f} s   {1000 * seconds / len(triples):7.1f} ms/image")
+        low, mid, high = min(seconds), statistics.median(seconds), max(seconds)
+        print(f"{name:<32} {low:7.3f} / {mid:7.3f} / {high:7.3f} s   {1000 * mid / len(triples):7.1f} ms/image")
+    timings = {name: statistics.median(seconds) for name, seconds in timings.items()}
     agree = all(
         math.isclose(ours[mine], reference[theirs], rel_tol=1e-9)
         for mine, theirs in (
