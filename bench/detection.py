@@ -63,8 +63,8 @@ def batch(size: int) -> tuple[list, list]:
     return images, targets
 
 
-def latency(named: dict, runs: int) -> dict:
-    """Median ms per image at batch 1, models timed in alternation so machine noise falls on all alike."""
+def latency(named: dict, runs: int) -> dict[str, list[float]]:
+    """ms of each run at batch 1 per model, models timed in alternation so machine noise falls on all alike."""
     images, _ = batch(1)
     times = {name: [] for name in named}
     with torch.inference_mode():
@@ -77,11 +77,11 @@ def latency(named: dict, runs: int) -> dict:
                 start = time.perf_counter()
                 model(images)
                 times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
-def train_throughput(model: torch.nn.Module, steps: int, batch_size: int = 32) -> float:
-    """Images per second of SGD training steps (forward, MultiBox loss, backward, update)."""
+def train_throughput(model: torch.nn.Module, steps: int, batch_size: int = 32) -> list[float]:
+    """Images per second of each SGD training step (forward, MultiBox loss, backward, update)."""
     images, targets = batch(batch_size)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -94,7 +94,7 @@ def train_throughput(model: torch.nn.Module, steps: int, batch_size: int = 32) -
         optimizer.step()
         if step:  # the first step warms up the allocator
             durations.append(time.perf_counter() - start)
-    return batch_size / statistics.median(durations)
+    return [batch_size / d for d in durations]
 
 
 def _child(which: str, steps: int, threads: int, queue) -> None:
@@ -230,10 +230,11 @@ def main() -> None:
     print(f"{NAME}, {args.threads} threads")
     with tempfile.TemporaryDirectory() as tmp:
         reference, ours = models(tmp)
-    ms = latency({"torchvision": reference, "mbtasks": ours, "mbtasks inference": for_inference(ours)}, args.runs)
-    print(f"inference, batch 1, median of {args.runs}: torchvision {ms['torchvision']:.1f} ms, mbtasks "
-          f"{ms['mbtasks']:.1f} ms (ratio {ms['mbtasks'] / ms['torchvision']:.3f}), mbtasks inference path (folded "
-          f"BN, channels-last) {ms['mbtasks inference']:.1f} ms (ratio {ms['mbtasks inference'] / ms['torchvision']:.3f})")
+    runs = latency({"torchvision": reference, "mbtasks": ours, "mbtasks inference": for_inference(ours)}, args.runs)
+    ms = {name: statistics.median(values) for name, values in runs.items()}
+    print(f"inference, batch 1, {args.runs} runs in alternation, ms min / median / max (ratio of medians):")
+    for name in runs:
+        print(f"  {name:<18} {spread(runs[name], ' ms', 1)}   ({ms[name] / ms['torchvision']:.3f})")
 
     context = multiprocessing.get_context("spawn")
     results = {}
@@ -244,10 +245,11 @@ def main() -> None:
         name, throughput, peak = queue.get()
         process.join()
         results[name] = (throughput, peak)
-    (tv_ips, tv_mb), (mb_ips, mb_mb) = results["torchvision"], results["mbtasks"]
-    print(f"training, batch 32: torchvision {tv_ips:.1f} images/s, mbtasks {mb_ips:.1f} images/s "
-          f"(ratio {mb_ips / tv_ips:.3f}); peak memory torchvision {tv_mb:.0f} MB, mbtasks {mb_mb:.0f} MB "
-          f"(ratio {mb_mb / tv_mb:.3f})")
+    (tv_steps, tv_mb), (mb_steps, mb_mb) = results["torchvision"], results["mbtasks"]
+    tv_ips, mb_ips = statistics.median(tv_steps), statistics.median(mb_steps)
+    print(f"training, batch 32, {args.train_steps} steps, images/s min / median / max: torchvision "
+          f"{spread(tv_steps, '', 1)}, mbtasks {spread(mb_steps, '', 1)} (ratio of medians {mb_ips / tv_ips:.3f}); "
+          f"peak memory torchvision {tv_mb:.0f} MB, mbtasks {mb_mb:.0f} MB (ratio {mb_mb / tv_mb:.3f})")
 
     print("evaluation against plain pycocotools (bench/coco_eval.py):")
     subprocess.run([sys.executable, str(Path(__file__).with_name("coco_eval.py")), "--repeats", "1"], check=True)
