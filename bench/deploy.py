@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ import torchvision
 
 from mbtasks.config import load_config
 from mbtasks.export import export_onnx
+from mbtasks.export.int8 import rotating_times as int8_rotating_times
 from mbtasks.io.onnx_runtime import load_onnx_model
 from mbtasks.io.records import Record
 from mbtasks.layers.fusion import for_inference
@@ -64,21 +64,11 @@ def trained_like(detector: torch.nn.Module) -> None:
         block[-1].bias.data[0::num_classes] += BACKGROUND_BIAS
 
 
-def rotating_times(calls: dict, runs: int, pause: float = 0.05) -> dict[str, list[float]]:
-    """ms of each call in each of `runs` repeats, the calls taken in rotating order after one warm-up round. A pause
-    before each call lets the previous call's worker threads (ONNX Runtime's and OpenMP's spin after a run) go idle:
-    without it the call after ONNX Runtime ran up to 2x slower."""
-    names, times = list(calls), {name: [] for name in calls}
+def rotating_times(calls: dict, runs: int) -> dict[str, list[float]]:
+    """ms of each call in each of `runs` repeats in rotating order: the export's own timing (mbtasks.export.int8),
+    with a longer pause for torch's OpenMP threads, under inference mode."""
     with torch.inference_mode():
-        for index in range(runs + 1):
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                time.sleep(pause)
-                start = time.perf_counter()
-                calls[name]()
-                if index:
-                    times[name].append(1000 * (time.perf_counter() - start))
-    return times
+        return int8_rotating_times(calls, runs, pause=0.05)
 
 
 def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int) -> tuple:

@@ -123,14 +123,17 @@ def choose(fp32: Path, prepared: Path, example: torch.Tensor, scratch: Path, can
         quantize(prepared, path, calibration_reader([example], 1), candidate)
         sessions[candidate.name] = create_session(path, disabled_optimizers=candidate.disabled_optimizers)
     feed = {"images": example[None].float().contiguous().numpy()}
-    times = rotating_medians({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}, runs)
+    runs_ms = rotating_times({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()},
+                             runs)
+    times = {name: statistics.median(values) for name, values in runs_ms.items()}
     best = min(candidates, key=lambda candidate: times[candidate.name])
     return best, times
 
 
-def rotating_medians(calls: dict, runs: int, pause: float = 0.02) -> dict[str, float]:
-    """Median ms of each call over `runs` rounds in rotating order, after one warm-up round. The pause lets the last
-    call's worker threads (ONNX Runtime's spin after a run) go idle before the next starts."""
+def rotating_times(calls: dict, runs: int, pause: float = 0.02) -> dict[str, list[float]]:
+    """ms of each call in each of `runs` rounds, the calls taken in rotating order after one warm-up round. The pause
+    before each call lets the previous call's worker threads (ONNX Runtime's and OpenMP's spin after a run) go idle:
+    without it the call after ONNX Runtime ran up to 2x slower (bench/deploy.py)."""
     names, times = list(calls), {name: [] for name in calls}
     for index in range(runs + 1):
         shift = index % len(names)
@@ -140,7 +143,7 @@ def rotating_medians(calls: dict, runs: int, pause: float = 0.02) -> dict[str, f
             calls[name]()
             if index:
                 times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _depthwise(node) -> bool:
