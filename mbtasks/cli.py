@@ -143,7 +143,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     check_train_settings(config.train)
     if args.resume is not None:
         read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
-    claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
     spec = TASKS.get(config.task)
     config.model.name = config.model.name or spec.default_model
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
@@ -151,6 +150,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     data.prepare_data()
     data.setup("fit")
     task = spec.module(config.to_dict(), data.class_names, data.category_ids)
+    # After the data and the model were built: a mistake in either leaves no output folder behind.
+    claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
     trainer = build_trainer(config, spec.monitor)
     trainer.fit(task, datamodule=data, ckpt_path=args.resume, weights_only=True)
     if trainer.is_global_zero:

@@ -131,4 +131,4 @@ def test_a_class_count_that_fits_neither_labelling_is_one_line_naming_both(data_
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "instances_val2017.json" in error
     assert "50 classes" in error and "(81)" in error and "90: 91" in error
-    assert not (tmp_path / "run/checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -124,17 +124,19 @@ def check_train_settings(train: TrainConfig) -> None:
     unknown = [name for name in train.loggers if name not in LOGGERS]
     if unknown:
         raise MbtasksError(f"unknown logger {unknown[0]!r} in train.loggers; known: {', '.join(LOGGERS)}")
+    for name in train.loggers:
+        package = LOGGERS[name][1]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise MbtasksError(f"train.loggers names {name}, which needs the {package} package: pip install {package}")
 
 
 def build_loggers(names: list[str], out: Path) -> list:
-    """Lightning's loggers by name; one whose package is missing is a one-line error naming the package."""
+    """Lightning's loggers by name (check_train_settings has made sure their packages are there)."""
     from pytorch_lightning import loggers
 
     built = []
     for name in names:
-        class_name, package = LOGGERS[name]
-        if package is not None and importlib.util.find_spec(package) is None:
-            raise MbtasksError(f"train.loggers names {name}, which needs the {package} package: pip install {package}")
+        class_name, _ = LOGGERS[name]  # the packages were checked with the other settings (check_train_settings)
         logger_class = getattr(loggers, class_name)
         built.append(logger_class(out, name="logs") if name == "csv" else
                      logger_class(save_dir=str(out), name=name) if name != "mlflow" else
