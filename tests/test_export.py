@@ -15,10 +15,12 @@ from helpers import TINY_IMAGE_DATA, randomised, save_checkpoint, task_module
 from mbtasks.cli import main
 from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
+from mbtasks.export.channel_padding import padded_expansions
 from mbtasks.export.detection_graph import BoxDecoder, SelectDetections
 from mbtasks.export.int8 import CANDIDATES, CHOICE_RUNS, choose, prepare
 from mbtasks.io.onnx_runtime import create_session, load_onnx_model
 from mbtasks.io.records import read_checkpoint
+from mbtasks.layers.blocks import InvertedResidual
 from mbtasks.layers.fusion import for_inference
 
 COMMON = ["data.num_workers=0", "data.val_batch_size=2", "train.accelerator=cpu", "train.progress_bar=false"]
@@ -197,18 +199,21 @@ def _group(node) -> int:
 
 
 def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_path):
-    """A tiny inverted residual (1x1, h-swish, 3x3 depthwise, ReLU, 1x1): each candidate's graph, and the choice."""
+    """A tiny inverted residual (1x1 to 12 channels, h-swish, 3x3 depthwise, h-swish, 1x1), as it is and with its
+    expansion padded to 16 channels: each candidate's graph, and the choice."""
     torch.manual_seed(0)
-    block = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), torch.nn.Hardswish(),
-                                torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU(),
-                                torch.nn.Conv2d(16, 8, 1)).eval()
+    block = for_inference(InvertedResidual(3, 12, 8, kernel=3, stride=1, dilation=1, se=False,
+                                           activation=torch.nn.Hardswish, norm=torch.nn.BatchNorm2d,
+                                           use_residual=False))
+    padded_block, changed = padded_expansions(block)
     example = torch.rand(3, 24, 32)
-    with torch.no_grad():
-        torch.onnx.export(block, (example[None],), str(tmp_path / "fp32.onnx"), input_names=["images"],
-                          opset_version=17, dynamo=False)
+    for network, name in ((block, "fp32"), (padded_block, "padded")):
+        with torch.no_grad():
+            torch.onnx.export(network, (example[None],), str(tmp_path / f"{name}.onnx"), input_names=["images"],
+                              opset_version=17, dynamo=False)
     fp32 = tmp_path / "fp32.onnx"
-    chosen, ms = choose(fp32, prepare(fp32), example, tmp_path, runs=2)
-    assert set(ms) == {"fp32", *(c.name for c in CANDIDATES)}
+    chosen, ms = choose(fp32, prepare(fp32), example, tmp_path, runs=2, padded=prepare(tmp_path / "padded.onnx"))
+    assert changed == 1 and set(ms) == {"fp32", *(c.name for c in CANDIDATES)}
     assert chosen.name == min((c.name for c in CANDIDATES), key=ms.get)
     for index, candidate in enumerate(CANDIDATES):
         graph = onnx.load(str(tmp_path / f"candidate{index}.onnx")).graph
@@ -216,12 +221,14 @@ def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_pa
         if candidate.quant_format == "QOperator":
             convs = [node for node in graph.node if node.op_type == "QLinearConv"]
             assert len(convs) == 3 and not any(node.op_type == "Conv" for node in graph.node)
+            assert _group(convs[1]) == 12
             weight_scales = [initializers[node.input[4]] for node in convs]
         else:
             convs = {_group(node): node for node in graph.node if node.op_type == "Conv"}
             dequantise = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
+            depthwise = convs[16 if candidate.padded else 12]  # KeyError: not the graph the candidate says
             # Depthwise fp32: its weights stay float (and ONNX Runtime is told not to quantise them itself).
-            assert (convs[16].input[1] in initializers) == candidate.float_depthwise
+            assert (depthwise.input[1] in initializers) == candidate.float_depthwise
             assert candidate.disabled_optimizers == (["WeightBiasQuantization"] if candidate.float_depthwise else [])
             weight_scales = [initializers[dequantise[node.input[1]].input[1]] for node in graph.node
                              if node.op_type == "Conv" and node.input[1] in dequantise]

@@ -59,6 +59,11 @@ class Backbone(nn.Module):
         self._effective_strides = [effective for _, effective in natural_strides]
         self.num_features = channels
 
+    @property
+    def expansion_tap_layer(self) -> int:
+        """Index of the layer whose expansion output is the `C4_expand` tap (-1: none)."""
+        return self._expand_index
+
     def add_tap(self, name: str, layer_index: int) -> None:
         """Also return the output of layer `layer_index` under `name` (for heads that read other layers)."""
         self._tap_after.setdefault(layer_index, []).append(name)

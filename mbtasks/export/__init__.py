@@ -10,8 +10,10 @@ What the graph holds (io/onnx_runtime.py runs it behind the PyTorch model's cont
 
 The exporter is torch.onnx's TorchScript one (dynamo=False): the dynamo exporter gives the same ORT latency but, with a
 dynamic height and width, exported LR-ASPP's upsampling for the example's size only (logits off by 0.5 elsewhere).
-int8 quantises that fp32 graph (int8.py). The data module gives the images, as the graph takes them: its validation
-images for the check, its training images for int8 calibration (`graph_inputs`).
+int8 quantises that fp32 graph, or that of the network with its expansions padded to 16 channels
+(channel_padding.py), whichever way ONNX Runtime runs fastest here (int8.py). The data module gives the images, as
+the graph takes them: its validation images for the check, its training images for int8 calibration
+(`graph_inputs`).
 """
 import json
 import tempfile
@@ -29,6 +31,7 @@ from ..heads.lraspp import PaperPool
 from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS
+from .channel_padding import padded_expansions
 from .detection_graph import DetectionGraph
 from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize
 from ..io.onnx_runtime import EXPORT_KEY, create_session, require
@@ -96,11 +99,11 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
         _torch_export(graph, inputs[0], fp32, task, dynamic_size=not fixed)
         if int8:
             images = data.graph_inputs("train")
-            prepared = prepare(fp32)
+            prepared, padded = prepare(fp32), _padded_graph(model, task, inputs[0], Path(scratch), fixed)
             # Chosen on the first calibration image, at the threads the file will run with here.
-            chosen, times = choose(fp32, prepared, images[0], Path(scratch))
+            chosen, times = choose(fp32, prepared, images[0], Path(scratch), padded=padded)
             reader = calibration_reader(images, calibration)
-            quantize(prepared, quantised, reader, chosen)
+            quantize(padded if chosen.padded else prepared, quantised, reader, chosen)
             calibrated = len(reader)
             choice = {"chosen": chosen.name, "ms": times, "runs": CHOICE_RUNS, "threads": torch.get_num_threads(),
                       "input": list(images[0].shape[-2:])}
@@ -129,6 +132,17 @@ def output_names(task: str) -> list[str]:
 
 def _first(dataset, count: int) -> list:
     return [dataset[i] for i in range(min(count, len(dataset)))]
+
+
+def _padded_graph(model: nn.Module, task: str, example: torch.Tensor, scratch: Path, fixed: bool) -> Path | None:
+    """The graph of `model` with its expansions padded to 16 channels (channel_padding.py), prepared for int8; None
+    when there is nothing to pad."""
+    padded, changed = padded_expansions(model)
+    if not changed:
+        return None
+    path = scratch / "fp32_padded.onnx"
+    _torch_export(DetectionGraph(padded) if task == "det" else padded, example, path, task, dynamic_size=not fixed)
+    return prepare(path)
 
 
 def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: str, dynamic_size: bool) -> None:

@@ -1,6 +1,6 @@
 """int8 quantisation of an exported fp32 graph, chosen by measurement: a few ways to quantise (CANDIDATES: QDQ or
-QOperator, per-channel or per-tensor int8 weights, depthwise convolutions int8 or fp32) are each timed in ONNX Runtime
-on this machine and the fastest is kept (`choose`). All of them: uint8 activations calibrated (MinMax) on training
+QOperator, per-channel or per-tensor int8 weights, depthwise convolutions int8 or fp32, expansions padded to 16
+channels or not) are each timed in ONNX Runtime on this machine and the fastest is kept (`choose`). All of them: uint8 activations calibrated (MinMax) on training
 images pre-processed as at evaluation; in QDQ, h-swish rewritten to int8 arithmetic (int8_hard_sigmoid); all of a
 detector but its network, and the segmentation logits' final upsampling, stay float.
 """
@@ -20,13 +20,15 @@ from .detection_graph import DECODER
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to quantise: ONNX Runtime's graph format, int8 weight scales per output channel or per tensor, and
-    depthwise convolutions in int8 or left fp32."""
+    """One way to quantise: ONNX Runtime's graph format, int8 weight scales per output channel or per tensor,
+    depthwise convolutions in int8 or left fp32, and the graph of the network as it is or with its expansions padded
+    with zero channels to a multiple of 16 (channel_padding.py: the same function)."""
 
     name: str
     quant_format: str = "QDQ"  # "QDQ" or "QOperator"
     per_channel: bool = True
     float_depthwise: bool = False
+    padded: bool = False
 
     @property
     def disabled_optimizers(self) -> list[str]:
@@ -39,7 +41,9 @@ class Candidate:
 # Few on purpose, and few timed runs: each is quantised and timed at every int8 export.
 CANDIDATES = (Candidate("QDQ per-channel"), Candidate("QDQ per-tensor", per_channel=False),
               Candidate("QOperator per-channel", quant_format="QOperator"),
-              Candidate("QDQ per-channel, depthwise fp32", float_depthwise=True))
+              Candidate("QDQ per-channel, depthwise fp32", float_depthwise=True),
+              Candidate("QDQ per-channel, padded to 16", padded=True),
+              Candidate("QDQ per-tensor, padded to 16", per_channel=False, padded=True))
 CHOICE_RUNS = 5
 
 
@@ -113,14 +117,17 @@ def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATE
 
 
 def choose(fp32: Path, prepared: Path, example: torch.Tensor, scratch: Path, candidates=CANDIDATES,
-           runs: int = CHOICE_RUNS) -> tuple[Candidate, dict[str, float]]:
-    """The fastest of `candidates` in ONNX Runtime here, and the median ms of each and of `fp32` over `runs` rounds
-    on `example` (one CHW graph input). Each is calibrated on `example` alone (the ranges do not change the speed)
-    and the graphs are timed in rotating order, so that the machine's noise falls on all alike."""
+           runs: int = CHOICE_RUNS, padded: Path | None = None) -> tuple[Candidate, dict[str, float]]:
+    """The fastest of `candidates` in ONNX Runtime here, and the median ms of each tried and of `fp32` over `runs`
+    rounds on `example` (one CHW graph input). `prepared` is `fp32` prepared, `padded` the padded network's graph
+    prepared (None: nothing to pad, and the padded candidates are not tried). Each is calibrated on `example` alone
+    (the ranges do not change the speed) and the graphs are timed in rotating order, so that the machine's noise
+    falls on all alike. Candidate i is written to `scratch`/candidate{i}.onnx."""
+    candidates = [c for c in candidates if padded is not None or not c.padded]
     sessions = {"fp32": create_session(fp32)}
     for index, candidate in enumerate(candidates):
         path = scratch / f"candidate{index}.onnx"
-        quantize(prepared, path, calibration_reader([example], 1), candidate)
+        quantize(padded if candidate.padded else prepared, path, calibration_reader([example], 1), candidate)
         sessions[candidate.name] = create_session(path, disabled_optimizers=candidate.disabled_optimizers)
     feed = {"images": example[None].float().contiguous().numpy()}
     runs_ms = rotating_times({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()},
