@@ -85,6 +85,12 @@ def format_info(info: dict) -> str:
         "metrics        " + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in
                                        scalars.items()) or "(none)") + " (last validation)" * bool(scalars),
     ]
+    choice = (export or {}).get("int8_choice")
+    if choice:  # what the export measured when it chose how to quantise (mbtasks.export.int8.choose)
+        ms = choice["ms"]
+        lines.insert(1, f"int8 choice    {choice['chosen']}: {ms[choice['chosen']] / ms['fp32']:.2f}x of fp32 when "
+                        f"exported (median of {choice['runs']} runs, {choice['threads']} threads, "
+                        f"{'x'.join(map(str, choice['input']))} input)")
     if info["recipe"]:
         recipe = yaml.safe_dump(info["recipe"], sort_keys=False, default_flow_style=False)
         lines += ["recipe", *("  " + line for line in recipe.rstrip().splitlines())]

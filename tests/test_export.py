@@ -187,6 +187,11 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
     # int8 weights take a quarter of the bytes (the tiny demo networks keep scales and float parts: measured 0.43 to
     # 0.57 of fp32; 0.62 with the depthwise weights left fp32)
     assert quantised and out.stat().st_size < (0.67 if candidate.float_depthwise else 0.6) * fp32.stat().st_size
+    # `mbtasks info` tells the choice too
+    info = _run(["info", str(out)])
+    assert info[1] == (f"int8 choice    {choice['chosen']}: {ms[choice['chosen']] / ms['fp32']:.2f}x of fp32 when "
+                       f"exported (median of {CHOICE_RUNS} runs, {settings['threads']} threads, "
+                       f"{'x'.join(map(str, settings['input']))} input)"), info
     lines = _run(["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json", str(tmp_path / "m.json")]
                  + [a for s in COMMON for a in ("--set", s)])
     assert re.match(r"evaluated [35] images", lines[0])
