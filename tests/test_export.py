@@ -184,6 +184,10 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
         producer = {output: node for node in graph.node for output in node.output}
         upsampling = producer["logits"]
         assert upsampling.op_type == "Resize" and producer[upsampling.input[0]].op_type == "DequantizeLinear"
+        # and the sizes it reads come from the quantised tensors, not from float copies kept for them alone
+        shapes = [node for node in graph.node if node.op_type == "Shape"]
+        assert shapes and not any(node.input[0] in producer and producer[node.input[0]].op_type == "DequantizeLinear"
+                       for node in shapes)
     # int8 weights take a quarter of the bytes (the tiny demo networks keep scales and float parts: measured 0.43 to
     # 0.57 of fp32; 0.62 with the depthwise weights left fp32)
     assert quantised and out.stat().st_size < (0.67 if candidate.float_depthwise else 0.6) * fp32.stat().st_size

@@ -113,6 +113,7 @@ def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATE
         logging.disable(logging.NOTSET)
     model = onnx.load(str(out))
     int8_hard_sigmoid(model)
+    shapes_of_quantised_tensors(model)
     onnx.save(model, str(out))
 
 
@@ -158,6 +159,20 @@ def _depthwise(node) -> bool:
 
     group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
     return node.op_type == "Conv" and group > 1
+
+
+def shapes_of_quantised_tensors(model) -> int:
+    """Let each Shape node that reads a dequantised tensor read the quantised one (the same shape); returns how many.
+    Otherwise ONNX Runtime keeps a float copy of the tensor for the Shape alone: a segmenter's Resize to the input
+    size asks the input's shape, and that copy of a 1024x2048 image cost 1.8 ms of LR-ASPP's 154 (2 threads)."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    rewired = 0
+    for node in model.graph.node:
+        producer = producers.get(node.input[0]) if node.op_type == "Shape" else None
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            node.input[0] = producer.input[0]
+            rewired += 1
+    return rewired
 
 
 def int8_hard_sigmoid(model) -> int:
