@@ -271,6 +271,19 @@ def test_png_decoding_gives_the_pixels_cv2_gives(streets, tmp_path) -> None:
         assert np.array_equal(read_label_png(label_path), cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED))
 
 
+@pytest.mark.parametrize("form", ["baseline 4:2:0", "progressive", "grey", "CMYK"])
+def test_jpeg_decoding_gives_the_pixels_cv2_gives(photos, form, tmp_path) -> None:
+    """The reader decodes JPEGs with simplejpeg (faster); the pixels are OpenCV's, whatever the JPEG's form."""
+    image = Image.fromarray(photos[0][0])
+    path = tmp_path / "photo.jpg"
+    {"baseline 4:2:0": lambda: image.save(path, quality=90),
+     "progressive": lambda: image.save(path, quality=90, progressive=True),
+     "grey": lambda: image.convert("L").save(path, quality=90),
+     "CMYK": lambda: image.convert("CMYK").save(path, quality=90)}[form]()
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    assert np.array_equal(read_rgb_image(path), cv2.imread(str(path), flags))
+
+
 class _Threads(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 2
