@@ -9,8 +9,9 @@ each repeat (int8 / fp32 and each path / torchvision) reported the same way:
 
 - ssdlite320_mobilenet_v3_large end to end, a 480x640 image in and detections out: torchvision's model (resize,
   network, post-processing); mbtasks eager; mbtasks' inference copy (batch norm folded, channels-last, what evaluate
-  and predict run); `mbtasks export` fp32 and int8 in ONNX Runtime (one graph: resize, network, selection, NMS). The weights are made to act like trained ones (trained_like): with plain random weights all
-  291,000 class scores pass the 0.001 threshold and post-processing would be all that is timed.
+  and predict run); `mbtasks export` fp32 and int8 in ONNX Runtime (one graph: resize, network, selection, NMS). The
+  weights are made to act like trained ones (trained_like): with plain random weights all 291,000 class scores pass
+  the 0.001 threshold and post-processing would be all that is timed.
 - lraspp_mobilenet_v3_large at 1024x2048, a normalised batch in and logits at full resolution out.
 
 int8 models are calibrated on embedded images (shapes for the detector, street scenes for the segmenter) and quantised

@@ -1,8 +1,9 @@
 """int8 quantisation of an exported fp32 graph, chosen by measurement: a few ways to quantise (CANDIDATES: QDQ or
 QOperator, per-channel or per-tensor int8 weights, depthwise convolutions int8 or fp32, expansions padded to 16
-channels or not) are each timed in ONNX Runtime on this machine and the fastest is kept (`choose`). All of them: uint8 activations calibrated (MinMax) on training
-images pre-processed as at evaluation; in QDQ, h-swish rewritten to int8 arithmetic (int8_hard_sigmoid); all of a
-detector but its network, and the segmentation logits' final upsampling, stay float.
+channels or not) are each timed in ONNX Runtime on this machine and the fastest is kept (`choose`). All of them:
+uint8 activations calibrated (MinMax) on training images pre-processed as at evaluation; in QDQ, h-swish rewritten
+to int8 arithmetic (int8_hard_sigmoid); all of a detector but its network, and the segmentation logits' final
+upsampling, stay float.
 """
 import logging
 import statistics
