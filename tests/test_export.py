@@ -17,7 +17,7 @@ from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
 from mbtasks.export.channel_padding import padded_expansions
 from mbtasks.export.detection_graph import BoxDecoder, SelectDetections
-from mbtasks.export.int8 import CANDIDATES, CHOICE_RUNS, choose, prepare
+from mbtasks.export.int8 import CANDIDATES, CHOICE_RUNS, calibration_reader, choose, prepare, quantize
 from mbtasks.io.onnx_runtime import create_session, load_onnx_model
 from mbtasks.io.records import read_checkpoint
 from mbtasks.layers.blocks import InvertedResidual
@@ -248,6 +248,53 @@ def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_pa
             want = block(example[None]).numpy()
         got = session.run(None, {"images": example[None].numpy()})[0]
         assert abs(got - want).max() < 0.05 * abs(want).max()  # int8, calibrated on this very input
+
+
+
+class NormalisedConv(torch.nn.Module):
+    """(x - mean) / std and a convolution, as the detector graph normalises its resized image."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv((x - self.mean) / self.std)
+
+
+@pytest.mark.parametrize("mean, std, image_itself", [([0.5] * 3, [0.5] * 3, True),
+                                                     ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False)])
+def test_int8_quantises_the_image_itself_where_one_mean_and_std_normalise_it(mean, std, image_itself, tmp_path):
+    """SSDLite's (x - 0.5) / 0.5: the quantiser reads the [0, 1] image and its uint8 values are round(254 x), which
+    dequantise to the normalised image; per-channel ImageNet statistics keep their Sub and Div."""
+    torch.manual_seed(0)
+    network, example = NormalisedConv(mean, std).eval(), torch.rand(3, 24, 32)
+    fp32 = tmp_path / "fp32.onnx"
+    with torch.no_grad():
+        torch.onnx.export(network, (example[None],), str(fp32), input_names=["images"], opset_version=17,
+                          dynamo=False)
+        want = network(example[None]).numpy()
+    out = tmp_path / "int8.onnx"
+    quantize(prepare(fp32), out, calibration_reader([example], 1))
+    model = onnx.load(str(out))
+    assert any(node.op_type in ("Sub", "Div") for node in model.graph.node) != image_itself
+    got = create_session(out).run(None, {"images": example[None].numpy()})[0]
+    assert abs(got - want).max() < 0.05 * abs(want).max()
+    if image_itself:
+        quantise = next(node for node in model.graph.node if node.op_type == "QuantizeLinear")
+        assert quantise.input[0] == "images"
+        model.graph.output.append(onnx.helper.make_tensor_value_info(quantise.output[0], onnx.TensorProto.UINT8,
+                                                                     None))
+        image = torch.randint(0, 256, (1, 3, 24, 32)).float() / 255  # a photo's values
+        onnx.save(model, str(tmp_path / "tapped.onnx"))
+        quantised = create_session(tmp_path / "tapped.onnx").run([quantise.output[0]], {"images": image.numpy()})[0]
+        assert (quantised == (254 * image).round().numpy()).all()
+        initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        dequantise = next(node for node in model.graph.node if node.input[0] == quantise.output[0])
+        scale, zero_point = initializers[dequantise.input[1]], initializers[dequantise.input[2]]
+        assert abs((quantised.astype(float) - zero_point) * scale - (image.numpy() - 0.5) / 0.5).max() <= 1 / 254
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 QOperator, per-channel or per-tensor int8 weights, depthwise convolutions int8 or fp32, expansions padded to 16
 channels or not) are each timed in ONNX Runtime on this machine and the fastest is kept (`choose`). All of them:
 uint8 activations calibrated (MinMax) on training images pre-processed as at evaluation; in QDQ, h-swish rewritten
-to int8 arithmetic (int8_hard_sigmoid); all of a detector but its network, and the segmentation logits' final
+to int8 arithmetic (int8_hard_sigmoid); a detector's image quantised itself, its normalisation taken into the
+quantisation (normalisation_in_the_quantiser); all of a detector but its network, and the segmentation logits' final
 upsampling, stay float.
 """
 import logging
@@ -115,6 +116,7 @@ def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATE
     model = onnx.load(str(out))
     int8_hard_sigmoid(model)
     shapes_of_quantised_tensors(model)
+    normalisation_in_the_quantiser(model)
     onnx.save(model, str(out))
 
 
@@ -174,6 +176,59 @@ def shapes_of_quantised_tensors(model) -> int:
             node.input[0] = producer.input[0]
             rewired += 1
     return rewired
+
+
+def normalisation_in_the_quantiser(model) -> int:
+    """Quantise a [0, 1] image itself where the graph normalised it, (x - m) / s with one m and one s for every
+    channel, and then quantised the result (a detector's resized image); returns how many such inputs.
+
+    The normalised tensor's quantisation is set to scale 1 / (k s) and zero point k m, for the largest k <= 255
+    that makes k m a whole number (254 for SSDLite's m = s = 0.5): its uint8 values are then round(k x) (the
+    zero point absorbs m, the scale s), what QuantizeLinear gives with scale 1 / k on the image itself, and the
+    Sub and Div go. The image's 0..1 range keeps its 8 bits (k/255 of a step). The Sub and Div took 0.3 ms of
+    SSDLite's 11 in int8 (2 threads)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {init.name: init for init in graph.initializer}
+
+    def uniform(name: str) -> float | None:
+        values = numpy_helper.to_array(initializers[name]).ravel() if name in initializers else np.empty(0)
+        return float(values[0]) if values.size and np.all(values == values[0]) else None
+
+    rewritten = 0
+    for quantise in [node for node in graph.node if node.op_type == "QuantizeLinear"]:
+        divide = producers.get(quantise.input[0])
+        subtract = producers.get(divide.input[0]) if divide is not None and divide.op_type == "Div" else None
+        if subtract is None or subtract.op_type != "Sub" or len(quantise.input) < 3:
+            continue
+        mean, std = uniform(subtract.input[1]), uniform(divide.input[1])
+        zero_point = initializers.get(quantise.input[2])
+        if (mean is None or not std or not 0 <= mean <= 1 or zero_point is None
+                or numpy_helper.to_array(zero_point).dtype != np.uint8
+                or len(consumers[divide.output[0]]) != 1 or len(consumers[subtract.output[0]]) != 1):
+            continue
+        k = next((k for k in range(255, 127, -1) if abs(k * mean - round(k * mean)) < 1e-6), None)
+        if k is None:
+            continue
+        scale, name = initializers[quantise.input[1]], quantise.input[0]
+        scale.CopyFrom(numpy_helper.from_array(np.array(1 / (k * std), np.float32), scale.name))
+        zero_point.CopyFrom(numpy_helper.from_array(np.array(round(k * mean), np.uint8), zero_point.name))
+        graph.initializer.extend([numpy_helper.from_array(np.array(1 / k, np.float32), f"{name}_image_scale"),
+                                  numpy_helper.from_array(np.array(0, np.uint8), f"{name}_image_zero_point")])
+        quantise.input[:] = [subtract.input[0], f"{name}_image_scale", f"{name}_image_zero_point"]
+        graph.node.remove(divide)
+        graph.node.remove(subtract)
+        rewritten += 1
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+    return rewritten
 
 
 def int8_hard_sigmoid(model) -> int:
