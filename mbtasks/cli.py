@@ -113,7 +113,7 @@ def cmd_weights_import(args: argparse.Namespace) -> None:
     from .io.outputs import output_file
     from .models.pretrained import save_imported
 
-    output_file(args.out)
+    output_file(args.out, args.overwrite)
 
     saved = save_imported(args.src, args.out, args.source, args.model)
     source = args.source or args.src.split(":")[0]
@@ -164,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .io.outputs import output_file, output_folder
 
     if args.json:
-        output_file(args.json)  # a bad output path is told before the work, not after it
+        output_file(args.json, args.overwrite)  # a bad output path is told before the work, not after it
     if args.save_predictions:
         output_folder(args.save_predictions)
     if args.coco_backend is not None:
@@ -236,6 +236,12 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
     """Run the task's validation with the evaluate options and print (and --json) its figures."""
     from .tasks.trainer import build_trainer
 
+    if args.save_predictions and config.task == "seg" and not args.overwrite:
+        folder = Path(args.save_predictions)
+        if earlier := task.earlier_predictions(folder):
+            raise MbtasksError(f"holds {len(earlier)} files where this run writes its predictions (first: "
+                               f"{earlier[0].relative_to(folder)}): pass --overwrite to replace them, or choose "
+                               "another --save-predictions folder", folder)
     task.evaluation_options = {"save_predictions": args.save_predictions, "scales": args.scales, "flip": args.flip,
                                "coco_backend": args.coco_backend}
     trainer = build_trainer(config, "", for_fit=False)
@@ -307,7 +313,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
              "threshold": args.threshold, "pairs": args.pairs}
     for line in predict(args.checkpoint, args.inputs, args.out, task=args.task,
                         options={k: v for k, v in given.items() if v is not None}, batch_size=args.batch_size,
-                        workers=args.workers, device=args.device, strict=args.strict):
+                        workers=args.workers, device=args.device, strict=args.strict, overwrite=args.overwrite):
         print(line)
 
 
@@ -315,7 +321,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .io.outputs import output_file
     from .io.records import read_checkpoint
 
-    output_file(args.out)
+    output_file(args.out, args.overwrite)
     record = read_checkpoint(args.checkpoint, args.task)  # the files are checked before the heavy imports
     from .export import export_onnx
     from .layers.fusion import for_inference
@@ -381,6 +387,7 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
 
+OVERWRITE = "replace existing output files"
 PREDICT_OUTPUTS = ("Each photo's answer under --out at its relative path (photos turned upright by EXIF): det drawn "
                    "boxes, detections.json; seg overlay/ and labels/ in the data set's results format; attr the "
                    "attributes at --threshold on the photo, attributes.json; embed embeddings.npy and .json "
@@ -411,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "or timm:<name> (e.g. timm:mobilenetv3_large_100.ra_in1k), from their caches")
     p.add_argument("--model", help="mbtasks model name (a state-dict file's; weights by name name their own)")
     p.add_argument("--out", required=True, help="mbtasks weights file to write")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_weights_import)
 
     p = commands.add_parser("train", help="train a model (Lightning)")
@@ -439,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="det: faster-coco-eval (default; pycocotools' figures within 1e-12, several times faster) or "
                         "pycocotools (its figures to the last bit)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help=f"{OVERWRITE} (--json, --save-predictions)")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser(
@@ -457,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=at_least(1), default=4,
                    help="validation images to compare onnxruntime with pytorch on (default 4)")
     p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("predict", help="apply a checkpoint or an exported ONNX file to photos (every task)",
@@ -478,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attr: write attributes of at least this probability (default 0.5); embed: the distance "
                         "below which a pair is the same person (default: the one the checkpoint's validation chose)")
     p.add_argument("--pairs", help="embed: a file of image pairs (two paths a line) whose distances to print")
+    p.add_argument("--overwrite", action="store_true", help=f"{OVERWRITE} (an earlier run's under --out)")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser(

@@ -45,3 +45,23 @@ def test_evaluate_scores_a_results_file_with_the_chosen_coco_backend(tmp_path, m
                  str(tmp_path / "results.json"), "--json", str(tmp_path / "m.json")] + option) == 0
     assert calls == [used]
     assert json.loads((tmp_path / "m.json").read_text())["AP"] == 1.0
+
+
+def test_evaluate_json_replaces_an_existing_file_only_with_overwrite(tmp_path, capsys):
+    paths = write_shapes_coco(tmp_path / "data", seed=1, num_train=0, num_val=3, image_size=64)
+    gt = json.loads(paths["val_annotations"].read_text())
+    (tmp_path / "results.json").write_text(json.dumps(
+        [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+         for a in gt["annotations"] if not a["iscrowd"]]))
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "m.json").write_text("figures of an earlier run\n")
+    command = ["evaluate", "--task", "det", "--annotations", str(paths["val_annotations"]), "--detections",
+               str(tmp_path / "results.json"), "--json", str(out / "m.json")]
+    assert main(command) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mbtasks: error: {out / 'm.json'}: exists: pass --overwrite to replace it, or choose another path"]
+    assert (out / "m.json").read_text() == "figures of an earlier run\n"
+    assert main([*command, "--overwrite"]) == 0
+    assert json.loads((out / "m.json").read_text())["AP"] == 1.0
+    assert [p.name for p in out.iterdir()] == ["m.json"]  # no temporary left beside it

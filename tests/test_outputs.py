@@ -33,3 +33,13 @@ def test_output_folders_are_created_and_files_in_the_way_refused(tmp_path):
         with pytest.raises(MbtasksError, match=problem):
             make(path)
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_an_existing_file_is_refused_unless_overwrite(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text("the user's figures")
+    with pytest.raises(MbtasksError) as refused:
+        output_file(path)
+    assert str(refused.value) == f"{path}: exists: pass --overwrite to replace it, or choose another path"
+    assert path.read_text() == "the user's figures"
+    assert output_file(path, overwrite=True) == path and path.read_text() == "the user's figures"

@@ -166,6 +166,10 @@ def test_embeddings_npy_index_and_pairs_at_the_validation_threshold(photos, chec
         line = next(line for line in printed if line.startswith(f"{photos / first}\t{photos / second}\t"))
         assert line.endswith(f"distance {distance:.4f}\t{'same' if distance < threshold else 'different'}")
     assert "\tsame" in printed[-2]  # one photo saved twice is one face
+    assert _predict(checkpoints["embed"], [photos], tmp_path / "out") == 2  # its two files, none per photo
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mbtasks: error: {tmp_path / 'out'}: holds 2 of the files this run would write (first: embeddings.npy): "
+        "pass --overwrite to replace them, or choose another --out"]
 
 
 def test_odd_formats_become_rgb_and_exif_turns_photos_upright(checkpoints, tmp_path):
@@ -187,6 +191,30 @@ def test_odd_formats_become_rgb_and_exif_turns_photos_upright(checkpoints, tmp_p
     overlay = np.asarray(Image.open(tmp_path / "out/overlay/rotated.png")).astype(int)
     upright = np.rot90(COFFEE, -1).astype(int)
     assert np.abs(overlay - upright).mean() < np.abs(overlay - np.rot90(COFFEE, 1)).mean()
+
+
+def test_an_earlier_runs_files_are_replaced_only_with_overwrite(photos, checkpoints, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("the user's own file, which predict leaves alone\n")
+    assert _predict(checkpoints["seg"], [photos], out) == 0
+    written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    refusal = ("mbtasks: error: {}: holds {} of the files this run would write (first: {}): pass --overwrite to "
+               "replace them, or choose another --out")
+    # 4 photos: overlay/, labels/labelIds/ and labels/color/ (Cityscapes classes), and segmentation.json
+    assert _predict(checkpoints["seg"], [photos], out) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [refusal.format(out, 13, "overlay/cats/chelsea.jpg.png")]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written
+    stale = out / "labels/color/coffee.png"
+    for path in written:
+        if path not in (stale, out / "mine.txt"):
+            path.unlink()
+    stale.write_bytes(b"stale")
+    assert _predict(checkpoints["seg"], [photos], out) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [refusal.format(out, 1, "labels/color/coffee.png")]
+    assert _predict(checkpoints["seg"], [photos], out, "--overwrite") == 0
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written  # the same answers, no temporary
 
 
 def test_files_globs_and_folders_keep_relative_names(photos, checkpoints, tmp_path, monkeypatch):

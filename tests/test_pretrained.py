@@ -121,14 +121,14 @@ def test_without_network_one_line_names_the_file_and_the_folder(torch_cache, hub
                       torchvision.models.mobilenet_v3_small().state_dict())
     assert main(["weights", "import", SMALL, "--out", out]) == 0  # placed there, the load works
 
-    assert main(["weights", "import", TIMM_SMALL, "--out", out]) == 2
+    assert main(["weights", "import", TIMM_SMALL, "--out", out, "--overwrite"]) == 2
     repo = "timm/mobilenetv3_small_100.lamb_in1k"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"mbtasks: error: {TIMM_SMALL}: cannot download {repo} from the Hugging Face Hub (no network): place "
         f"models--timm--mobilenetv3_small_100.lamb_in1k (from `hf download {repo}` on a machine with network) in "
         f"{hub_cache}"]
     place_timm(hub_cache, repo, timm.create_model("mobilenetv3_small_100").state_dict())
-    assert main(["weights", "import", TIMM_SMALL, "--out", out]) == 0
+    assert main(["weights", "import", TIMM_SMALL, "--out", out, "--overwrite"]) == 0
 
 
 def test_names_the_libraries_do_not_know_are_one_line_errors_with_the_closest(tmp_path, capsys):

@@ -74,6 +74,13 @@ def test_evaluate_prints_the_official_table_and_saved_predictions_score_the_same
     from_files = json.loads((tmp_path / "files.json").read_text())
     assert from_files == from_model
 
+    capsys.readouterr()  # a second run into the same folder would replace them: refused before the model runs
+    assert main(["evaluate", "--checkpoint", checkpoint, "--save-predictions", str(predictions)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mbtasks: error: {predictions}: holds 10 files where this run writes its predictions (first: "
+        f"{label_pngs[0].relative_to(predictions)}): pass --overwrite to replace them, or choose another "
+        "--save-predictions folder"]
+
 
 def test_multi_scale_and_flip_inference(run, tmp_path, capsys):
     root, _ = run
@@ -105,6 +112,15 @@ def test_voc_data_gets_miou(tmp_path, capsys):
     assert {"iou", "mean_iou", "pixel_accuracy"} <= set(figures) and len(figures["iou"]) == 21
     saved = sorted((tmp_path / "pred").glob("*.png"))
     assert [p.stem for p in saved] == ["2007_000004", "2007_000005"] and Image.open(saved[0]).mode == "P"
+    saved[0].write_bytes(b"stale")
+    command = ["evaluate", "--checkpoint", str(tmp_path / "run/checkpoints/last.ckpt"), "--save-predictions",
+               str(tmp_path / "pred")]
+    assert main(command) == 2
+    refusal = capsys.readouterr().err
+    assert "pred: holds 2 files where this run writes its predictions (first: 2007_000004.png)" in refusal
+    assert saved[0].read_bytes() == b"stale"
+    assert main([*command, "--overwrite"]) == 0  # replaced, and no temporary left
+    assert Image.open(saved[0]).mode == "P" and sorted((tmp_path / "pred").iterdir()) == saved
 
 
 def test_synthetic_set_is_written_once_and_a_folder_it_did_not_write_is_left_alone(tmp_path):

@@ -177,6 +177,18 @@ MORE_CASES = {
     "ablate_out_is_a_file": ("{in}/plain.txt: is a file, not a folder to write into",
                              ["ablate", "--task", "cls", "--profile-only", "--backbones", "v1", "--out",
                               "{in}/plain.txt"]),
+    # an output file or folder of predictions that exists is the user's: replaced only with --overwrite
+    "json_exists": ("{in}/user/data.json: exists: pass --overwrite to replace it, or choose another path",
+                    EVALUATE + ["--json", "{in}/user/data.json"]),
+    "export_out_exists": ("{in}/user/notes.txt: exists: pass --overwrite",
+                          ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{in}/user/notes.txt"]),
+    "import_out_exists": ("{in}/user/notes.txt: exists: pass --overwrite",
+                          ["weights", "import", "--from", "torchvision", "{in}/det.ckpt", "--model", "mobilenet_v2",
+                           "--out", "{in}/user/notes.txt"]),
+    "predict_over_an_earlier_run": ("{in}/earlier: holds 2 of the files this run would write (first: photo.png): "
+                                    "pass --overwrite to replace them, or choose another --out",
+                                    ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out",
+                                     "{in}/earlier"]),
 }
 # Cases run with a package made unimportable, as if it were not installed.
 BLOCKED = {"export_onnx_not_installed": "onnx"}
@@ -190,7 +202,8 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """Real files: a COCO set, a Cityscapes set, a detector's training checkpoint on the COCO set, an earlier run's
-    checkpoints, a folder of the user's own files (notes, a JSON, a photo) and a plain file."""
+    checkpoints, a folder of the user's own files (notes, a JSON, a photo), an earlier predict's folder and a plain
+    file."""
     root = tmp_path_factory.mktemp("inputs")
     write_shapes_coco(root / "coco", seed=1, num_train=4, num_val=3, image_size=64)
     write_streets_cityscapes(root / "cityscapes", seed=1, num_train=1, num_val=2, size=(64, 128))
@@ -203,6 +216,9 @@ def inputs(tmp_path_factory) -> Path:
     (user / "notes.txt").write_text("my notes\n")
     (user / "data.json").write_text('{"experiment": 3, "values": [1, 2]}\n')
     Image.open(next((root / "coco" / "val2017").glob("*.jpg"))).save(user / "photo.png")
+    (root / "earlier").mkdir()
+    shutil.copy(user / "photo.png", root / "earlier" / "photo.png")  # stands for its drawing of the photo
+    (root / "earlier" / "detections.json").write_text("[]\n")
     (root / "plain.txt").write_text("a file where a folder is expected\n")
     for name, package in BLOCKED.items():
         (root / "blocked" / name / package).mkdir(parents=True)

@@ -92,7 +92,7 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
                 "input_size": list(inputs[0].shape[-2:]) if fixed else None}
     if task == "det":
         settings["postprocess"] = graph.postprocess
-    output_file(out)
+    output_file(out, overwrite=True)  # its folder; an existing file was refused or allowed by the caller (cmd_export)
     calibrated, choice = 0, None
     with tempfile.TemporaryDirectory() as scratch:
         fp32, quantised = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"

@@ -23,11 +23,14 @@ def output_folder(path: str | os.PathLike) -> Path:
     return folder
 
 
-def output_file(path: str | os.PathLike) -> Path:
-    """The file's folder checked as output_folder does; one error if the path is a folder."""
+def output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The file's folder checked as output_folder does; one error if the path is a folder, or an existing file
+    unless `overwrite` (a user's file is never replaced without being asked to)."""
     file = Path(path)
     if file.is_dir():
         raise MbtasksError("is a folder, not a file to write", file)
+    if file.exists() and not overwrite:
+        raise MbtasksError("exists: pass --overwrite to replace it, or choose another path", file)
     output_folder(file.parent)
     return file
 

@@ -98,8 +98,9 @@ def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
 
 
 def save_weights(path: str | Path, record: Record) -> None:
-    """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known)."""
-    with replaced_atomically(output_file(path)) as temporary:
+    """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known). An
+    existing file is replaced: whether it may be is the caller's to decide (`weights import` asks before the work)."""
+    with replaced_atomically(output_file(path, overwrite=True)) as temporary:
         torch.save({"format": WEIGHTS_FORMAT, "model": record.model, "backbone": record.backbone,
                     "options": record.options, "class_names": record.class_names,
                     "category_ids": record.category_ids, "state_dict": record.state_dict}, temporary)

@@ -94,14 +94,23 @@ def refuse_writing_over_inputs(files: list, names: list[str], out: Path) -> None
                 raise MbtasksError("its drawing would replace an input image (choose another --out)", file)
 
 
+def refuse_replacing_predictions(module: BaseTask, names: list[str], out: Path) -> None:
+    """An earlier run's answers under `out` are replaced only with --overwrite; other files there are no concern."""
+    existing = [name for name in module.prediction_paths(names) if (out / name).exists()]
+    if existing:
+        raise MbtasksError(f"holds {len(existing)} of the files this run would write (first: {existing[0]}): pass "
+                           "--overwrite to replace them, or choose another --out", out)
+
+
 def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task: str | None = None,
             options: dict | None = None, batch_size: int = 8, workers: int = 2, device: str = "auto",
-            strict: bool = False, progress_bar: bool = True) -> list[str]:
+            strict: bool = False, overwrite: bool = False, progress_bar: bool = True) -> list[str]:
     """Apply a checkpoint or exported ONNX file to the photos of `inputs` (files, folders, globs), writing under
     `out` what its task writes (`BaseTask.write_prediction` / `write_predictions`); returns the lines to print.
 
     `options` are the task's (`prediction_defaults`: det score_threshold; seg scales, flip; attr threshold; embed
-    threshold, pairs); a file that is not an image is skipped with a warning, or stops the run with `strict`.
+    threshold, pairs); a file that is not an image is skipped with a warning, or stops the run with `strict`. Files
+    of an earlier run under `out` are refused before any photo is read, or replaced with `overwrite`.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -115,6 +124,8 @@ def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task:
         module.prediction_options[key] = value
     files, names = find_images(inputs)
     refuse_writing_over_inputs(files, names, out)
+    if not overwrite:
+        refuse_replacing_predictions(module, names, out)
     module.prepare_predictions(files)
     hardware, devices = accelerator(device, runtime)
     transform = TASKS.get(record.task).data_module.predict_transform(module.config)

@@ -19,6 +19,7 @@ from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
+from ..io.outputs import write_text_atomically
 from ..io.records import RECORD_KEY, Record
 from ..models import MODELS, build_configured_model, weights_defaults
 from .optimizer import configure_optimizer
@@ -290,8 +291,13 @@ class BaseTask(pl.LightningModule):
     def write_predictions(self, out: Path, entries: list[dict]) -> list[str]:
         """Write what covers all photos (the JSON file of the entries); return the lines that say what was written."""
         path = out / self.prediction_file
-        path.write_text(json.dumps(entries, indent=1))
+        write_text_atomically(path, json.dumps(entries, indent=1))
         return [f"wrote {path}"]
+
+    def prediction_paths(self, names: list[str]) -> list[str]:
+        """The files, relative to the output folder, that `write_prediction` (for photos of these output names) and
+        `write_predictions` write: by default each photo's picture at its name and the JSON file."""
+        return [*names, self.prediction_file]
 
     # ---- the checkpoint record ----
 

@@ -16,6 +16,7 @@ from ..datasets.synthetic.faces import write_lfw_identities
 from ..errors import MbtasksError
 from ..evaluation.verification import best_threshold, lfw_protocol
 from ..io.images import read_rgb_image
+from ..io.outputs import replaced_atomically, write_text_atomically
 from ..models.losses import ArcFaceLoss, DistillationLoss, TripletLoss
 from .base import BaseTask, shown
 from .image_data import ImageDataModule, Indexed
@@ -196,14 +197,18 @@ class EmbeddingsTask(BaseTask):
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
         return {"file": item["file"], "embedding": answer}
 
+    def prediction_paths(self, names: list[str]) -> list[str]:
+        return ["embeddings.npy", self.prediction_file]  # no file per photo
+
     def write_predictions(self, out: Path, entries: list[dict]) -> list[str]:
         """embeddings.npy (one row per photo) and embeddings.json (the files in the same order); with --pairs, each
         pair's distance and verdict."""
         dim = self.model_options["embedding_dim"]
-        np.save(out / "embeddings.npy", np.stack([e["embedding"] for e in entries]) if entries
-                else np.zeros((0, dim), np.float32))
-        (out / self.prediction_file).write_text(json.dumps({"embeddings": "embeddings.npy",
-                                                             "files": [e["file"] for e in entries]}, indent=1))
+        with replaced_atomically(out / "embeddings.npy") as temporary:  # its name ends in .npy: np.save adds none
+            np.save(temporary, np.stack([e["embedding"] for e in entries]) if entries
+                    else np.zeros((0, dim), np.float32))
+        write_text_atomically(out / self.prediction_file, json.dumps({"embeddings": "embeddings.npy",
+                                                                      "files": [e["file"] for e in entries]}, indent=1))
         lines = [f"wrote {out / 'embeddings.npy'} ({len(entries)} x {dim}) and {out / self.prediction_file}"]
         if not self.pairs:
             return lines

@@ -206,12 +206,24 @@ class SegmentationTask(BaseTask):
         """Cityscapes: labelIds/<name> (what the official evaluation reads; name <city>/<image name> at evaluation)
         and color/<name>; VOC: <name>, a palette PNG of class indices (the devkit's results format)."""
         if self.format == "cityscapes":
-            write_png(out / "labelIds" / name, train_ids_to_label_ids(prediction))
-            write_png(out / "color" / name, TRAIN_ID_COLORS[prediction])
+            images = [train_ids_to_label_ids(prediction), TRAIN_ID_COLORS[prediction]]
         else:
             image = Image.fromarray(prediction)
             image.putpalette(voc_palette().ravel().tolist())  # makes it a palette image
-            write_png(out / name, image)
+            images = [image]
+        for file, image in zip(self._label_files(name), images, strict=True):
+            write_png(out / file, image)
+
+    def _label_files(self, name: PurePath) -> list[PurePath]:
+        """Where `_save_prediction` writes `name`'s files, relative to its folder, in the order it writes them."""
+        return [PurePath("labelIds", name), PurePath("color", name)] if self.format == "cityscapes" else [name]
+
+    def earlier_predictions(self, folder: Path) -> list[Path]:
+        """Files in `folder` where `evaluate --save-predictions` would write, before it runs: Cityscapes anything under
+        labelIds/ and color/, VOC any PNG directly in it."""
+        if self.format == "cityscapes":
+            return [p for sub in ("labelIds", "color") for p in sorted((folder / sub).rglob("*")) if p.is_file()]
+        return sorted(p for p in folder.glob("*.png") if p.is_file())
 
     # ---- predict ----
 
@@ -227,6 +239,11 @@ class SegmentationTask(BaseTask):
         counts = np.bincount(answer.ravel(), minlength=len(self.class_names))
         return {"file": item["file"], "pixels": {self.class_names[i]: round(float(counts[i] / answer.size), 4)
                                                  for i in np.flatnonzero(counts)}}
+
+    def prediction_paths(self, names: list[str]) -> list[str]:
+        return [*(f"overlay/{name}" for name in names),
+                *(f"labels/{file.as_posix()}" for name in names for file in self._label_files(PurePath(name))),
+                self.prediction_file]
 
     def score(self, merged: dict) -> dict:
         if self.format == "cityscapes":
