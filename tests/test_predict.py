@@ -215,6 +215,11 @@ def test_an_earlier_runs_files_are_replaced_only_with_overwrite(photos, checkpoi
     assert capsys.readouterr().err.strip().splitlines() == [refusal.format(out, 1, "labels/color/coffee.png")]
     assert _predict(checkpoints["seg"], [photos], out, "--overwrite") == 0
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written  # the same answers, no temporary
+    # --overwrite never lets an answer replace the photo it was read from (here where its Cityscapes labelIds go)
+    read_here = out / "labels/labelIds/coffee.png"
+    assert _predict(checkpoints["seg"], [read_here], out, "--overwrite") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"mbtasks: error: {read_here}: its drawing would replace an input image (choose another --out)"
 
 
 def test_files_globs_and_folders_keep_relative_names(photos, checkpoints, tmp_path, monkeypatch):

@@ -84,14 +84,14 @@ class PhotoWriter(BasePredictionWriter):
             self.entries.append(task.write_prediction(self.out, item, answer))
 
 
-def refuse_writing_over_inputs(files: list, names: list[str], out: Path) -> None:
+def refuse_writing_over_inputs(module: BaseTask, files: list, names: list[str], out: Path) -> None:
     """No answer may replace a photo it was read from: an --out inside the inputs' folders could (photo.png's
-    drawing is OUT/photo.png; seg also writes under overlay/ and labels/)."""
-    inputs = {Path(file).resolve() for file in files}
-    for file, name in zip(files, names):
-        for folder in (out, out / "overlay", out / "labels"):
-            if (folder / name).resolve() in inputs:
-                raise MbtasksError("its drawing would replace an input image (choose another --out)", file)
+    drawing is OUT/photo.png; seg writes under overlay/ and labels/, Cityscapes under labels/labelIds/ too)."""
+    inputs = {Path(file).resolve(): file for file in files}
+    for path in module.prediction_paths(names):
+        if (out / path).resolve() in inputs:
+            raise MbtasksError("its drawing would replace an input image (choose another --out)",
+                               inputs[(out / path).resolve()])
 
 
 def refuse_replacing_predictions(module: BaseTask, names: list[str], out: Path) -> None:
@@ -123,7 +123,7 @@ def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task:
             raise MbtasksError(f"--{key.replace('_', '-')} does not apply to a {record.task} model", model_file)
         module.prediction_options[key] = value
     files, names = find_images(inputs)
-    refuse_writing_over_inputs(files, names, out)
+    refuse_writing_over_inputs(module, files, names, out)
     if not overwrite:
         refuse_replacing_predictions(module, names, out)
     module.prepare_predictions(files)
