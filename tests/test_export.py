@@ -203,13 +203,24 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
     assert 0 <= figures["AP" if task == "det" else "mean_class_iou"] <= 1
 
 
+
+@pytest.mark.parametrize("spinning, entry", [(True, "1"), (False, "0")])
+def test_sessions_spin_between_operators_unless_told_not_to(exported, spinning, entry):
+    session = create_session(exported["cls"][2], spinning=spinning)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry
+
 def _group(node) -> int:
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
 
 
-def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_path):
+def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_path, monkeypatch):
     """A tiny inverted residual (1x1 to 12 channels, h-swish, 3x3 depthwise, h-swish, 1x1), as it is and with its
-    expansion padded to 16 channels: each candidate's graph, and the choice."""
+    expansion padded to 16 channels: each candidate's graph, and the choice, timed with threads that do not spin."""
+    import mbtasks.export.int8 as int8
+
+    spinning = []
+    monkeypatch.setattr(int8, "create_session", lambda *args, **kwargs: spinning.append(
+        kwargs["spinning"]) or create_session(*args, **kwargs))
     torch.manual_seed(0)
     block = for_inference(InvertedResidual(3, 12, 8, kernel=3, stride=1, dilation=1, se=False,
                                            activation=torch.nn.Hardswish, norm=torch.nn.BatchNorm2d,
@@ -223,6 +234,7 @@ def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_pa
     fp32 = tmp_path / "fp32.onnx"
     chosen, ms = choose(fp32, prepare(fp32), example, tmp_path, runs=2, padded=prepare(tmp_path / "padded.onnx"))
     assert changed == 1 and set(ms) == {"fp32", *(c.name for c in CANDIDATES)}
+    assert spinning == [False] * (1 + len(CANDIDATES))
     assert chosen.name == min((c.name for c in CANDIDATES), key=ms.get)
     for index, candidate in enumerate(CANDIDATES):
         graph = onnx.load(str(tmp_path / f"candidate{index}.onnx")).graph

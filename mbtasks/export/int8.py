@@ -126,13 +126,18 @@ def choose(fp32: Path, prepared: Path, example: torch.Tensor, scratch: Path, can
     rounds on `example` (one CHW graph input). `prepared` is `fp32` prepared, `padded` the padded network's graph
     prepared (None: nothing to pad, and the padded candidates are not tried). Each is calibrated on `example` alone
     (the ranges do not change the speed) and the graphs are timed in rotating order, so that the machine's noise
-    falls on all alike. Candidate i is written to `scratch`/candidate{i}.onnx."""
+    falls on all alike, with ONNX Runtime's threads not spinning. Candidate i is written to
+    `scratch`/candidate{i}.onnx."""
     candidates = [c for c in candidates if padded is not None or not c.padded]
-    sessions = {"fp32": create_session(fp32)}
+    # Timed without spinning threads: with several sessions in turn, spinning made a third of the runs 2x slower at
+    # random on a 2-core machine (some sessions in all 5), and the choice with them; without, the medians of four
+    # trials agreed within 10% and ranked the candidates alike.
+    sessions = {"fp32": create_session(fp32, spinning=False)}
     for index, candidate in enumerate(candidates):
         path = scratch / f"candidate{index}.onnx"
         quantize(padded if candidate.padded else prepared, path, calibration_reader([example], 1), candidate)
-        sessions[candidate.name] = create_session(path, disabled_optimizers=candidate.disabled_optimizers)
+        sessions[candidate.name] = create_session(path, disabled_optimizers=candidate.disabled_optimizers,
+                                                  spinning=False)
     feed = {"images": example[None].float().contiguous().numpy()}
     runs_ms = rotating_times({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()},
                              runs)

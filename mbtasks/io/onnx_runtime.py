@@ -21,10 +21,12 @@ from .records import RECORD_KEY, Record
 EXPORT_KEY = "export"
 
 
-def create_session(path: str | Path, threads: int | None = None, disabled_optimizers: list[str] | None = None):
+def create_session(path: str | Path, threads: int | None = None, disabled_optimizers: list[str] | None = None,
+                   spinning: bool = True):
     """An ONNX Runtime CPU session with every graph optimisation but `disabled_optimizers` and those the file's export
     settings name (an int8 choice may need one off); `threads` defaults to torch's intra-op threads, so
-    OMP_NUM_THREADS and torch.set_num_threads limit both runtimes alike."""
+    OMP_NUM_THREADS and torch.set_num_threads limit both runtimes alike. `spinning`: its worker threads spin between
+    operators (ONNX Runtime's default, fastest for one model run over and over)."""
     ort = require("onnxruntime")
 
     options = ort.SessionOptions()
@@ -32,6 +34,7 @@ def create_session(path: str | Path, threads: int | None = None, disabled_optimi
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                        disabled_optimizers=disabled_optimizers)
