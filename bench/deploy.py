@@ -16,7 +16,7 @@ each repeat (int8 / fp32 and each path / torchvision) reported the same way:
 
 int8 models are calibrated on embedded images (shapes for the detector, street scenes for the segmenter) and quantised
 the way `mbtasks export --int8` chose by timing its candidates here (its line is printed); what int8 costs in accuracy
-is held by tests/test_export.py on the demo recipes. Targets (the deployment issues), on medians: ONNX Runtime fp32 at
+is held by tests/test_export.py on the demo recipes. Targets, on medians: ONNX Runtime fp32 at
 most 0.30x torchvision for SSDLite end to end (0.35x for LR-ASPP), mbtasks' PyTorch inference copy at most 0.75x;
 int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2048.
 """
