@@ -169,6 +169,31 @@ def _depthwise(node) -> bool:
     return node.op_type == "Conv" and group > 1
 
 
+def _consumers(graph) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def _uint8_quantise(node, initializers: dict) -> bool:
+    """A QuantizeLinear to uint8 whose zero point is an initializer (one the graph passes may change)."""
+    import onnx
+
+    zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
+    return (node.op_type == "QuantizeLinear" and zero_point is not None
+            and zero_point.data_type == onnx.TensorProto.UINT8)
+
+
+def _drop_unused_initializers(graph) -> None:
+    """Remove the initializers no node reads any more (ONNX Runtime warns of each)."""
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+
+
 def shapes_of_quantised_tensors(model) -> int:
     """Let each Shape node that reads a dequantised tensor read the quantised one (the same shape); returns how many.
     Otherwise ONNX Runtime keeps a float copy of the tensor for the Shape alone: a segmenter's Resize to the input
@@ -196,32 +221,27 @@ def normalisation_in_the_quantiser(model) -> int:
 
     graph = model.graph
     producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    initializers = {init.name: init for init in graph.initializer}
+    consumers, initializers = _consumers(graph), {init.name: init for init in graph.initializer}
 
     def uniform(name: str) -> float | None:
         values = numpy_helper.to_array(initializers[name]).ravel() if name in initializers else np.empty(0)
         return float(values[0]) if values.size and np.all(values == values[0]) else None
 
     rewritten = 0
-    for quantise in [node for node in graph.node if node.op_type == "QuantizeLinear"]:
+    for quantise in [node for node in graph.node if _uint8_quantise(node, initializers)]:
         divide = producers.get(quantise.input[0])
         subtract = producers.get(divide.input[0]) if divide is not None and divide.op_type == "Div" else None
-        if subtract is None or subtract.op_type != "Sub" or len(quantise.input) < 3:
+        if subtract is None or subtract.op_type != "Sub":
             continue
         mean, std = uniform(subtract.input[1]), uniform(divide.input[1])
-        zero_point = initializers.get(quantise.input[2])
-        if (mean is None or not std or not 0 <= mean <= 1 or zero_point is None
-                or numpy_helper.to_array(zero_point).dtype != np.uint8
+        if (mean is None or not std or not 0 <= mean <= 1
                 or len(consumers[divide.output[0]]) != 1 or len(consumers[subtract.output[0]]) != 1):
             continue
         k = next((k for k in range(255, 127, -1) if abs(k * mean - round(k * mean)) < 1e-6), None)
         if k is None:
             continue
-        scale, name = initializers[quantise.input[1]], quantise.input[0]
+        scale, zero_point, name = (initializers[quantise.input[1]], initializers[quantise.input[2]],
+                                   quantise.input[0])
         scale.CopyFrom(numpy_helper.from_array(np.array(1 / (k * std), np.float32), scale.name))
         zero_point.CopyFrom(numpy_helper.from_array(np.array(round(k * mean), np.uint8), zero_point.name))
         graph.initializer.extend([numpy_helper.from_array(np.array(1 / k, np.float32), f"{name}_image_scale"),
@@ -230,9 +250,7 @@ def normalisation_in_the_quantiser(model) -> int:
         graph.node.remove(divide)
         graph.node.remove(subtract)
         rewritten += 1
-    used = {name for node in graph.node for name in node.input}
-    for init in [init for init in graph.initializer if init.name not in used]:
-        graph.initializer.remove(init)
+    _drop_unused_initializers(graph)
     return rewritten
 
 
@@ -244,20 +262,10 @@ def int8_hard_sigmoid(model) -> int:
     6/255, so saturation is the clip) read back with scale 1/255 (the / 6) is the same function at the same 1/255
     resolution, and ONNX Runtime fuses it into QLinearAdd.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    initializers = {init.name: init for init in graph.initializer}
-
-    def uint8_quantise(node) -> bool:
-        zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
-        return (node.op_type == "QuantizeLinear" and zero_point is not None
-                and zero_point.data_type == onnx.TensorProto.UINT8)
+    consumers, initializers = _consumers(graph), {init.name: init for init in graph.initializer}
 
     rewritten = 0
     for node in graph.node:
@@ -266,7 +274,7 @@ def int8_hard_sigmoid(model) -> int:
                 or abs(attributes.get("beta", 0.5) - 0.5) > 1e-6):
             continue
         quantise = consumers.get(node.output[0], [])
-        if len(quantise) != 1 or not uint8_quantise(quantise[0]):
+        if len(quantise) != 1 or not _uint8_quantise(quantise[0], initializers):
             continue
         dequantise = consumers.get(quantise[0].output[0], [])
         if not dequantise or any(d.op_type != "DequantizeLinear" for d in dequantise):
@@ -285,8 +293,5 @@ def int8_hard_sigmoid(model) -> int:
         graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items())
         graph.node.insert(0, helper.make_node("DequantizeLinear", ["hardsigmoid_three_q", "hardsigmoid_three_scale",
                                                                    "hardsigmoid_zero"], ["hardsigmoid_three"]))
-        used = {name for node in graph.node for name in node.input}
-        unused = [init for init in graph.initializer if init.name not in used]
-        for init in unused:
-            graph.initializer.remove(init)
+        _drop_unused_initializers(graph)
     return rewritten
