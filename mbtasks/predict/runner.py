@@ -84,19 +84,21 @@ class PhotoWriter(BasePredictionWriter):
             self.entries.append(task.write_prediction(self.out, item, answer))
 
 
-def refuse_writing_over_inputs(module: BaseTask, files: list, names: list[str], out: Path) -> None:
+def refuse_writing_over_inputs(files: list, paths: list[str], out: Path) -> None:
     """No answer may replace a photo it was read from: an --out inside the inputs' folders could (photo.png's
-    drawing is OUT/photo.png; seg writes under overlay/ and labels/, Cityscapes under labels/labelIds/ too)."""
+    drawing is OUT/photo.png; seg writes under overlay/ and labels/, Cityscapes under labels/labelIds/ too).
+    `paths`: what the run writes under `out` (`BaseTask.prediction_paths`)."""
     inputs = {Path(file).resolve(): file for file in files}
-    for path in module.prediction_paths(names):
-        if (out / path).resolve() in inputs:
-            raise MbtasksError("its drawing would replace an input image (choose another --out)",
-                               inputs[(out / path).resolve()])
+    for path in paths:
+        written = (out / path).resolve()
+        if written in inputs:
+            raise MbtasksError("its drawing would replace an input image (choose another --out)", inputs[written])
 
 
-def refuse_replacing_predictions(module: BaseTask, names: list[str], out: Path) -> None:
-    """An earlier run's answers under `out` are replaced only with --overwrite; other files there are no concern."""
-    existing = [name for name in module.prediction_paths(names) if (out / name).exists()]
+def refuse_replacing_predictions(paths: list[str], out: Path) -> None:
+    """An earlier run's answers under `out` (of `paths`) are replaced only with --overwrite; other files there are no
+    concern."""
+    existing = [path for path in paths if (out / path).exists()]
     if existing:
         raise MbtasksError(f"holds {len(existing)} of the files this run would write (first: {existing[0]}): pass "
                            "--overwrite to replace them, or choose another --out", out)
@@ -123,9 +125,10 @@ def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task:
             raise MbtasksError(f"--{key.replace('_', '-')} does not apply to a {record.task} model", model_file)
         module.prediction_options[key] = value
     files, names = find_images(inputs)
-    refuse_writing_over_inputs(module, files, names, out)
+    paths = module.prediction_paths(names)
+    refuse_writing_over_inputs(files, paths, out)
     if not overwrite:
-        refuse_replacing_predictions(module, names, out)
+        refuse_replacing_predictions(paths, out)
     module.prepare_predictions(files)
     hardware, devices = accelerator(device, runtime)
     transform = TASKS.get(record.task).data_module.predict_transform(module.config)
