@@ -34,7 +34,7 @@ import torchvision
 from mbtasks.config import load_config
 from mbtasks.export import export_onnx
 from mbtasks.export.int8 import rotating_times as int8_rotating_times
-from mbtasks.io.onnx_runtime import load_onnx_model
+from mbtasks.tasks.runtime import load_onnx_model
 from mbtasks.io.records import Record
 from mbtasks.layers.fusion import for_inference
 from mbtasks.tasks.detection import DetectionDataModule

@@ -146,7 +146,7 @@ def detection_task(annotation_file: Path, outputs: dict[int, dict]):
     class_names = ["__background__", *(gt.cats[c]["name"] for c in category_ids[1:])]
     config = load_config(None, ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.25}"],
                          task="det")
-    task = TASKS.get("det").module(config.to_dict(), class_names, category_ids)
+    task = TASKS.get("det")(config.to_dict(), class_names, category_ids)
     task.model = StoredAnswers(outputs)
     data = SimpleNamespace(val_annotation_file=annotation_file, category_ids=category_ids, val_set=range(len(outputs)))
     task.trainer = SimpleNamespace(world_size=1, global_rank=0, sanity_checking=False, datamodule=data)

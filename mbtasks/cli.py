@@ -126,8 +126,7 @@ def _config(args: argparse.Namespace, base: dict | None = None):
     config = load_config(args.config, args.set or [], task=args.task, base=base)
     from .tasks import TASKS  # after the config's own checks: importing the tasks takes seconds
 
-    if config.task not in TASKS:
-        raise MbtasksError(f"task must be one of {', '.join(TASKS)}, got {config.task!r}", args.config)
+    TASKS.get(config.task)  # an unknown task is one line naming the closest
     return config
 
 
@@ -149,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     data = spec.data_module(config)
     data.prepare_data()
     data.setup("fit")
-    task = spec.module(config.to_dict(), data.class_names, data.category_ids)
+    task = spec(config.to_dict(), data.class_names, data.category_ids)
     # After the data and the model were built: a mistake in either leaves no output folder behind.
     claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
     trainer = build_trainer(config, spec.monitor)
@@ -171,15 +170,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from .evaluation.coco import check_backend
 
         check_backend(args.coco_backend)  # before a model runs
-    if args.task == "det" and (args.annotations or args.detections):
-        return _evaluate_coco_files(args)
-    if args.task == "seg" and (args.gt or args.predictions):
-        return _evaluate_cityscapes_files(args)
+    if args.task is not None and _evaluate_files(args):
+        return
     from .io.records import read_checkpoint
 
     onnx_model, source = None, args.checkpoint
     if args.runtime == "onnxruntime":
-        from .io.onnx_runtime import load_onnx_model
+        from .tasks.runtime import load_onnx_model
 
         if args.model is None or args.checkpoint is not None:
             raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
@@ -192,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_weights(args)
     else:
         record = read_checkpoint(args.checkpoint, args.task)
-    config, data, task = _task_of_record(args, record)
+    config, data, task = _task_of_record(args, record, source)
     _quiet_libraries()
     from .layers.fusion import for_inference
 
@@ -201,11 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if list(data.class_names) != list(record.class_names):
         raise MbtasksError(f"was trained on classes {record.class_names[1:4]}..., the data set has "
                            f"{list(data.class_names)[1:4]}...", source)
-    if onnx_model is None:
-        task.model.load_state_dict(record.state_dict)
-        task.model = for_inference(task.model)
-    else:
-        task.model = onnx_model  # the same evaluators, the exported graph in ONNX Runtime
+    # the same evaluators, the checkpoint's network (its inference copy) or the exported graph in ONNX Runtime
+    task.model = for_inference(task.model) if onnx_model is None else onnx_model
     _validate(args, config, data, task)
 
 
@@ -227,7 +221,7 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
     data = spec.data_module(config)
     data.prepare_data()
     data.setup("validate")
-    task = spec.module(config.to_dict(), data.class_names, data.category_ids)
+    task = spec(config.to_dict(), data.class_names, data.category_ids)
     task.model = for_inference(task.model)
     _validate(args, config, data, task)
 
@@ -236,7 +230,7 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
     """Run the task's validation with the evaluate options and print (and --json) its figures."""
     from .tasks.trainer import build_trainer
 
-    if args.save_predictions and config.task == "seg" and not args.overwrite:
+    if args.save_predictions and not args.overwrite:
         folder = Path(args.save_predictions)
         if earlier := task.earlier_predictions(folder):
             raise MbtasksError(f"holds {len(earlier)} files where this run writes its predictions (first: "
@@ -251,21 +245,18 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
         _print_metrics(args, task.metrics, task.metrics_table())
 
 
-def _task_of_record(args: argparse.Namespace, record):
+def _task_of_record(args: argparse.Namespace, record, source):
     """(config, data module, task module) for a checkpoint's or an exported model's record: its own recipe unless a
     config file is given, on the machine at hand (one device of the accelerator there; a recipe's 8 GPUs are the
-    training machine's), --set on top; the network is always the record's (weights not loaded)."""
-    from .config import config_from_dict
-
+    training machine's), --set on top; the network is always the record's, with its weights (from_record)."""
     at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1"]
     args = argparse.Namespace(**{**vars(args), "set": at_hand + (args.set or [])})
     config = _config(args, base=record.config if args.config is None else None)
-    config.model = config_from_dict(record.config).model
-    config.model.weights = config.model.backbone_weights = None
     from .tasks import TASKS  # after the config's checks, as in _config
 
     spec = TASKS.get(config.task)
-    return config, spec.data_module(config), spec.module(config.to_dict(), record.class_names, record.category_ids)
+    task = spec.from_record(record, config, source)
+    return task.config, spec.data_module(task.config), task
 
 
 def _print_metrics(args: argparse.Namespace, metrics: dict, table: str) -> None:
@@ -285,24 +276,18 @@ def _json_safe(value):
     return None if isinstance(value, float) and value != value else value
 
 
-def _evaluate_coco_files(args: argparse.Namespace) -> None:
-    from .evaluation.coco import coco_metrics, format_coco_table
+def _evaluate_files(args: argparse.Namespace) -> bool:
+    """Saved predictions scored without a model, where the task takes the file options given: whether it did."""
+    from .tasks import TASKS
 
-    if not (args.annotations and args.detections):
-        raise MbtasksError("scoring a results file needs both --annotations and --detections")
-    metrics = coco_metrics(args.annotations, args.detections, backend=args.coco_backend)
-    _print_metrics(args, metrics, format_coco_table(metrics))
-
-
-def _evaluate_cityscapes_files(args: argparse.Namespace) -> None:
-    from .evaluation.segmentation import evaluate_cityscapes_folders, format_cityscapes_table
-
-    if not (args.gt and args.predictions):
-        raise MbtasksError("scoring saved predictions needs both --gt and --predictions")
-    result = evaluate_cityscapes_folders(args.gt, args.predictions, split=args.split)
-    print(f"evaluated {result['num_images']} images")
-    _print_metrics(args, {k: v for k, v in result.items() if k != "confusion_matrix"},
-                   format_cityscapes_table(result))
+    scored = TASKS.get(args.task).score_files(vars(args))
+    if scored is None:
+        return False
+    metrics, table, images = scored
+    if images is not None:
+        print(f"evaluated {images} images")
+    _print_metrics(args, metrics, table)
+    return True
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -326,8 +311,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
     from .layers.fusion import for_inference
 
-    _, data, task = _task_of_record(args, record)
-    task.model.load_state_dict(record.state_dict)
+    _, data, task = _task_of_record(args, record, args.checkpoint)
     report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
                          calibration=args.calibration, samples=args.samples)
     kind = (f"int8 ({report.int8_choice['chosen']}, calibrated on {report.calibration_images} training images)"

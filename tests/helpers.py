@@ -42,7 +42,7 @@ def task_module(task: str, settings: list[str]):
     data.prepare_data()
     data.setup("validate")
     torch.manual_seed(0)
-    return TASKS.get(task).module(config.to_dict(), data.class_names, data.category_ids)
+    return TASKS.get(task)(config.to_dict(), data.class_names, data.category_ids)
 
 
 def save_checkpoint(module, path: Path) -> Path:
@@ -91,9 +91,9 @@ def write_checkpoint(path: Path, task: str, class_names: list, category_ids: lis
     from mbtasks.tasks import TASKS
 
     spec = TASKS.get(task)
-    config = load_config(Path(__file__).resolve().parents[1] / "configs/demo" / spec.demo_config,
+    config = load_config(Path(__file__).resolve().parents[1] / "configs/demo" / spec.demo_recipe,
                          [*TINY_MODELS[task], *settings])
-    module = spec.module(config.to_dict(), list(class_names), list(category_ids))
+    module = spec(config.to_dict(), list(class_names), list(category_ids))
     randomised(module.model)
     module.metrics = metrics or {}
     torch.save({RECORD_KEY: module.record().to_dict(),

@@ -7,7 +7,7 @@ from helpers import randomised
 from mbtasks import build_model
 from mbtasks.backbones.base import Backbone
 from mbtasks.export.channel_padding import padded_expansions
-from mbtasks.export.detection_graph import DetectionGraph
+from mbtasks.models.detection_graph import DetectionGraph
 from mbtasks.layers.blocks import BlockSpec, InvertedResidual
 from mbtasks.layers.fusion import for_inference
 

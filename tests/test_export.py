@@ -16,9 +16,10 @@ from mbtasks.cli import main
 from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
 from mbtasks.export.channel_padding import padded_expansions
-from mbtasks.export.detection_graph import BoxDecoder, SelectDetections
+from mbtasks.models.detection_graph import BoxDecoder, SelectDetections
 from mbtasks.export.int8 import CANDIDATES, CHOICE_RUNS, calibration_reader, choose, prepare, quantize
-from mbtasks.io.onnx_runtime import create_session, load_onnx_model
+from mbtasks.io.onnx_runtime import create_session
+from mbtasks.tasks.runtime import load_onnx_model
 from mbtasks.io.records import read_checkpoint
 from mbtasks.layers.blocks import InvertedResidual
 from mbtasks.layers.fusion import for_inference

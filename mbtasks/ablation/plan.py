@@ -92,23 +92,10 @@ def parse_resolutions(text: str) -> list[Resolution]:
 
 def default_config(task: str) -> Path:
     """The task's demo config, from the source tree the package sits in."""
-    path = Path(__file__).resolve().parents[2] / "configs" / "demo" / TASKS.get(task).demo_config
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo" / TASKS.get(task).demo_recipe
     if not path.is_file():
         raise MbtasksError(f"no demo config for {task} next to the package ({path}): pass --config")
     return path
-
-
-def model_for(task: str, config_model: str, version: str) -> str:
-    """The task's model on `version`: the config's head family where it has that version (ssd300 only has v1,
-    Lite R-ASPP no v1), else SSDLite / DeepLabv3; image tasks use the backbone's own name."""
-    if task in ("attr", "embed", "cls"):
-        return version
-    family = config_model.split("_mobilenet_")[0] if "_mobilenet_" in config_model else ""
-    fallback = {"det": "ssdlite320", "seg": "deeplabv3"}[task]
-    for head in (family, fallback):
-        if f"{head}_{version}" in MODELS:
-            return f"{head}_{version}"
-    raise MbtasksError(f"no {task} model on {version}")
 
 
 def config_resolution(config: Config) -> Resolution:
@@ -126,14 +113,13 @@ def plan_runs(task: str, config_path: str | Path, overrides: list[str], versions
     base = load_config(config_path, overrides, task)
     resolutions = resolutions or [config_resolution(base)]
     runs = []
+    spec = TASKS.get(task)
     for version in versions:
-        model = model_for(task, base.model.name, version)
+        model = spec.ablation_model(base.model.name, version)
         for width in widths[version]:
             for resolution in resolutions:
                 size = resolution if isinstance(resolution, int) else list(resolution)
-                grid = [f"model.name={model}", f"model.options.width_mult={width:g}", f"data.size={size}"]
-                if task == "det":  # a detector's size option outranks data.size
-                    grid.append(f"model.options.size={size}")
+                grid = [f"model.name={model}", f"model.options.width_mult={width:g}", *spec.size_overrides(size)]
                 run_overrides = ["train.progress_bar=false", *overrides, *grid]
                 runs.append(Run(version, width, resolution, model, load_config(config_path, run_overrides, task),
                                 run_overrides))

@@ -27,8 +27,8 @@ WARMUP = 2  # untimed forward passes before the timed ones
 
 def task_network(config: dict, class_names: list[str], category_ids: list) -> tuple[torch.nn.Module, dict]:
     """The network the task trains for this config and these classes, and its model options (untrained)."""
-    config = {**config, "model": {**config["model"], "weights": None, "backbone_weights": None}}
-    task = TASKS.get(config["task"]).module(config, class_names, category_ids)
+    record = Record("", "", task=config["task"], class_names=class_names, category_ids=category_ids, config=config)
+    task = TASKS.get(config["task"]).from_record(record)
     return task.model, task.model_options
 
 

@@ -6,7 +6,8 @@ What the graph holds (io/onnx_runtime.py runs it behind the PyTorch model's cont
   Batch, height and width are dynamic, except for LR-ASPP with `pooling: paper`, whose window follows the input
   size: that graph is fixed to the validation images' size.
 - det: the whole detector, end to end: one [0, 1] image of any size -> `boxes`, `scores`, `labels`
-  (detection_graph.py).
+  (models/detection_graph.py).
+Each task says what its graph is (`BaseTask.graph` and the other `graph_*` hooks): this file names no task.
 
 The exporter is torch.onnx's TorchScript one (dynamo=False): the dynamo exporter gives the same ORT latency but, with a
 dynamic height and width, exported LR-ASPP's upsampling for the example's size only (logits off by 0.5 elsewhere).
@@ -18,7 +19,7 @@ the graph takes them: its validation images for the check, its training images f
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,10 @@ from ..errors import MbtasksError
 from ..heads.lraspp import PaperPool
 from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
-from ..tasks import TASKS
-from .channel_padding import padded_expansions
-from .detection_graph import DetectionGraph
-from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize
 from ..io.onnx_runtime import EXPORT_KEY, create_session, require
+from ..tasks import TASKS, BaseTask
+from .channel_padding import padded_expansions
+from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize
 
 OPSET = 17
 # ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
@@ -52,18 +52,19 @@ class ExportReport:
     differences: dict[str, float]  # output name -> largest |onnxruntime - pytorch| over the samples, in its units
     num_samples: int
     int8: bool
-    box_side: int | None = None  # det: the longest image side boxes are measured against
+    pixel_sides: dict[str, int] = field(default_factory=dict)  # outputs in pixels -> the input side they are held to
     calibration_images: int = 0  # int8: how many training images set the ranges
     int8_choice: dict | None = None  # int8: the way chosen and the median ms of each way tried (`choose`)
 
     @property
     def largest_difference(self) -> float:
-        """The largest difference with boxes as a fraction of the image side: what is held to 1e-4 (fp32)."""
-        return max(v / self.box_side if k == "boxes" else v for k, v in self.differences.items())
+        """The largest difference with pixel outputs (boxes) as a fraction of the image side: what is held to 1e-4
+        (fp32)."""
+        return max(v / self.pixel_sides.get(k, 1) for k, v in self.differences.items())
 
     def summary(self) -> str:
-        parts = [f"{k} {v:.3g} pixels of the {self.box_side}-pixel input" if k == "boxes" else f"{k} {v:.3g}"
-                 for k, v in self.differences.items()]
+        parts = [f"{k} {v:.3g} pixels of the {self.pixel_sides[k]}-pixel input" if k in self.pixel_sides
+                 else f"{k} {v:.3g}" for k, v in self.differences.items()]
         return (f"largest |onnxruntime - pytorch| difference: {self.largest_difference:.3g} ({', '.join(parts)}; "
                 f"{self.num_samples} validation images{'; int8 is not held to 1e-4' if self.int8 else ''})")
 
@@ -78,20 +79,19 @@ class ExportReport:
 
 def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, out: str | Path, *, int8: bool = False,
                 calibration: int = 100, samples: int = 4) -> ExportReport:
-    """Write `model` (the inference copy of the checkpoint's network) to ONNX with the record in its metadata, int8
-    if asked, and compare ONNX Runtime with PyTorch on `samples` validation images; fp32 must agree within 1e-4."""
+    """Write `model` (the inference copy of the checkpoint's network) to ONNX as its task's graph, with the record
+    in its metadata, int8 if asked, and compare ONNX Runtime with PyTorch on `samples` validation images; fp32 must
+    agree within 1e-4."""
     onnx = require("onnx")
-    task, out = record.task, Path(out)
+    task, out = TASKS.get(record.task), Path(out)
     model = model.eval()
-    graph = DetectionGraph(model) if task == "det" else model
+    graph = task.graph(model)
     data.prepare_data()
     data.setup("fit" if int8 else "validate")
     inputs = [image[None].float().contiguous() for image in _first(data.graph_inputs("val"), samples)]
     fixed = any(isinstance(m, PaperPool) for m in model.modules())
-    settings = {"graph": task, "opset": OPSET, "int8": int8,
-                "input_size": list(inputs[0].shape[-2:]) if fixed else None}
-    if task == "det":
-        settings["postprocess"] = graph.postprocess
+    settings = {"graph": record.task, "opset": OPSET, "int8": int8,
+                "input_size": list(inputs[0].shape[-2:]) if fixed else None, **task.graph_settings(graph)}
     output_file(out, overwrite=True)  # its folder; an existing file was refused or allowed by the caller (cmd_export)
     calibrated, choice = 0, None
     with tempfile.TemporaryDirectory() as scratch:
@@ -116,87 +116,49 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
         entry.key, entry.value = key, value
     with replaced_atomically(out) as temporary:
         onnx.save(proto, str(temporary))
-    box_side = max(max(x.shape[-2:]) for x in inputs) if task == "det" else None
-    report = ExportReport(out, out.stat().st_size, _compare(graph, out, inputs, output_names(task)), len(inputs),
-                          int8, box_side, calibrated, choice)
+    report = ExportReport(out, out.stat().st_size, _compare(task, graph, out, inputs), len(inputs), int8,
+                          task.graph_pixel_sides(inputs), calibrated, choice)
     if not int8 and report.largest_difference > TOLERANCE:
         raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
                            "for inspection", out)
     return report
 
 
-def output_names(task: str) -> list[str]:
-    """The exported graph's outputs for a task."""
-    return list(TASKS.get(task).graph_outputs)
-
-
 def _first(dataset, count: int) -> list:
     return [dataset[i] for i in range(min(count, len(dataset)))]
 
 
-def _padded_graph(model: nn.Module, task: str, example: torch.Tensor, scratch: Path, fixed: bool) -> Path | None:
+def _padded_graph(model: nn.Module, task: type[BaseTask], example: torch.Tensor, scratch: Path,
+                  fixed: bool) -> Path | None:
     """The graph of `model` with its expansions padded to 16 channels (channel_padding.py), prepared for int8; None
     when there is nothing to pad."""
     padded, changed = padded_expansions(model)
     if not changed:
         return None
     path = scratch / "fp32_padded.onnx"
-    _torch_export(DetectionGraph(padded) if task == "det" else padded, example, path, task, dynamic_size=not fixed)
+    _torch_export(task.graph(padded), example, path, task, dynamic_size=not fixed)
     return prepare(path)
 
 
-def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: str, dynamic_size: bool) -> None:
-    """torch.onnx's TorchScript exporter, batch dynamic and, where asked, height and width (seg: of the logits too);
-    det: one image of any size in, any number of detections out."""
-    size = {2: "height", 3: "width"} if dynamic_size else {}
-    if task == "det":
-        dynamic = {"images": size, **{name: {0: "detections"} for name in output_names(task)}}
-    else:
-        dynamic = {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in output_names(task)}}
-    if task == "seg":
-        dynamic["logits"].update(size)
+def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: type[BaseTask], dynamic_size: bool) -> None:
+    """torch.onnx's TorchScript exporter, with the task's dynamic axes: height and width where asked."""
+    dynamic = task.graph_dynamic_axes({2: "height", 3: "width"} if dynamic_size else {})
     with warnings.catch_warnings(), torch.no_grad():
         # TracerWarnings about shapes turned into constants: they are the fixed sizes the graph is exported at.
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=output_names(task),
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(graph, (example,), str(path), input_names=["images"],
+                          output_names=list(task.graph_outputs), dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
 
 
-def _compare(graph: nn.Module, path: Path, inputs: list[torch.Tensor], names: list[str]) -> dict[str, float]:
-    """Largest |onnxruntime - pytorch| per output over the inputs (det: between each detection and its twin)."""
-    session = create_session(path)
+def _compare(task: type[BaseTask], graph: nn.Module, path: Path, inputs: list[torch.Tensor]) -> dict[str, float]:
+    """Largest |onnxruntime - pytorch| per output over the inputs, as the task compares its outputs."""
+    session, names = create_session(path), list(task.graph_outputs)
     largest = dict.fromkeys(names, 0.0)
     for x in inputs:
         with torch.no_grad():
             expected = graph(x)
         expected = [e.numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
         got = session.run(names, {"images": x.numpy()})
-        differences = _detection_differences(expected, got) if names == output_names("det") else [
-            float(np.abs(want - have).max()) for want, have in zip(expected, got)]
-        for name, difference in zip(names, differences):
+        for name, difference in zip(names, task.graph_differences(expected, got)):
             largest[name] = max(largest[name], difference)
     return largest
-
-
-def _detection_differences(expected: list[np.ndarray], got: list[np.ndarray]) -> list[float]:
-    """Boxes, scores, labels of two lists of detections. Scores are compared sorted. Each detection is paired with
-    the one of the same label whose box is nearest in the other list; boxes are compared over the pairs within a
-    pixel, and `labels` is the share of detections left without such a twin and without a score tie (within 1e-6) to
-    explain it: which of two tied boxes NMS keeps, or which comes last in the top N, is a matter of the last bit
-    (flat image regions give many anchors the same score). A different count is an infinite difference."""
-    (want_boxes, want_scores, want_labels), (boxes, scores, labels) = expected, got
-    if len(boxes) != len(want_boxes):
-        return [float("inf")] * 3
-    if len(boxes) == 0:
-        return [0.0] * 3
-    distance = np.abs(boxes[:, None] - want_boxes[None]).max(-1)
-    distance[labels[:, None] != want_labels[None]] = np.inf
-    nearest = distance.min(1)
-    paired = nearest <= 1.0
-    # An unpaired detection's score met in the other list, or twice in its own, is a tie between two detections.
-    gaps = np.abs(scores[:, None] - scores[None])
-    np.fill_diagonal(gaps, np.inf)
-    tied = (gaps.min(1) <= 1e-6) | (np.abs(scores[:, None] - want_scores[None]).min(1) <= 1e-6)
-    unexplained = (~paired & ~tied).mean()  # a detection without a twin, and without a tie to explain it
-    return [float(nearest[paired].max()) if paired.any() else float("inf"),
-            float(np.abs(np.sort(scores) - np.sort(want_scores)).max()), float(unexplained)]

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..io.onnx_runtime import create_session
-from .detection_graph import DECODER
+from ..models.detection_graph import DECODER
 
 
 @dataclass(frozen=True)

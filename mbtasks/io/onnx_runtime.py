@@ -1,9 +1,10 @@
 """Exported models run by ONNX Runtime, behind the same contract as the PyTorch models in eval mode.
 
-- `OnnxModel` (seg, attr, embed, cls): a normalised NCHW batch -> the network's output tensor, as the task's model.
-- `OnnxDetector` (det): a list of CHW float images in [0, 1] -> a list of dicts boxes / scores / labels in the pixels
-  of each input image. The graph holds all of it (resizing, normalisation, network, box decoding, torchvision SSD's
-  selection, the boxes scaled back): one image per run.
+- `OnnxModel`: a normalised NCHW batch -> the network's output tensor, as the task's model (seg, attr, embed, cls).
+- `OnnxDetector`: a list of CHW float images in [0, 1] -> a list of dicts boxes / scores / labels in the pixels
+  of each input image (det). The graph holds all of it (resizing, normalisation, network, box decoding, torchvision
+  SSD's selection, the boxes scaled back): one image per run.
+Which wrapper a file gets is its task's choice (`BaseTask.runtime_model`).
 
 An mbtasks ONNX file carries the checkpoint's record (task, model, options, class names, category ids, config) and the
 export settings (opset, int8, the fixed input size of a graph that has one, a detector's selection settings) as JSON
@@ -69,16 +70,16 @@ def read_metadata(session, path: str | Path) -> tuple[Record, dict]:
     return Record.from_dict(json.loads(stored[RECORD_KEY])), json.loads(stored[EXPORT_KEY])
 
 
-def load_onnx_model(path: str | Path, task: str | None = None, threads: int | None = None) -> tuple[nn.Module, Record]:
-    """The ORT wrapper of an exported model and its record; `task`, when given, must be the model's."""
+def open_onnx_model(path: str | Path, task: str | None = None, threads: int | None = None) -> tuple[object, Record, dict]:
+    """(an ONNX Runtime session of an exported model, its record, its export settings); `task`, when given, must be
+    the model's. The task's `runtime_model` puts the session behind its model's contract."""
     if not Path(path).is_file():
         raise MbtasksError("no such file", path)
     session = create_session(path, threads)
     record, settings = read_metadata(session, path)
     if task is not None and record.task != task:
         raise MbtasksError(f"is an ONNX model of a {record.task} model, not {task}", path)
-    wrapper = OnnxDetector if record.task == "det" else OnnxModel
-    return wrapper(session, settings, path), record
+    return session, record, settings
 
 
 class OnnxModel(nn.Module):

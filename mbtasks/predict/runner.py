@@ -10,13 +10,12 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from ..config import config_from_dict
 from ..errors import MbtasksError
-from ..io.onnx_runtime import load_onnx_model
-from ..io.records import Record, load_into, read_checkpoint
+from ..io.records import Record, read_checkpoint
 from ..layers.fusion import for_inference
 from ..tasks import TASKS
 from ..tasks.base import BaseTask
+from ..tasks.runtime import load_onnx_model
 from .inputs import PhotoFiles, find_images, keep_list
 
 
@@ -32,18 +31,8 @@ def load_predictor(model_file: str | Path, task: str | None = None) -> tuple[Bas
     if record.task not in TASKS:
         raise MbtasksError(f"is a model of task {record.task!r}, which predict does not know (it knows "
                            f"{', '.join(TASKS.names())})", path)
-    if not record.config:
-        raise MbtasksError("carries no recipe (written by an older mbtasks?): predict cannot rebuild its "
-                           "pre-processing", path)
-    config = config_from_dict(record.config, str(path))
-    config.model.weights = config.model.backbone_weights = None  # the file's own weights, loaded below
-    module = TASKS.get(record.task).module(config.to_dict(), record.class_names, record.category_ids)
-    if onnx_model is None:
-        load_into(module.model, record.state_dict, path)
-        module.model = for_inference(module.model)
-    else:
-        module.model = onnx_model
-    module.metrics = dict(record.metrics)  # the last validation's (embed: its verification threshold)
+    module = TASKS.get(record.task).from_record(record, source=path)  # an ONNX file's record holds no weights
+    module.model = for_inference(module.model) if onnx_model is None else onnx_model
     return module, record, "torch" if onnx_model is None else "onnxruntime"
 
 

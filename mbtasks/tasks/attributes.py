@@ -13,6 +13,7 @@ from ..evaluation.attributes import attribute_metrics
 from ..models.losses import AttributeLoss, attribute_pos_weight
 from .base import BaseTask, loggable, shown
 from .image_data import ImageDataModule, Indexed
+from .registry import TASKS
 
 
 class AttributesDataModule(ImageDataModule):
@@ -39,6 +40,7 @@ class AttributesDataModule(ImageDataModule):
         return self.train_set.dataset.targets
 
 
+@TASKS.register("attr")
 class AttributesTask(BaseTask):
     """A backbone with one binary logit per attribute, binary cross-entropy (optional positive weights: a list, a
     mapping, or 'balanced'), and accuracy and AP per attribute over the whole validation set; mean AP picks the best.
@@ -47,7 +49,9 @@ class AttributesTask(BaseTask):
     model.options: the backbone's, hidden_channels, dropout, pos_weight.
     """
 
-    task = "attr"
+    data_module = AttributesDataModule
+    monitor, default_model, demo_recipe = "val/mean_ap", "mobilenet_v1", "attr_faces.yaml"
+    headline_metrics, profile_classes = ("mean_average_precision",), 40  # CelebA's 40 attributes
     progress_bar = ("val/mean_ap", "val/mean_accuracy")
     prediction_defaults = {"threshold": 0.5}
     prediction_file = "attributes.json"

@@ -20,7 +20,8 @@ from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
 from ..io.outputs import write_text_atomically
-from ..io.records import RECORD_KEY, Record
+from ..io.onnx_runtime import OnnxModel
+from ..io.records import RECORD_KEY, Record, load_into
 from ..models import MODELS, build_configured_model, weights_defaults
 from .optimizer import configure_optimizer
 
@@ -164,7 +165,16 @@ class BaseTask(pl.LightningModule):
     where the network's output is not what it needs, `predict_inputs`.
     """
 
+    # ---- the task's facts (a subclass registered with `@TASKS.register(name)` sets them; `task` is the name) ----
     task: ClassVar[str] = ""
+    data_module: ClassVar[type[BaseDataModule]]  # built from a Config: the data root or the embedded set, loaders
+    monitor: ClassVar[str] = ""  # the logged validation metric that picks best.ckpt (higher is better)
+    default_model: ClassVar[str] = ""  # model.name when the recipe names none
+    demo_recipe: ClassVar[str] = ""  # its recipe on the embedded data set (a file in configs/demo/)
+    headline_metrics: ClassVar[tuple[str, ...]] = ()  # keys of `evaluate --json`; the first one present is the figure
+    profile_classes: ClassVar[int] = 0  # the class count of its usual data set, for profile-only ablations
+    graph_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # output names of its exported ONNX graph
+    ablation_head: ClassVar[str | None] = None  # the head family `ablate` puts on each version (None: the backbone)
     progress_bar: ClassVar[tuple[str, ...]] = ()  # logged figures the progress bar shows
     # predict: the options it takes (`prediction_options`, defaults here) and the JSON file of its answers
     prediction_defaults: ClassVar[dict] = {}
@@ -298,6 +308,89 @@ class BaseTask(pl.LightningModule):
         """The files, relative to the output folder, that `write_prediction` (for photos of these output names) and
         `write_predictions` write: by default each photo's picture at its name and the JSON file."""
         return [*names, self.prediction_file]
+
+    # ---- rebuilt from a record: evaluate, export, predict and ablate alike ----
+
+    @classmethod
+    def from_record(cls, record: Record, config: Config | None = None, source: str | Path = "<record>") -> "BaseTask":
+        """The task of a checkpoint's (or exported file's) record: its recipe (or `config`), its classes, its
+        network with the record's weights when it holds any (weights that do not fit are one line naming `source`).
+        The recipe's weights files are not read again: the record's network is the one that was trained."""
+        if config is None:
+            if not record.config:
+                raise MbtasksError("carries no recipe (written by an older mbtasks?): its task cannot be rebuilt",
+                                   source)
+            config = config_from_dict(record.config, str(source))
+        config.model = config_from_dict(record.config, str(source)).model if record.config else config.model
+        config.model.weights = config.model.backbone_weights = None
+        task = cls(config.to_dict(), record.class_names, record.category_ids)
+        if record.state_dict:
+            load_into(task.model, record.state_dict, source)
+        task.metrics = dict(record.metrics)  # its last validation's (embed: the verification threshold it chose)
+        return task
+
+    # ---- its exported graph (export/) and how ONNX Runtime's outputs become its predictions (io/onnx_runtime.py) ----
+
+    @classmethod
+    def graph(cls, model: nn.Module) -> nn.Module:
+        """The exported graph of the inference network: by default the network (normalised NCHW batch -> outputs)."""
+        return model
+
+    @classmethod
+    def graph_settings(cls, graph: nn.Module) -> dict:
+        """What the exported file's settings record about its graph, beyond the common ones."""
+        return {}
+
+    @classmethod
+    def graph_dynamic_axes(cls, size: dict[int, str]) -> dict:
+        """torch.onnx's dynamic axes: the batch, and `size` (height and width, where they are dynamic) of the input."""
+        return {"images": {0: "batch", **size}, **{name: {0: "batch"} for name in cls.graph_outputs}}
+
+    @classmethod
+    def graph_pixel_sides(cls, inputs: list[torch.Tensor]) -> dict[str, int]:
+        """Outputs measured in the input's pixels, and the side the export check holds them against (det: boxes)."""
+        return {}
+
+    @classmethod
+    def graph_differences(cls, expected: list[np.ndarray], got: list[np.ndarray]) -> list[float]:
+        """Largest |onnxruntime - pytorch| of each output of one input."""
+        return [float(np.abs(want - have).max()) for want, have in zip(expected, got)]
+
+    @classmethod
+    def runtime_model(cls, session, settings: dict, path: str | Path) -> nn.Module:
+        """An exported graph in ONNX Runtime behind the contract of the task's model in eval mode."""
+        return OnnxModel(session, settings, path)
+
+    # ---- `mbtasks ablate` ----
+
+    @classmethod
+    def ablation_model(cls, recipe_model: str, version: str) -> str:
+        """The task's model on a backbone `version`: the recipe's head family where it has that version, else
+        `ablation_head`'s; the backbone itself where the task has no head family (image-level tasks)."""
+        if cls.ablation_head is None:
+            return version
+        family = recipe_model.split("_mobilenet_")[0] if "_mobilenet_" in recipe_model else ""
+        for head in (family, cls.ablation_head):
+            if f"{head}_{version}" in MODELS:
+                return f"{head}_{version}"
+        raise MbtasksError(f"no {cls.task} model on {version}")
+
+    @classmethod
+    def size_overrides(cls, size: int | list[int]) -> list[str]:
+        """The `--set` assignments that make a recipe run at input size `size`."""
+        return [f"data.size={size}"]
+
+    # ---- scoring files without a model (`mbtasks evaluate` with file options) ----
+
+    @classmethod
+    def score_files(cls, options: dict) -> tuple[dict, str, int | None] | None:
+        """(metrics, table, images scored) of saved predictions named by evaluate's `options`, or None when they name
+        none for this task."""
+        return None
+
+    def earlier_predictions(self, folder: Path) -> list[Path]:
+        """Files in `folder` where `evaluate --save-predictions` would write, before it runs."""
+        return []
 
     # ---- the checkpoint record ----
 

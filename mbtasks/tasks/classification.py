@@ -14,6 +14,7 @@ from ..errors import MbtasksError
 from ..evaluation.classification import classification_accuracy
 from .base import BaseTask
 from .image_data import ImageDataModule, Indexed
+from .registry import TASKS
 
 
 class ClassificationDataModule(ImageDataModule):
@@ -45,11 +46,14 @@ class ClassificationDataModule(ImageDataModule):
         return list(self.val_set.dataset.classes)
 
 
+@TASKS.register("cls")
 class ClassificationTask(BaseTask):
     """An ImageNet-style classifier (backbone + classifier head, torchvision's layer names), softmax cross-entropy
     with train.label_smoothing, and top-1 / top-5 over the whole validation set."""
 
-    task = "cls"
+    data_module = ClassificationDataModule
+    monitor, default_model, demo_recipe = "val/top1", "mobilenet_v3_large", "cls_shapes.yaml"
+    headline_metrics, profile_classes = ("top1",), 1000  # ImageNet
     progress_bar = ("val/top1",)
     prediction_file = "classes.json"
 

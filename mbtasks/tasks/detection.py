@@ -4,7 +4,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 from torchvision.utils import draw_bounding_boxes
 
 from ..config import Config
@@ -15,7 +17,10 @@ from ..drawing import write_png
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..errors import MbtasksError
 from ..models.pretrained import load_weights
+from ..io.onnx_runtime import OnnxDetector
+from ..models.detection_graph import DetectionGraph
 from .base import BaseDataModule, BaseTask
+from .registry import TASKS
 
 
 def detection_input_size(config: Config) -> tuple[int, int]:
@@ -109,10 +114,14 @@ class DetectionDataModule(BaseDataModule):
         return self.val_set.category_ids
 
 
+@TASKS.register("det")
 class DetectionTask(BaseTask):
     """An SSD / SSDLite model, its MultiBox loss, and COCO mAP over the whole validation set each epoch."""
 
-    task = "det"
+    data_module = DetectionDataModule
+    monitor, default_model, demo_recipe = "val/mAP", "ssdlite320_mobilenet_v3_large", "det_shapes.yaml"
+    headline_metrics, profile_classes = ("AP",), 91  # COCO's 91 category ids, as torchvision
+    graph_outputs, ablation_head = ("boxes", "scores", "labels"), "ssdlite320"
     progress_bar = ("val/mAP",)
     prediction_defaults = {"score_threshold": 0.3}
     prediction_file = "detections.json"
@@ -182,3 +191,66 @@ class DetectionTask(BaseTask):
         return {"file": item["file"], "detections": [
             {"box_xyxy": [round(v, 2) for v in box], "score": round(score, 4), "label": self.class_names[label],
              "category_id": ids[label]} for box, score, label in zip(boxes.tolist(), scores, labels)]}
+
+    # ---- export: the whole detector in one graph, one [0, 1] image of any size -> boxes in its pixels ----
+
+    @classmethod
+    def graph(cls, model: nn.Module) -> nn.Module:
+        return DetectionGraph(model)
+
+    @classmethod
+    def graph_settings(cls, graph: nn.Module) -> dict:
+        return {"postprocess": graph.postprocess}
+
+    @classmethod
+    def graph_dynamic_axes(cls, size: dict[int, str]) -> dict:
+        """One image of any size in, any number of detections out."""
+        return {"images": size, **{name: {0: "detections"} for name in cls.graph_outputs}}
+
+    @classmethod
+    def graph_pixel_sides(cls, inputs: list[torch.Tensor]) -> dict[str, int]:
+        return {"boxes": max(max(x.shape[-2:]) for x in inputs)}
+
+    @classmethod
+    def graph_differences(cls, expected: list[np.ndarray], got: list[np.ndarray]) -> list[float]:
+        """Boxes, scores, labels of two lists of detections. Scores are compared sorted. Each detection is paired
+        with the one of the same label whose box is nearest in the other list; boxes are compared over the pairs
+        within a pixel, and `labels` is the share of detections left without such a twin and without a score tie
+        (within 1e-6) to explain it: which of two tied boxes NMS keeps, or which comes last in the top N, is a matter
+        of the last bit (flat image regions give many anchors the same score). A different count is an infinite
+        difference."""
+        (want_boxes, want_scores, want_labels), (boxes, scores, labels) = expected, got
+        if len(boxes) != len(want_boxes):
+            return [float("inf")] * 3
+        if len(boxes) == 0:
+            return [0.0] * 3
+        distance = np.abs(boxes[:, None] - want_boxes[None]).max(-1)
+        distance[labels[:, None] != want_labels[None]] = np.inf
+        nearest = distance.min(1)
+        paired = nearest <= 1.0
+        # An unpaired detection's score met in the other list, or twice in its own, is a tie between two detections.
+        gaps = np.abs(scores[:, None] - scores[None])
+        np.fill_diagonal(gaps, np.inf)
+        tied = (gaps.min(1) <= 1e-6) | (np.abs(scores[:, None] - want_scores[None]).min(1) <= 1e-6)
+        unexplained = (~paired & ~tied).mean()  # a detection without a twin, and without a tie to explain it
+        return [float(nearest[paired].max()) if paired.any() else float("inf"),
+                float(np.abs(np.sort(scores) - np.sort(want_scores)).max()), float(unexplained)]
+
+    @classmethod
+    def runtime_model(cls, session, settings: dict, path: str | Path) -> nn.Module:
+        return OnnxDetector(session, settings, path)
+
+    @classmethod
+    def size_overrides(cls, size: int | list[int]) -> list[str]:
+        """A detector's size option outranks data.size."""
+        return [f"data.size={size}", f"model.options.size={size}"]
+
+    @classmethod
+    def score_files(cls, options: dict) -> tuple[dict, str, int | None] | None:
+        """A COCO results file (--detections) against its ground truth (--annotations)."""
+        if not (options.get("annotations") or options.get("detections")):
+            return None
+        if not (options.get("annotations") and options.get("detections")):
+            raise MbtasksError("scoring a results file needs both --annotations and --detections")
+        metrics = coco_metrics(options["annotations"], options["detections"], backend=options.get("coco_backend"))
+        return metrics, format_coco_table(metrics), None

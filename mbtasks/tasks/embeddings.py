@@ -20,6 +20,7 @@ from ..io.outputs import replaced_atomically, write_text_atomically
 from ..models.losses import ArcFaceLoss, DistillationLoss, TripletLoss
 from .base import BaseTask, shown
 from .image_data import ImageDataModule, Indexed
+from .registry import TASKS
 
 
 class PairImages(Dataset):
@@ -66,6 +67,7 @@ class EmbeddingsDataModule(ImageDataModule):
         return len(self.train_set.dataset.identities)
 
 
+@TASKS.register("embed")
 class EmbeddingsTask(BaseTask):
     """A backbone with an L2-normalised embedding (default 128-d), a margin loss over the training identities
     (ArcFace, or batch-hard triplet), optional distillation towards a teacher's embeddings, and LFW verification
@@ -76,7 +78,9 @@ class EmbeddingsTask(BaseTask):
     training set's order (identities by name, then file names).
     """
 
-    task = "embed"
+    data_module = EmbeddingsDataModule
+    monitor, default_model, demo_recipe = "val/accuracy", "mobilenet_v1", "embed_faces.yaml"
+    headline_metrics, profile_classes, graph_outputs = ("accuracy_mean",), 0, ("embeddings",)
     progress_bar = ("val/accuracy",)
     prediction_defaults = {"threshold": None, "pairs": None}
     prediction_file = "embeddings.json"

@@ -27,9 +27,11 @@ from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
 from ..datasets.voc import VOCSegmentation, voc_palette
 from ..drawing import blend, write_png
 from ..errors import MbtasksError
-from ..evaluation.segmentation import CityscapesEvaluator, ConfusionMatrix, format_cityscapes_table
+from ..evaluation.segmentation import (CityscapesEvaluator, ConfusionMatrix, evaluate_cityscapes_folders,
+                                       format_cityscapes_table)
 from ..io.images import read_label_png
 from .base import BaseDataModule, BaseTask
+from .registry import TASKS
 
 # data.augmentation -> the random-scale range of the training crops (mmseg's recipe is 0.5..2.0)
 AUGMENTATIONS = {"default": (0.5, 2.0), "light": (0.75, 1.5), "fixed_scale": (1.0, 1.0)}
@@ -118,10 +120,14 @@ class SegmentationDataModule(BaseDataModule):
 
 
 
+@TASKS.register("seg")
 class SegmentationTask(BaseTask):
     """A segmentation model, its cross-entropy (+ aux) loss, and the official metrics over the whole val set."""
 
-    task = "seg"
+    data_module = SegmentationDataModule
+    monitor, default_model, demo_recipe = "val/mIoU", "lraspp_mobilenet_v3_large", "seg_cityscapes_synth.yaml"
+    headline_metrics, profile_classes = ("mean_class_iou", "mean_iou"), 19  # Cityscapes first, then VOC
+    ablation_head = "deeplabv3"
     progress_bar = ("val/mIoU",)
     prediction_defaults = {"scales": None, "flip": False}
     prediction_file = "segmentation.json"
@@ -142,6 +148,25 @@ class SegmentationTask(BaseTask):
         loss = self.model.loss(self.model.forward_with_aux(images), masks)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
+
+    @classmethod
+    def graph_dynamic_axes(cls, size: dict[int, str]) -> dict:
+        """Logits at the input resolution: their height and width follow the input's."""
+        axes = super().graph_dynamic_axes(size)
+        axes["logits"].update(size)
+        return axes
+
+    @classmethod
+    def score_files(cls, options: dict) -> tuple[dict, str, int | None] | None:
+        """A folder of Cityscapes labelId PNGs (--predictions) against a Cityscapes root (--gt), as the official
+        script scores them."""
+        if not (options.get("gt") or options.get("predictions")):
+            return None
+        if not (options.get("gt") and options.get("predictions")):
+            raise MbtasksError("scoring saved predictions needs both --gt and --predictions")
+        result = evaluate_cityscapes_folders(options["gt"], options["predictions"], split=options.get("split", "val"))
+        metrics = {k: v for k, v in result.items() if k != "confusion_matrix"}
+        return metrics, format_cityscapes_table(result), result["num_images"]
 
     # ---- inference ----
 
