@@ -81,11 +81,7 @@ def _run(args: list[str]) -> list[str]:
 
 def _torch_model(checkpoint: str, task: str) -> torch.nn.Module:
     record = read_checkpoint(checkpoint, task)
-    config = load_config(None, [], task=task, base=record.config)
-    task_class = TASKS.get(task).module
-    module = task_class(config.to_dict(), record.class_names, record.category_ids)
-    module.model.load_state_dict(record.state_dict)
-    return for_inference(module.model)
+    return for_inference(TASKS.get(task).from_record(record, source=checkpoint).model)
 
 
 @pytest.mark.parametrize("task", list(SETTINGS))

@@ -3,6 +3,7 @@ the attributes written on photos."""
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from ..backbones import BACKBONES
 from ..datasets.celeba import CelebA
@@ -56,15 +57,23 @@ class AttributesTask(BaseTask):
     prediction_defaults = {"threshold": 0.5}
     prediction_file = "attributes.json"
 
+    loss_options = ("pos_weight",)
+
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         if name not in BACKBONES:
             raise MbtasksError(f"model.name for attr must be a backbone ({', '.join(BACKBONES)}), got {name!r}")
         if not self.class_names:
             raise MbtasksError("the attribute task needs attribute names")
-        spec = options.pop("pos_weight", None)
-        self.balanced = spec == "balanced"
-        self.loss = AttributeLoss(None if self.balanced else attribute_pos_weight(spec, self.class_names))
         return f"attributes_{name}", {**options, "num_attributes": len(self.class_names)}
+
+    @property
+    def balanced(self) -> bool:
+        """pos_weight: balanced, whose weights come from the training targets (set in setup)."""
+        return self.loss_settings.get("pos_weight") == "balanced"
+
+    def build_loss(self) -> nn.Module:
+        spec = self.loss_settings.get("pos_weight")
+        return AttributeLoss(None if self.balanced else attribute_pos_weight(spec, self.class_names))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -157,9 +157,8 @@ def one_thread_opencv_with(workers: int) -> None:
 class BaseTask(pl.LightningModule):
     """A task's network, loss, metrics and optimiser, built from (recipe, class names, category ids).
 
-    A subclass gives `network` (the registered model and its options for these classes), `self.loss` or its own
-    `training_step`,
-    `validation_step` (results kept per sample in `self.results`, keyed so that a sample the DistributedSampler
+    A subclass gives `network` (the registered model and its options for these classes), `build_loss` or its own
+    `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the DistributedSampler
     repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values) and
     `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
     where the network's output is not what it needs, `predict_inputs`.
@@ -179,6 +178,7 @@ class BaseTask(pl.LightningModule):
     # predict: the options it takes (`prediction_options`, defaults here) and the JSON file of its answers
     prediction_defaults: ClassVar[dict] = {}
     prediction_file: ClassVar[str] = "predictions.json"
+    loss_options: ClassVar[tuple[str, ...]] = ()  # model.options that set up the loss, not the network
 
     def __init__(self, config: dict, class_names: list[str], category_ids: list):
         super().__init__()
@@ -188,8 +188,11 @@ class BaseTask(pl.LightningModule):
         model = self.config.model
         # The weights file's backbone options go into the recipe itself, so the checkpoint rebuilds the same network.
         model.options = {**weights_defaults(model.weights, model.backbone_weights), **model.options}
-        self.model_name, self.model_options = self.network(model.name, dict(model.options))
+        options = dict(model.options)
+        self.loss_settings = {name: options.pop(name) for name in self.loss_options if name in options}
+        self.model_name, self.model_options = self.network(model.name, options)
         self.model = build_configured_model(self.model_name, self.model_options, model.weights, model.backbone_weights)
+        self.loss = self.build_loss()
         self.evaluation_options: dict = {}
         self.prediction_options: dict = dict(self.prediction_defaults)
         self.metrics: dict = {}
@@ -197,8 +200,14 @@ class BaseTask(pl.LightningModule):
         self.results: dict = {}
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
-        """(MODELS name, its options) for the recipe's model name and options and this task's classes."""
+        """(MODELS name, its options) for the recipe's model name and options (less `loss_options`) and this task's
+        classes: what to build, and nothing else."""
         raise NotImplementedError
+
+    def build_loss(self) -> nn.Module | None:
+        """The training loss, from `loss_settings` and the recipe; None where the model computes its own (torchvision's
+        detectors) or `training_step` builds it from the data (embed)."""
+        return None
 
     def setup(self, stage: str) -> None:
         if stage == "fit":

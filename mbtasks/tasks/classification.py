@@ -64,8 +64,10 @@ class ClassificationTask(BaseTask):
         if given != len(self.class_names):
             raise MbtasksError(f"model.options.num_classes is {given} but the data set has "
                                f"{len(self.class_names)} classes")
-        self.loss = nn.CrossEntropyLoss(label_smoothing=self.config.train.label_smoothing)
         return name, {**options, "num_classes": len(self.class_names)}
+
+    def build_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.config.train.label_smoothing)
 
     def validation_step(self, batch: tuple, batch_index: int) -> None:
         indices, images, labels = batch

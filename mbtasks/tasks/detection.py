@@ -131,11 +131,14 @@ class DetectionTask(BaseTask):
         if given != len(self.class_names):
             raise MbtasksError(f"model.options.num_classes is {given} but the data set gives {len(self.class_names)} "
                                "labels")
+        return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
+                      **options}
+
+    def __init__(self, config: dict, class_names: list[str], category_ids: list):
+        super().__init__(config, class_names, category_ids)
         # The class count goes into the recipe, so a checkpoint's data module maps labels as training did (by
         # category id for a model of COCO's 91 ids) without the weights file.
         self.config.model.options["num_classes"] = len(self.class_names)
-        return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
-                      **options}
 
     def warmup_steps(self, steps_per_epoch: float) -> int:
         """torchvision's detection reference: min(1000, one epoch's steps) (none when train.warmup_epochs is 0)."""

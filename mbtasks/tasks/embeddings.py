@@ -87,11 +87,21 @@ class EmbeddingsTask(BaseTask):
     pairs: tuple = ()  # predict --pairs: (as written, resolved) pairs of files, and the distance threshold
     pair_threshold: tuple[float, str] = (math.nan, "")
     LOSSES = {"arcface": ("scale", "margin"), "triplet": ("margin",), "none": ()}
+    loss_options = ("loss", "distillation")
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         if name not in BACKBONES:
             raise MbtasksError(f"model.name for embed must be a backbone ({', '.join(BACKBONES)}), got {name!r}")
-        given_loss, self.distillation_spec = options.pop("loss", None), options.pop("distillation", None)
+        return f"embedding_{name}", {"embedding_dim": 128, **options}
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model_options["embedding_dim"])
+
+    def build_loss(self) -> None:
+        """Checks the loss settings; the losses themselves are built in setup("fit"): ArcFace's size is the training
+        identities', and the teacher file is read only for training (an evaluation must not need it)."""
+        given_loss, self.distillation_spec = self.loss_settings.get("loss"), self.loss_settings.get("distillation")
         self.loss_spec = dict(given_loss or {"name": "arcface"})
         self.loss_name = self.loss_spec.pop("name", "arcface")
         if self.loss_name not in self.LOSSES or any(k not in self.LOSSES[self.loss_name] for k in self.loss_spec):
@@ -99,13 +109,9 @@ class EmbeddingsTask(BaseTask):
                                f"{'; '.join(f'{k}: {v}' for k, v in self.LOSSES.items() if v)}, got {given_loss!r}")
         if self.loss_name == "none" and not self.distillation_spec:
             raise MbtasksError("model.options.loss none needs model.options.distillation")
-        # Built in setup("fit"): ArcFace's size is the training identities', and the teacher file is read only
-        # for training (an evaluation must not need it).
         self.margin_loss: nn.Module | None = None
         self.distillation: DistillationLoss | None = None
-        options.setdefault("embedding_dim", 128)
-        self.embedding_dim = int(options["embedding_dim"])
-        return f"embedding_{name}", options
+        return None
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
