@@ -3,6 +3,7 @@ is not installed."""
 
 # What to install for a module that is missing: the extra that brings it, or its name on PyPI.
 INSTALL = {"onnx": "'mbtasks[export]'", "onnxruntime": "'mbtasks[export]'", "onnxscript": "'mbtasks[export]'",
+           "executorch": "'mbtasks[mobile]'", "torchao": "'mbtasks[mobile]'",
            "faster_coco_eval": "faster-coco-eval", "cv2": "opencv-python-headless", "yaml": "pyyaml", "PIL": "pillow",
            "sklearn": "scikit-learn", "skimage": "scikit-image"}
 

@@ -15,11 +15,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import Config, config_from_dict
+from ..datasets.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
 from ..io.outputs import write_text_atomically
+from ..io.executorch_runtime import ExecutorchModel
 from ..io.onnx_runtime import OnnxModel
 from ..io.records import RECORD_KEY, Record, load_into
 from ..models import MODELS, build_configured_model, weights_defaults
@@ -366,9 +368,31 @@ class BaseTask(pl.LightningModule):
         return [float(np.abs(want - have).max()) for want, have in zip(expected, got)]
 
     @classmethod
-    def runtime_model(cls, session, settings: dict, path: str | Path) -> nn.Module:
-        """An exported graph in ONNX Runtime behind the contract of the task's model in eval mode."""
-        return OnnxModel(session, settings, path)
+    def runtime_model(cls, session, settings: dict, path: str | Path, runtime: str = "onnxruntime") -> nn.Module:
+        """An exported graph behind the contract of the task's model in eval mode: an ONNX Runtime session, or an
+        ExecuTorch program (`runtime="executorch"`)."""
+        return (ExecutorchModel if runtime == "executorch" else OnnxModel)(session, settings, path)
+
+    @classmethod
+    def graph_preprocessing(cls) -> dict:
+        """What the exported graph's input is, for an app that feeds it (an ExecuTorch program's metadata)."""
+        return {"layout": "NCHW", "values": "RGB / 255, then (x - mean) / std", "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD)}
+
+    @classmethod
+    def executorch_graph(cls, model: nn.Module) -> nn.Module:
+        """The graph of an ExecuTorch program: by default `graph`, exported at the validation images' size."""
+        return cls.graph(model)
+
+    @classmethod
+    def executorch_dynamic_shapes(cls) -> dict | None:
+        """torch.export's dynamic dimensions of the input (None: the program is fixed to the example's size)."""
+        return None
+
+    @classmethod
+    def executorch_quantised_modules(cls) -> tuple[str, ...]:
+        """The graph's modules int8 quantises (empty: all of it)."""
+        return ()
 
     # ---- `mbtasks ablate` ----
 

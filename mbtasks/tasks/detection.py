@@ -17,10 +17,16 @@ from ..drawing import write_png
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..errors import MbtasksError
 from ..models.pretrained import load_weights
+from ..io.executorch_runtime import ExecutorchDetector
 from ..io.onnx_runtime import OnnxDetector
 from ..models.detection_graph import DetectionGraph
+from ..models.fixed_size_selection import FixedSizeDetectionGraph
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
+
+
+# The sides of the images an ExecuTorch program of a detector takes (it resizes them itself).
+MIN_SIDE, MAX_SIDE = 16, 4096
 
 
 def detection_input_size(config: Config) -> tuple[int, int]:
@@ -203,7 +209,8 @@ class DetectionTask(BaseTask):
 
     @classmethod
     def graph_settings(cls, graph: nn.Module) -> dict:
-        return {"postprocess": graph.postprocess}
+        return {"postprocess": graph.postprocess, **({"selection": graph.selection} if hasattr(graph, "selection")
+                                                     else {})}
 
     @classmethod
     def graph_dynamic_axes(cls, size: dict[int, str]) -> dict:
@@ -240,8 +247,29 @@ class DetectionTask(BaseTask):
                 float(np.abs(np.sort(scores) - np.sort(want_scores)).max()), float(unexplained)]
 
     @classmethod
-    def runtime_model(cls, session, settings: dict, path: str | Path) -> nn.Module:
-        return OnnxDetector(session, settings, path)
+    def runtime_model(cls, session, settings: dict, path: str | Path, runtime: str = "onnxruntime") -> nn.Module:
+        return (ExecutorchDetector if runtime == "executorch" else OnnxDetector)(session, settings, path)
+
+    @classmethod
+    def graph_preprocessing(cls) -> dict:
+        return {"layout": "NCHW, batch 1", "values": "RGB / 255 in [0, 1]; any size: resized and normalised inside",
+                "max_side": MAX_SIDE}
+
+    @classmethod
+    def executorch_graph(cls, model: nn.Module) -> nn.Module:
+        """The detector end to end with NMS in fixed-size operators (ExecuTorch runs no NonMaxSuppression)."""
+        return FixedSizeDetectionGraph(model)
+
+    @classmethod
+    def executorch_dynamic_shapes(cls) -> dict:
+        """One image of any height and width."""
+        return {2: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+                3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
+
+    @classmethod
+    def executorch_quantised_modules(cls) -> tuple[str, ...]:
+        """The network; resizing, normalisation, box decoding and selection stay float."""
+        return ("backbone", "head")
 
     @classmethod
     def size_overrides(cls, size: int | list[int]) -> list[str]:
