@@ -175,16 +175,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .io.records import read_checkpoint
 
     onnx_model, source = None, args.checkpoint
-    if args.runtime == "onnxruntime":
-        from .tasks.runtime import load_onnx_model
+    if args.runtime in ("onnxruntime", "executorch"):
+        from .tasks.runtime import load_executorch_model, load_onnx_model
 
+        suffix = ".onnx" if args.runtime == "onnxruntime" else ".pte"
         if args.model is None or args.checkpoint is not None:
-            raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
+            raise MbtasksError(f"--runtime {args.runtime} evaluates --model FILE{suffix} (from `mbtasks export`), "
                                "not a --checkpoint")
-        onnx_model, record = load_onnx_model(args.model, args.task)
+        load = load_onnx_model if args.runtime == "onnxruntime" else load_executorch_model
+        onnx_model, record = load(args.model, args.task)
         source = args.model
     elif args.model is not None:
-        raise MbtasksError("--model is an ONNX file for --runtime onnxruntime; the torch runtime takes --checkpoint")
+        raise MbtasksError("--model is an exported file for --runtime onnxruntime or executorch; the torch runtime "
+                           "takes --checkpoint")
     elif args.checkpoint is None:
         return _evaluate_weights(args)
     else:
@@ -308,17 +311,31 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     output_file(args.out, args.overwrite)
     record = read_checkpoint(args.checkpoint, args.task)  # the files are checked before the heavy imports
+    if args.format == "executorch":
+        from .export.executorch import executorch_modules
+
+        executorch_modules()  # not installed: one line naming the extra, before the data is read
     from .export import export_onnx
     from .layers.fusion import for_inference
 
     _, data, task = _task_of_record(args, record, args.checkpoint)
-    report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
-                         calibration=args.calibration, samples=args.samples)
-    kind = (f"int8 ({report.int8_choice['chosen']}, calibrated on {report.calibration_images} training images)"
-            if args.int8 else "fp32")
+    if args.format == "executorch":
+        from .export.executorch import export_executorch
+
+        report = export_executorch(for_inference(task.model), record, data, args.out, int8=args.int8,
+                                   calibration=args.calibration, samples=args.samples)
+        kind = f"int8 (XNNPACK symmetric, calibrated on {report.calibration_images} training images)" if args.int8 \
+            else "fp32"
+    else:
+        report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
+                             calibration=args.calibration, samples=args.samples)
+        kind = (f"int8 ({report.int8_choice['chosen']}, calibrated on {report.calibration_images} training images)"
+                if args.int8 else "fp32")
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record.task} {record.model}, {kind}")
     print(report.summary())
-    if args.int8:
+    if args.format == "executorch":
+        print(report.delegation())
+    elif args.int8:
         print(report.choice_summary())
 
 
@@ -424,9 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=_scales,
                    help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
-                   help="torch: the --checkpoint's network in PyTorch (default); onnxruntime: an exported --model")
-    p.add_argument("--model", help="onnxruntime: an ONNX file written by `mbtasks export` (its data config inside)")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "executorch"], default="torch",
+                   help="torch: the --checkpoint's network in PyTorch (default); onnxruntime, executorch: an exported "
+                        "--model")
+    p.add_argument("--model", help="onnxruntime: an ONNX file, executorch: a .pte program, written by `mbtasks export` "
+                                   "(its data config inside)")
     p.add_argument("--coco-backend", metavar="NAME",
                    help="det: faster-coco-eval (default; pycocotools' figures within 1e-12, several times faster) or "
                         "pycocotools (its figures to the last bit)")
@@ -441,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "normalisation, network, box decoding, torchvision SSD's selection with NMS, boxes scaled back).")
     _add_config_arguments(p)
     p.add_argument("--checkpoint", required=True, help="training checkpoint")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="file format (onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "executorch"],
+                   help="onnx (default), or executorch: a .pte program lowered to XNNPACK for phones (the mobile "
+                        "extra); det keeps its NMS inside, in fixed-size operators")
     p.add_argument("--int8", action="store_true",
                    help="static int8 quantisation, the fastest here of a few ways (QDQ or QOperator, per-channel or "
                    "per-tensor weights, depthwise convolutions int8 or fp32), timed at export")
@@ -449,13 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: training images to calibrate on (default 100)")
     p.add_argument("--samples", type=at_least(1), default=4,
                    help="validation images to compare onnxruntime with pytorch on (default 4)")
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--out", required=True, help="ONNX file (or .pte program) to write")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("predict", help="apply a checkpoint or an exported ONNX file to photos (every task)",
                             description=PREDICT_OUTPUTS)
-    p.add_argument("--checkpoint", required=True, help="training checkpoint, or ONNX file from `mbtasks export`")
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint, or ONNX file or ExecuTorch .pte program from `mbtasks export`")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively for image extensions) and glob patterns")
     p.add_argument("--out", required=True, help="folder for the pictures and the JSON")
@@ -479,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="what a checkpoint, weights file or exported ONNX file holds",
         description="Task, model, options, classes, the recipe it was trained with, the last validation metrics, "
                     "parameters, multiply-adds (at the recipe's input size; a detector's own), file size and sha256.")
-    p.add_argument("file", help="training checkpoint, mbtasks weights file, or ONNX file from `mbtasks export`")
+    p.add_argument("file", help="training checkpoint, mbtasks weights file, or ONNX file or ExecuTorch .pte program "
+                                "from `mbtasks export`")
     p.add_argument("--json", action="store_true", help="print it all as one JSON object")
     p.set_defaults(func=cmd_info)
 

@@ -1,6 +1,6 @@
-"""`mbtasks info FILE`: what a checkpoint, weights file or exported ONNX file holds, as torchvision's `Weights.meta`
-tells of its own weights: task, model, options, classes, the recipe, the last validation metrics, parameters,
-multiply-adds, file size and sha256."""
+"""`mbtasks info FILE`: what a checkpoint, weights file, exported ONNX file or ExecuTorch program holds, as
+torchvision's `Weights.meta` tells of its own weights: task, model, options, classes, the recipe, the last validation
+metrics, parameters, multiply-adds, file size and sha256; for a program also its input and its operators."""
 import hashlib
 from pathlib import Path
 
@@ -8,6 +8,7 @@ import yaml
 
 from .config import config_from_dict
 from .errors import MbtasksError
+from .io.executorch_runtime import open_program, operator_counts
 from .io.onnx_runtime import create_session, read_metadata
 from .io.records import Record, read_record
 from .models import MODELS
@@ -22,10 +23,13 @@ def describe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MbtasksError("no such file", path)
-    export = None
+    export, operators = None, None
     if path.suffix.lower() == ".onnx":
         record, export = read_metadata(create_session(path), path)
         kind = "onnx"
+    elif path.suffix.lower() == ".pte":
+        record, export = open_program(path)[1:]
+        kind, operators = "executorch", operator_counts(path)
     else:
         record, kind = read_record(path)
     if record.model not in MODELS:
@@ -34,7 +38,7 @@ def describe(path: str | Path) -> dict:
     resolution = _profile_resolution(record, network)
     return {"file": str(path), "kind": kind, "task": record.task, "model": record.model, "backbone": record.backbone,
             "options": record.options, "categories": record.class_names, "category_ids": record.category_ids,
-            "recipe": record.config, "metrics": record.metrics, "export": export,
+            "recipe": record.config, "metrics": record.metrics, "export": export, "operators": operators,
             "num_params": count_parameters(network), "madds": count_madds(network, example_input(resolution)),
             "input_size": list(resolution) if isinstance(resolution, tuple) else [resolution, resolution],
             "file_size": path.stat().st_size, "sha256": _sha256(path)}
@@ -60,7 +64,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-KINDS = {"checkpoint": "training checkpoint", "weights": "mbtasks weights file", "onnx": "ONNX model"}
+KINDS = {"checkpoint": "training checkpoint", "weights": "mbtasks weights file", "onnx": "ONNX model",
+         "executorch": "ExecuTorch program"}
 
 
 def format_info(info: dict) -> str:
@@ -68,7 +73,8 @@ def format_info(info: dict) -> str:
     names = info["categories"]
     shown = ", ".join(names if len(names) <= 12 else [*names[:10], "..."])
     export = info["export"]
-    kind = KINDS[info["kind"]] + (f" ({'int8' if export['int8'] else 'fp32'}, opset {export['opset']})"
+    kind = KINDS[info["kind"]] + (f" ({'int8' if export['int8'] else 'fp32'}, "
+                                  f"{export['backend'] if 'backend' in export else 'opset ' + str(export['opset'])})"
                                   if export else "")
     h, w = info["input_size"]
     scalars = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -85,6 +91,15 @@ def format_info(info: dict) -> str:
         "metrics        " + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in
                                        scalars.items()) or "(none)") + " (last validation)" * bool(scalars),
     ]
+    if info.get("operators"):  # an ExecuTorch program: its delegates and what runs outside them
+        calls = info["operators"]
+        delegated = ", ".join(f"{name} x{count}" for name, count in calls["delegates"].items()) or "none"
+        outside = ", ".join(f"{name} x{count}" for name, count in sorted(calls["operators"].items())) or "nothing"
+        lines.insert(1, f"operators      delegated: {delegated}; outside the delegates: {outside}")
+        lines.insert(1, f"export         {export['recipe']}")
+        size = f", {'x'.join(map(str, export['input_size']))}" if export.get("input_size") else ""
+        lines.insert(1, "input          " + ", ".join(f"{key} {value}" for key, value in
+                                                       export["preprocessing"].items()) + size)
     choice = (export or {}).get("int8_choice")
     if choice:  # what the export measured when it chose how to quantise (mbtasks.export.int8.choose)
         ms = choice["ms"]

@@ -25,8 +25,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ..errors import MbtasksError, missing_package
-from ..io.executorch_runtime import EXPORT_KEY, META_METHOD, operator_counts, open_program
+from ..errors import MbtasksError
+from ..io.executorch_runtime import EXPORT_KEY, META_METHOD, operator_counts, open_program, require
 from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS, BaseTask
@@ -63,7 +63,7 @@ def export_executorch(model: nn.Module, record: Record, data: pl.LightningDataMo
     """Write `model` (the inference copy of the checkpoint's network) to an ExecuTorch program lowered to XNNPACK as
     its task's graph, with the record in it, int8 if asked, and compare ExecuTorch with PyTorch on `samples`
     validation images; fp32 must agree within 1e-4."""
-    exir, partitioner = _executorch()
+    exir, partitioner = executorch_modules()
     task, out = TASKS.get(record.task), Path(out)
     model = _for_xnnpack(model)
     graph = task.executorch_graph(model).eval()
@@ -100,14 +100,10 @@ def export_executorch(model: nn.Module, record: Record, data: pl.LightningDataMo
     return report
 
 
-def _executorch():
+def executorch_modules():
     """(executorch.exir, XnnpackPartitioner): the `mobile` extra, or one line naming what to install."""
-    try:
-        import executorch.exir as exir
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    except ImportError as error:
-        raise missing_package(error.name or "executorch") from None
-    return exir, XnnpackPartitioner
+    exir = require("executorch.exir")
+    return exir, require("executorch.backends.xnnpack.partition.xnnpack_partitioner").XnnpackPartitioner
 
 
 class Hardsigmoid(nn.Module):

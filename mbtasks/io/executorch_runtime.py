@@ -11,7 +11,12 @@ The program carries, beside `forward`, a method `mbtasks_meta` that returns one 
 (under `mbtasks`) and the export settings (under `export`): one file, which an app reads with the same runtime
 (`Module.execute("mbtasks_meta")`).
 """
+import contextlib
+import importlib
 import json
+import logging
+import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,13 +30,39 @@ META_METHOD = "mbtasks_meta"
 EXPORT_KEY = "export"
 
 
+def require(module: str):
+    """A module of ExecuTorch or torchao (the `mobile` extra), or one clear error naming what to install. Imported
+    without the warning torchao logs on import (its enum registration, deprecated by this torch): not the user's
+    business."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise missing_package(error.name or module) from None
+    finally:
+        logger.setLevel(level)
+
+
 def runtime():
     """ExecuTorch's runtime (the `mobile` extra), or one clear error naming what to install."""
+    return require("executorch.runtime").Runtime.get()
+
+
+@contextlib.contextmanager
+def native_logs_hidden():
+    """Standard error closed to the runtime's C++ logs while it starts its thread pool: it logs the CPU files it
+    reads and fails to read (/sys/devices/soc0/...), none of which is the user's business."""
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        from executorch.runtime import Runtime
-    except ImportError:
-        raise missing_package("executorch") from None
-    return Runtime.get()
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def set_threads(threads: int | None = None) -> None:
@@ -40,8 +71,9 @@ def set_threads(threads: int | None = None) -> None:
     from executorch.extension.pybindings import portable_lib
 
     wanted = threads or torch.get_num_threads()
-    if portable_lib._threadpool_get_thread_count() != wanted:
-        portable_lib._unsafe_reset_threadpool(wanted)
+    with native_logs_hidden():
+        if portable_lib._threadpool_get_thread_count() != wanted:
+            portable_lib._unsafe_reset_threadpool(wanted)
 
 
 def read_meta(program, path: str | Path) -> tuple[Record, dict]:
@@ -75,9 +107,7 @@ def open_program(path: str | Path, task: str | None = None, threads: int | None 
 
 def operator_counts(path: str | Path) -> dict[str, dict[str, int]]:
     """How often `forward` calls each operator outside a delegate, and each delegate (by backend), from the file."""
-    from executorch.exir._serialize._program import deserialize_pte_binary
-
-    program = deserialize_pte_binary(Path(path).read_bytes())
+    program = require("executorch.exir._serialize._program").deserialize_pte_binary(Path(path).read_bytes())
     program = getattr(program, "program", program)  # newer releases wrap it with its named data
     plan = next(plan for plan in program.execution_plan if plan.name == "forward")
     operators, delegates = Counter(), Counter()

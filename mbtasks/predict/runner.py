@@ -1,4 +1,4 @@
-"""A trained model (a checkpoint, or an exported ONNX file) applied to photos: Lightning's predict loop streams them
+"""A trained model (a checkpoint, or an exported ONNX file or ExecuTorch program) applied to photos: Lightning's predict loop streams them
 from the DataLoader onto the device, and the task writes each answer as it comes (a BasePredictionWriter)."""
 import re
 import sys
@@ -15,17 +15,17 @@ from ..io.records import Record, read_checkpoint
 from ..layers.fusion import for_inference
 from ..tasks import TASKS
 from ..tasks.base import BaseTask
-from ..tasks.runtime import load_onnx_model
+from ..tasks.runtime import load_executorch_model, load_onnx_model
 from .inputs import PhotoFiles, find_images, keep_list
 
 
 def load_predictor(model_file: str | Path, task: str | None = None) -> tuple[BaseTask, Record, str]:
-    """(the task module with the file's network, as evaluate runs it; its record; the runtime: torch or
-    onnxruntime). The task, its classes and its recipe come from the file (`task`, when given, must be its)."""
+    """(the task module with the file's network, as evaluate runs it; its record; the runtime: torch, onnxruntime
+    or executorch). The task, its classes and its recipe come from the file (`task`, when given, must be its)."""
     path = Path(model_file)
-    onnx_model = None
-    if path.suffix.lower() == ".onnx":
-        onnx_model, record = load_onnx_model(path, task)
+    onnx_model, runtime = None, {".onnx": "onnxruntime", ".pte": "executorch"}.get(path.suffix.lower(), "torch")
+    if runtime != "torch":
+        onnx_model, record = (load_onnx_model if runtime == "onnxruntime" else load_executorch_model)(path, task)
     else:
         record = read_checkpoint(path, task)
     if record.task not in TASKS:
@@ -33,7 +33,7 @@ def load_predictor(model_file: str | Path, task: str | None = None) -> tuple[Bas
                            f"{', '.join(TASKS.names())})", path)
     module = TASKS.get(record.task).from_record(record, source=path)  # an ONNX file's record holds no weights
     module.model = for_inference(module.model) if onnx_model is None else onnx_model
-    return module, record, "torch" if onnx_model is None else "onnxruntime"
+    return module, record, runtime
 
 
 def accelerator(device: str, runtime: str) -> tuple[str, int | list[int]]:
@@ -41,9 +41,9 @@ def accelerator(device: str, runtime: str) -> tuple[str, int | list[int]]:
     match = re.fullmatch(r"cuda(?::(\d+))?", device)
     if device not in ("auto", "cpu") and not match:
         raise MbtasksError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if runtime == "onnxruntime":
+    if runtime != "torch":
         if match:
-            raise MbtasksError("an ONNX file runs in ONNX Runtime on the CPU: drop --device or give --device cpu")
+            raise MbtasksError(f"an exported file runs in {runtime} on the CPU: drop --device or give --device cpu")
         return "cpu", 1
     if not match:
         return device, 1
