@@ -34,7 +34,6 @@ SETTINGS = {
     "embed": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 16}", *TINY_IMAGE_DATA["embed"]],
     "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.5}", *TINY_IMAGE_DATA["cls"]],
 }
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIFFERENCE = re.compile(r"largest \|onnxruntime - pytorch\| difference: (\S+)")
 CHOICE = re.compile(r"int8 chosen by measurement: (?P<chosen>.+) \((?P<ratio>\S+)x of fp32\); median ms of \d+ runs "
                     r"on a \d+x\d+ input, \d+ threads: fp32 \S+, ")
@@ -306,23 +305,6 @@ def test_int8_quantises_the_image_itself_where_one_mean_and_std_normalise_it(mea
         assert abs((quantised.astype(float) - zero_point) * scale - (image.numpy() - 0.5) / 0.5).max() <= 1 / 254
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """torch on one thread while a test trains: two threads on a shared 2-core machine spin more than they work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _train_demo(recipe: str, root: Path, settings: list[str]) -> str:
-    """configs/demo/RECIPE trained with `settings` under root; its best checkpoint."""
-    settings = [*settings, f"data.synth_dir={root / 'data'}", f"train.out_dir={root / 'run'}",
-                "train.progress_bar=false"]
-    _run(["train", "--config", str(CONFIGS / "demo" / recipe)] + [a for s in settings for a in ("--set", s)])
-    return str(root / "run" / "checkpoints" / "best.ckpt")
-
-
 def _pytorch_and_int8(checkpoint: str, folder: Path, metric: str) -> tuple[float, float]:
     """`metric` of the checkpoint evaluated in PyTorch, and of its int8 export evaluated in ONNX Runtime."""
     common = ["--set", "train.progress_bar=false"]
@@ -334,35 +316,11 @@ def _pytorch_and_int8(checkpoint: str, folder: Path, metric: str) -> tuple[float
     return fp32, int8
 
 
-@pytest.fixture(scope="module")
-def demo_segmenter(tmp_path_factory, one_thread) -> str:
-    """The demo segmenter's recipe (configs/demo: LR-ASPP v3-Large on the embedded street scenes) trained for 8
-    epochs on 64 scenes at 64x128: a model that segments (class mIoU 0.59), as the demo's does, in a test's time."""
-    return _train_demo("seg_cityscapes_synth.yaml", tmp_path_factory.mktemp("seg_demo"),
-                       ["data.synth={seed: 0, num_train: 64, num_val: 12, size: [64, 128]}", "data.size=[64, 128]",
-                        "train.epochs=8"])
-
-
 def test_int8_costs_the_demo_segmenter_at_most_1_point_of_miou(demo_segmenter, tmp_path):
     """What the README's int8 table says of the demo segmenter (class mIoU, int8 against PyTorch)."""
     fp32, int8 = _pytorch_and_int8(demo_segmenter, tmp_path, "mean_class_iou")
     assert fp32 > 0.5  # it segments: a loss of a point means something
     assert fp32 - int8 <= 0.01, (fp32, int8)
-
-
-@pytest.fixture(scope="module")
-def demo_detector(tmp_path_factory, one_thread) -> str:
-    """The demo detector's recipe (configs/demo: SSDLite320 v3-Small on the embedded shapes) trained for 8 epochs on
-    512 images at 128x128, batch 8, no warm-up: a model that detects (mAP 0.45), as the demo's does, in a test's time
-    (about a minute)."""
-    # From scratch a detector learns in steps, not epochs: the recipe's batches of 32 made 80 steps of 8 epochs on 320
-    # images (mAP 0.001); batches of 8 make four times the steps at about the same cost (mAP 0.18). The warm-up
-    # would take a whole epoch (min(1000, an epoch's steps)), an eighth of the training: without it, 0.37. The same
-    # steps over more images generalise better (at width 0.5, 640 images for 8 epochs: 0.53; 320 for 16: 0.40).
-    # Validated once, after the last epoch: best.ckpt is the trained model.
-    return _train_demo("det_shapes.yaml", tmp_path_factory.mktemp("det_demo"),
-                       ["data.synth={seed: 0, num_train: 512, num_val: 100, image_size: 128}", "data.size=128",
-                        "data.batch_size=8", "train.warmup_epochs=0", "train.epochs=8", "train.val_every=8"])
 
 
 def test_int8_costs_the_demo_detector_at_most_1_point_of_map(demo_detector, tmp_path):
