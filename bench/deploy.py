@@ -20,6 +20,7 @@ is held by tests/test_export.py on the demo recipes. Targets, on medians: ONNX R
 most 0.30x torchvision for SSDLite end to end (0.35x for LR-ASPP), mbtasks' PyTorch inference copy at most 0.75x;
 int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2048.
 """
+
 import collections
 import json
 import os
@@ -34,24 +35,27 @@ import torchvision
 from mbtasks.config import load_config
 from mbtasks.export import export_onnx
 from mbtasks.export.int8 import rotating_times as int8_rotating_times
-from mbtasks.tasks.runtime import load_onnx_model
 from mbtasks.io.records import Record
 from mbtasks.layers.fusion import for_inference
 from mbtasks.tasks.detection import DetectionDataModule
+from mbtasks.tasks.runtime import load_onnx_model
 from mbtasks.tasks.segmentation import SegmentationDataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
-from detection import NAME as DETECTOR, models as detection_models  # noqa: E402  (the same setup as those benches)
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
+from detection import NAME as DETECTOR  # noqa: E402  (the same setup as those benches)
+from detection import models as detection_models
 from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser)
 from segmentation import models as segmentation_models  # noqa: E402
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 # As training leaves a detector: the background logit high, the others spread out. With random weights every one of
 # the 291,000 class scores would pass the 0.001 threshold; with these about 3,000 do and 300 detections are kept.
 CLASS_LOGIT_SCALE, BACKGROUND_BIAS = 10.0, 10.0
-TARGETS = {"det": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.30},
-           "seg": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.35}}
+TARGETS = {
+    "det": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.30},
+    "seg": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.35},
+}
 INT8_TARGETS = {"det": 0.70, "seg": 0.65}
 
 
@@ -118,8 +122,16 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
     reference, ours = detection_models(tmp, prepare=trained_like)
     reference.eval()
     ours.eval()
-    config = load_config(None, [f"data.synth_dir={tmp}/shapes", "data.synth={seed: 0, num_train: 16, num_val: 2}",
-                                "model.options={size: [320, 320]}", "data.num_workers=0"], task="det")
+    config = load_config(
+        None,
+        [
+            f"data.synth_dir={tmp}/shapes",
+            "data.synth={seed: 0, num_train: 16, num_val: 2}",
+            "model.options={size: [320, 320]}",
+            "data.num_workers=0",
+        ],
+        task="det",
+    )
     fp32, int8 = exported(ours, "det", DetectionDataModule(config), tmp, calibration)
     image = [torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(1))]
     fast = for_inference(ours)
@@ -129,23 +141,43 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
         resized = torch.nn.functional.interpolate(image[0][None], size=(320, 320), mode="bilinear")
         scores = reference.head(list(reference.backbone(resized).values()))
         candidates = int((scores["cls_logits"].softmax(-1)[..., 1:] > reference.score_thresh).sum())
-    return rotating_times({"torchvision": lambda: reference(image), "mbtasks eager": lambda: ours(image),
-                           "mbtasks inference": lambda: fast(image), "onnxruntime fp32": lambda: fp32(image),
-                           "onnxruntime int8": lambda: int8(image)}, runs), (candidates, detections)
+    return rotating_times(
+        {
+            "torchvision": lambda: reference(image),
+            "mbtasks eager": lambda: ours(image),
+            "mbtasks inference": lambda: fast(image),
+            "onnxruntime fp32": lambda: fp32(image),
+            "onnxruntime int8": lambda: int8(image),
+        },
+        runs,
+    ), (candidates, detections)
 
 
 def segmentation(tmp: str, runs: int, calibration: int) -> dict[str, list[float]]:
     reference, ours = segmentation_models(tmp)
-    config = load_config(None, [f"data.synth_dir={tmp}/streets", "data.num_workers=0",
-                                f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, size: [1024, 2048]}}"],
-                         task="seg")
+    config = load_config(
+        None,
+        [
+            f"data.synth_dir={tmp}/streets",
+            "data.num_workers=0",
+            f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, size: [1024, 2048]}}",
+        ],
+        task="seg",
+    )
     fp32, int8 = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration)
     x = torch.randn(1, 3, 1024, 2048, generator=torch.Generator().manual_seed(1))
     where_the_time_goes(tmp, "seg", {"images": x.numpy()})
     fast = for_inference(ours)
-    return rotating_times({"torchvision": lambda: reference(x)["out"], "mbtasks eager": lambda: ours(x),
-                           "mbtasks inference": lambda: fast(x), "onnxruntime fp32": lambda: fp32(x),
-                           "onnxruntime int8": lambda: int8(x)}, runs)
+    return rotating_times(
+        {
+            "torchvision": lambda: reference(x)["out"],
+            "mbtasks eager": lambda: ours(x),
+            "mbtasks inference": lambda: fast(x),
+            "onnxruntime fp32": lambda: fp32(x),
+            "onnxruntime int8": lambda: int8(x),
+        },
+        runs,
+    )
 
 
 def spread(values: list[float]) -> str:
@@ -160,12 +192,16 @@ def report(title: str, task: str, times: dict[str, list[float]]) -> None:
         ratios = [value / reference for value, reference in zip(values, times["torchvision"])]
         target = TARGETS[task].get(name)
         verdict = "" if target is None else f"{'<=' if statistics.median(ratios) <= target else '> '} {target:.2f}"
-        print(f"{name:<20}{statistics.median(values):>10.1f}{min(values):>9.1f}{max(values):>9.1f}   "
-              f"{spread(ratios):<26}{verdict}")
+        print(
+            f"{name:<20}{statistics.median(values):>10.1f}{min(values):>9.1f}{max(values):>9.1f}   "
+            f"{spread(ratios):<26}{verdict}"
+        )
     int8 = [a / b for a, b in zip(times["onnxruntime int8"], times["onnxruntime fp32"])]
     target, median = INT8_TARGETS[task], statistics.median(int8)
-    print(f"int8 / fp32 in ONNX Runtime, within each repeat: {spread(int8)}, median {'<=' if median <= target else '>'} "
-          f"{target} target{'' if median <= target else ': not met here'}")
+    print(
+        f"int8 / fp32 in ONNX Runtime, within each repeat: {spread(int8)}, median {'<=' if median <= target else '>'} "
+        f"{target} target{'' if median <= target else ': not met here'}"
+    )
 
 
 def main() -> None:
@@ -177,16 +213,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's thread count
     import onnxruntime
 
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"{os.cpu_count()} CPUs, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"{os.cpu_count()} CPUs, {args.threads} threads, load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         print(f"\n{DETECTOR}: exporting")
         ms, (candidates, detections) = detection(tmp, args.runs, args.calibration)
-        report(f"{DETECTOR}, 480x640 image -> detections ({candidates} scores above the threshold, {detections} "
-               f"kept), batch 1, {args.runs} repeats", "det", ms)
+        report(
+            f"{DETECTOR}, 480x640 image -> detections ({candidates} scores above the threshold, {detections} "
+            f"kept), batch 1, {args.runs} repeats",
+            "det",
+            ms,
+        )
         print("\nlraspp_mobilenet_v3_large: exporting")
-        report(f"lraspp_mobilenet_v3_large, 1024x2048 -> logits, batch 1, {args.runs} repeats", "seg",
-               segmentation(tmp, args.runs, args.calibration))
+        report(
+            f"lraspp_mobilenet_v3_large, 1024x2048 -> logits, batch 1, {args.runs} repeats",
+            "seg",
+            segmentation(tmp, args.runs, args.calibration),
+        )
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

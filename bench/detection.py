@@ -10,6 +10,7 @@ detection task does once the network has answered (validation_step's COCO result
 and scored by coco_metrics) against pycocotools alone on the same detections, min / median / max over
 --eval-repeats, with the peak memory of each in a fresh process.
 """
+
 import contextlib
 import io
 import json
@@ -27,17 +28,24 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torchvision
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
+from coco_eval import (
+    figures_against,
+    peak_memory,
+    plain_pycocotools,
+    spread,
+    synthetic_detections,
+    synthetic_ground_truth,
+    timed_in_turn,
+)
 from pycocotools.coco import COCO
 
-from coco_eval import (figures_against, peak_memory, plain_pycocotools, spread, synthetic_ground_truth,
-                       synthetic_detections, timed_in_turn)
 from mbtasks import build_model
 from mbtasks.config import load_config
 from mbtasks.evaluation.coco import STAT_NAMES
-from mbtasks.models.importers import import_weights
 from mbtasks.layers.fusion import for_inference
+from mbtasks.models.importers import import_weights
 from mbtasks.tasks import TASKS
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 NAME = "ssdlite320_mobilenet_v3_large"
 
@@ -58,8 +66,13 @@ def models(weights_dir: str, prepare=None) -> tuple[torch.nn.Module, torch.nn.Mo
 def batch(size: int) -> tuple[list, list]:
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 320, 320, generator=generator) for _ in range(size)]
-    targets = [{"boxes": torch.tensor([[20.0, 30.0, 150.0, 200.0], [160.0, 40.0, 300.0, 180.0]]),
-                "labels": torch.tensor([1, 18])} for _ in range(size)]
+    targets = [
+        {
+            "boxes": torch.tensor([[20.0, 30.0, 150.0, 200.0], [160.0, 40.0, 300.0, 180.0]]),
+            "labels": torch.tensor([1, 18]),
+        }
+        for _ in range(size)
+    ]
     return images, targets
 
 
@@ -132,9 +145,14 @@ def write_validation_set(folder: Path, images: int, per_image: int, seed: int = 
         output["boxes"].append([x, y, x + w, y + h])
         output["scores"].append(r["score"])
         output["labels"].append(label_of[r["category_id"]])
-    return path, {image_id: {"boxes": torch.tensor(o["boxes"], dtype=torch.float32).reshape(-1, 4),
-                             "scores": torch.tensor(o["scores"], dtype=torch.float32),
-                             "labels": torch.tensor(o["labels"], dtype=torch.int64)} for image_id, o in outputs.items()}
+    return path, {
+        image_id: {
+            "boxes": torch.tensor(o["boxes"], dtype=torch.float32).reshape(-1, 4),
+            "scores": torch.tensor(o["scores"], dtype=torch.float32),
+            "labels": torch.tensor(o["labels"], dtype=torch.int64),
+        }
+        for image_id, o in outputs.items()
+    }
 
 
 def detection_task(annotation_file: Path, outputs: dict[int, dict]):
@@ -144,8 +162,9 @@ def detection_task(annotation_file: Path, outputs: dict[int, dict]):
         gt = COCO(str(annotation_file))
     category_ids = [0, *sorted(gt.cats)]
     class_names = ["__background__", *(gt.cats[c]["name"] for c in category_ids[1:])]
-    config = load_config(None, ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.25}"],
-                         task="det")
+    config = load_config(
+        None, ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.25}"], task="det"
+    )
     task = TASKS.get("det")(config.to_dict(), class_names, category_ids)
     task.model = StoredAnswers(outputs)
     data = SimpleNamespace(val_annotation_file=annotation_file, category_ids=category_ids, val_set=range(len(outputs)))
@@ -159,7 +178,7 @@ def scored_epoch(task, batch_size: int = 32) -> list[float]:
     image_ids = sorted(task.model.outputs)
     task.on_validation_epoch_start()
     for index in range(0, len(image_ids), batch_size):
-        ids = image_ids[index:index + batch_size]
+        ids = image_ids[index : index + batch_size]
         task.validation_step((ids, [{"image_id": i} for i in ids]), index // batch_size)
     _, metrics = task.scored_results()
     return [metrics[name] for name in STAT_NAMES]
@@ -200,12 +219,16 @@ def validation_scoring(images: int, per_image: int, repeats: int) -> None:
         anchor, ours = "pycocotools alone (file, loadRes, COCOeval)", "mbtasks validation epoch scoring"
         runs = {anchor: lambda: pycocotools_alone(annotation_file, results), ours: lambda: scored_epoch(task)}
         seconds, figures = timed_in_turn(runs, repeats)
-        print(f"scoring one validation epoch, {images} images x {per_image} detections ({len(results)} results), "
-              f"seconds over {repeats} repeats in turn, min / median / max:")
+        print(
+            f"scoring one validation epoch, {images} images x {per_image} detections ({len(results)} results), "
+            f"seconds over {repeats} repeats in turn, min / median / max:"
+        )
         for name in runs:
             speedup = [a / b for a, b in zip(seconds[anchor], seconds[name])]
-            print(f"  {name:<45} {spread(seconds[name], ' s')}   speed-up {spread(speedup, 'x')}   "
-                  f"{figures_against(figures[name], figures[anchor])}")
+            print(
+                f"  {name:<45} {spread(seconds[name], ' s')}   speed-up {spread(speedup, 'x')}   "
+                f"{figures_against(figures[name], figures[anchor])}"
+            )
         print("  peak memory above the data (peak RSS, one run each in a fresh process):")
         for name, setup in ((anchor, _pycocotools_setup), (ours, _epoch_setup)):
             took, megabytes = peak_memory(setup, folder, images, per_image)
@@ -217,7 +240,9 @@ def main() -> None:
     parser.add_argument("--runs", type=at_least(1), default=50)
     parser.add_argument("--train-steps", type=at_least(1), default=5)
     parser.add_argument("--threads", type=at_least(1), default=torch.get_num_threads())
-    parser.add_argument("--eval-images", type=at_least(1), default=5000, help="validation images whose scoring is timed")
+    parser.add_argument(
+        "--eval-images", type=at_least(1), default=5000, help="validation images whose scoring is timed"
+    )
     parser.add_argument("--eval-detections", type=at_least(1), default=100, help="detections per validation image")
     parser.add_argument("--eval-repeats", type=at_least(1), default=3)
     parser.add_argument("--scoring-only", action="store_true", help="only the validation epoch's scoring")
@@ -247,9 +272,11 @@ def main() -> None:
         results[name] = (throughput, peak)
     (tv_steps, tv_mb), (mb_steps, mb_mb) = results["torchvision"], results["mbtasks"]
     tv_ips, mb_ips = statistics.median(tv_steps), statistics.median(mb_steps)
-    print(f"training, batch 32, {args.train_steps} steps, images/s min / median / max: torchvision "
-          f"{spread(tv_steps, '', 1)}, mbtasks {spread(mb_steps, '', 1)} (ratio of medians {mb_ips / tv_ips:.3f}); "
-          f"peak memory torchvision {tv_mb:.0f} MB, mbtasks {mb_mb:.0f} MB (ratio {mb_mb / tv_mb:.3f})")
+    print(
+        f"training, batch 32, {args.train_steps} steps, images/s min / median / max: torchvision "
+        f"{spread(tv_steps, '', 1)}, mbtasks {spread(mb_steps, '', 1)} (ratio of medians {mb_ips / tv_ips:.3f}); "
+        f"peak memory torchvision {tv_mb:.0f} MB, mbtasks {mb_mb:.0f} MB (ratio {mb_mb / tv_mb:.3f})"
+    )
 
     print("evaluation against plain pycocotools (bench/coco_eval.py):")
     subprocess.run([sys.executable, str(Path(__file__).with_name("coco_eval.py")), "--repeats", "1"], check=True)

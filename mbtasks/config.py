@@ -180,8 +180,9 @@ def apply_override(values: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), task: str | None = None,
-                base: dict | None = None) -> Config:
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), task: str | None = None, base: dict | None = None
+) -> Config:
     """Read a YAML recipe (or start from `base`, or empty), apply `--set` overrides, and type-check the result."""
     values: dict = copy.deepcopy(base) if base else {}
     source = str(path) if path else "<command line>"

@@ -1,6 +1,7 @@
 """ExecuTorch export (XNNPACK, fp32 and int8) and the ExecuTorch runtime: every task's program evaluated and applied
 to photos with the same evaluators and writers as its checkpoint; the demo models' figures held; the fixed-size NMS
 against torchvision's on real detections; one-line errors."""
+
 import contextlib
 import io
 import json
@@ -9,22 +10,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models.detection.ssd import SSD
-from torchvision.ops import batched_nms, boxes as box_ops
-
 from helpers import TINY_IMAGE_DATA, randomised, save_checkpoint, task_module
+from torchvision.models.detection.ssd import SSD
+from torchvision.ops import batched_nms
+from torchvision.ops import boxes as box_ops
+
 from mbtasks.cli import main
 from mbtasks.io.records import read_checkpoint
 from mbtasks.layers.fusion import for_inference
 from mbtasks.models.fixed_size_selection import ITERATIONS, FixedSizeSelection, greedy_keep, greedy_nms
 from mbtasks.tasks import TASKS
-from mbtasks.tasks.runtime import load_executorch_model
 
 COMMON = ["data.num_workers=0", "train.accelerator=cpu", "train.progress_bar=false"]
 # The image tasks on MobileNetV1 at width 0.25: the shallowest network, the fastest to lower.
-TINY = {task: ["model.name=mobilenet_v1", "model.options={width_mult: 0.25" + (", embedding_dim: 16}" if task == "embed"
-                                                                              else "}"), *TINY_IMAGE_DATA[task]]
-        for task in ("attr", "embed", "cls")}
+TINY = {
+    task: [
+        "model.name=mobilenet_v1",
+        "model.options={width_mult: 0.25" + (", embedding_dim: 16}" if task == "embed" else "}"),
+        *TINY_IMAGE_DATA[task],
+    ]
+    for task in ("attr", "embed", "cls")
+}
 HEADLINE = {"det": "AP", "seg": "mean_class_iou", "attr": "mean_accuracy", "embed": "accuracy", "cls": "top1"}
 DIFFERENCE = re.compile(r"largest \|executorch - pytorch\| difference: (\S+)")
 
@@ -80,7 +86,9 @@ def test_export_writes_one_program_checked_against_pytorch_and_tells_what_xnnpac
     else:
         assert lines[2] == "XNNPACK: 1 delegated subgraph; outside the delegate: nothing", lines
     assert sorted(path.name for path in out.parent.iterdir() if path.name.startswith(task)) in (
-        [f"{task}.ckpt", f"{task}.pte"], [f"{task}.pte"])  # one file: no sidecar
+        [f"{task}.ckpt", f"{task}.pte"],
+        [f"{task}.pte"],
+    )  # one file: no sidecar
     # `mbtasks info`: the record and the export settings from inside the program, and its operator counts
     info = _run(["info", str(out), "--json"])
     described = json.loads("\n".join(info))
@@ -91,8 +99,9 @@ def test_export_writes_one_program_checked_against_pytorch_and_tells_what_xnnpac
     assert described["operators"]["delegates"] == {"XnnpackBackend": 1}
     shown = _run(["info", str(out)])
     assert shown[0] == f"file           {out}: ExecuTorch program (fp32, XNNPACK)"
-    assert shown[1].startswith("input          layout NCHW") and shown[3].startswith("operators      delegated: "
-                                                                                     "XnnpackBackend x1")
+    assert shown[1].startswith("input          layout NCHW") and shown[3].startswith(
+        "operators      delegated: XnnpackBackend x1"
+    )
 
 
 @pytest.mark.parametrize("task", ["det", "seg", "attr", "embed", "cls"])
@@ -117,11 +126,25 @@ def test_predict_applies_the_program_as_the_checkpoint(programs, task, tmp_path)
     photos = sorted(p for p in data.rglob("*") if p.suffix in (".jpg", ".png") and "gtFine" not in str(p))[:3]
     lines = {}
     for name, model in (("torch", checkpoint), ("pte", str(out))):
-        lines[name] = _run(["predict", "--checkpoint", model, *map(str, photos), "--out", str(tmp_path / name),
-                            "--workers", "0", "--task", task])
+        lines[name] = _run(
+            [
+                "predict",
+                "--checkpoint",
+                model,
+                *map(str, photos),
+                "--out",
+                str(tmp_path / name),
+                "--workers",
+                "0",
+                "--task",
+                task,
+            ]
+        )
     assert f"({'executorch'}, cpu)" in lines["pte"][0] and lines["pte"][0].startswith("predicted 3 images")
-    written = {name: sorted(str(p.relative_to(tmp_path / name)) for p in (tmp_path / name).rglob("*") if p.is_file())
-               for name in lines}
+    written = {
+        name: sorted(str(p.relative_to(tmp_path / name)) for p in (tmp_path / name).rglob("*") if p.is_file())
+        for name in lines
+    }
     assert written["pte"] == written["torch"] and len(written["pte"]) >= 2
     json_file = TASKS.get(task).prediction_file
     if json_file.endswith(".json") and (tmp_path / "torch" / json_file).exists():
@@ -130,24 +153,60 @@ def test_predict_applies_the_program_as_the_checkpoint(programs, task, tmp_path)
         if task == "det":  # the same detections above the drawing threshold, each within a pixel
             for a, b in zip(want, got):
                 assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
-                assert all(abs(x - y) <= 1 for d, e in zip(a["detections"], b["detections"])
-                           for x, y in zip(d["box_xyxy"], e["box_xyxy"]))
+                assert all(
+                    abs(x - y) <= 1
+                    for d, e in zip(a["detections"], b["detections"])
+                    for x, y in zip(d["box_xyxy"], e["box_xyxy"])
+                )
 
 
 def test_a_program_of_one_task_given_to_another_is_one_line(programs, tmp_path, capsys):
     det = str(programs["det"][1])
     (tmp_path / "text.pte").write_text("not a program")
     cases = {
-        "is an ExecuTorch program of a det model, not seg": ["evaluate", "--task", "seg", "--runtime", "executorch",
-                                                             "--model", det],
-        "is an ExecuTorch program of a det model, not cls": ["predict", "--task", "cls", "--checkpoint", det, det,
-                                                             "--out", str(tmp_path / "p")],
-        "not an ExecuTorch program the runtime can load": ["evaluate", "--runtime", "executorch", "--model",
-                                                           str(tmp_path / "text.pte")],
-        "--runtime executorch evaluates --model FILE.pte": ["evaluate", "--runtime", "executorch", "--checkpoint",
-                                                            programs["det"][0]],
-        "runs in executorch on the CPU": ["predict", "--checkpoint", det, det, "--out", str(tmp_path / "q"),
-                                          "--device", "cuda"],
+        "is an ExecuTorch program of a det model, not seg": [
+            "evaluate",
+            "--task",
+            "seg",
+            "--runtime",
+            "executorch",
+            "--model",
+            det,
+        ],
+        "is an ExecuTorch program of a det model, not cls": [
+            "predict",
+            "--task",
+            "cls",
+            "--checkpoint",
+            det,
+            det,
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        "not an ExecuTorch program the runtime can load": [
+            "evaluate",
+            "--runtime",
+            "executorch",
+            "--model",
+            str(tmp_path / "text.pte"),
+        ],
+        "--runtime executorch evaluates --model FILE.pte": [
+            "evaluate",
+            "--runtime",
+            "executorch",
+            "--checkpoint",
+            programs["det"][0],
+        ],
+        "runs in executorch on the CPU": [
+            "predict",
+            "--checkpoint",
+            det,
+            det,
+            "--out",
+            str(tmp_path / "q"),
+            "--device",
+            "cuda",
+        ],
     }
     for expected, args in cases.items():
         assert main(args) == 2, args
@@ -167,15 +226,20 @@ def test_without_the_mobile_extra_export_is_one_line_naming_it(programs, tmp_pat
 
     monkeypatch.setattr(builtins, "__import__", no_executorch)
     monkeypatch.setattr("importlib.import_module", lambda name, package=None: no_executorch(name))
-    assert main(["export", "--format", "executorch", "--checkpoint", programs["cls"][0], "--out",
-                 str(tmp_path / "x.pte")]) == 2
+    assert (
+        main(["export", "--format", "executorch", "--checkpoint", programs["cls"][0], "--out", str(tmp_path / "x.pte")])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mbtasks: error: this needs the Python package 'executorch', which is not installed here: "
-                   "pip install 'mbtasks[mobile]'"], err
+    assert err == [
+        "mbtasks: error: this needs the Python package 'executorch', which is not installed here: "
+        "pip install 'mbtasks[mobile]'"
+    ], err
     assert not (tmp_path / "x.pte").exists()
 
 
 # ---- int8 ----
+
 
 @pytest.mark.parametrize("task, metric, tolerance", [("seg", "mean_class_iou", 0.01), ("det", "AP", 0.02)])
 def test_int8_program_costs_the_demo_model_little(programs, task, metric, tolerance, tmp_path):
@@ -196,6 +260,7 @@ def test_int8_program_costs_the_demo_model_little(programs, task, metric, tolera
 
 # ---- the fixed-size NMS against torchvision's, on real detections ----
 
+
 def _candidates(model: SSD, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """What torchvision's SSD.postprocess_detections hands batched_nms for one image (boxes, scores, labels), and the
     decoded boxes and class probabilities it selects them from."""
@@ -203,8 +268,9 @@ def _candidates(model: SSD, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
     features = list(model.backbone(images.tensors).values())
     head = model.head(features)
     anchors = model.anchor_generator(images, features)[0]
-    boxes = box_ops.clip_boxes_to_image(model.box_coder.decode_single(head["bbox_regression"][0], anchors),
-                                        images.image_sizes[0])
+    boxes = box_ops.clip_boxes_to_image(
+        model.box_coder.decode_single(head["bbox_regression"][0], anchors), images.image_sizes[0]
+    )
     probabilities = head["cls_logits"][0].softmax(-1)
     picked = []
     for label in range(1, probabilities.shape[1]):
@@ -238,8 +304,9 @@ def test_fixed_size_nms_keeps_what_batched_nms_keeps_on_real_detections(demo_det
     data.prepare_data()
     data.setup("validate")
     images = [data.val_set[i][0] for i in range(0, len(data.val_set), 10)]
-    selection = FixedSizeSelection(model.score_thresh, model.nms_thresh, model.detections_per_img,
-                                   model.topk_candidates)
+    selection = FixedSizeSelection(
+        model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates
+    )
     longest, counts = 0, []
     with torch.no_grad():
         for image in images:
@@ -255,13 +322,17 @@ def test_fixed_size_nms_keeps_what_batched_nms_keeps_on_real_detections(demo_det
             longest = max(longest, _chain(boxes, scores, labels, model.nms_thresh))
             # the whole selection: candidates, NMS and the best detections_per_img, as torchvision's
             ours = selection(decoded[None], probabilities[None])
-            keep = want[:model.detections_per_img]
+            keep = want[: model.detections_per_img]
             assert torch.equal(ours[0], boxes[keep]) and torch.equal(ours[1], scores[keep])
             assert torch.equal(ours[2], labels[keep])
         empty = greedy_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5)
         assert empty.shape == (0,) and batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0), 0.5).shape == (0,)
-        nothing = selection(decoded[None], torch.nn.functional.one_hot(torch.zeros(len(decoded), dtype=torch.long),
-                                                                         probabilities.shape[1]).float()[None])
+        nothing = selection(
+            decoded[None],
+            torch.nn.functional.one_hot(torch.zeros(len(decoded), dtype=torch.long), probabilities.shape[1]).float()[
+                None
+            ],
+        )
         assert all(len(t) == 0 for t in nothing)
     assert sum(n for n, _ in counts) > 100 and any(kept > 1 for _, kept in counts)  # real work for NMS
     assert longest < ITERATIONS, longest  # the iterations cover the longest chain, with room

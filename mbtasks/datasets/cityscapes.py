@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from cityscapesscripts.helpers.labels import labels
 
-from mbtasks.io.images import read_image_and_label
 from mbtasks.datasets.segmentation_transforms import segmentation_item
 from mbtasks.errors import MbtasksError
+from mbtasks.io.images import read_image_and_label
 
 IGNORE_INDEX = 255
 _EVALUATED = sorted((label for label in labels if 0 <= label.trainId < IGNORE_INDEX), key=lambda label: label.trainId)

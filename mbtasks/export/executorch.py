@@ -14,6 +14,7 @@ ExecuTorch runs no NonMaxSuppression and no data-dependent loop. Every operator 
 the export reports those it does not take (a detector's candidate selection and NMS bookkeeping, which XNNPACK has no
 operators for).
 """
+
 import copy
 import json
 import warnings
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import MbtasksError
-from ..io.executorch_runtime import EXPORT_KEY, META_METHOD, operator_counts, open_program, require
+from ..io.executorch_runtime import EXPORT_KEY, META_METHOD, open_program, operator_counts, require
 from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS, BaseTask
@@ -36,8 +37,10 @@ from . import ExportReport
 # convolutions accumulate in other orders than oneDNN's (measured ~1e-6 of logits of size 10, as ONNX Runtime's).
 TOLERANCE = 1e-4
 RECIPE = "torch.export -> XnnpackPartitioner (to_edge_transform_and_lower) -> to_executorch"
-INT8_RECIPE = ("XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True): int8 weights per channel, "
-               "int8 activations calibrated (min-max) on training images, torchao prepare_pt2e / convert_pt2e")
+INT8_RECIPE = (
+    "XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True): int8 weights per channel, "
+    "int8 activations calibrated (min-max) on training images, torchao prepare_pt2e / convert_pt2e"
+)
 
 
 @dataclass
@@ -54,12 +57,22 @@ class ExecutorchReport(ExportReport):
     def delegation(self) -> str:
         """One line: how many XNNPACK subgraphs, and every operator left outside them."""
         left = ", ".join(f"{name} x{count}" for name, count in sorted(self.outside.items()))
-        return (f"XNNPACK: {self.delegates} delegated subgraph{'s' * (self.delegates != 1)}; outside the delegate: "
-                f"{left or 'nothing'}")
+        return (
+            f"XNNPACK: {self.delegates} delegated subgraph{'s' * (self.delegates != 1)}; outside the delegate: "
+            f"{left or 'nothing'}"
+        )
 
 
-def export_executorch(model: nn.Module, record: Record, data: pl.LightningDataModule, out: str | Path, *,
-                      int8: bool = False, calibration: int = 100, samples: int = 4) -> ExecutorchReport:
+def export_executorch(
+    model: nn.Module,
+    record: Record,
+    data: pl.LightningDataModule,
+    out: str | Path,
+    *,
+    int8: bool = False,
+    calibration: int = 100,
+    samples: int = 4,
+) -> ExecutorchReport:
     """Write `model` (the inference copy of the checkpoint's network) to an ExecuTorch program lowered to XNNPACK as
     its task's graph, with the record in it, int8 if asked, and compare ExecuTorch with PyTorch on `samples`
     validation images; fp32 must agree within 1e-4."""
@@ -75,28 +88,46 @@ def export_executorch(model: nn.Module, record: Record, data: pl.LightningDataMo
     calibrated = 0
     if int8:
         exported, calibrated = _quantised(exported, task, data.graph_inputs("train"), calibration, inputs[0], dynamic)
-    settings = {"graph": record.task, "format": "executorch", "int8": int8,
-                "input_size": None if dynamic else list(inputs[0].shape[-2:]),
-                "preprocessing": task.graph_preprocessing(), "backend": "XNNPACK",
-                "recipe": RECIPE + (f"; {INT8_RECIPE} ({calibrated} images)" if int8 else ""),
-                **task.graph_settings(graph)}
+    settings = {
+        "graph": record.task,
+        "format": "executorch",
+        "int8": int8,
+        "input_size": None if dynamic else list(inputs[0].shape[-2:]),
+        "preprocessing": task.graph_preprocessing(),
+        "backend": "XNNPACK",
+        "recipe": RECIPE + (f"; {INT8_RECIPE} ({calibrated} images)" if int8 else ""),
+        **task.graph_settings(graph),
+    }
     meta = json.dumps({RECORD_KEY: record.to_dict(), EXPORT_KEY: settings})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        edge = exir.to_edge_transform_and_lower(exported, partitioner=[partitioner()],
-                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False),
-                                                constant_methods={META_METHOD: meta})
+        edge = exir.to_edge_transform_and_lower(
+            exported,
+            partitioner=[partitioner()],
+            compile_config=exir.EdgeCompileConfig(_check_ir_validity=False),
+            constant_methods={META_METHOD: meta},
+        )
         program = edge.to_executorch()
     output_file(out, overwrite=True)  # its folder; an existing file was refused or allowed by the caller (cmd_export)
     with replaced_atomically(out) as temporary:
         Path(temporary).write_bytes(program.buffer)
     counts = operator_counts(out)
-    report = ExecutorchReport(out, out.stat().st_size, _compare(task, graph, out, inputs), len(inputs), int8,
-                              task.graph_pixel_sides(inputs), calibrated, delegates=sum(counts["delegates"].values()),
-                              outside=counts["operators"])
+    report = ExecutorchReport(
+        out,
+        out.stat().st_size,
+        _compare(task, graph, out, inputs),
+        len(inputs),
+        int8,
+        task.graph_pixel_sides(inputs),
+        calibrated,
+        delegates=sum(counts["delegates"].values()),
+        outside=counts["operators"],
+    )
     if not int8 and report.largest_difference > TOLERANCE:
-        raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
-                           "for inspection", out)
+        raise MbtasksError(
+            f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept for inspection",
+            out,
+        )
     return report
 
 
@@ -138,8 +169,10 @@ def _export(graph: nn.Module, example: torch.Tensor, dynamic: dict | None):
 def _quantised(exported, task: type[BaseTask], images, count: int, example: torch.Tensor, dynamic: dict | None):
     """(the int8 program of `exported`, how many training images calibrated it): the task's quantised modules
     (`executorch_quantised_modules`, else all) get XNNPACK's symmetric int8 config with per-channel weights."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     config, quantizer = get_symmetric_quantization_config(is_per_channel=True), XNNPACKQuantizer()

@@ -11,6 +11,7 @@ The program carries, beside `forward`, a method `mbtasks_meta` that returns one 
 (under `mbtasks`) and the export settings (under `export`): one file, which an app reads with the same runtime
 (`Module.execute("mbtasks_meta")`).
 """
+
 import contextlib
 import importlib
 import json
@@ -79,8 +80,10 @@ def set_threads(threads: int | None = None) -> None:
 def read_meta(program, path: str | Path) -> tuple[Record, dict]:
     """(the checkpoint's record, the export settings) stored in an mbtasks ExecuTorch program."""
     if META_METHOD not in program.method_names:
-        raise MbtasksError("is an ExecuTorch program without mbtasks metadata (write it with `mbtasks export "
-                           "--format executorch`)", path)
+        raise MbtasksError(
+            "is an ExecuTorch program without mbtasks metadata (write it with `mbtasks export --format executorch`)",
+            path,
+        )
     try:
         meta = json.loads(program.load_method(META_METHOD).execute([])[0])
         return Record.from_dict(meta[RECORD_KEY]), meta[EXPORT_KEY]
@@ -97,8 +100,9 @@ def open_program(path: str | Path, task: str | None = None, threads: int | None 
     try:
         program = loader.load_program(Path(path))
     except Exception as error:  # the runtime raises RuntimeError (and logs) for a file that is not a program
-        raise MbtasksError(f"not an ExecuTorch program the runtime can load ({str(error).splitlines()[0][:200]})",
-                           path) from None
+        raise MbtasksError(
+            f"not an ExecuTorch program the runtime can load ({str(error).splitlines()[0][:200]})", path
+        ) from None
     record, settings = read_meta(program, path)
     if task is not None and record.task != task:
         raise MbtasksError(f"is an ExecuTorch program of a {record.task} model, not {task}", path)
@@ -134,8 +138,9 @@ class ExecutorchModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) != self.size:
             h, w = self.size
-            raise MbtasksError(f"was exported for {h}x{w} inputs only, got {images.shape[-2]}x{images.shape[-1]}",
-                               self.path)
+            raise MbtasksError(
+                f"was exported for {h}x{w} inputs only, got {images.shape[-2]}x{images.shape[-1]}", self.path
+            )
         batch = images.detach().float().cpu().contiguous()
         return torch.cat([self.method.execute([image[None]])[0] for image in batch])
 
@@ -148,6 +153,12 @@ class ExecutorchDetector(nn.Module):
         self.method, self.path = program.load_method("forward"), path
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        return [dict(zip(("boxes", "scores", "labels"),
-                         self.method.execute([image[None].detach().float().cpu().contiguous()])))
-                for image in images]
+        return [
+            dict(
+                zip(
+                    ("boxes", "scores", "labels"),
+                    self.method.execute([image[None].detach().float().cpu().contiguous()]),
+                )
+            )
+            for image in images
+        ]

@@ -2,6 +2,7 @@
 process computes on N x b: batch statistics (sync_batchnorm) and the normalisers of losses that average over what a
 batch holds (foreground anchors, labelled pixels). DDP averages gradients; a loss divided by its own process's count
 would weigh a process with few foreground anchors as much as one with many."""
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn

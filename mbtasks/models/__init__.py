@@ -1,5 +1,6 @@
 """build_model(name, **options): every network by name (MODELS), with weights from mbtasks files, records, or
 pretrained weights by name (`torchvision:<Enum>.<NAME>`, `timm:<name>`)."""
+
 from pathlib import Path
 
 from torch import nn
@@ -69,8 +70,9 @@ def weights_defaults(weights: str | None, backbone_weights: str | None) -> dict:
     return {k: v for k, v in load_weights(path).options.items() if k in WEIGHTS_BACKBONE_OPTIONS}
 
 
-def build_configured_model(name: str, options: dict, weights: str | None = None,
-                           backbone_weights: str | None = None) -> nn.Module:
+def build_configured_model(
+    name: str, options: dict, weights: str | None = None, backbone_weights: str | None = None
+) -> nn.Module:
     """A model from a config's model section: whole-model weights, or backbone weights (head left as built)."""
     entry = MODELS.get(name)
     model = build_model(name, weights=weights, **options)
@@ -80,8 +82,9 @@ def build_configured_model(name: str, options: dict, weights: str | None = None,
             raise MbtasksError(f"holds a {saved.backbone} backbone, not {entry.backbone}", backbone_weights)
         backbone = find_backbone(model)
         # Layers a task model leaves out of its backbone (v2's last 1x1 conv under DeepLab) are not loaded.
-        state = {k: v for k, v in backbone_state(saved.state_dict, backbone_weights).items()
-                 if k in backbone.state_dict()}
+        state = {
+            k: v for k, v in backbone_state(saved.state_dict, backbone_weights).items() if k in backbone.state_dict()
+        }
         load_into(backbone, state, backbone_weights)
     return model
 
@@ -99,4 +102,4 @@ def backbone_state(state_dict: dict, path: str | Path) -> dict:
     prefixes = [k[: -len(stem)] for k in state_dict if k.endswith(stem)]
     if not prefixes:
         raise MbtasksError("holds no MobileNet backbone weights", path)
-    return {k[len(prefixes[0]):]: v for k, v in state_dict.items() if k.startswith(prefixes[0])}
+    return {k[len(prefixes[0]) :]: v for k, v in state_dict.items() if k.startswith(prefixes[0])}

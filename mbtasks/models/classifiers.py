@@ -2,6 +2,7 @@
 classifier (`mobilenet_v3_large`, ...: torchvision's layer names), the face-attribute network
 (`attributes_mobilenet_v1`, ...: one logit per attribute) and the face-embedding network (`embedding_mobilenet_v1`,
 ...: a unit vector)."""
+
 from collections.abc import Callable
 
 import torch
@@ -58,12 +59,12 @@ def _classifier(version: str) -> Callable[..., ImageClassifier]:
 def _attributes(version: str) -> Callable[..., ImageClassifier]:
     name = f"attributes_{version}"
 
-    def build(num_attributes: int = 40, hidden_channels: int | None = None, dropout: float = 0.0,
-              **options) -> ImageClassifier:
+    def build(
+        num_attributes: int = 40, hidden_channels: int | None = None, dropout: float = 0.0, **options
+    ) -> ImageClassifier:
         backbone = _backbone(version, options)
         reject_unknown(options, name)
-        return ImageClassifier(backbone, AttributeHead(backbone.num_features, num_attributes, hidden_channels,
-                                                       dropout))
+        return ImageClassifier(backbone, AttributeHead(backbone.num_features, num_attributes, hidden_channels, dropout))
 
     build.__doc__ = f"{version} with one binary logit per attribute (CelebA's 40 by default)."
     return build

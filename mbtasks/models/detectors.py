@@ -1,4 +1,5 @@
 """SSDLite (v1, v2, v3-Large, v3-Small) and SSD300 (v1) detectors on torchvision's SSD: anchors, loss, NMS."""
+
 import inspect
 from collections.abc import Callable
 from functools import partial
@@ -29,20 +30,34 @@ class SSDOverProcesses(SSD):
         return {name: share_of_global_mean(loss * foreground, foreground) for name, loss in losses.items()}
 
 
-def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: float = 1.0,
-              size: int | tuple[int, int] = 320, reduced_tail: bool = False, bn_eps: float | None = None,
-              head_kernel: int = 3, reduce_boxes_in_lowest_layer: bool = False, score_thresh: float = 0.001,
-              nms_thresh: float = 0.55, detections_per_img: int = 300, topk_candidates: int = 300,
-              iou_thresh: float = 0.5,
-              image_mean: tuple[float, ...] = (0.5, 0.5, 0.5), image_std: tuple[float, ...] = (0.5, 0.5, 0.5)) -> SSD:
+def build_ssd(
+    version: str,
+    lite: bool,
+    *,
+    num_classes: int = 91,
+    width_mult: float = 1.0,
+    size: int | tuple[int, int] = 320,
+    reduced_tail: bool = False,
+    bn_eps: float | None = None,
+    head_kernel: int = 3,
+    reduce_boxes_in_lowest_layer: bool = False,
+    score_thresh: float = 0.001,
+    nms_thresh: float = 0.55,
+    detections_per_img: int = 300,
+    topk_candidates: int = 300,
+    iou_thresh: float = 0.5,
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> SSD:
     """SSD(Lite) on a MobileNet backbone; `size` is N or (height, width); inputs [0, 1] are scaled to [-1, 1].
 
     `head_kernel` (SSD only) and `reduce_boxes_in_lowest_layer` default to the issue's / torchvision's network;
     1 and True give the papers' (TF object detection API's) networks and their parameter and multiply-add counts.
     """
     height, width = (size, size) if isinstance(size, int) else size
-    backbone = BACKBONES.get(version)(width_mult=width_mult, reduced_tail=reduced_tail,
-                                  **({} if bn_eps is None else {"bn_eps": bn_eps}))
+    backbone = BACKBONES.get(version)(
+        width_mult=width_mult, reduced_tail=reduced_tail, **({} if bn_eps is None else {"bn_eps": bn_eps})
+    )
     normal_init(backbone)
     norm = partial(nn.BatchNorm2d, eps=BN_EPS)
     extra = extra_layers(backbone.out_channels[TAPS[-1]], width_mult, depthwise=lite, norm=norm)
@@ -50,9 +65,20 @@ def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: fl
     features = SSDFeatures(backbone, TAPS, extra)
     anchors = default_boxes(len(features.out_channels), reduce_boxes_in_lowest_layer)
     head = ssd_head(features.out_channels, anchors.num_anchors_per_location(), num_classes, lite, norm, head_kernel)
-    model = SSDOverProcesses(features, anchors, (width, height), num_classes, image_mean=list(image_mean),
-                image_std=list(image_std), head=head, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                detections_per_img=detections_per_img, topk_candidates=topk_candidates, iou_thresh=iou_thresh)
+    model = SSDOverProcesses(
+        features,
+        anchors,
+        (width, height),
+        num_classes,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        head=head,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        topk_candidates=topk_candidates,
+        iou_thresh=iou_thresh,
+    )
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = BN_MOMENTUM

@@ -10,6 +10,7 @@ once it stops changing, after as many steps as the longest chain of boxes each s
 the detector test measures the chains of a trained detector). The overlaps are computed as torchvision's CPU kernel
 computes them, on boxes moved apart by class as batched_nms moves them, so the same float comparisons decide.
 """
+
 import numpy as np
 import torch
 from torch import nn
@@ -30,8 +31,9 @@ def float_below(threshold: float) -> float:
     return float(np.nextafter(value, np.float32(-np.inf)) if float(value) > threshold else value)
 
 
-def greedy_keep(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
-                iterations: int = ITERATIONS) -> torch.Tensor:
+def greedy_keep(
+    boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tensor, iou_threshold: float, iterations: int = ITERATIONS
+) -> torch.Tensor:
     """Greedy NMS per class over candidates in greedy order (best first): boxes (M, 4) xyxy, classes (M,) and valid
     (M,) as floats (0 or 1) -> kept (M,) as 0 or 1. Invalid candidates neither are kept nor suppress."""
     threshold = float_below(iou_threshold)
@@ -55,8 +57,9 @@ def greedy_keep(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tensor,
     return kept
 
 
-def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float,
-               iterations: int = ITERATIONS) -> torch.Tensor:
+def greedy_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, iterations: int = ITERATIONS
+) -> torch.Tensor:
     """torchvision.ops.batched_nms's answer (indices of the kept boxes, best first) by `greedy_keep`: equal scores are
     taken in index order."""
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -75,8 +78,15 @@ class FixedSizeSelection(nn.Module):
     candidates <= topk_candidates, torchvision's per-class top-k never drops one of them (each is within its class's
     top `candidates`)."""
 
-    def __init__(self, score_thresh: float, nms_thresh: float, detections_per_img: int, topk_candidates: int,
-                 candidates: int | None = None, iterations: int = ITERATIONS):
+    def __init__(
+        self,
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_img: int,
+        topk_candidates: int,
+        candidates: int | None = None,
+        iterations: int = ITERATIONS,
+    ):
         super().__init__()
         self.score_thresh, self.nms_thresh, self.iterations = float_below(score_thresh), nms_thresh, iterations
         self.detections_per_img = detections_per_img
@@ -100,8 +110,11 @@ class FixedSizeSelection(nn.Module):
         if count > self.detections_per_img:
             kept = kept * (kept.cumsum(0) <= self.detections_per_img).to(kept.dtype)
         chosen = kept.nonzero().reshape(-1)  # a (n, 1) column: its reshape, not [:, 0], runs in ExecuTorch
-        return (candidate_boxes.index_select(0, chosen), values.index_select(0, chosen),
-                labels.index_select(0, chosen) + 1)
+        return (
+            candidate_boxes.index_select(0, chosen),
+            values.index_select(0, chosen),
+            labels.index_select(0, chosen) + 1,
+        )
 
 
 class FixedSizeDetectionGraph(DetectionGraph):
@@ -118,8 +131,9 @@ class FixedSizeDetectionGraph(DetectionGraph):
         x = F.interpolate(image, size=self.size, mode="bilinear", align_corners=False)
         features = list(self.backbone((x - self.mean) / self.std).values())
         outputs = self.head(features)
-        boxes, scores, labels = getattr(self, SELECT)(*getattr(self, DECODER)(outputs["bbox_regression"],
-                                                                              outputs["cls_logits"]))
+        boxes, scores, labels = getattr(self, SELECT)(
+            *getattr(self, DECODER)(outputs["bbox_regression"], outputs["cls_logits"])
+        )
         # The image's height and width as tensors, by counting: sizes in the graph would be symbolic integers.
         height, width = torch.ones_like(image[0, 0, :, 0]).sum(), torch.ones_like(image[0, 0, 0, :]).sum()
         scale_x, scale_y = width / self.size[1], height / self.size[0]

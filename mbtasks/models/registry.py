@@ -1,4 +1,5 @@
 """MODELS: every network by the name users know (torchvision's where it exists)."""
+
 from collections.abc import Callable
 from dataclasses import dataclass
 

@@ -12,6 +12,7 @@ Taps (torchvision's): the head reads the last layer (C5) and, for LR-ASPP, the o
 final 1280-channel 1x1 conv and reads the 320-channel last block, as the v2 paper's mobile DeepLabv3 (TF deeplab's
 `layer_18`) does.
 """
+
 from collections.abc import Callable
 
 import torch
@@ -35,8 +36,15 @@ TORCHVISION_RATES, PAPER_RATES = (12, 24, 36), (6, 12, 18)
 class Segmenter(nn.Module):
     """A backbone, a head on named taps and an optional aux head; logits upsampled to the input resolution."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, taps: tuple[str, ...], aux_head: nn.Module | None = None,
-                 aux_tap: str = LOW_TAP, aux_loss_weight: float = 0.5):
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        taps: tuple[str, ...],
+        aux_head: nn.Module | None = None,
+        aux_tap: str = LOW_TAP,
+        aux_loss_weight: float = 0.5,
+    ):
         super().__init__()
         # Registration order backbone, head, aux head is torchvision's (backbone, classifier, aux_classifier).
         self.backbone = backbone
@@ -64,8 +72,9 @@ class Segmenter(nn.Module):
         averaged over the labelled pixels of every process's batch."""
         loss = F.cross_entropy(outputs["out"], target, ignore_index=ignore_index, reduction="sum")
         if "aux" in outputs:
-            loss = loss + self.aux_loss_weight * F.cross_entropy(outputs["aux"], target, ignore_index=ignore_index,
-                                                                 reduction="sum")
+            loss = loss + self.aux_loss_weight * F.cross_entropy(
+                outputs["aux"], target, ignore_index=ignore_index, reduction="sum"
+            )
         return share_of_global_mean(loss, (target != ignore_index).sum())
 
 
@@ -98,17 +107,28 @@ def _aux_head(backbone: Backbone, aux: bool, num_classes: int) -> nn.Module | No
 def _lraspp_builder(version: str) -> Callable[..., Segmenter]:
     name = f"lraspp_{version}"
 
-    def build(num_classes: int = 21, output_stride: int = 16, reduced_tail: bool = False, pooling: str = "global",
-              channels: int = 128, aux: bool = False, aux_loss_weight: float = 0.5, **options) -> Segmenter:
+    def build(
+        num_classes: int = 21,
+        output_stride: int = 16,
+        reduced_tail: bool = False,
+        pooling: str = "global",
+        channels: int = 128,
+        aux: bool = False,
+        aux_loss_weight: float = 0.5,
+        **options,
+    ) -> Segmenter:
         if pooling not in POOLINGS:
             raise MbtasksError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         backbone = _backbone(version, output_stride, reduced_tail, options, name)
         head = LRASPPHead(backbone.out_channels[LOW_TAP], backbone.out_channels["C5"], num_classes, channels, pooling)
-        return Segmenter(backbone, head, (LOW_TAP, "C5"), _aux_head(backbone, aux, num_classes),
-                         aux_loss_weight=aux_loss_weight)
+        return Segmenter(
+            backbone, head, (LOW_TAP, "C5"), _aux_head(backbone, aux, num_classes), aux_loss_weight=aux_loss_weight
+        )
 
-    build.__doc__ = (f"{version} + Lite R-ASPP; pooling 'global' (torchvision) or 'paper' (49x49, stride (16, 20) "
-                     "at 1024x2048, scaled with the input).")
+    build.__doc__ = (
+        f"{version} + Lite R-ASPP; pooling 'global' (torchvision) or 'paper' (49x49, stride (16, 20) "
+        "at 1024x2048, scaled with the input)."
+    )
     return build
 
 
@@ -116,17 +136,27 @@ def _deeplabv3_builder(version: str) -> Callable[..., Segmenter]:
     name = f"deeplabv3_{version}"
     torchvision_head = version == "mobilenet_v3_large"
 
-    def build(num_classes: int = 21, output_stride: int = 16, reduced_tail: bool = False, aspp: bool = True,
-              aux: bool = False, aux_loss_weight: float = 0.5, **options) -> Segmenter:
+    def build(
+        num_classes: int = 21,
+        output_stride: int = 16,
+        reduced_tail: bool = False,
+        aspp: bool = True,
+        aux: bool = False,
+        aux_loss_weight: float = 0.5,
+        **options,
+    ) -> Segmenter:
         backbone = _backbone(version, output_stride, reduced_tail, options, name)
         rates = TORCHVISION_RATES if torchvision_head else PAPER_RATES
         rates = tuple(rate * 16 // output_stride for rate in rates) if aspp else ()
         head = DeepLabV3Head(backbone.out_channels["C5"], num_classes, rates, refine=torchvision_head)
-        return Segmenter(backbone, head, ("C5",), _aux_head(backbone, aux, num_classes),
-                         aux_loss_weight=aux_loss_weight)
+        return Segmenter(
+            backbone, head, ("C5",), _aux_head(backbone, aux, num_classes), aux_loss_weight=aux_loss_weight
+        )
 
-    build.__doc__ = (f"{version} + DeepLabv3 ({'torchvision' if torchvision_head else 'the v2 paper'}'s head); "
-                     "aspp=False keeps only the 1x1 and image-pooling branches.")
+    build.__doc__ = (
+        f"{version} + DeepLabv3 ({'torchvision' if torchvision_head else 'the v2 paper'}'s head); "
+        "aspp=False keeps only the 1x1 and image-pooling branches."
+    )
     return build
 
 

@@ -1,6 +1,7 @@
 """What every task shares. BaseDataModule: the data root or the embedded set, and the loaders. BaseTask: the network
 built from the recipe, the optimiser and schedule, the checkpoint record, the end of validation (per-sample
 results gathered over processes -> scored -> logged), and prediction on photos (answers -> files)."""
+
 import json
 from collections.abc import Callable
 from operator import itemgetter
@@ -20,9 +21,9 @@ from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
-from ..io.outputs import write_text_atomically
 from ..io.executorch_runtime import ExecutorchModel
 from ..io.onnx_runtime import OnnxModel
+from ..io.outputs import write_text_atomically
 from ..io.records import RECORD_KEY, Record, load_into
 from ..models import MODELS, build_configured_model, weights_defaults
 from .optimizer import configure_optimizer
@@ -114,15 +115,23 @@ class BaseDataModule(pl.LightningDataModule):
         """Each process's share of the epoch's seeded order, augmented per sample from (seed, epoch, index)."""
         world, rank = self._processes()
         seed, batch_size = self.config.train.seed, self.config.data.batch_size
-        sampler = EpochSampler(self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True,
-                               seed=seed)
+        sampler = EpochSampler(
+            self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
         dataset = SeededAugmentation(self.train_set, self.train_transform, seed)
         workers = self.config.data.num_workers
         one_thread_opencv_with(workers)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          collate_fn=type(self).train_collate, drop_last=len(sampler) > batch_size,
-                          persistent_workers=workers > 0, generator=self._own_generator(),
-                          worker_init_fn=one_thread_opencv)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=type(self).train_collate,
+            drop_last=len(sampler) > batch_size,
+            persistent_workers=workers > 0,
+            generator=self._own_generator(),
+            worker_init_fn=one_thread_opencv,
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Each process's share of the validation set in order (padded to equal shares: results are kept by key)."""
@@ -130,9 +139,16 @@ class BaseDataModule(pl.LightningDataModule):
         sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
         workers = self.config.data.num_workers
         one_thread_opencv_with(workers)
-        return DataLoader(self.val_set, batch_size=self.config.data.val_batch_size, sampler=sampler,
-                          num_workers=workers, collate_fn=type(self).val_collate, persistent_workers=workers > 0,
-                          generator=self._own_generator(), worker_init_fn=one_thread_opencv)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.config.data.val_batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=type(self).val_collate,
+            persistent_workers=workers > 0,
+            generator=self._own_generator(),
+            worker_init_fn=one_thread_opencv,
+        )
 
     def _own_generator(self) -> torch.Generator:
         """The loader's own generator for its workers' seeds: a loader drawing them from the global one whenever
@@ -223,9 +239,11 @@ class BaseTask(pl.LightningModule):
             per_step *= self.trainer.world_size
         pooled = [m for m in self.model.modules() if type(m).__name__ == "ASPPPooling" or isinstance(m, nn.BatchNorm1d)]
         if per_step < 2 and pooled:
-            raise MbtasksError(f"data.batch_size is {self.config.data.batch_size}: {self.model_name} has a batch norm "
-                               "after global pooling, which needs 2 or more images per step (raise data.batch_size, "
-                               "or set train.sync_batchnorm: true on several devices)")
+            raise MbtasksError(
+                f"data.batch_size is {self.config.data.batch_size}: {self.model_name} has a batch norm "
+                "after global pooling, which needs 2 or more images per step (raise data.batch_size, "
+                "or set train.sync_batchnorm: true on several devices)"
+            )
 
     def forward(self, images):
         return self.model(images)
@@ -329,8 +347,9 @@ class BaseTask(pl.LightningModule):
         The recipe's weights files are not read again: the record's network is the one that was trained."""
         if config is None:
             if not record.config:
-                raise MbtasksError("carries no recipe (written by an older mbtasks?): its task cannot be rebuilt",
-                                   source)
+                raise MbtasksError(
+                    "carries no recipe (written by an older mbtasks?): its task cannot be rebuilt", source
+                )
             config = config_from_dict(record.config, str(source))
         config.model = config_from_dict(record.config, str(source)).model if record.config else config.model
         config.model.weights = config.model.backbone_weights = None
@@ -376,8 +395,12 @@ class BaseTask(pl.LightningModule):
     @classmethod
     def graph_preprocessing(cls) -> dict:
         """What the exported graph's input is, for an app that feeds it (an ExecuTorch program's metadata)."""
-        return {"layout": "NCHW", "values": "RGB / 255, then (x - mean) / std", "mean": list(IMAGENET_MEAN),
-                "std": list(IMAGENET_STD)}
+        return {
+            "layout": "NCHW",
+            "values": "RGB / 255, then (x - mean) / std",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        }
 
     @classmethod
     def executorch_graph(cls, model: nn.Module) -> nn.Module:
@@ -429,8 +452,16 @@ class BaseTask(pl.LightningModule):
 
     def record(self) -> Record:
         """What rebuilds this network and what it was trained on."""
-        return Record(self.model_name, MODELS.get(self.model_name).backbone, self.model_options, self.task,
-                      self.class_names, self.category_ids, self.config.to_dict(), plain(self.metrics))
+        return Record(
+            self.model_name,
+            MODELS.get(self.model_name).backbone,
+            self.model_options,
+            self.task,
+            self.class_names,
+            self.category_ids,
+            self.config.to_dict(),
+            plain(self.metrics),
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[RECORD_KEY] = self.record().to_dict()

@@ -1,4 +1,5 @@
 """Detection: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch; boxes drawn on photos."""
+
 import copy
 import re
 from collections.abc import Callable
@@ -14,16 +15,15 @@ from ..datasets.coco import CocoDetection
 from ..datasets.synthetic.shapes_coco import write_shapes_coco
 from ..datasets.transforms import collate_training, detection_transforms, images_to_float
 from ..drawing import write_png
-from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..errors import MbtasksError
-from ..models.pretrained import load_weights
+from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..io.executorch_runtime import ExecutorchDetector
 from ..io.onnx_runtime import OnnxDetector
 from ..models.detection_graph import DetectionGraph
 from ..models.fixed_size_selection import FixedSizeDetectionGraph
+from ..models.pretrained import load_weights
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
-
 
 # The sides of the images an ExecuTorch program of a detector takes (it resizes them itself).
 MIN_SIDE, MAX_SIDE = 16, 4096
@@ -51,8 +51,10 @@ def detector_classes(config: Config) -> dict:
         return {"num_classes": num_classes}
     weights = load_weights(model.weights)
     by_id = weights.category_ids == list(range(len(weights.class_names)))
-    return {"num_classes": num_classes or weights.options.get("num_classes"),
-            "names_by_id": list(weights.class_names) if by_id else []}
+    return {
+        "num_classes": num_classes or weights.options.get("num_classes"),
+        "names_by_id": list(weights.class_names) if by_id else [],
+    }
 
 
 def collate(batch: list) -> tuple:
@@ -101,15 +103,26 @@ class DetectionDataModule(BaseDataModule):
         preset = augmentation_preset(self.config)
         labels = detector_classes(self.config)
         if self.val_set is None:
-            self.val_set = CocoDetection(self.root / self.val_split, self.val_annotation_file,
-                                         detection_transforms(preset, self.size, train=False), train=False, **labels)
+            self.val_set = CocoDetection(
+                self.root / self.val_split,
+                self.val_annotation_file,
+                detection_transforms(preset, self.size, train=False),
+                train=False,
+                **labels,
+            )
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = detection_transforms(preset, self.size, train=True, seed=self.config.train.seed)
-            self.train_set = CocoDetection(self.root / self.train_split, self.annotation_file(self.train_split),
-                                           self.train_transform, train=True, **labels)
+            self.train_set = CocoDetection(
+                self.root / self.train_split,
+                self.annotation_file(self.train_split),
+                self.train_transform,
+                train=True,
+                **labels,
+            )
             if self.train_set.category_ids != self.val_set.category_ids:
-                raise MbtasksError(f"has other categories than {self.val_annotation_file.name}",
-                                   self.annotation_file(self.train_split))
+                raise MbtasksError(
+                    f"has other categories than {self.val_annotation_file.name}", self.annotation_file(self.train_split)
+                )
 
     @property
     def class_names(self) -> list[str]:
@@ -135,10 +148,10 @@ class DetectionTask(BaseTask):
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         given = options.get("num_classes", len(self.class_names))
         if given != len(self.class_names):
-            raise MbtasksError(f"model.options.num_classes is {given} but the data set gives {len(self.class_names)} "
-                               "labels")
-        return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
-                      **options}
+            raise MbtasksError(
+                f"model.options.num_classes is {given} but the data set gives {len(self.class_names)} labels"
+            )
+        return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)), **options}
 
     def __init__(self, config: dict, class_names: list[str], category_ids: list):
         super().__init__(config, class_names, category_ids)
@@ -162,8 +175,9 @@ class DetectionTask(BaseTask):
         images, targets = batch
         for output, target in zip(self.model(list(images)), targets):
             output = {k: v.cpu() for k, v in output.items()}
-            self.results[target["image_id"]] = detections_to_coco_results([output], [target["image_id"]],
-                                                                          self.category_ids)
+            self.results[target["image_id"]] = detections_to_coco_results(
+                [output], [target["image_id"]], self.category_ids
+            )
 
     def score(self, merged: dict) -> dict:
         data = self.trainer.datamodule
@@ -171,8 +185,12 @@ class DetectionTask(BaseTask):
         # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
         known = set(data.val_set.coco.cats)
         results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
-        return coco_metrics(data.val_annotation_file, results, image_ids=sorted(merged),
-                            backend=self.evaluation_options.get("coco_backend"))
+        return coco_metrics(
+            data.val_annotation_file,
+            results,
+            image_ids=sorted(merged),
+            backend=self.evaluation_options.get("coco_backend"),
+        )
 
     def figures(self, metrics: dict) -> dict:
         return {"val/mAP": metrics["AP"], "val/mAP50": metrics["AP50"]}
@@ -197,9 +215,18 @@ class DetectionTask(BaseTask):
             photo = draw_bounding_boxes(photo, boxes, captions, colors="red", width=2)
         write_png(out / item["name"], photo.permute(1, 2, 0).numpy())
         ids = self.category_ids or list(range(len(self.class_names)))
-        return {"file": item["file"], "detections": [
-            {"box_xyxy": [round(v, 2) for v in box], "score": round(score, 4), "label": self.class_names[label],
-             "category_id": ids[label]} for box, score, label in zip(boxes.tolist(), scores, labels)]}
+        return {
+            "file": item["file"],
+            "detections": [
+                {
+                    "box_xyxy": [round(v, 2) for v in box],
+                    "score": round(score, 4),
+                    "label": self.class_names[label],
+                    "category_id": ids[label],
+                }
+                for box, score, label in zip(boxes.tolist(), scores, labels)
+            ],
+        }
 
     # ---- export: the whole detector in one graph, one [0, 1] image of any size -> boxes in its pixels ----
 
@@ -209,8 +236,10 @@ class DetectionTask(BaseTask):
 
     @classmethod
     def graph_settings(cls, graph: nn.Module) -> dict:
-        return {"postprocess": graph.postprocess, **({"selection": graph.selection} if hasattr(graph, "selection")
-                                                     else {})}
+        return {
+            "postprocess": graph.postprocess,
+            **({"selection": graph.selection} if hasattr(graph, "selection") else {}),
+        }
 
     @classmethod
     def graph_dynamic_axes(cls, size: dict[int, str]) -> dict:
@@ -243,8 +272,11 @@ class DetectionTask(BaseTask):
         np.fill_diagonal(gaps, np.inf)
         tied = (gaps.min(1) <= 1e-6) | (np.abs(scores[:, None] - want_scores[None]).min(1) <= 1e-6)
         unexplained = (~paired & ~tied).mean()  # a detection without a twin, and without a tie to explain it
-        return [float(nearest[paired].max()) if paired.any() else float("inf"),
-                float(np.abs(np.sort(scores) - np.sort(want_scores)).max()), float(unexplained)]
+        return [
+            float(nearest[paired].max()) if paired.any() else float("inf"),
+            float(np.abs(np.sort(scores) - np.sort(want_scores)).max()),
+            float(unexplained),
+        ]
 
     @classmethod
     def runtime_model(cls, session, settings: dict, path: str | Path, runtime: str = "onnxruntime") -> nn.Module:
@@ -252,8 +284,11 @@ class DetectionTask(BaseTask):
 
     @classmethod
     def graph_preprocessing(cls) -> dict:
-        return {"layout": "NCHW, batch 1", "values": "RGB / 255 in [0, 1]; any size: resized and normalised inside",
-                "max_side": MAX_SIDE}
+        return {
+            "layout": "NCHW, batch 1",
+            "values": "RGB / 255 in [0, 1]; any size: resized and normalised inside",
+            "max_side": MAX_SIDE,
+        }
 
     @classmethod
     def executorch_graph(cls, model: nn.Module) -> nn.Module:
@@ -263,8 +298,10 @@ class DetectionTask(BaseTask):
     @classmethod
     def executorch_dynamic_shapes(cls) -> dict:
         """One image of any height and width."""
-        return {2: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
-                3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
+        return {
+            2: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+            3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE),
+        }
 
     @classmethod
     def executorch_quantised_modules(cls) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """What the image-level data modules (attributes, embeddings, classification) share: input size, augmentation
 presets, and samples keyed by their index."""
+
 import copy
 from collections.abc import Callable
 from operator import itemgetter
@@ -49,8 +50,9 @@ class ImageDataModule(BaseDataModule):
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         preset = self.default_augmentation if data.augmentation == "default" else data.augmentation
         if preset not in AUGMENTATIONS:
-            raise MbtasksError(f"data.augmentation must be default or one of {', '.join(AUGMENTATIONS)}, "
-                               f"got {data.augmentation!r}")
+            raise MbtasksError(
+                f"data.augmentation must be default or one of {', '.join(AUGMENTATIONS)}, got {data.augmentation!r}"
+            )
         self.augmentation = AUGMENTATIONS[preset]
 
     @classmethod

@@ -17,8 +17,9 @@ def load_onnx_model(path: str | Path, task: str | None = None, threads: int | No
     return TASKS.get(record.task).runtime_model(session, settings, path), record
 
 
-def load_executorch_model(path: str | Path, task: str | None = None,
-                          threads: int | None = None) -> tuple[nn.Module, Record]:
+def load_executorch_model(
+    path: str | Path, task: str | None = None, threads: int | None = None
+) -> tuple[nn.Module, Record]:
     """The ExecuTorch wrapper of an exported program, as its task chooses it, and its record; `task`, when given, must
     be the model's."""
     program, record, settings = open_program(path, task, threads)

@@ -4,6 +4,7 @@ Validation runs on whole images at their own resolution. On Cityscapes it scores
 evaluation (IoU and iIoU, per class and per category); on VOC it reports the confusion-matrix mIoU. Each image's
 counts are kept under its path and merged over processes once per image, so DDP gives the figures of one process.
 """
+
 import copy
 import os
 from collections.abc import Callable
@@ -17,18 +18,25 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from ..config import Config
-from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
+from ..datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, train_ids_to_label_ids
 from ..datasets.mapped import Mapped
+from ..datasets.segmentation_transforms import (
+    normalise_batch,
+    segmentation_eval_transforms,
+    segmentation_train_transforms,
+)
 from ..datasets.synthetic.streets_cityscapes import write_streets_cityscapes
-from ..datasets.segmentation_transforms import (normalise_batch, segmentation_eval_transforms,
-                                                segmentation_train_transforms)
 from ..datasets.voc import CLASS_NAMES as VOC_CLASSES
 from ..datasets.voc import VOCSegmentation, voc_palette
 from ..drawing import blend, write_png
 from ..errors import MbtasksError
-from ..evaluation.segmentation import (CityscapesEvaluator, ConfusionMatrix, evaluate_cityscapes_folders,
-                                       format_cityscapes_table)
+from ..evaluation.segmentation import (
+    CityscapesEvaluator,
+    ConfusionMatrix,
+    evaluate_cityscapes_folders,
+    format_cityscapes_table,
+)
 from ..io.images import read_label_png
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
@@ -49,11 +57,16 @@ def dataset_format(root: str | os.PathLike) -> str:
     root = Path(root)
     if (root / "leftImg8bit").is_dir():
         return "cityscapes"
-    if any((base / "ImageSets" / "Segmentation").is_dir()
-           for base in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012")):
+    if any(
+        (base / "ImageSets" / "Segmentation").is_dir()
+        for base in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012")
+    ):
         return "voc"
-    raise MbtasksError("neither a Cityscapes root (leftImg8bit/, gtFine/) nor a VOC 2012 root "
-                       "(ImageSets/Segmentation/, JPEGImages/, SegmentationClass/)", root)
+    raise MbtasksError(
+        "neither a Cityscapes root (leftImg8bit/, gtFine/) nor a VOC 2012 root "
+        "(ImageSets/Segmentation/, JPEGImages/, SegmentationClass/)",
+        root,
+    )
 
 
 def with_official_targets(item: dict) -> dict:
@@ -85,8 +98,9 @@ class SegmentationDataModule(BaseDataModule):
         size = data.size or DEFAULT_CROPS[self.format]
         self.crop_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if data.augmentation not in AUGMENTATIONS:
-            raise MbtasksError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)} for seg, "
-                               f"got {data.augmentation!r}")
+            raise MbtasksError(
+                f"data.augmentation must be one of {', '.join(AUGMENTATIONS)} for seg, got {data.augmentation!r}"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         dataset = FORMATS[self.format]
@@ -97,7 +111,8 @@ class SegmentationDataModule(BaseDataModule):
         if stage in (None, "fit") and self.train_set is None:
             scales = AUGMENTATIONS[self.config.data.augmentation]
             self.train_transform = segmentation_train_transforms(
-                self.crop_size, scales, ignore_index=dataset.ignore_index, seed=self.config.train.seed)
+                self.crop_size, scales, ignore_index=dataset.ignore_index, seed=self.config.train.seed
+            )
             self.train_set = dataset(self.root, self.train_split, self.train_transform)
 
     def unaugmented_train_set(self) -> Dataset:
@@ -119,7 +134,6 @@ class SegmentationDataModule(BaseDataModule):
         return list(CLASS_NAMES[self.format])
 
 
-
 @TASKS.register("seg")
 class SegmentationTask(BaseTask):
     """A segmentation model, its cross-entropy (+ aux) loss, and the official metrics over the whole val set."""
@@ -139,8 +153,9 @@ class SegmentationTask(BaseTask):
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         given = options.get("num_classes", len(self.class_names))
         if given != len(self.class_names):
-            raise MbtasksError(f"model.options.num_classes is {given} but the data set has "
-                               f"{len(self.class_names)} classes")
+            raise MbtasksError(
+                f"model.options.num_classes is {given} but the data set has {len(self.class_names)} classes"
+            )
         return name, {**options, "num_classes": len(self.class_names)}
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
@@ -170,8 +185,9 @@ class SegmentationTask(BaseTask):
 
     # ---- inference ----
 
-    def predict_class_indices(self, images: torch.Tensor, scales: list[float] | None = None,
-                              flip: bool = False) -> torch.Tensor:
+    def predict_class_indices(
+        self, images: torch.Tensor, scales: list[float] | None = None, flip: bool = False
+    ) -> torch.Tensor:
         """Class index per pixel (N, H, W) at the input resolution; multi-scale (`scales`) and flipped inference."""
         scales = scales or [1.0]
         if scales == [1.0] and not flip:
@@ -179,9 +195,14 @@ class SegmentationTask(BaseTask):
         size = images.shape[-2:]
         total = None
         for scale in scales:
-            scaled = images if scale == 1.0 else F.interpolate(
-                images, size=(round(size[0] * scale), round(size[1] * scale)), mode="bilinear", align_corners=False)
-            for flipped in ([False, True] if flip else [False]):
+            scaled = (
+                images
+                if scale == 1.0
+                else F.interpolate(
+                    images, size=(round(size[0] * scale), round(size[1] * scale)), mode="bilinear", align_corners=False
+                )
+            )
+            for flipped in [False, True] if flip else [False]:
                 x = scaled.flip(-1) if flipped else scaled
                 logits = self.model(x)
                 logits = logits.flip(-1) if flipped else logits
@@ -224,8 +245,13 @@ class SegmentationTask(BaseTask):
             self.results[item["image_path"]] = counts  # image path -> that image's counts
             if save_dir:
                 path = Path(item["image_path"])
-                self._save_prediction(Path(save_dir), PurePath(path.parent.name, path.name)
-                                      if self.format == "cityscapes" else PurePath(path.stem + ".png"), prediction)
+                self._save_prediction(
+                    Path(save_dir),
+                    PurePath(path.parent.name, path.name)
+                    if self.format == "cityscapes"
+                    else PurePath(path.stem + ".png"),
+                    prediction,
+                )
 
     def _save_prediction(self, out: Path, name: PurePath, prediction: np.ndarray) -> None:
         """Cityscapes: labelIds/<name> (what the official evaluation reads; name <city>/<image name> at evaluation)
@@ -262,13 +288,17 @@ class SegmentationTask(BaseTask):
         write_png(out / "overlay" / item["name"], blend(item["photo"], colours[answer].astype(np.uint8)))
         self._save_prediction(out / "labels", PurePath(item["name"]), answer)
         counts = np.bincount(answer.ravel(), minlength=len(self.class_names))
-        return {"file": item["file"], "pixels": {self.class_names[i]: round(float(counts[i] / answer.size), 4)
-                                                 for i in np.flatnonzero(counts)}}
+        return {
+            "file": item["file"],
+            "pixels": {self.class_names[i]: round(float(counts[i] / answer.size), 4) for i in np.flatnonzero(counts)},
+        }
 
     def prediction_paths(self, names: list[str]) -> list[str]:
-        return [*(f"overlay/{name}" for name in names),
-                *(f"labels/{file.as_posix()}" for name in names for file in self._label_files(PurePath(name))),
-                self.prediction_file]
+        return [
+            *(f"overlay/{name}" for name in names),
+            *(f"labels/{file.as_posix()}" for name in names for file in self._label_files(PurePath(name))),
+            self.prediction_file,
+        ]
 
     def score(self, merged: dict) -> dict:
         if self.format == "cityscapes":
@@ -283,17 +313,23 @@ class SegmentationTask(BaseTask):
 
     def figures(self, metrics: dict) -> dict:
         if self.format == "cityscapes":
-            return {"val/mIoU": metrics["mean_class_iou"], "val/iIoU": metrics["mean_class_iiou"],
-                    "val/category_IoU": metrics["mean_category_iou"],
-                    "val/category_iIoU": metrics["mean_category_iiou"]}
+            return {
+                "val/mIoU": metrics["mean_class_iou"],
+                "val/iIoU": metrics["mean_class_iiou"],
+                "val/category_IoU": metrics["mean_category_iou"],
+                "val/category_iIoU": metrics["mean_category_iiou"],
+            }
         return {"val/mIoU": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"]}
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         save_dir = self.evaluation_options.get("save_predictions")
         if save_dir and not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            where = (f"labelId PNGs to {Path(save_dir) / 'labelIds'} and colour PNGs to {Path(save_dir) / 'color'}"
-                     if self.format == "cityscapes" else f"palette PNGs of class indices to {save_dir}")
+            where = (
+                f"labelId PNGs to {Path(save_dir) / 'labelIds'} and colour PNGs to {Path(save_dir) / 'color'}"
+                if self.format == "cityscapes"
+                else f"palette PNGs of class indices to {save_dir}"
+            )
             print(f"wrote {self.evaluated_images} {where}")
 
     def metrics_table(self) -> str:
@@ -302,7 +338,9 @@ class SegmentationTask(BaseTask):
             return format_cityscapes_table(self.metrics)
         lines = ["class            IoU", "-" * 21]
         lines += [f"{name:<14}: {iou:>5.3f}" for name, iou in self.metrics["iou"].items()]
-        lines += ["-" * 21, f"mIoU          : {self.metrics['mean_iou']:5.3f}",
-                  f"pixel accuracy: {self.metrics['pixel_accuracy']:5.3f}"]
+        lines += [
+            "-" * 21,
+            f"mIoU          : {self.metrics['mean_iou']:5.3f}",
+            f"pixel accuracy: {self.metrics['pixel_accuracy']:5.3f}",
+        ]
         return "\n".join(lines)
-

@@ -1,5 +1,6 @@
 """The Lightning trainer every command runs: checkpoints (last, best, every K epochs or steps, written atomically),
 the loggers named in the recipe, EMA of the weights, SyncBN, precision and gradient accumulation."""
+
 import difflib
 import importlib
 import os
@@ -12,8 +13,8 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins import LayerSync, TorchSyncBatchNorm
-from pytorch_lightning.strategies import StrategyRegistry
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.strategies import StrategyRegistry
 
 from ..config import Config, TrainConfig
 from ..errors import MbtasksError
@@ -21,8 +22,12 @@ from ..io.outputs import output_folder
 from ..layers.sync_batchnorm import convert_batchnorm
 
 # train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
-LOGGERS = {"csv": ("CSVLogger", None), "tensorboard": ("TensorBoardLogger", "tensorboard"),
-           "wandb": ("WandbLogger", "wandb"), "mlflow": ("MLFlowLogger", "mlflow")}
+LOGGERS = {
+    "csv": ("CSVLogger", None),
+    "tensorboard": ("TensorBoardLogger", "tensorboard"),
+    "wandb": ("WandbLogger", "wandb"),
+    "mlflow": ("MLFlowLogger", "mlflow"),
+}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -58,9 +63,11 @@ class RandomState(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         generator, keys, position, has_gauss, gauss = np.random.get_state()
-        checkpoint["random_state"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                      "numpy": [generator, torch.from_numpy(keys.astype(np.int64)), position,
-                                                has_gauss, gauss]}
+        checkpoint["random_state"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [generator, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._restore = checkpoint.get("random_state")
@@ -84,9 +91,12 @@ def claim_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     earlier = sorted((out / "checkpoints").glob("*.ckpt"))
     if earlier and not resume:
         if not overwrite:
-            raise MbtasksError(f"holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}): pass "
-                               f"--resume {out / 'checkpoints' / 'last.ckpt'} to continue it, --overwrite to replace "
-                               "it, or set train.out_dir to a new folder", out)
+            raise MbtasksError(
+                f"holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}): pass "
+                f"--resume {out / 'checkpoints' / 'last.ckpt'} to continue it, --overwrite to replace "
+                "it, or set train.out_dir to a new folder",
+                out,
+            )
         for checkpoint in earlier:
             checkpoint.unlink(missing_ok=True)  # DDP processes each run this: another may have removed it
     return out
@@ -113,14 +123,18 @@ def check_train_settings(train: TrainConfig) -> None:
     on_cpu = train.accelerator == "cpu" or (train.accelerator == "auto" and not torch.cuda.is_available())
     if on_cpu and type(train.devices) is int and train.devices > (os.cpu_count() or 1):
         # Lightning would start them all, one process per device: past the core count that only thrashes the machine.
-        raise MbtasksError(f"train.devices={train.devices} on the CPU starts {train.devices} processes on this "
-                           f"machine, which has {os.cpu_count()} CPUs")
+        raise MbtasksError(
+            f"train.devices={train.devices} on the CPU starts {train.devices} processes on this "
+            f"machine, which has {os.cpu_count()} CPUs"
+        )
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if isinstance(train.strategy, str) and train.strategy not in strategies:
         close = difflib.get_close_matches(train.strategy, strategies, n=3)
-        raise MbtasksError(f"unknown train.strategy {train.strategy!r}"
-                           f"{f' (did you mean {close[0]!r}?)' if close else ''}; Lightning's strategies: "
-                           f"{', '.join(s for s in strategies if '_' not in s or s == 'ddp_spawn')}, ...")
+        raise MbtasksError(
+            f"unknown train.strategy {train.strategy!r}"
+            f"{f' (did you mean {close[0]!r}?)' if close else ''}; Lightning's strategies: "
+            f"{', '.join(s for s in strategies if '_' not in s or s == 'ddp_spawn')}, ..."
+        )
     unknown = [name for name in train.loggers if name not in LOGGERS]
     if unknown:
         raise MbtasksError(f"unknown logger {unknown[0]!r} in train.loggers; known: {', '.join(LOGGERS)}")
@@ -138,9 +152,13 @@ def build_loggers(names: list[str], out: Path) -> list:
     for name in names:
         class_name, _ = LOGGERS[name]  # the packages were checked with the other settings (check_train_settings)
         logger_class = getattr(loggers, class_name)
-        built.append(logger_class(out, name="logs") if name == "csv" else
-                     logger_class(save_dir=str(out), name=name) if name != "mlflow" else
-                     logger_class(save_dir=str(out / "mlruns")))
+        built.append(
+            logger_class(out, name="logs")
+            if name == "csv"
+            else logger_class(save_dir=str(out), name=name)
+            if name != "mlflow"
+            else logger_class(save_dir=str(out / "mlruns"))
+        )
     return built
 
 
@@ -149,13 +167,16 @@ def checkpoint_callbacks(train: TrainConfig, monitor: str) -> list[ModelCheckpoi
     epochs. last.ckpt is its own callback: Lightning's save_last only follows the saves of a monitored one."""
     folder = Path(train.out_dir) / "checkpoints"
     common = {"dirpath": folder, "auto_insert_metric_name": False, "enable_version_counter": False}
-    callbacks = [ModelCheckpoint(filename="best", monitor=monitor, mode="max", **common),
-                 ModelCheckpoint(filename="last", save_on_train_epoch_end=True, **common)]
+    callbacks = [
+        ModelCheckpoint(filename="best", monitor=monitor, mode="max", **common),
+        ModelCheckpoint(filename="last", save_on_train_epoch_end=True, **common),
+    ]
     if train.checkpoint_every_steps:
         callbacks.append(ModelCheckpoint(filename="last", every_n_train_steps=train.checkpoint_every_steps, **common))
     if train.keep_every_epochs:
-        callbacks.append(ModelCheckpoint(filename="epoch{epoch}", every_n_epochs=train.keep_every_epochs,
-                                         save_top_k=-1, **common))
+        callbacks.append(
+            ModelCheckpoint(filename="epoch{epoch}", every_n_epochs=train.keep_every_epochs, save_top_k=-1, **common)
+        )
     return callbacks
 
 
@@ -165,8 +186,7 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
     out = Path(train.out_dir)
     callbacks, loggers = [], False
     if for_fit:
-        callbacks = [*checkpoint_callbacks(train, monitor), LearningRateMonitor(logging_interval="step"),
-                     RandomState()]
+        callbacks = [*checkpoint_callbacks(train, monitor), LearningRateMonitor(logging_interval="step"), RandomState()]
         if train.ema_decay is not None:
             # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
             callbacks.append(EMAWeightAveraging(decay=train.ema_decay))

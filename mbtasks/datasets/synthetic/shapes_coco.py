@@ -29,8 +29,9 @@ _CROWD_AT = 5
 _JPEG_OPTIONS = {"quality": 95, "subsampling": 0, "optimize": False}
 
 
-def write_shapes_coco(out_dir: str | Path, seed: int = 0, num_train: int = 1000, num_val: int = 150,
-                      image_size: int = 192) -> dict[str, Path]:
+def write_shapes_coco(
+    out_dir: str | Path, seed: int = 0, num_train: int = 1000, num_val: int = 150, image_size: int = 192
+) -> dict[str, Path]:
     """Write `{train,val}2017/*.jpg` and `annotations/instances_{train,val}2017.json` under out_dir.
 
     The same arguments give the same bytes; returns the paths of the image folders and json files.
