@@ -379,7 +379,10 @@ PREDICT_OUTPUTS = ("Each photo's answer under --out at its relative path (photos
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="mbtasks", description="Vision tasks on MobileNet backbones.")
+    parser.add_argument("--version", action="version", version=f"mbtasks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("profile", help="parameters, multiply-adds and CPU latency")

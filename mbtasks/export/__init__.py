@@ -34,7 +34,7 @@ from ..io.records import RECORD_KEY, Record
 from ..io.onnx_runtime import EXPORT_KEY, create_session, require
 from ..tasks import TASKS, BaseTask
 from .channel_padding import padded_expansions
-from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize
+from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize, saturating_int8_kernels
 
 OPSET = 17
 # ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
@@ -106,7 +106,7 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
             quantize(padded if chosen.padded else prepared, quantised, reader, chosen)
             calibrated = len(reader)
             choice = {"chosen": chosen.name, "ms": times, "runs": CHOICE_RUNS, "threads": torch.get_num_threads(),
-                      "input": list(images[0].shape[-2:])}
+                      "input": list(images[0].shape[-2:]), "weight_bits": 7 if saturating_int8_kernels() else 8}
             settings["int8_choice"] = choice
             if chosen.disabled_optimizers:
                 settings["disabled_optimizers"] = chosen.disabled_optimizers
