@@ -4,6 +4,8 @@ mbtasks is timed as built (eager) and as its inference path runs it (batch norm 
 channels-last weights: `mbtasks.layers.fusion.for_inference`).
 
     python bench/backbones.py [--runs 200] [--resolution 224] [--threads N]
+
+Toy size, as tests/test_bench.py runs it: --runs 1 --resolution 32 --threads 1.
 """
 import statistics
 import tempfile
