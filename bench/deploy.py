@@ -139,7 +139,8 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
 def segmentation(tmp: str, runs: int, calibration: int, size: tuple[int, int]) -> dict[str, list[float]]:
     reference, ours = segmentation_models(tmp)
     config = load_config(None, [f"data.synth_dir={tmp}/streets", "data.num_workers=0",
-                                f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, size: [{size[0]}, {size[1]}]}}"],
+                                f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, "
+                                f"size: [{size[0]}, {size[1]}]}}"],
                          task="seg")
     fp32, int8 = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
