@@ -98,7 +98,7 @@ def layer_sync(train: TrainConfig) -> list[LayerSync]:
 def check_train_settings(train: TrainConfig) -> None:
     """The training settings that depend on this machine, checked before any folder is made (the recipe's own
     values and ranges were checked when it was loaded: config.py): the accelerator is there, the devices fit it, the
-    loggers' packages are installed."""
+    loggers' packages are installed, and Lightning takes them together."""
     if train.accelerator != "auto" and not _accelerator_available(train.accelerator):
         raise MbtasksError(f"train.accelerator={train.accelerator}, but this machine has no {train.accelerator} "
                            "device: set train.accelerator=cpu (or auto)")
@@ -120,6 +120,9 @@ def check_train_settings(train: TrainConfig) -> None:
         package = LOGGERS[name][1]
         if package is not None and importlib.util.find_spec(package) is None:
             raise MbtasksError(f"train.loggers names {name}, which needs the {package} package: pip install {package}")
+    # Lightning's own checks of the combination (a strategy's package or accelerator, a precision's package): a
+    # trainer built and dropped, which makes no folder; the run builds its own after the data and the model.
+    _lightning_trainer(train, [], False, for_fit=False)
 
 
 def _accelerator_available(name: str) -> bool:
@@ -170,37 +173,36 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
             # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
             callbacks.append(EMAWeightAveraging(decay=train.ema_decay))
         loggers = build_loggers(train.loggers, out)
-    extra = {}
-    if train.limit_train_batches is not None:
-        extra["limit_train_batches"] = train.limit_train_batches
-    if train.limit_val_batches is not None:
-        extra["limit_val_batches"] = train.limit_val_batches
+    return _lightning_trainer(train, callbacks, loggers, for_fit)
+
+
+def _lightning_trainer(train: TrainConfig, callbacks: list, loggers, for_fit: bool) -> pl.Trainer:
+    """Lightning's trainer of the settings (it makes no folder until it runs), or its refusal in one line."""
+    limits = {key: getattr(train, key) for key in ("limit_train_batches", "limit_val_batches")
+              if getattr(train, key) is not None}
     try:
-        return _trainer(train, out, callbacks, loggers, for_fit, extra)
-    except (MisconfigurationException, ValueError, TypeError) as error:
-        # Lightning checks these settings itself (devices, strategy, precision, ...): its refusal is the user's mistake.
+        return pl.Trainer(
+            max_epochs=train.epochs,
+            accelerator=train.accelerator,
+            devices=train.devices,
+            num_nodes=train.num_nodes,
+            strategy=train.strategy,
+            precision=train.precision,
+            accumulate_grad_batches=train.accumulate_grad_batches,
+            check_val_every_n_epoch=train.val_every,
+            gradient_clip_val=train.gradient_clip,
+            log_every_n_steps=train.log_every,
+            callbacks=callbacks,
+            logger=loggers,
+            plugins=[AtomicCheckpointIO(), *layer_sync(train)],
+            # The data modules give each process its share of every epoch's one seeded order (samplers.py).
+            use_distributed_sampler=False,
+            enable_progress_bar=train.progress_bar,
+            enable_model_summary=for_fit,
+            default_root_dir=train.out_dir,
+            **limits,
+        )
+    except (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError) as error:
+        # Lightning checks these settings itself (a strategy's accelerator, a package a strategy or precision needs):
+        # its refusal is the user's mistake.
         raise MbtasksError(f"Lightning refuses the train settings: {' '.join(str(error).split())}") from None
-
-
-def _trainer(train: TrainConfig, out: Path, callbacks: list, loggers, for_fit: bool, extra: dict) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=train.epochs,
-        accelerator=train.accelerator,
-        devices=train.devices,
-        num_nodes=train.num_nodes,
-        strategy=train.strategy,
-        precision=train.precision,
-        accumulate_grad_batches=train.accumulate_grad_batches,
-        check_val_every_n_epoch=train.val_every,
-        gradient_clip_val=train.gradient_clip,
-        log_every_n_steps=train.log_every,
-        callbacks=callbacks,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO(), *layer_sync(train)],
-        # The data modules give each process its share of every epoch's one seeded order (samplers.py).
-        use_distributed_sampler=False,
-        enable_progress_bar=train.progress_bar,
-        enable_model_summary=for_fit,
-        default_root_dir=out,
-        **extra,
-    )
