@@ -63,7 +63,8 @@ CASES = {
     "epochs_negative": ("train.epochs must be at least 1, got -1", TRAIN + _sets("train.epochs=-1")),
     "lr_zero": ("train.lr must be above 0, got 0", TRAIN + _sets("train.lr=0")),
     # train: Lightning's own refusals
-    "devices_zero": ("Lightning refuses the train settings: `Trainer(devices=0)`", TRAIN + _sets("train.devices=0")),
+    "devices_zero": ("train.devices must be auto, a number of devices (-1: all of them) or a list of device indices, "
+                     "got 0", TRAIN + _sets("train.devices=0")),
     "devices_more_than_cpus": (f"starts {(os.cpu_count() or 1) + 1} processes on this machine",
                                TRAIN + _sets(f"train.devices={(os.cpu_count() or 1) + 1}")),
     # train: files and folders
@@ -73,7 +74,7 @@ CASES = {
                                   TRAIN + _sets("train.out_dir={in}/oldrun")),
     "config_not_a_mapping": ("{in}/user/notes.txt: a config must be a YAML mapping",
                              ["train", "--config", "{in}/user/notes.txt"]),
-    "config_unknown_key": ("unknown key train.lrr", TRAIN + _sets("train.lrr=1")),
+    "config_unknown_key": ("unknown key train.lrr (did you mean train.lr?)", TRAIN + _sets("train.lrr=1")),
     # evaluate
     "checkpoint_not_torch": ("{in}/user/notes.txt: not a PyTorch weights file",
                              ["evaluate", "--checkpoint", "{in}/user/notes.txt"]),
@@ -151,18 +152,19 @@ MORE_CASES = {
                       ["profile", "--model", "mobilenet_v1", "--option", "output_stride=7", "--runs", "1"]),
     "unknown_option": ("unknown option(s) for mobilenet_v1: depth",
                        ["profile", "--model", "mobilenet_v1", "--option", "depth=3", "--runs", "1"]),
-    "strategy": ("unknown train.strategy 'warp'; Lightning's strategies: auto, ddp",
+    "strategy": ("train.strategy must be one of auto, ddp, deepspeed, fsdp, xla, ddp_spawn, ..., got 'warp'",
                  TRAIN + _sets("train.strategy=warp")),
-    "precision": ("Lightning refuses the train settings: Precision '13-mixed' is invalid",
-                  TRAIN + _sets("train.precision=13-mixed")),
+    "precision": ("train.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, "
+                  "transformer-engine, transformer-engine-float16, 32, 16, bf16, 64, got '13-mixed' (did you mean "
+                  "'16-mixed'?)", TRAIN + _sets("train.precision=13-mixed")),
     "width_negative_in_config": ("width_mult must be a positive number, got -0.5",
                                  TRAIN + _sets("model.options.width_mult=-0.5")),
     "synth_count_zero": ("data.synth.num_train must be a positive integer, got 0",
                          TRAIN + _sets("data.root=null", "data.synth_dir={out}/synth", "data.synth.num_train=0")),
     "synth_unknown_option": ("data.synth: write_shapes_coco takes no option 'max_cars'",
                              TRAIN + _sets("data.root=null", "data.synth_dir={out}/synth", "data.synth.max_cars=2")),
-    "limit_batches": ("Lightning refuses the train settings: You have passed invalid value -1 for limit_train_batches",
-                      TRAIN + _sets("train.limit_train_batches=-1")),
+    "limit_batches": ("train.limit_train_batches must be a number of batches (0 or more) or a fraction of them from "
+                      "0.0 to 1.0, got -1", TRAIN + _sets("train.limit_train_batches=-1")),
     "root_missing": ("{in}/missing/annotations/instances_val2017.json: annotation file not found",
                      TRAIN + _sets("data.root={in}/missing")),
     "out_dir_is_a_file": ("{in}/plain.txt: is a file, not a folder to write into",
