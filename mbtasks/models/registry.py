@@ -67,8 +67,8 @@ with `@register_model(name, backbone=..., kind=..., size=..., head=...)`. The bu
 (unknown ones are an MbtasksError naming them) and returns an untrained nn.Module holding one MobileNet Backbone: a
 classifier, attribute or embedding network (NCHW batch -> logits / unit embeddings), a detector (torchvision's SSD
 contract) or a segmenter (logits at the input resolution). Third-party packages add models through the entry-point
-group `mbtasks.models`: an entry point names a module whose `@register_model` builders register as it is imported,
-or a ModelEntry object, registered under the entry point's name."""
+group `mbtasks.models`: an entry point names a module whose `@register_model` builders register as it is imported
+(or one such builder, the entry point named as its model), or a ModelEntry, registered under the entry point's name."""
 
 
 def reject_unknown(options: dict, builder: Callable, name: str) -> None:
