@@ -66,8 +66,7 @@ def _scales(text: str) -> list[float]:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from .models import build_model
-    from .models.detectors import DETECTORS
+    from .models import MODELS, build_model
     from .profiling import example_input, profile
     from .reference import reference_rows
 
@@ -84,13 +83,11 @@ def cmd_profile(args: argparse.Namespace) -> None:
     options = dict(args.option or [])
     if args.width is not None:
         options["width_mult"] = args.width
-    resolution = args.resolution
-    if args.model in DETECTORS and resolution is not None:
+    resolution, entry = args.resolution, MODELS.get(args.model)
+    if entry.kind == "detector" and resolution is not None:
         options.setdefault("size", resolution)  # a detector resizes its input to its own size
-    resolution = resolution or options.get("size") or (224 if args.model not in DETECTORS else None)
+    resolution = resolution or options.get("size") or entry.size
     model = build_model(args.model, **options)
-    if resolution is None:
-        resolution = tuple(model.transform.fixed_size[::-1])  # torchvision keeps (width, height)
     figures = profile(model, example_input(resolution), args.runs)
     if args.json:
         print(json.dumps(figures))

@@ -11,8 +11,6 @@ from .errors import MbtasksError
 from .io.onnx_runtime import create_session, read_metadata
 from .io.records import Record, read_record
 from .models import MODELS
-from .models.detectors import DETECTORS
-from .models.segmenters import SEGMENTERS
 from .profiling import count_madds, count_parameters, example_input
 from .tasks import TASKS
 
@@ -41,15 +39,15 @@ def describe(path: str | Path) -> dict:
 
 
 def _profile_resolution(record: Record, network) -> int | tuple[int, int]:
-    """The input multiply-adds are counted at: a detector's own size; else the recipe's input size; else 224 (520
-    for segmenters, the size torchvision's segmentation metadata counts at)."""
-    if record.model in DETECTORS:
+    """The input multiply-adds are counted at: a detector's own size; else the recipe's input size; else the model's
+    default size (224, 520 for segmenters: the size torchvision's segmentation metadata counts at)."""
+    if MODELS.get(record.model).kind == "detector":
         return tuple(network.transform.fixed_size[::-1])  # torchvision keeps (width, height)
     if record.config and record.task in TASKS:
         size = TASKS.get(record.task).data_module.input_size(config_from_dict(record.config))
         if size is not None:
             return size if isinstance(size, int) else (int(size[0]), int(size[1]))
-    return 520 if record.model in SEGMENTERS else 224
+    return MODELS.get(record.model).size
 
 
 def _sha256(path: Path) -> str:

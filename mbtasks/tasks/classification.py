@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..backbones import BACKBONES
 from ..config import Config
 from ..datasets.imagefolder import ImageFolder
 from ..datasets.synthetic.faces import write_shape_imagefolder
 from ..drawing import write_png, write_text
 from ..errors import MbtasksError
 from ..evaluation.classification import classification_accuracy
+from ..models import check_num_classes, list_models
 from .base import BaseTask
 from .image_data import ImageDataModule, Indexed
 from .registry import TASKS
@@ -58,12 +58,10 @@ class ClassificationTask(BaseTask):
     prediction_file = "classes.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
-        if name not in BACKBONES:
-            raise MbtasksError(f"model.name for cls must be a classifier ({', '.join(BACKBONES)}), got {name!r}")
-        given = options.get("num_classes", len(self.class_names))
-        if given != len(self.class_names):
-            raise MbtasksError(f"model.options.num_classes is {given} but the data set has "
-                               f"{len(self.class_names)} classes")
+        classifiers = list_models(kind="classifier")
+        if name not in classifiers:
+            raise MbtasksError(f"model.name for cls must be a classifier ({', '.join(classifiers)}), got {name!r}")
+        check_num_classes(options, len(self.class_names))
         return name, {**options, "num_classes": len(self.class_names)}
 
     def build_loss(self) -> nn.Module:

@@ -1,6 +1,5 @@
 """Detection: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch; boxes drawn on photos."""
 import copy
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ..datasets.transforms import collate_training, detection_transforms, images
 from ..drawing import write_png
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..errors import MbtasksError
+from ..models import MODELS, check_num_classes
 from ..models.pretrained import load_weights
 from ..io.onnx_runtime import OnnxDetector
 from ..models.detection_graph import DetectionGraph
@@ -24,11 +24,8 @@ from .registry import TASKS
 
 
 def detection_input_size(config: Config) -> tuple[int, int]:
-    """data.size, else the model's `size` option, else the size in its name (ssdlite320_... -> 320)."""
-    size = config.data.size or config.model.options.get("size")
-    if size is None:
-        match = re.match(r"[a-z]+(\d+)_", config.model.name)
-        size = int(match.group(1)) if match else 320
+    """data.size, else the model's `size` option, else its registered default size."""
+    size = config.data.size or config.model.options.get("size") or MODELS.get(config.model.name).size
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
@@ -127,10 +124,7 @@ class DetectionTask(BaseTask):
     prediction_file = "detections.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
-        given = options.get("num_classes", len(self.class_names))
-        if given != len(self.class_names):
-            raise MbtasksError(f"model.options.num_classes is {given} but the data set gives {len(self.class_names)} "
-                               "labels")
+        check_num_classes(options, len(self.class_names), "labels")
         return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
                       **options}
 

@@ -30,6 +30,7 @@ from ..errors import MbtasksError
 from ..evaluation.segmentation import (CityscapesEvaluator, ConfusionMatrix, evaluate_cityscapes_folders,
                                        format_cityscapes_table)
 from ..io.images import read_label_png
+from ..models import check_num_classes
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
 
@@ -137,10 +138,7 @@ class SegmentationTask(BaseTask):
         super().__init__(config, class_names, category_ids)
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
-        given = options.get("num_classes", len(self.class_names))
-        if given != len(self.class_names):
-            raise MbtasksError(f"model.options.num_classes is {given} but the data set has "
-                               f"{len(self.class_names)} classes")
+        check_num_classes(options, len(self.class_names))
         return name, {**options, "num_classes": len(self.class_names)}
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
