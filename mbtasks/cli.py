@@ -363,7 +363,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help="task: det, seg, attr, embed or cls (default: the config's)")
+    p.add_argument("--task", help="task: det, seg, attr, embed, cls or a plugin's (default: the config's)")
     p.add_argument("--config", help="YAML recipe")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
@@ -493,12 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "ablate", help="train, evaluate and profile versions x widths x resolutions of a task",
-        description="Every combination trained and evaluated on the task's config (default: its demo config in "
-                    "configs/demo/ of the source tree), or only profiled; runs finished with the same settings are "
-                    "skipped on a rerun, one finished with other settings is kept (the new run gets a folder of its "
-                    "own, or replaces it with --overwrite), a failed run is recorded and the rest go on. Writes "
-                    "results.csv, results.md and PNG plots (metric against multiply-adds and latency; profile-only: "
-                    "latency against multiply-adds) in --out.")
+        description="Every combination trained and evaluated on the task's config (default: its demo config, in "
+                    "configs/demo/ of the source tree or a plugin's own), or only profiled; runs finished with the "
+                    "same settings are skipped on a rerun, one finished with other settings is kept (the new run gets "
+                    "a folder of its own, or replaces it with --overwrite), a failed run is recorded and the rest go "
+                    "on. Writes results.csv, results.md and PNG plots (metric against multiply-adds and latency; "
+                    "profile-only: latency against multiply-adds) in --out.")
     _add_config_arguments(p)
     p.add_argument("--backbones", default="v1,v2,v3_large,v3_small", help="versions, e.g. v1,v3_large (default: all)")
     p.add_argument("--widths", action="append", metavar="[VERSION=]W,W",

@@ -91,10 +91,11 @@ def parse_resolutions(text: str) -> list[Resolution]:
 
 
 def default_config(task: str) -> Path:
-    """The task's demo config, from the source tree the package sits in."""
+    """The task's demo config: its `demo_recipe` in configs/demo/ of the source tree the package sits in, or, where
+    that is an absolute path (a plugin's recipe beside its module), that file."""
     path = Path(__file__).resolve().parents[2] / "configs" / "demo" / TASKS.get(task).demo_recipe
     if not path.is_file():
-        raise MbtasksError(f"no demo config for {task} next to the package ({path}): pass --config")
+        raise MbtasksError(f"no demo config for {task} ({path}): pass --config")
     return path
 
 
