@@ -140,8 +140,10 @@ class ShapeCountTask(BaseTask):
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         if name not in BACKBONES:
             raise MbtasksError(f"model.name for count must be a classifier ({', '.join(BACKBONES)}), got {name!r}")
-        self.loss = nn.L1Loss()
         return name, {**options, "num_classes": len(self.class_names)}
+
+    def build_loss(self) -> nn.Module:
+        return nn.L1Loss()
 
     def validation_step(self, batch: tuple, batch_index: int) -> None:
         indices, images, counts = batch
