@@ -1,4 +1,5 @@
-"""COCO detection: the annotation file read and checked through pycocotools, one image and its boxes per item."""
+"""COCO detection: the annotation file read and checked through pycocotools, one image and its boxes per item; and
+the COCO format (`annotations/instances_{split}.json`, `{split}/` images), the detection task's default."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from mbtasks.datasets.formats import FORMATS, DetectionFormat
+from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.errors import MbtasksError
 from mbtasks.evaluation.coco import load_coco_json
 from mbtasks.io.images import read_rgb_image
@@ -46,6 +49,10 @@ class CocoDetection(torch.utils.data.Dataset):
     Without transforms an item is (HWC uint8 RGB numpy image, target); with them, whatever the transforms make
     of the image (a CHW float tensor in [0, 1] for detection_transforms). Target: boxes (float32 xyxy pixels),
     labels (int64), iscrowd (int64), image_id (int), orig_size ((h, w) of the file).
+
+    `coco`: the ground truth already in memory (another format's, read into COCO's form), which `annotation_file`
+    then only names in messages (that format's labels). `ground_truth` is what COCOeval scores the images against.
+    `exif_upright`: the boxes refer to the images as shown (EXIF orientation applied, as YOLO's do), not as stored.
     """
 
     def __init__(
@@ -57,12 +64,16 @@ class CocoDetection(torch.utils.data.Dataset):
         train: bool,
         num_classes: int | None = None,
         names_by_id: Sequence[str] = (),
+        coco: COCO | None = None,
+        exif_upright: bool = False,
     ):
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         self.transforms = transforms
         self.train = train
-        self.coco = load_coco_json(self.annotation_file)
+        self.coco = load_coco_json(self.annotation_file) if coco is None else coco
+        self.ground_truth: Path | COCO = self.annotation_file if coco is None else coco
+        self.exif_upright = exif_upright
         # label -> COCO category id (0 stands for background) and label -> name
         self.category_ids, self.class_names = coco_labels(self.coco, num_classes, names_by_id, self.annotation_file)
         self.image_ids: list[int] = sorted(self.coco.imgs)
@@ -121,7 +132,8 @@ class CocoDetection(torch.utils.data.Dataset):
     def load_image(self, image_id: int) -> np.ndarray:
         """The image as HWC uint8 RGB, checked against the size the annotation file gives."""
         path = self.image_path(image_id)
-        image = read_rgb_image(path)  # the stored pixels, which COCO's boxes refer to (EXIF orientation ignored)
+        # COCO's boxes refer to the stored pixels (EXIF orientation ignored)
+        image = read_rgb_image(path, exif_upright=self.exif_upright)
         info = self.coco.imgs[image_id]
         if image.shape[:2] != (info["height"], info["width"]):
             raise MbtasksError(
@@ -146,3 +158,22 @@ class CocoDetection(torch.utils.data.Dataset):
             "orig_size": (self.coco.imgs[image_id]["height"], self.coco.imgs[image_id]["width"]),
         }
         return image, target
+
+
+@FORMATS.register("coco")
+class CocoFormat(DetectionFormat):
+    """COCO: `annotations/instances_{split}.json` and the `{split}/` images it lists (splits train2017, val2017);
+    its embedded set is the synthetic shapes."""
+
+    layout = "annotations/instances_{split}.json and {split}/ images"
+    splits = ("train2017", "val2017")
+    write_synthetic = staticmethod(write_shapes_coco)
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return (root / "annotations").is_dir()
+
+    def dataset(self, split: str, transforms: Callable | None, *, train: bool, num_classes: int | None = None,
+                names_by_id: Sequence[str] = ()) -> CocoDetection:
+        return CocoDetection(self.root / split, self.root / "annotations" / f"instances_{split}.json", transforms,
+                             train=train, num_classes=num_classes, names_by_id=names_by_id)
