@@ -1,10 +1,11 @@
-"""Real photos (scikit-image's) in the COCO, Cityscapes and folder layouts, for the pipeline and format tests
+"""Real photos (scikit-image's) in the COCO, Cityscapes, folder and YOLO layouts, for the pipeline and format tests
 and bench/data.py.
 
 COCO: JPEGs at COCO's 640x480 with boxes drawn by hand around what the photos show, under COCO's own category
 ids; one iscrowd region in RLE, as COCO stores crowds. Cityscapes: 2048x1024 PNGs tiled from the photos, each
 with a labelIds PNG whose ids follow the photo's content (bands of its blurred grey levels). Folder: the photos at
-half size with masks drawn by hand (rectangles and ellipses of classes, bands of the ignore index).
+half size with masks drawn by hand (rectangles and ellipses of classes, bands of the ignore index). YOLO: the COCO
+boxes as normalised label lines, with Ultralytics' data.yaml.
 """
 from __future__ import annotations
 
@@ -158,4 +159,37 @@ def write_folder_photos(root: Path) -> Path:
             mask.save(root / "masks" / split / f"{name}.png")
     (root / "classes.json").write_text(json.dumps({"classes": FOLDER_CLASSES, "ignore_index": FOLDER_IGNORE,
                                                    "palette": FOLDER_PALETTE}))
+    return root
+
+
+# ---- the YOLO detection format ----
+
+YOLO_CLASSES = list(CATEGORIES.values())  # class id = position: COCO's category ids in order
+# split -> photos; rocket has no label file (an image without boxes)
+YOLO_SPLITS = {"train": ["astronaut", "coffee", "chelsea"], "val": ["motorcycle", "camera", "rocket"]}
+
+
+def yolo_boxes(name: str) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(class id, (x0, y0, x1, y1) in the 640x480 photo's pixels) of BOXES' boxes of a photo."""
+    class_of = {category: index for index, category in enumerate(CATEGORIES)}
+    return [(class_of[category], (x, y, x + w, y + h)) for (x, y, w, h), category in BOXES.get(name, [])]
+
+
+def write_yolo_photos(root: Path) -> Path:
+    """`root/images/{train,val}/` (640x480 JPEGs, chelsea a PNG), `root/labels/{train,val}/*.txt` (BOXES, normalised)
+    and Ultralytics' `root/data.yaml` (names by class id)."""
+    height, width = COCO_SIZE
+    for split, names in YOLO_SPLITS.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            pixels = cv2.resize(photo(name), (width, height), interpolation=cv2.INTER_AREA)
+            Image.fromarray(pixels).save(root / "images" / split / f"{name}{'.png' if name == 'chelsea' else '.jpg'}",
+                                         quality=90)
+            if name in BOXES:
+                lines = [f"{c} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {(x1 - x0) / width:.6f} "
+                         f"{(y1 - y0) / height:.6f}" for c, (x0, y0, x1, y1) in yolo_boxes(name)]
+                (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    names = "\n".join(f"  {index}: {name}" for index, name in enumerate(YOLO_CLASSES))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     return root

@@ -15,7 +15,7 @@ from mbtasks.io.records import RECORD_KEY, Record, save_weights
 from mbtasks.models import MODELS, build_model
 
 from helpers import coco_category_names, write_coco_folder, write_voc_folder
-from photo_sets import write_folder_photos
+from photo_sets import write_folder_photos, write_yolo_photos
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.rglob("*.yaml"))
@@ -35,6 +35,8 @@ def _write_data(kind: str, root: Path) -> Path:
         write_voc_folder(root / "VOC2012", count=6, size=(120, 160))
     elif kind == "folder":
         write_folder_photos(root)
+    elif kind == "yolo":
+        write_yolo_photos(root)
     elif kind == "celeba":
         write_celeba_faces(root, seed=0, num_images=20)
     elif kind == "lfw":

@@ -2,7 +2,7 @@
 embedded data sets (synthetic/)."""
 
 # Each registers its format, in this order: the order in which data roots are recognised and formats listed.
-from . import cityscapes, voc, folder_segmentation, coco, celeba, lfw, imagefolder  # noqa: F401, I001
+from . import cityscapes, voc, folder_segmentation, coco, yolo, celeba, lfw, imagefolder  # noqa: F401, I001
 from .formats import FORMATS
 
 __all__ = ["FORMATS"]
