@@ -327,12 +327,15 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
+    from .datasets.formats import data_format
     from .datasets.synthetic import write_synthetic_once
     from .tasks import TASKS
 
+    data = TASKS.get(args.task).data_module
+    written = data_format(data.format_kind, args.format or data.default_format, args.out)
     # As training writes it: never into a folder of other files, complete or not at all.
-    write_synthetic_once(args.out, TASKS.get(args.task).data_module.write_synthetic, {"seed": args.seed})
-    print(f"wrote the embedded {args.task} data set to {args.out} (seed {args.seed})")
+    write_synthetic_once(args.out, written.synthetic_writer(), {"seed": args.seed})
+    print(f"wrote the embedded {args.task} data set to {args.out} in the {written.name} format (seed {args.seed})")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
@@ -417,10 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="training checkpoint")
     p.add_argument("--annotations", help="det: COCO ground-truth json (with --detections: no model)")
     p.add_argument("--detections", help="det: COCO results json")
-    p.add_argument("--gt", help="seg: Cityscapes root with gtFine/ (with --predictions: no model)")
-    p.add_argument("--predictions", help="seg: folder of labelId PNGs")
+    p.add_argument("--gt", help="seg: data root (Cityscapes with gtFine/, VOC, a folder of masks) whose ground truth "
+                                "--predictions are scored against, as its format scores them (no model)")
+    p.add_argument("--predictions", help="seg: folder of saved predictions (Cityscapes: labelId PNGs; others: class-"
+                                         "index PNGs, as --save-predictions writes them)")
     p.add_argument("--split", default="val", help="seg: split of --gt to score (default val)")
-    p.add_argument("--save-predictions", help="seg: write labelId and colour PNGs in the official layout here")
+    p.add_argument("--save-predictions", help="seg: write the predictions here in the data format's results layout "
+                                              "(Cityscapes: labelId and colour PNGs; others: class-index PNGs)")
     p.add_argument("--scales", type=_scales,
                    help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
@@ -487,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write an embedded data set in its real format")
     p.add_argument("--task", required=True)
+    p.add_argument("--format", help="the data format to write it in (default: the task's own, e.g. cityscapes)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(func=cmd_data_synth)

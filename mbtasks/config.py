@@ -115,6 +115,7 @@ class DataConfig:
     """Where the data set lives (None: the embedded synthetic set) and how batches are made."""
 
     root: str | None = None
+    format: str = ""  # a data format's name (datasets/formats.py); empty: recognised from root's layout
     synth_dir: str = "data/synth"  # where the embedded set is written when root is None
     synth: dict = field(default_factory=dict)  # options of the synthetic writer (seed, sizes, counts)
     train_split: str = ""  # empty: the format's own name (train2017, train, ...)

@@ -251,8 +251,8 @@ def test_synthetic_set_is_written_once_and_empty_leftovers_are_replaced(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no staging folders left behind
     data.setup("validate")
     assert data.class_names == ["circle", "square"] and data.category_ids == []
-    write_synthetic_once(tmp_path / "shapes", data.write_synthetic, {"num_classes": 3, "train_per_class": 1,
-                                                             "val_per_class": 1, "size": 16})
+    write_synthetic_once(tmp_path / "shapes", data.format.write_synthetic,
+                         {"num_classes": 3, "train_per_class": 1, "val_per_class": 1, "size": 16})
     assert len(list((tmp_path / "shapes/train").iterdir())) == 3  # other options: rewritten
 
 

@@ -15,6 +15,7 @@ from mbtasks.io.records import RECORD_KEY, Record, save_weights
 from mbtasks.models import MODELS, build_model
 
 from helpers import coco_category_names, write_coco_folder, write_voc_folder
+from photo_sets import write_folder_photos, write_yolo_photos
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.rglob("*.yaml"))
@@ -32,6 +33,10 @@ def _write_data(kind: str, root: Path) -> Path:
         write_streets_cityscapes(root, seed=0, num_train=2, num_val=2, size=(256, 512))
     elif kind == "voc":
         write_voc_folder(root / "VOC2012", count=6, size=(120, 160))
+    elif kind == "folder":
+        write_folder_photos(root)
+    elif kind == "yolo":
+        write_yolo_photos(root)
     elif kind == "celeba":
         write_celeba_faces(root, seed=0, num_images=20)
     elif kind == "lfw":
@@ -56,6 +61,8 @@ def data_root(tmp_path_factory):
 
 
 def _kind(config) -> str:
+    if config.data.format:
+        return config.data.format
     if config.task == "seg":
         return "voc" if "voc" in str(config.data.root).lower() else "cityscapes"
     return {"det": "coco", "attr": "celeba", "embed": "lfw", "cls": "imagefolder"}[config.task]
@@ -84,7 +91,7 @@ def test_every_recipe_trains_a_step_and_validates_on_its_data_format(recipe, dat
     record = checkpoint[RECORD_KEY]
     assert record["model"] == (config.model.name if config.task in ("det", "seg", "cls")
                                else f"{'attributes' if config.task == 'attr' else 'embedding'}_{config.model.name}")
-    if config.task == "det":  # COCO's 80 categories + background, labelled 1..80 in id order
+    if _kind(config) == "coco":  # COCO's 80 categories + background, labelled 1..80 in id order
         assert record["options"]["num_classes"] == 81 and record["category_ids"] == [0, *COCO_IDS]
 
 

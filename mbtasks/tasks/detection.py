@@ -1,4 +1,5 @@
-"""Detection: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch; boxes drawn on photos."""
+"""Detection: data in a detection format (COCO json, YOLO txt), SSD/SSDLite models, COCO mAP every validation epoch;
+boxes drawn on photos."""
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -6,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from torchvision.utils import draw_bounding_boxes
 
 from ..config import Config
-from ..datasets.coco import CocoDetection
-from ..datasets.synthetic.shapes_coco import write_shapes_coco
 from ..datasets.transforms import collate_training, detection_transforms, images_to_float
 from ..drawing import write_png
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
@@ -52,16 +52,17 @@ def collate(batch: list) -> tuple:
 
 
 class DetectionDataModule(BaseDataModule):
-    """COCO layout under data.root (`annotations/instances_{split}.json`, `{split}/*.jpg`), or the embedded set."""
+    """Data in a detection format under data.root (COCO: `annotations/instances_{split}.json`, `{split}/*.jpg`; YOLO:
+    `images/`, `labels/`), or the embedded shapes; whichever it is, a CocoDetection, scored by COCOeval."""
 
-    write_synthetic = staticmethod(write_shapes_coco)
+    format_kind, default_format = "detection", "coco"
     train_collate = staticmethod(collate_training)
     val_collate = staticmethod(collate)
 
     def __init__(self, config: Config):
         super().__init__(config)
-        self.train_split = config.data.train_split or "train2017"
-        self.val_split = config.data.val_split or "val2017"
+        self.train_split = config.data.train_split or self.format.splits[0]
+        self.val_split = config.data.val_split or self.format.splits[1]
         self.size = detection_input_size(config)
 
     @staticmethod
@@ -76,31 +77,23 @@ class DetectionDataModule(BaseDataModule):
         """Training images arrive as one NHWC uint8 tensor and become NCHW floats here, on the device."""
         return images_to_float(batch, self.model_dtype())
 
-    def unaugmented_train_set(self) -> CocoDetection:
+    def unaugmented_train_set(self) -> Dataset:
         images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ
         images.transforms = self.val_set.transforms
         return images
-
-    def annotation_file(self, split: str):
-        return self.root / "annotations" / f"instances_{split}.json"
-
-    @property
-    def val_annotation_file(self):
-        return self.annotation_file(self.val_split)
 
     def setup(self, stage: str | None = None) -> None:
         preset = augmentation_preset(self.config)
         labels = detector_classes(self.config)
         if self.val_set is None:
-            self.val_set = CocoDetection(self.root / self.val_split, self.val_annotation_file,
-                                         detection_transforms(preset, self.size, train=False), train=False, **labels)
+            self.val_set = self.format.dataset(self.val_split, detection_transforms(preset, self.size, train=False),
+                                               train=False, **labels)
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = detection_transforms(preset, self.size, train=True, seed=self.config.train.seed)
-            self.train_set = CocoDetection(self.root / self.train_split, self.annotation_file(self.train_split),
-                                           self.train_transform, train=True, **labels)
+            self.train_set = self.format.dataset(self.train_split, self.train_transform, train=True, **labels)
             if self.train_set.category_ids != self.val_set.category_ids:
-                raise MbtasksError(f"has other categories than {self.val_annotation_file.name}",
-                                   self.annotation_file(self.train_split))
+                raise MbtasksError(f"has other categories than {self.val_set.annotation_file.name}",
+                                   self.train_set.annotation_file)
 
     @property
     def class_names(self) -> list[str]:
@@ -154,12 +147,12 @@ class DetectionTask(BaseTask):
                                                                           self.category_ids)
 
     def score(self, merged: dict) -> dict:
-        data = self.trainer.datamodule
+        val_set = self.trainer.datamodule.val_set
         # A model labelling by category id answers in ids the data set lacks too ("N/A" among torchvision's 91):
         # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
-        known = set(data.val_set.coco.cats)
+        known = set(val_set.coco.cats)
         results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
-        return coco_metrics(data.val_annotation_file, results, image_ids=sorted(merged),
+        return coco_metrics(val_set.ground_truth, results, image_ids=sorted(merged),
                             backend=self.evaluation_options.get("coco_backend"))
 
     def figures(self, metrics: dict) -> dict:
