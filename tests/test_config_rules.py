@@ -276,3 +276,14 @@ def test_a_setting_this_machine_cannot_run_is_refused_before_anything_is_written
     else:
         assert lines == [f"mbtasks: error: {message}"]
     assert list(root.iterdir()) == [root / "cwd"] and list((root / "cwd").iterdir()) == []
+
+
+def test_console_script_refuses_a_data_format_typo_before_anything_is_written(tmp_path):
+    """data.format names a registered data format (datasets/formats.py): a typo gets the closest, nothing written."""
+    root = _scratch(tmp_path)
+    result = subprocess.run([MBTASKS, *_arguments(["data.format=cocoo"], root)], cwd=root / "cwd",
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mbtasks: error: unknown data format 'cocoo' (did you mean 'coco'?); known: ")
+    assert list(root.iterdir()) == [root / "cwd"] and list((root / "cwd").iterdir()) == []
