@@ -7,6 +7,7 @@ from ..config import Config, load_config
 from ..errors import MbtasksError
 from ..models import MODELS
 from ..tasks import TASKS
+from ..sizes import height_width
 
 Resolution = int | tuple[int, int]
 
@@ -104,7 +105,7 @@ def config_resolution(config: Config) -> Resolution:
     size = TASKS.get(config.task).data_module.input_size(config)
     if size is None:
         raise MbtasksError("the config sets no data.size: pass --resolutions")
-    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    size = height_width(size)
     return size[0] if size[0] == size[1] else size
 
 

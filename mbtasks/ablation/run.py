@@ -18,6 +18,7 @@ from ..models import MODELS
 from ..profiling import count_madds, count_parameters, example_input, measure_latency
 from ..reference import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, PAPER_FIGURES, SEGMENTER_PAPER_FIGURES
 from ..tasks import TASKS
+from ..sizes import height_width
 from .plan import Resolution, Run, resolution_text
 
 WARMUP = 2  # untimed forward passes before the timed ones
@@ -47,7 +48,7 @@ def paper_figures(model: str, options: dict, resolution: Resolution) -> tuple[fl
         return all(options.get(k, entry.defaults.get(k, v)) == v for k, v in wanted.items())
 
     width = float(options.get("width_mult", 1.0))
-    hw = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    hw = height_width(resolution)
     if model in BACKBONES and hw[0] == hw[1]:
         if built_with({"num_classes": 1000, "reduced_tail": False, "output_stride": 32}):
             return PAPER_FIGURES.get((model, width, hw[0]))

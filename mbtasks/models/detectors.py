@@ -9,6 +9,7 @@ from torchvision.models.detection.ssd import SSD
 from ..backbones import BACKBONES
 from ..heads.ssdlite import SSDFeatures, default_boxes, extra_layers, normal_init, ssd_head
 from ..layers.process_sums import share_of_global_mean
+from ..sizes import height_width
 from .registry import model_builder, register_model
 
 # The stride-16 expansion (v1: the stride-16 map itself) and the last map, as the v2 and v3 papers tap them.
@@ -33,7 +34,7 @@ def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: fl
               topk_candidates: int = 300, iou_thresh: float = 0.5, image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
               image_std: tuple[float, ...] = (0.5, 0.5, 0.5), **backbone_options) -> SSD:
     """SSD (`lite`: SSDLite) on the MobileNet `version`; the options are ARGS' and the backbone's."""
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = height_width(size)
     backbone = BACKBONES.get(version)(width_mult=width_mult, **backbone_options)
     normal_init(backbone)
     norm = partial(nn.BatchNorm2d, eps=BN_EPS)

@@ -21,12 +21,13 @@ from ..io.onnx_runtime import OnnxDetector
 from ..models.detection_graph import DetectionGraph
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
+from ..sizes import height_width
 
 
 def detection_input_size(config: Config) -> tuple[int, int]:
     """data.size, else the model's `size` option, else its registered default size."""
     size = config.data.size or config.model.options.get("size") or MODELS.get(config.model.name).size
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return height_width(size)
 
 
 def augmentation_preset(config: Config) -> str:

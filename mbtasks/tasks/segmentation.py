@@ -25,6 +25,7 @@ from ..errors import MbtasksError
 from ..models import check_num_classes
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
+from ..sizes import height_width
 
 # data.augmentation -> the random-scale range of the training crops (mmseg's recipe is 0.5..2.0)
 AUGMENTATIONS = {"default": (0.5, 2.0), "light": (0.75, 1.5), "fixed_scale": (1.0, 1.0)}
@@ -52,7 +53,7 @@ class SegmentationDataModule(BaseDataModule):
         self.train_split = data.train_split or self.format.splits[0]
         self.val_split = data.val_split or self.format.splits[1]
         size = data.size or self.format.default_crop
-        self.crop_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.crop_size = height_width(size)
         if data.augmentation not in AUGMENTATIONS:
             raise MbtasksError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)} for seg, "
                                f"got {data.augmentation!r}")
