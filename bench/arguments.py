@@ -1,6 +1,7 @@
 """The benches' command lines: a mistake is one line naming the value (`data.py: error: argument --repeats: must be
 an integer of at least 1, got '0'`), exit 2, as mbtasks' own commands; argparse alone prints its usage line above
 it."""
+
 import argparse
 
 from mbtasks.cli import at_least  # noqa: F401  (the benches' counts, checked as mbtasks' own)

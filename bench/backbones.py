@@ -7,6 +7,7 @@ channels-last weights: `mbtasks.layers.fusion.for_inference`).
 
 Toy size, as tests/test_bench.py runs it: --runs 1 --resolution 32 --threads 1.
 """
+
 import statistics
 import tempfile
 import time
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import torch
 import torchvision
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 from mbtasks import build_model
-from mbtasks.models.importers import import_weights
 from mbtasks.layers.fusion import for_inference
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
+from mbtasks.models.importers import import_weights
 
 
 def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[list[float]]:
@@ -45,8 +46,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.rand(1, 3, args.resolution, args.resolution)
-    print(f"batch 1, {args.resolution}x{args.resolution}, {args.threads} threads, {args.runs} runs in alternation: "
-          "median ms (min-max), ratio of medians to torchvision")
+    print(
+        f"batch 1, {args.resolution}x{args.resolution}, {args.threads} threads, {args.runs} runs in alternation: "
+        "median ms (min-max), ratio of medians to torchvision"
+    )
     print(f"{'model':<22}{'torchvision ms':>22}{'mbtasks ms':>22}{'ratio':>8}{'inference ms':>22}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
@@ -57,8 +60,10 @@ def main() -> None:
             tv, mb, fold = interleaved_latency([reference, ours, for_inference(ours)], x, args.runs)
             tv_ms, mb_ms, fold_ms = map(statistics.median, (tv, mb, fold))
             # a space before each column: on a slow machine a value wider than its column stays apart
-            print(f"{name:<22} {spread(tv):>21} {spread(mb):>21} {mb_ms / tv_ms:>7.3f} {spread(fold):>21}"
-                  f" {fold_ms / tv_ms:>7.3f}")
+            print(
+                f"{name:<22} {spread(tv):>21} {spread(mb):>21} {mb_ms / tv_ms:>7.3f} {spread(fold):>21}"
+                f" {fold_ms / tv_ms:>7.3f}"
+            )
 
 
 def spread(ms: list[float]) -> str:

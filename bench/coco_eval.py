@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -31,7 +32,6 @@ from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
 
 from mbtasks.errors import MbtasksError
 from mbtasks.evaluation.coco import DEFAULT_BACKEND, STAT_NAMES, check_backend, coco_metrics
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 IMAGE_SIZES = ((480, 640), (640, 480), (427, 640), (640, 427), (375, 500))  # (height, width), COCO's usual ones
 
@@ -55,17 +55,28 @@ def synthetic_ground_truth(num_images: int, rng: np.random.Generator) -> dict:
         sides = np.exp(rng.uniform(np.log(4), np.log(0.9 * min(height, width)), size=(count, 2)))
         corners = rng.uniform(0, 1, size=(count, 2)) * ([width, height] - sides)
         for (x, y), (w, h), category in zip(corners, sides, rng.choice(ids, count)):
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(category), "iscrowd": 0,
-                   "bbox": [round(float(v), 2) for v in (x, y, w, h)]}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(category),
+                "iscrowd": 0,
+                "bbox": [round(float(v), 2) for v in (x, y, w, h)],
+            }
             if rng.random() < 0.01:
                 mask = np.zeros((height, width), np.uint8, order="F")
-                mask[int(y):int(y + h) + 1, int(x):int(x + w) + 1] = 1
+                mask[int(y) : int(y + h) + 1, int(x) : int(x + w) + 1] = 1
                 rle = mask_utils.encode(mask)
-                ann.update(iscrowd=1, area=float(mask_utils.area(rle)), bbox=mask_utils.toBbox(rle).tolist(),
-                           segmentation={"counts": rle["counts"].decode("ascii"), "size": [height, width]})
+                ann.update(
+                    iscrowd=1,
+                    area=float(mask_utils.area(rle)),
+                    bbox=mask_utils.toBbox(rle).tolist(),
+                    segmentation={"counts": rle["counts"].decode("ascii"), "size": [height, width]},
+                )
             else:
-                ann.update(area=round(float(w * h * rng.uniform(0.4, 0.9)), 2),
-                           segmentation=[[round(float(v), 2) for v in (x, y, x + w, y, x + w, y + h, x, y + h)]])
+                ann.update(
+                    area=round(float(w * h * rng.uniform(0.4, 0.9)), 2),
+                    segmentation=[[round(float(v), 2) for v in (x, y, x + w, y, x + w, y + h, x, y + h)]],
+                )
             annotations.append(ann)
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -94,9 +105,12 @@ def synthetic_detections(gt: dict, per_image: int, rng: np.random.Generator) -> 
         extra_categories = np.where(rng.random(extra) < 0.8, rng.choice(likely, extra), rng.choice(ids, extra))
         all_boxes = np.concatenate([np.concatenate([xy, wh], 1), np.concatenate([extra_xy, extra_wh], 1)]).round(2)
         all_scores = np.concatenate([rng.uniform(0.3, 1.0, len(found)), rng.uniform(0.0, 0.6, extra)]).round(3)
-        results += [{"image_id": image["id"], "category_id": int(c), "bbox": b, "score": s} for c, b, s in
-                    zip(np.concatenate([categories, extra_categories]).tolist(), all_boxes.tolist(),
-                        all_scores.tolist())]
+        results += [
+            {"image_id": image["id"], "category_id": int(c), "bbox": b, "score": s}
+            for c, b, s in zip(
+                np.concatenate([categories, extra_categories]).tolist(), all_boxes.tolist(), all_scores.tolist()
+            )
+        ]
     return results
 
 
@@ -197,36 +211,48 @@ def main() -> None:
     parser.add_argument("--detections", type=at_least(1), default=100, help="detections per image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=at_least(1), default=3)
-    parser.add_argument("--backends", type=_backends, default=[DEFAULT_BACKEND],
-                        help=f"coco_metrics backends to time, comma-separated (default {DEFAULT_BACKEND})")
+    parser.add_argument(
+        "--backends",
+        type=_backends,
+        default=[DEFAULT_BACKEND],
+        help=f"coco_metrics backends to time, comma-separated (default {DEFAULT_BACKEND})",
+    )
     args = parser.parse_args()
 
     coco_gt, results = synthetic_set(args.images, args.detections, args.seed)
     anns = coco_gt.dataset["annotations"]
-    print(f"{len(coco_gt.imgs)} images ({sum(not coco_gt.imgToAnns[i] for i in coco_gt.imgs)} without annotations), "
-          f"{len(anns)} ground-truth boxes ({sum(a['iscrowd'] for a in anns)} crowd regions, compressed RLE), "
-          f"{len(coco_gt.cats)} categories, {len(results)} detections")
+    print(
+        f"{len(coco_gt.imgs)} images ({sum(not coco_gt.imgToAnns[i] for i in coco_gt.imgs)} without annotations), "
+        f"{len(anns)} ground-truth boxes ({sum(a['iscrowd'] for a in anns)} crowd regions, compressed RLE), "
+        f"{len(coco_gt.cats)} categories, {len(results)} detections"
+    )
 
     anchor = "pycocotools (loadRes + COCOeval)"
     runs = {anchor: lambda: plain_pycocotools(coco_gt, results)}
     for backend in args.backends:
         runs[f"coco_metrics, {backend}"] = lambda backend=backend: list(
-            coco_metrics(coco_gt, results, backend=backend).values())
+            coco_metrics(coco_gt, results, backend=backend).values()
+        )
     seconds, figures = timed_in_turn(runs, args.repeats)
 
-    print(f"seconds over {args.repeats} repeats in turn, min / median / max; speed-up = pycocotools' time / this "
-          "one's, per repeat")
+    print(
+        f"seconds over {args.repeats} repeats in turn, min / median / max; speed-up = pycocotools' time / this "
+        "one's, per repeat"
+    )
     for name in runs:
         speedup = [a / b for a, b in zip(seconds[anchor], seconds[name])]
-        print(f"  {name:<38} {spread(seconds[name], ' s')}   speed-up {spread(speedup, 'x')}   "
-              f"{figures_against(figures[name], figures[anchor])}")
+        print(
+            f"  {name:<38} {spread(seconds[name], ' s')}   speed-up {spread(speedup, 'x')}   "
+            f"{figures_against(figures[name], figures[anchor])}"
+        )
     print("  " + "  ".join(f"{n} {v:.4f}" for n, v in zip(STAT_NAMES, figures[anchor])))
 
     print("peak memory above the data (peak RSS, one run each in a fresh process):")
     memory = {anchor: peak_memory(_anchor_setup, args.images, args.detections, args.seed)}
     for backend in args.backends:
-        memory[f"coco_metrics, {backend}"] = peak_memory(_backend_setup, args.images, args.detections, args.seed,
-                                                         backend)
+        memory[f"coco_metrics, {backend}"] = peak_memory(
+            _backend_setup, args.images, args.detections, args.seed, backend
+        )
     for name, (took, megabytes) in memory.items():
         print(f"  {name:<38} {megabytes:7.0f} MB  (that run {took:.2f} s)")
 

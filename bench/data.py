@@ -47,12 +47,14 @@ from mbtasks.io.images import read_label_png, read_rgb_image
 from mbtasks.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from photo_sets import write_cityscapes_photos, write_coco_photos  # noqa: E402  (the tests' real-photo sets)
 from arguments import BenchParser, at_least, positive  # bench/arguments.py, beside this script
+from photo_sets import write_cityscapes_photos, write_coco_photos  # noqa: E402  (the tests' real-photo sets)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = {"det": CONFIGS / "det" / "ssdlite320_mobilenet_v3_large_coco.yaml",
-           "seg": CONFIGS / "seg" / "lraspp_mobilenet_v3_large_cityscapes.yaml"}
+RECIPES = {
+    "det": CONFIGS / "det" / "ssdlite320_mobilenet_v3_large_coco.yaml",
+    "seg": CONFIGS / "seg" / "lraspp_mobilenet_v3_large_cityscapes.yaml",
+}
 DEVICES = {"det": 8, "seg": 4}  # the recipes' devices: images per step = devices x batch_size
 PIPELINES = ("decode", "torchvision", "mbtasks")
 
@@ -64,22 +66,25 @@ def collate_lists(batch: list) -> tuple:
 
 # ---- torchvision's recipes ----
 
+
 def torchvision_detection(root: Path, size: int) -> torch.utils.data.Dataset:
     """references/detection with use_v2: CocoDetection wrapped for transforms.v2, the "ssdlite" preset (PIL
     backend), plus the model's resize to size x size (here on the PIL image, its cheapest place)."""
-    transforms = v2.Compose([
-        v2.RandomIoUCrop(),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.Resize((size, size)),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float, scale=True),
-        v2.SanitizeBoundingBoxes(),
-        v2.ToPureTensor(),
-    ])
+    transforms = v2.Compose(
+        [
+            v2.RandomIoUCrop(),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.Resize((size, size)),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float, scale=True),
+            v2.SanitizeBoundingBoxes(),
+            v2.ToPureTensor(),
+        ]
+    )
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' progress lines
-        dataset = torchvision.datasets.CocoDetection(root / "train2017",
-                                                     root / "annotations" / "instances_train2017.json",
-                                                     transforms=transforms)
+        dataset = torchvision.datasets.CocoDetection(
+            root / "train2017", root / "annotations" / "instances_train2017.json", transforms=transforms
+        )
     return torchvision.datasets.wrap_dataset_for_transforms_v2(dataset, target_keys={"boxes", "labels", "image_id"})
 
 
@@ -97,23 +102,27 @@ class TrainIds(torch.nn.Module):
 def torchvision_segmentation(root: Path, crop: tuple[int, int], base_size: int = 1024) -> torch.utils.data.Dataset:
     """references/segmentation's SegmentationPresetTrain (use_v2, PIL backend) at Cityscapes' sizes, on
     torchvision.datasets.Cityscapes (semantic labelIds), the label ids mapped to train ids at the end."""
-    transforms = v2.Compose([
-        v2.RandomResize(min_size=int(0.5 * base_size), max_size=int(2.0 * base_size)),
-        v2.RandomHorizontalFlip(0.5),
-        # the references' PadIfSmaller: pad the bottom and right, images with 0 and masks with 255
-        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Mask: 255, "others": 0}),
-        v2.PILToTensor(),
-        v2.ToDtype(dtype={torch.Tensor: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
-        v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-        TrainIds(),
-        v2.ToPureTensor(),
-    ])
-    dataset = torchvision.datasets.Cityscapes(root, split="train", mode="fine", target_type="semantic",
-                                              transforms=transforms)
+    transforms = v2.Compose(
+        [
+            v2.RandomResize(min_size=int(0.5 * base_size), max_size=int(2.0 * base_size)),
+            v2.RandomHorizontalFlip(0.5),
+            # the references' PadIfSmaller: pad the bottom and right, images with 0 and masks with 255
+            v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Mask: 255, "others": 0}),
+            v2.PILToTensor(),
+            v2.ToDtype(dtype={torch.Tensor: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+            v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+            TrainIds(),
+            v2.ToPureTensor(),
+        ]
+    )
+    dataset = torchvision.datasets.Cityscapes(
+        root, split="train", mode="fine", target_type="semantic", transforms=transforms
+    )
     return torchvision.datasets.wrap_dataset_for_transforms_v2(dataset)
 
 
 # ---- the runs ----
+
 
 def mbtasks_loader(task: str, root: Path, workers: int) -> DataLoader:
     """The recipe's training loader (the task's data module) on root, with `workers` worker processes."""
@@ -174,7 +183,7 @@ def compare(task: str, root: Path, images: int, repeats: int) -> dict[str, list[
     rates = {name: [] for name in PIPELINES}
     for repeat in range(repeats + 1):  # the first round warms up (file cache, lazy imports)
         torch.manual_seed(repeat)
-        order = PIPELINES[repeat % 3:] + PIPELINES[:repeat % 3]
+        order = PIPELINES[repeat % 3 :] + PIPELINES[: repeat % 3]
         for name in order:
             rate = timed(runs[name](), images)
             if repeat:
@@ -192,8 +201,10 @@ def report(task: str, rates: dict[str, list[float]]) -> None:
         print(f"{name:<22}{max(rates[name]):8.1f}   {spread(rates[name])}")
     for ours, anchor in (("mbtasks", "torchvision"), ("mbtasks", "decode"), ("torchvision", "decode")):
         per_repeat = [a / b for a, b in zip(rates[ours], rates[anchor])]
-        print(f"{ours + ' / ' + anchor:<22}{max(rates[ours]) / max(rates[anchor]):8.2f}x  "
-              f"per repeat {min(per_repeat):.2f} / {statistics.median(per_repeat):.2f} / {max(per_repeat):.2f}")
+        print(
+            f"{ours + ' / ' + anchor:<22}{max(rates[ours]) / max(rates[anchor]):8.2f}x  "
+            f"per repeat {min(per_repeat):.2f} / {statistics.median(per_repeat):.2f} / {max(per_repeat):.2f}"
+        )
 
 
 def scaling(task: str, root: Path, max_workers: int, images: int) -> list[tuple[int, float]]:
@@ -210,24 +221,34 @@ def scaling(task: str, root: Path, max_workers: int, images: int) -> list[tuple[
 def main() -> None:
     parser = BenchParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=at_least(1), default=3, help="timed runs of each pipeline (default 3)")
-    parser.add_argument("--workers", type=at_least(0), default=os.cpu_count(),
-                        help="most loader workers in the scaling figure, 0 for none (default: the CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=at_least(0),
+        default=os.cpu_count(),
+        help="most loader workers in the scaling figure, 0 for none (default: the CPU count)",
+    )
     parser.add_argument("--det-images", type=at_least(1), default=96, help="images per detection run")
     parser.add_argument("--seg-images", type=at_least(1), default=8, help="images per segmentation run")
-    parser.add_argument("--step-time", type=positive, default=0.25,
-                        help="seconds per training step for the cores table (default 0.25)")
+    parser.add_argument(
+        "--step-time", type=positive, default=0.25, help="seconds per training step for the cores table (default 0.25)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, opencv {cv2.__version__}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, opencv {cv2.__version__}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     medians = {}
     with tempfile.TemporaryDirectory() as tmp:
-        roots = {"det": write_coco_photos(Path(tmp) / "coco", splits=("train2017", "val2017"), copies=10),
-                 "seg": write_cityscapes_photos(Path(tmp) / "cityscapes", images=8, splits=("train", "val"))}
+        roots = {
+            "det": write_coco_photos(Path(tmp) / "coco", splits=("train2017", "val2017"), copies=10),
+            "seg": write_cityscapes_photos(Path(tmp) / "cityscapes", images=8, splits=("train", "val")),
+        }
         for task, what, images in (
-                ("det", "COCO JPEG 640x480 -> SSDLite input 320x320 + boxes, batch 24", args.det_images),
-                ("seg", "Cityscapes PNG 2048x1024 + labelIds -> 512x1024 crop + train ids, batch 4", args.seg_images)):
+            ("det", "COCO JPEG 640x480 -> SSDLite input 320x320 + boxes, batch 24", args.det_images),
+            ("seg", "Cityscapes PNG 2048x1024 + labelIds -> 512x1024 crop + train ids, batch 4", args.seg_images),
+        ):
             print(f"\n{task}: {what}")
             rates = compare(task, roots[task], images, args.repeats)
             report(task, rates)
@@ -241,8 +262,10 @@ def main() -> None:
         config = load_config(RECIPES[task], [])
         per_step = DEVICES[task] * config.data.batch_size
         need = per_step / args.step_time
-        print(f"{task}: {DEVICES[task]} x {config.data.batch_size} = {per_step} images per step -> {need:.0f} images/s: "
-              + ", ".join(f"{name} {need / medians[task][name]:.1f}" for name in PIPELINES))
+        print(
+            f"{task}: {DEVICES[task]} x {config.data.batch_size} = {per_step} images per step -> {need:.0f} images/s: "
+            + ", ".join(f"{name} {need / medians[task][name]:.1f}" for name in PIPELINES)
+        )
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

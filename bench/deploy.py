@@ -22,6 +22,7 @@ int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2
 
 Toy size, as tests/test_bench.py runs it: --runs 7 --threads 1 --calibration 1 --seg-size 128x256.
 """
+
 import collections
 import json
 import os
@@ -37,24 +38,27 @@ from mbtasks.config import load_config
 from mbtasks.errors import MbtasksError
 from mbtasks.export import export_onnx
 from mbtasks.export.int8 import rotating_times as int8_rotating_times
-from mbtasks.tasks.runtime import load_onnx_model
 from mbtasks.io.records import Record
 from mbtasks.layers.fusion import for_inference
 from mbtasks.tasks.detection import DetectionDataModule
+from mbtasks.tasks.runtime import load_onnx_model
 from mbtasks.tasks.segmentation import SegmentationDataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
-from detection import NAME as DETECTOR, models as detection_models  # noqa: E402  (the same setup as those benches)
+from arguments import BenchParser, at_least, height_by_width  # bench/arguments.py, beside this script
+from detection import NAME as DETECTOR  # noqa: E402  (the same setup as those benches)
+from detection import models as detection_models
 from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser)
 from segmentation import models as segmentation_models  # noqa: E402
-from arguments import BenchParser, at_least, height_by_width  # bench/arguments.py, beside this script
 
 # As training leaves a detector: the background logit high, the others spread out. With random weights every one of
 # the 291,000 class scores would pass the 0.001 threshold; with these about 3,000 do and 300 detections are kept.
 CLASS_LOGIT_SCALE, BACKGROUND_BIAS = 10.0, 10.0
-TARGETS = {"det": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.30},
-           "seg": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.35}}
+TARGETS = {
+    "det": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.30},
+    "seg": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.35},
+}
 INT8_TARGETS = {"det": 0.70, "seg": 0.65}
 
 
@@ -82,8 +86,9 @@ def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int
     for int8 in (False, True):
         path = os.path.join(tmp, f"{task}_{'int8' if int8 else 'fp32'}.onnx")
         try:
-            report = export_onnx(for_inference(model), record, data, path, int8=int8, calibration=calibration,
-                                 samples=1)
+            report = export_onnx(
+                for_inference(model), record, data, path, int8=int8, calibration=calibration, samples=1
+            )
         except MbtasksError as error:
             # The bench times the file, which export keeps. Its random "trained-like" detector has thousands of
             # near-tied scores: on some CPUs the last bit flips which of two NMS keeps, and the fp32 1e-4 check
@@ -91,8 +96,10 @@ def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int
             if "fails the check against pytorch" not in str(error):
                 raise
             summary = str(error).split("): ", 1)[1].removesuffix("; the file is kept for inspection")
-            print(f"  exported {Path(path).name}: {os.path.getsize(path) / 1e6:.1f} MB, {summary}, above export's "
-                  "1e-4 check on these random weights (timed all the same)")
+            print(
+                f"  exported {Path(path).name}: {os.path.getsize(path) / 1e6:.1f} MB, {summary}, above export's "
+                "1e-4 check on these random weights (timed all the same)"
+            )
         else:
             print(f"  exported {Path(path).name}: {report.size_bytes / 1e6:.1f} MB, {report.summary()}")
             if int8:
@@ -133,8 +140,16 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
     reference, ours = detection_models(tmp, prepare=trained_like)
     reference.eval()
     ours.eval()
-    config = load_config(None, [f"data.synth_dir={tmp}/shapes", "data.synth={seed: 0, num_train: 16, num_val: 2}",
-                                "model.options={size: [320, 320]}", "data.num_workers=0"], task="det")
+    config = load_config(
+        None,
+        [
+            f"data.synth_dir={tmp}/shapes",
+            "data.synth={seed: 0, num_train: 16, num_val: 2}",
+            "model.options={size: [320, 320]}",
+            "data.num_workers=0",
+        ],
+        task="det",
+    )
     fp32, int8 = exported(ours, "det", DetectionDataModule(config), tmp, calibration)
     image = [torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(1))]
     fast = for_inference(ours)
@@ -144,24 +159,43 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
         resized = torch.nn.functional.interpolate(image[0][None], size=(320, 320), mode="bilinear")
         scores = reference.head(list(reference.backbone(resized).values()))
         candidates = int((scores["cls_logits"].softmax(-1)[..., 1:] > reference.score_thresh).sum())
-    return rotating_times({"torchvision": lambda: reference(image), "mbtasks eager": lambda: ours(image),
-                           "mbtasks inference": lambda: fast(image), "onnxruntime fp32": lambda: fp32(image),
-                           "onnxruntime int8": lambda: int8(image)}, runs), (candidates, detections)
+    return rotating_times(
+        {
+            "torchvision": lambda: reference(image),
+            "mbtasks eager": lambda: ours(image),
+            "mbtasks inference": lambda: fast(image),
+            "onnxruntime fp32": lambda: fp32(image),
+            "onnxruntime int8": lambda: int8(image),
+        },
+        runs,
+    ), (candidates, detections)
 
 
 def segmentation(tmp: str, runs: int, calibration: int, size: tuple[int, int]) -> dict[str, list[float]]:
     reference, ours = segmentation_models(tmp)
-    config = load_config(None, [f"data.synth_dir={tmp}/streets", "data.num_workers=0",
-                                f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, "
-                                f"size: [{size[0]}, {size[1]}]}}"],
-                         task="seg")
+    config = load_config(
+        None,
+        [
+            f"data.synth_dir={tmp}/streets",
+            "data.num_workers=0",
+            f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, size: [{size[0]}, {size[1]}]}}",
+        ],
+        task="seg",
+    )
     fp32, int8 = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     where_the_time_goes(tmp, "seg", {"images": x.numpy()})
     fast = for_inference(ours)
-    return rotating_times({"torchvision": lambda: reference(x)["out"], "mbtasks eager": lambda: ours(x),
-                           "mbtasks inference": lambda: fast(x), "onnxruntime fp32": lambda: fp32(x),
-                           "onnxruntime int8": lambda: int8(x)}, runs)
+    return rotating_times(
+        {
+            "torchvision": lambda: reference(x)["out"],
+            "mbtasks eager": lambda: ours(x),
+            "mbtasks inference": lambda: fast(x),
+            "onnxruntime fp32": lambda: fp32(x),
+            "onnxruntime int8": lambda: int8(x),
+        },
+        runs,
+    )
 
 
 def spread(values: list[float]) -> str:
@@ -176,12 +210,16 @@ def report(title: str, task: str, times: dict[str, list[float]]) -> None:
         ratios = [value / reference for value, reference in zip(values, times["torchvision"])]
         target = TARGETS[task].get(name)
         verdict = "" if target is None else f"{'<=' if statistics.median(ratios) <= target else '> '} {target:.2f}"
-        print(f"{name:<20}{statistics.median(values):>10.1f}{min(values):>9.1f}{max(values):>9.1f}   "
-              f"{spread(ratios):<26}{verdict}")
+        print(
+            f"{name:<20}{statistics.median(values):>10.1f}{min(values):>9.1f}{max(values):>9.1f}   "
+            f"{spread(ratios):<26}{verdict}"
+        )
     int8 = [a / b for a, b in zip(times["onnxruntime int8"], times["onnxruntime fp32"])]
     target, median = INT8_TARGETS[task], statistics.median(int8)
-    print(f"int8 / fp32 in ONNX Runtime, within each repeat: {spread(int8)}, median {'<=' if median <= target else '>'} "
-          f"{target} target{'' if median <= target else ': not met here'}")
+    print(
+        f"int8 / fp32 in ONNX Runtime, within each repeat: {spread(int8)}, median {'<=' if median <= target else '>'} "
+        f"{target} target{'' if median <= target else ': not met here'}"
+    )
 
 
 def main() -> None:
@@ -189,23 +227,36 @@ def main() -> None:
     parser.add_argument("--runs", type=at_least(7), default=20, help="timed repeats (at least 7)")
     parser.add_argument("--threads", type=at_least(1), default=2, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--calibration", type=at_least(1), default=8, help="int8 calibration images")
-    parser.add_argument("--seg-size", type=height_by_width, default=(1024, 2048),
-                        help="LR-ASPP's input, HEIGHTxWIDTH (default 1024x2048)")
+    parser.add_argument(
+        "--seg-size",
+        type=height_by_width,
+        default=(1024, 2048),
+        help="LR-ASPP's input, HEIGHTxWIDTH (default 1024x2048)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's thread count
     import onnxruntime
 
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"{os.cpu_count()} CPUs, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"{os.cpu_count()} CPUs, {args.threads} threads, load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         print(f"\n{DETECTOR}: exporting")
         ms, (candidates, detections) = detection(tmp, args.runs, args.calibration)
-        report(f"{DETECTOR}, 480x640 image -> detections ({candidates} scores above the threshold, {detections} "
-               f"kept), batch 1, {args.runs} repeats", "det", ms)
+        report(
+            f"{DETECTOR}, 480x640 image -> detections ({candidates} scores above the threshold, {detections} "
+            f"kept), batch 1, {args.runs} repeats",
+            "det",
+            ms,
+        )
         print("\nlraspp_mobilenet_v3_large: exporting")
         height, width = args.seg_size
-        report(f"lraspp_mobilenet_v3_large, {height}x{width} -> logits, batch 1, {args.runs} repeats", "seg",
-               segmentation(tmp, args.runs, args.calibration, args.seg_size))
+        report(
+            f"lraspp_mobilenet_v3_large, {height}x{width} -> logits, batch 1, {args.runs} repeats",
+            "seg",
+            segmentation(tmp, args.runs, args.calibration, args.seg_size),
+        )
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

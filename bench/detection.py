@@ -16,6 +16,7 @@ COCO results, and the epoch's end: results gathered, every image checked, coco_m
 Toy size, as tests/test_bench.py runs it: --runs 2 --train-steps 1 --train-batch 2 --threads 1 --eval-images 8
 --eval-detections 5 --eval-repeats 1.
 """
+
 import contextlib
 import io
 import json
@@ -35,16 +36,22 @@ import cv2
 import numpy as np
 import torch
 import torchvision
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
+from coco_eval import (
+    figures_against,
+    peak_memory,
+    plain_pycocotools,
+    spread,
+    synthetic_detections,
+    synthetic_ground_truth,
+)
 from pycocotools.coco import COCO
 
-from coco_eval import (figures_against, peak_memory, plain_pycocotools, spread, synthetic_ground_truth,
-                       synthetic_detections)
 from mbtasks import build_model
 from mbtasks.config import load_config
 from mbtasks.evaluation.coco import STAT_NAMES
-from mbtasks.models.importers import import_weights
 from mbtasks.layers.fusion import for_inference
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
+from mbtasks.models.importers import import_weights
 
 NAME = "ssdlite320_mobilenet_v3_large"
 
@@ -65,8 +72,13 @@ def models(weights_dir: str, prepare=None) -> tuple[torch.nn.Module, torch.nn.Mo
 def batch(size: int) -> tuple[list, list]:
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 320, 320, generator=generator) for _ in range(size)]
-    targets = [{"boxes": torch.tensor([[20.0, 30.0, 150.0, 200.0], [160.0, 40.0, 300.0, 180.0]]),
-                "labels": torch.tensor([1, 18])} for _ in range(size)]
+    targets = [
+        {
+            "boxes": torch.tensor([[20.0, 30.0, 150.0, 200.0], [160.0, 40.0, 300.0, 180.0]]),
+            "labels": torch.tensor([1, 18]),
+        }
+        for _ in range(size)
+    ]
     return images, targets
 
 
@@ -135,8 +147,10 @@ class StoredAnswers(torch.nn.Module):
         for image in images:
             size, output = self.outputs[self.next]
             if tuple(image.shape[-2:]) != size:
-                raise RuntimeError(f"image {self.next} of the validation set is {tuple(image.shape[-2:])}, its stored "
-                                   f"output is for {size}: the answers are out of step with the loader")
+                raise RuntimeError(
+                    f"image {self.next} of the validation set is {tuple(image.shape[-2:])}, its stored "
+                    f"output is for {size}: the answers are out of step with the loader"
+                )
             answers.append(output)
             self.next = (self.next + 1) % len(self.outputs)
         return answers
@@ -156,10 +170,17 @@ def validation_set(images: int, per_image: int, seed: int = 0) -> tuple[dict, li
         output["scores"].append(r["score"])
         output["labels"].append(label_of[r["category_id"]])
     sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
-    return gt, [(sizes[image_id], {"boxes": torch.tensor(o["boxes"], dtype=torch.float32).reshape(-1, 4),
-                                   "scores": torch.tensor(o["scores"], dtype=torch.float32),
-                                   "labels": torch.tensor(o["labels"], dtype=torch.int64)})
-                for image_id, o in sorted(outputs.items())]
+    return gt, [
+        (
+            sizes[image_id],
+            {
+                "boxes": torch.tensor(o["boxes"], dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(o["scores"], dtype=torch.float32),
+                "labels": torch.tensor(o["labels"], dtype=torch.int64),
+            },
+        )
+        for image_id, o in sorted(outputs.items())
+    ]
 
 
 def write_validation_set(folder: Path, gt: dict) -> Path:
@@ -219,10 +240,20 @@ class ValidationRun:
             logging.getLogger(name).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")  # inside Lightning
         # One image a batch: the images held are left out of the peak memory, which is the scoring's.
-        config = load_config(None, [f"data.root={folder}", "data.num_workers=0", "data.val_batch_size=1",
-                                    "model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.25}",
-                                    "train.accelerator=cpu", "train.progress_bar=false",
-                                    f"train.out_dir={folder}/run"], task="det")
+        config = load_config(
+            None,
+            [
+                f"data.root={folder}",
+                "data.num_workers=0",
+                "data.val_batch_size=1",
+                "model.name=ssdlite320_mobilenet_v3_small",
+                "model.options={width_mult: 0.25}",
+                "train.accelerator=cpu",
+                "train.progress_bar=false",
+                f"train.out_dir={folder}/run",
+            ],
+            task="det",
+        )
         data_module, task_module = task_classes()
         self.data = data_module(config)
         self.data.setup("validate")
@@ -277,12 +308,16 @@ def validation_scoring(images: int, per_image: int, repeats: int) -> None:
             seconds[anchor].append(time.perf_counter() - start)
             took, figures[ours] = validate()
             seconds[ours].append(took)
-        print(f"scoring one validation epoch, {images} images x {per_image} detections ({len(results)} results), "
-              f"seconds over {repeats} repeats in turn, min / median / max:")
+        print(
+            f"scoring one validation epoch, {images} images x {per_image} detections ({len(results)} results), "
+            f"seconds over {repeats} repeats in turn, min / median / max:"
+        )
         for name in (anchor, ours):
             speedup = [a / b for a, b in zip(seconds[anchor], seconds[name])]
-            print(f"  {name:<45} {spread(seconds[name], ' s')}   speed-up {spread(speedup, 'x')}   "
-                  f"{figures_against(figures[name], figures[anchor])}")
+            print(
+                f"  {name:<45} {spread(seconds[name], ' s')}   speed-up {spread(speedup, 'x')}   "
+                f"{figures_against(figures[name], figures[anchor])}"
+            )
         print("  peak memory above the data (peak RSS, one run each in a fresh process):")
         for name, setup, what in ((anchor, _pycocotools_setup, ""), (ours, _epoch_setup, ", reading the images too")):
             took, megabytes = peak_memory(setup, folder, images, per_image)
@@ -295,7 +330,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=at_least(1), default=5)
     parser.add_argument("--train-batch", type=at_least(1), default=32, help="images per training step")
     parser.add_argument("--threads", type=at_least(1), default=torch.get_num_threads())
-    parser.add_argument("--eval-images", type=at_least(1), default=5000, help="validation images whose scoring is timed")
+    parser.add_argument(
+        "--eval-images", type=at_least(1), default=5000, help="validation images whose scoring is timed"
+    )
     parser.add_argument("--eval-detections", type=at_least(1), default=100, help="detections per validation image")
     parser.add_argument("--eval-repeats", type=at_least(1), default=3)
     parser.add_argument("--scoring-only", action="store_true", help="only the validation epoch's scoring")
@@ -318,22 +355,34 @@ def main() -> None:
     results = {}
     for which in ("torchvision", "mbtasks"):
         queue = context.Queue()
-        process = context.Process(target=_child, args=(which, args.train_steps, args.train_batch, args.threads,
-                                                       queue))
+        process = context.Process(target=_child, args=(which, args.train_steps, args.train_batch, args.threads, queue))
         process.start()
         name, throughput, peak = queue.get()
         process.join()
         results[name] = (throughput, peak)
     (tv_steps, tv_mb), (mb_steps, mb_mb) = results["torchvision"], results["mbtasks"]
     tv_ips, mb_ips = statistics.median(tv_steps), statistics.median(mb_steps)
-    print(f"training, batch {args.train_batch}, {args.train_steps} steps, images/s min / median / max: torchvision "
-          f"{spread(tv_steps, '', 1)}, mbtasks {spread(mb_steps, '', 1)} (ratio of medians {mb_ips / tv_ips:.3f}); "
-          f"peak memory torchvision {tv_mb:.0f} MB, mbtasks {mb_mb:.0f} MB (ratio {mb_mb / tv_mb:.3f})")
+    print(
+        f"training, batch {args.train_batch}, {args.train_steps} steps, images/s min / median / max: torchvision "
+        f"{spread(tv_steps, '', 1)}, mbtasks {spread(mb_steps, '', 1)} (ratio of medians {mb_ips / tv_ips:.3f}); "
+        f"peak memory torchvision {tv_mb:.0f} MB, mbtasks {mb_mb:.0f} MB (ratio {mb_mb / tv_mb:.3f})"
+    )
 
     print("evaluation against plain pycocotools (bench/coco_eval.py):")
     sys.stdout.flush()  # its lines after this process's own
-    subprocess.run([sys.executable, str(Path(__file__).with_name("coco_eval.py")), "--images", str(args.eval_images),
-                    "--detections", str(args.eval_detections), "--repeats", "1"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("coco_eval.py")),
+            "--images",
+            str(args.eval_images),
+            "--detections",
+            str(args.eval_detections),
+            "--repeats",
+            "1",
+        ],
+        check=True,
+    )
     validation_scoring(args.eval_images, args.eval_detections, args.eval_repeats)
 
 

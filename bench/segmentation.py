@@ -30,21 +30,25 @@ import numpy as np
 import torch
 import torchvision
 
-from mbtasks.models.importers import import_weights
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.evaluation.segmentation import evaluate_cityscapes_folders
 from mbtasks.layers.fusion import for_inference
 from mbtasks.models import build_model
+from mbtasks.models.importers import import_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from arguments import BenchParser, at_least, height_by_width  # bench/arguments.py, beside this script
 from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser: features that differ by place)
 from segmentation_eval import SIZE, write_predictions  # noqa: E402  (the perturbed predictions of that bench)
-from arguments import BenchParser, at_least, height_by_width  # bench/arguments.py, beside this script
 
 RESOLUTIONS = ((512, 1024), (1024, 2048))
-MEANS = (("mean_class_iou", "averageScoreClasses"), ("mean_class_iiou", "averageScoreInstClasses"),
-         ("mean_category_iou", "averageScoreCategories"), ("mean_category_iiou", "averageScoreInstCategories"))
+MEANS = (
+    ("mean_class_iou", "averageScoreClasses"),
+    ("mean_class_iiou", "averageScoreInstClasses"),
+    ("mean_category_iou", "averageScoreCategories"),
+    ("mean_category_iiou", "averageScoreInstCategories"),
+)
 
 
 MODELS = ("torchvision", "mbtasks eager", "mbtasks inference")
@@ -53,11 +57,16 @@ MODELS = ("torchvision", "mbtasks eager", "mbtasks inference")
 def models(tmp: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """torchvision's lraspp_mobilenet_v3_large (19 classes, random weights and batch-norm statistics) and mbtasks'
     holding the same weights, both in eval mode."""
-    reference = randomised(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
-        weights=None, weights_backbone=None, num_classes=19))
+    reference = randomised(
+        torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=19)
+    )
     torch.save(reference.state_dict(), os.path.join(tmp, "torchvision.pth"))
-    import_weights("torchvision", os.path.join(tmp, "torchvision.pth"), "lraspp_mobilenet_v3_large",
-                   os.path.join(tmp, "mbtasks.pth"))
+    import_weights(
+        "torchvision",
+        os.path.join(tmp, "torchvision.pth"),
+        "lraspp_mobilenet_v3_large",
+        os.path.join(tmp, "mbtasks.pth"),
+    )
     return reference, build_model("lraspp_mobilenet_v3_large", weights=os.path.join(tmp, "mbtasks.pth")).eval()
 
 
@@ -70,8 +79,11 @@ def latency(runs: int, tmp: str, sizes=RESOLUTIONS) -> list[tuple[str, dict, dic
     rows = []
     for height, width in sizes:
         x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
-        run = {"torchvision": lambda: reference(x)["out"], "mbtasks eager": lambda: ours(x),
-               "mbtasks inference": lambda: fast(x)}
+        run = {
+            "torchvision": lambda: reference(x)["out"],
+            "mbtasks eager": lambda: ours(x),
+            "mbtasks inference": lambda: fast(x),
+        }
         with torch.inference_mode():
             expected = run["torchvision"]()
             for name in MODELS[1:]:
@@ -79,14 +91,18 @@ def latency(runs: int, tmp: str, sizes=RESOLUTIONS) -> list[tuple[str, dict, dic
                 assert difference < 1e-3, f"{name} logits differ from torchvision's by {difference}"
             wall, cpu = ({name: [] for name in MODELS} for _ in range(2))
             for index in range(runs + 1):  # the first round warms up
-                for name in MODELS[index % 3:] + MODELS[:index % 3]:
+                for name in MODELS[index % 3 :] + MODELS[: index % 3]:
                     start, start_cpu = time.perf_counter(), time.process_time()
                     run[name]()
                     if index:
                         wall[name].append(time.perf_counter() - start)
                         cpu[name].append(time.process_time() - start_cpu)
-        rows.append((f"{height}x{width}", *({name: [1000 * t for t in times[name]] for name in MODELS}
-                                            for times in (wall, cpu))))
+        rows.append(
+            (
+                f"{height}x{width}",
+                *({name: [1000 * t for t in times[name]] for name in MODELS} for times in (wall, cpu)),
+            )
+        )
     return rows
 
 
@@ -132,26 +148,37 @@ def main() -> None:
     parser.add_argument("--images", type=at_least(1), default=10, help="1024x2048 images for the evaluation timing")
     parser.add_argument("--repeats", type=at_least(1), default=3, help="evaluation runs of each (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--sizes", type=sizes, default=RESOLUTIONS,
-                        help="latency inputs, HEIGHTxWIDTH,... (default 512x1024,1024x2048)")
+    parser.add_argument(
+        "--sizes", type=sizes, default=RESOLUTIONS, help="latency inputs, HEIGHTxWIDTH,... (default 512x1024,1024x2048)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"\nlatency, lraspp_mobilenet_v3_large, batch 1, CPU, {args.runs} runs in rotating order: median ms "
-              "(min-max), ratio of medians to torchvision")
+        print(
+            f"\nlatency, lraspp_mobilenet_v3_large, batch 1, CPU, {args.runs} runs in rotating order: median ms "
+            "(min-max), ratio of medians to torchvision"
+        )
         print(f"{'':<25}" + "".join(f"{name:>32}" for name in MODELS))
         for resolution, wall, cpu in latency(args.runs, tmp, args.sizes):
             for kind, times in (("wall-clock", wall), ("CPU", cpu)):
                 base = statistics.median(times["torchvision"])
-                print(f"{resolution + ' ' + kind:<25}" + "".join(
-                    f"{spread(times[name]):>24} {statistics.median(times[name]) / base:.3f}x" for name in MODELS))
+                print(
+                    f"{resolution + ' ' + kind:<25}"
+                    + "".join(
+                        f"{spread(times[name]):>24} {statistics.median(times[name]) / base:.3f}x" for name in MODELS
+                    )
+                )
         ours, official, same = evaluation(args.images, tmp, args.repeats)
     ratios = [o / m for o, m in zip(official, ours)]
-    print(f"\nevaluation, {args.images} images {SIZE[0]}x{SIZE[1]}, the same prediction PNGs, {args.repeats} runs in "
-          "turn: median s (min-max)")
+    print(
+        f"\nevaluation, {args.images} images {SIZE[0]}x{SIZE[1]}, the same prediction PNGs, {args.repeats} runs in "
+        "turn: median s (min-max)"
+    )
     print(f"{'cityscapesscripts':<20}{spread(official, 2):>24}")
     print(f"{'mbtasks':<20}{spread(ours, 2):>24}")
     print(f"cityscapesscripts / mbtasks per run: {spread(ratios)}x; same four means: {same}")

@@ -17,20 +17,20 @@ import copy
 import glob
 import math
 import os
-import tempfile
 import statistics
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 from cityscapesscripts.helpers.labels import labels
 from PIL import Image
 
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.evaluation.segmentation import evaluate_cityscapes_folders
 from mbtasks.io.images import read_label_png
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
 
 SIZE = (1024, 2048)
 
@@ -110,9 +110,7 @@ def main() -> None:
             "decode, PIL, 1 thread": timed(args.repeats, lambda: [decode_pil(t) for t in triples]),
             "decode, cv2, 1 thread": timed(args.repeats, lambda: [decode_cv2(t) for t in triples]),
             f"decode, cv2, {workers} threads": timed(args.repeats, lambda: threaded(decode_cv2)),
-            "mbtasks, 1 thread": timed(
-                args.repeats, lambda: evaluate_cityscapes_folders(gt_root, pred_dir, workers=1)
-            ),
+            "mbtasks, 1 thread": timed(args.repeats, lambda: evaluate_cityscapes_folders(gt_root, pred_dir, workers=1)),
             f"mbtasks, {workers} threads": timed(
                 args.repeats, lambda: evaluate_cityscapes_folders(gt_root, pred_dir, workers=workers)
             ),

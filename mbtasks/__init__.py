@@ -1,4 +1,5 @@
 """mbtasks: detection, segmentation and image-level tasks on MobileNet v1/v2/v3 backbones."""
+
 from .errors import MbtasksError
 
 __all__ = ["MbtasksError", "build_backbone", "build_model", "list_models"]

@@ -1,4 +1,5 @@
 """The one entry point: `mbtasks COMMAND ...`."""
+
 import argparse
 import json
 import os
@@ -71,14 +72,15 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from .reference import reference_rows
 
     if args.model is None:
-        print(f"{'model':<30}{'options':<56}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}"
-              f"{'ms':>9}")
+        print(f"{'model':<30}{'options':<56}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}{'ms':>9}")
         for name, options, res, paper_params, paper_madds in reference_rows():
             figures = profile(build_model(name, **options), example_input(res), args.runs)
             shown = ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("size",))
             size = res if isinstance(res, int) else f"{res[0]}x{res[1]}"
-            print(f"{name:<30}{shown:<56}{size:>10}{figures['params'] / 1e6:>11.2f}M{paper_params / 1e6:>7.2f}M"
-                  f"{figures['madds'] / 1e9:>9.3f}G{paper_madds / 1e9:>7.2f}G{figures['latency_ms']:>9.1f}")
+            print(
+                f"{name:<30}{shown:<56}{size:>10}{figures['params'] / 1e6:>11.2f}M{paper_params / 1e6:>7.2f}M"
+                f"{figures['madds'] / 1e9:>9.3f}G{paper_madds / 1e9:>7.2f}G{figures['latency_ms']:>9.1f}"
+            )
         return
     options = dict(args.option or [])
     if args.width is not None:
@@ -92,8 +94,10 @@ def cmd_profile(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(figures))
     else:
-        print(f"{args.model}: {figures['params']:,} parameters, {figures['madds'] / 1e6:.1f}M multiply-adds, "
-              f"{figures['latency_ms']:.2f} ms at batch 1")
+        print(
+            f"{args.model}: {figures['params']:,} parameters, {figures['madds'] / 1e6:.1f}M multiply-adds, "
+            f"{figures['latency_ms']:.2f} ms at batch 1"
+        )
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -176,8 +180,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from .tasks.runtime import load_onnx_model
 
         if args.model is None or args.checkpoint is not None:
-            raise MbtasksError("--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), "
-                               "not a --checkpoint")
+            raise MbtasksError(
+                "--runtime onnxruntime evaluates --model FILE.onnx (from `mbtasks export`), not a --checkpoint"
+            )
         onnx_model, record = load_onnx_model(args.model, args.task)
         source = args.model
     elif args.model is not None:
@@ -193,8 +198,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     data.prepare_data()
     data.setup("validate")
     if list(data.class_names) != list(record.class_names):
-        raise MbtasksError(f"was trained on classes {record.class_names[1:4]}..., the data set has "
-                           f"{list(data.class_names)[1:4]}...", source)
+        raise MbtasksError(
+            f"was trained on classes {record.class_names[1:4]}..., the data set has {list(data.class_names)[1:4]}...",
+            source,
+        )
     # the same evaluators, the checkpoint's network (its inference copy) or the exported graph in ONNX Runtime
     task.model = for_inference(task.model) if onnx_model is None else onnx_model
     _validate(args, config, data, task)
@@ -209,9 +216,11 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
 
     config = _config(args) if args.task or args.config else None
     if config is None or not config.model.weights:
-        raise MbtasksError("evaluate needs --checkpoint, or model.weights (a weights file, or weights by name such as "
-                           "torchvision:SSDLite320_MobileNet_V3_Large_Weights.COCO_V1) with --task or --config; "
-                           "or --runtime onnxruntime --model FILE.onnx; or, for det, --annotations with --detections")
+        raise MbtasksError(
+            "evaluate needs --checkpoint, or model.weights (a weights file, or weights by name such as "
+            "torchvision:SSDLite320_MobileNet_V3_Large_Weights.COCO_V1) with --task or --config; "
+            "or --runtime onnxruntime --model FILE.onnx; or, for det, --annotations with --detections"
+        )
     weights = load_weights(config.model.weights)
     config.model.name = config.model.name or weights.model
     spec = TASKS.get(config.task)
@@ -230,11 +239,18 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
     if args.save_predictions and not args.overwrite:
         folder = Path(args.save_predictions)
         if earlier := task.earlier_predictions(folder):
-            raise MbtasksError(f"holds {len(earlier)} files where this run writes its predictions (first: "
-                               f"{earlier[0].relative_to(folder)}): pass --overwrite to replace them, or choose "
-                               "another --save-predictions folder", folder)
-    task.evaluation_options = {"save_predictions": args.save_predictions, "scales": args.scales, "flip": args.flip,
-                               "coco_backend": args.coco_backend}
+            raise MbtasksError(
+                f"holds {len(earlier)} files where this run writes its predictions (first: "
+                f"{earlier[0].relative_to(folder)}): pass --overwrite to replace them, or choose "
+                "another --save-predictions folder",
+                folder,
+            )
+    task.evaluation_options = {
+        "save_predictions": args.save_predictions,
+        "scales": args.scales,
+        "flip": args.flip,
+        "coco_backend": args.coco_backend,
+    }
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)
     if trainer.is_global_zero:
@@ -291,11 +307,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
     _quiet_libraries()
-    given = {"score_threshold": args.score_threshold, "scales": args.scales, "flip": args.flip or None,
-             "threshold": args.threshold, "pairs": args.pairs}
-    for line in predict(args.checkpoint, args.inputs, args.out, task=args.task,
-                        options={k: v for k, v in given.items() if v is not None}, batch_size=args.batch_size,
-                        workers=args.workers, device=args.device, strict=args.strict, overwrite=args.overwrite):
+    given = {
+        "score_threshold": args.score_threshold,
+        "scales": args.scales,
+        "flip": args.flip or None,
+        "threshold": args.threshold,
+        "pairs": args.pairs,
+    }
+    for line in predict(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        task=args.task,
+        options={k: v for k, v in given.items() if v is not None},
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        strict=args.strict,
+        overwrite=args.overwrite,
+    ):
         print(line)
 
 
@@ -309,10 +339,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .layers.fusion import for_inference
 
     _, data, task = _task_of_record(args, record, args.checkpoint)
-    report = export_onnx(for_inference(task.model), record, data, args.out, int8=args.int8,
-                         calibration=args.calibration, samples=args.samples)
-    kind = (f"int8 ({report.int8_choice['chosen']}, calibrated on {report.calibration_images} training images)"
-            if args.int8 else "fp32")
+    report = export_onnx(
+        for_inference(task.model),
+        record,
+        data,
+        args.out,
+        int8=args.int8,
+        calibration=args.calibration,
+        samples=args.samples,
+    )
+    kind = (
+        f"int8 ({report.int8_choice['chosen']}, calibrated on {report.calibration_images} training images)"
+        if args.int8
+        else "fp32"
+    )
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record.task} {record.model}, {kind}")
     print(report.summary())
     if args.int8:
@@ -340,8 +380,15 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 def cmd_ablate(args: argparse.Namespace) -> None:
 
-    from .ablation import (default_config, parse_resolutions, parse_versions, parse_widths, plan_runs,
-                           run_ablation, write_outputs)
+    from .ablation import (
+        default_config,
+        parse_resolutions,
+        parse_versions,
+        parse_widths,
+        plan_runs,
+        run_ablation,
+        write_outputs,
+    )
     from .config import load_config
     from .io.outputs import output_folder
 
@@ -372,10 +419,12 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 
 OVERWRITE = "replace existing output files"
-PREDICT_OUTPUTS = ("Each photo's answer under --out at its relative path (photos turned upright by EXIF): det drawn "
-                   "boxes, detections.json; seg overlay/ and labels/ in the data set's results format; attr the "
-                   "attributes at --threshold on the photo, attributes.json; embed embeddings.npy and .json "
-                   "(--pairs: distances and verdicts); cls the top five on the photo and in classes.json.")
+PREDICT_OUTPUTS = (
+    "Each photo's answer under --out at its relative path (photos turned upright by EXIF): det drawn "
+    "boxes, detections.json; seg overlay/ and labels/ in the data set's results format; attr the "
+    "attributes at --threshold on the photo, attributes.json; embed embeddings.npy and .json "
+    "(--pairs: distances and verdicts); cls the top five on the photo and in classes.json."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,20 +438,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name (default: a table of the whole MobileNet family)")
     p.add_argument("--width", type=float, help="width multiplier")
     p.add_argument("--resolution", type=_resolution, help="N or HxW (default 224; a detector's own size)")
-    p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
-                   help="a model option, e.g. reduced_tail=true (repeatable)")
+    p.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a model option, e.g. reduced_tail=true (repeatable)",
+    )
     p.add_argument("--runs", type=at_least(1), default=30, help="timed runs for the median latency")
     p.add_argument("--json", action="store_true", help="print one JSON object: params, madds, latency_ms")
     p.set_defaults(func=cmd_profile)
 
     p = commands.add_parser("weights", help="import checkpoints from torchvision or timm")
     weights = p.add_subparsers(dest="weights_command", required=True)
-    p = weights.add_parser("import", help="convert torchvision / timm weights (a state-dict file, or by name) to "
-                                          "mbtasks' layout")
+    p = weights.add_parser(
+        "import", help="convert torchvision / timm weights (a state-dict file, or by name) to mbtasks' layout"
+    )
     p.add_argument("--from", dest="source", choices=["torchvision", "timm"], help="a state-dict file's library")
-    p.add_argument("src", help="state-dict file saved from the source model, or weights by name: "
-                               "torchvision:<Enum>.<NAME> (e.g. torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1) "
-                               "or timm:<name> (e.g. timm:mobilenetv3_large_100.ra_in1k), from their caches")
+    p.add_argument(
+        "src",
+        help="state-dict file saved from the source model, or weights by name: "
+        "torchvision:<Enum>.<NAME> (e.g. torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1) "
+        "or timm:<name> (e.g. timm:mobilenetv3_large_100.ra_in1k), from their caches",
+    )
     p.add_argument("--model", help="mbtasks model name (a state-dict file's; weights by name name their own)")
     p.add_argument("--out", required=True, help="mbtasks weights file to write")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
@@ -411,8 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model (Lightning)")
     _add_config_arguments(p)
     p.add_argument("--resume", help="checkpoint to resume from (e.g. OUT/checkpoints/last.ckpt)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="train.out_dir holds an earlier run's checkpoints: remove them and train afresh")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train.out_dir holds an earlier run's checkpoints: remove them and train afresh",
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="official metric of a checkpoint, or of a saved results file")
@@ -420,50 +481,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="training checkpoint")
     p.add_argument("--annotations", help="det: COCO ground-truth json (with --detections: no model)")
     p.add_argument("--detections", help="det: COCO results json")
-    p.add_argument("--gt", help="seg: data root (Cityscapes with gtFine/, VOC, a folder of masks) whose ground truth "
-                                "--predictions are scored against, as its format scores them (no model)")
-    p.add_argument("--predictions", help="seg: folder of saved predictions (Cityscapes: labelId PNGs; others: class-"
-                                         "index PNGs, as --save-predictions writes them)")
+    p.add_argument(
+        "--gt",
+        help="seg: data root (Cityscapes with gtFine/, VOC, a folder of masks) whose ground truth "
+        "--predictions are scored against, as its format scores them (no model)",
+    )
+    p.add_argument(
+        "--predictions",
+        help="seg: folder of saved predictions (Cityscapes: labelId PNGs; others: class-"
+        "index PNGs, as --save-predictions writes them)",
+    )
     p.add_argument("--split", default="val", help="seg: split of --gt to score (default val)")
-    p.add_argument("--save-predictions", help="seg: write the predictions here in the data format's results layout "
-                                              "(Cityscapes: labelId and colour PNGs; others: class-index PNGs)")
-    p.add_argument("--scales", type=_scales,
-                   help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
+    p.add_argument(
+        "--save-predictions",
+        help="seg: write the predictions here in the data format's results layout "
+        "(Cityscapes: labelId and colour PNGs; others: class-index PNGs)",
+    )
+    p.add_argument("--scales", type=_scales, help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
-                   help="torch: the --checkpoint's network in PyTorch (default); onnxruntime: an exported --model")
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch: the --checkpoint's network in PyTorch (default); onnxruntime: an exported --model",
+    )
     p.add_argument("--model", help="onnxruntime: an ONNX file written by `mbtasks export` (its data config inside)")
-    p.add_argument("--coco-backend", metavar="NAME",
-                   help="det: faster-coco-eval (default; pycocotools' figures within 1e-12, several times faster) or "
-                        "pycocotools (its figures to the last bit)")
+    p.add_argument(
+        "--coco-backend",
+        metavar="NAME",
+        help="det: faster-coco-eval (default; pycocotools' figures within 1e-12, several times faster) or "
+        "pycocotools (its figures to the last bit)",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--overwrite", action="store_true", help=f"{OVERWRITE} (--json, --save-predictions)")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser(
-        "export", help="write a checkpoint's network to ONNX (fp32 or int8), checked against PyTorch",
+        "export",
+        help="write a checkpoint's network to ONNX (fp32 or int8), checked against PyTorch",
         description="The graph: seg/attr/embed/cls the network (normalised images -> logits / embeddings); det the "
-                    "whole detector, one [0, 1] image of any size -> boxes in its pixels, scores, labels (resizing, "
-                    "normalisation, network, box decoding, torchvision SSD's selection with NMS, boxes scaled back).")
+        "whole detector, one [0, 1] image of any size -> boxes in its pixels, scores, labels (resizing, "
+        "normalisation, network, box decoding, torchvision SSD's selection with NMS, boxes scaled back).",
+    )
     _add_config_arguments(p)
     p.add_argument("--checkpoint", required=True, help="training checkpoint")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="file format (onnx)")
-    p.add_argument("--int8", action="store_true",
-                   help="static int8 quantisation, the fastest here of a few ways (QDQ or QOperator, per-channel or "
-                   "per-tensor weights, depthwise convolutions int8 or fp32), timed at export")
-    p.add_argument("--calibration", type=at_least(1), default=100,
-                   help="int8: training images to calibrate on (default 100)")
-    p.add_argument("--samples", type=at_least(1), default=4,
-                   help="validation images to compare onnxruntime with pytorch on (default 4)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8 quantisation, the fastest here of a few ways (QDQ or QOperator, per-channel or "
+        "per-tensor weights, depthwise convolutions int8 or fp32), timed at export",
+    )
+    p.add_argument(
+        "--calibration", type=at_least(1), default=100, help="int8: training images to calibrate on (default 100)"
+    )
+    p.add_argument(
+        "--samples",
+        type=at_least(1),
+        default=4,
+        help="validation images to compare onnxruntime with pytorch on (default 4)",
+    )
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_export)
 
-    p = commands.add_parser("predict", help="apply a checkpoint or an exported ONNX file to photos (every task)",
-                            description=PREDICT_OUTPUTS)
+    p = commands.add_parser(
+        "predict",
+        help="apply a checkpoint or an exported ONNX file to photos (every task)",
+        description=PREDICT_OUTPUTS,
+    )
     p.add_argument("--checkpoint", required=True, help="training checkpoint, or ONNX file from `mbtasks export`")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (searched recursively for image extensions) and glob patterns")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively for image extensions) and glob patterns",
+    )
     p.add_argument("--out", required=True, help="folder for the pictures and the JSON")
     p.add_argument("--task", help="check that the model is of this task (it comes from the file)")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="photos per forward pass (default 8)")
@@ -471,20 +564,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
     p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
     p.add_argument("--score-threshold", type=_fraction, help="det: draw boxes scoring at least this (default 0.3)")
-    p.add_argument("--scales", type=_scales,
-                   help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
+    p.add_argument("--scales", type=_scales, help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
-    p.add_argument("--threshold", type=float,
-                   help="attr: write attributes of at least this probability (default 0.5); embed: the distance "
-                        "below which a pair is the same person (default: the one the checkpoint's validation chose)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="attr: write attributes of at least this probability (default 0.5); embed: the distance "
+        "below which a pair is the same person (default: the one the checkpoint's validation chose)",
+    )
     p.add_argument("--pairs", help="embed: a file of image pairs (two paths a line) whose distances to print")
     p.add_argument("--overwrite", action="store_true", help=f"{OVERWRITE} (an earlier run's under --out)")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser(
-        "info", help="what a checkpoint, weights file or exported ONNX file holds",
+        "info",
+        help="what a checkpoint, weights file or exported ONNX file holds",
         description="Task, model, options, classes, the recipe it was trained with, the last validation metrics, "
-                    "parameters, multiply-adds (at the recipe's input size; a detector's own), file size and sha256.")
+        "parameters, multiply-adds (at the recipe's input size; a detector's own), file size and sha256.",
+    )
     p.add_argument("file", help="training checkpoint, mbtasks weights file, or ONNX file from `mbtasks export`")
     p.add_argument("--json", action="store_true", help="print it all as one JSON object")
     p.set_defaults(func=cmd_info)
@@ -499,27 +596,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_synth)
 
     p = commands.add_parser(
-        "ablate", help="train, evaluate and profile versions x widths x resolutions of a task",
+        "ablate",
+        help="train, evaluate and profile versions x widths x resolutions of a task",
         description="Every combination trained and evaluated on the task's config (default: its demo config, in "
-                    "configs/demo/ of the source tree or a plugin's own), or only profiled; runs finished with the "
-                    "same settings are skipped on a rerun, one finished with other settings is kept (the new run gets "
-                    "a folder of its own, or replaces it with --overwrite), a failed run is recorded and the rest go "
-                    "on. Writes results.csv, results.md and PNG plots (metric against multiply-adds and latency; "
-                    "profile-only: latency against multiply-adds) in --out.")
+        "configs/demo/ of the source tree or a plugin's own), or only profiled; runs finished with the "
+        "same settings are skipped on a rerun, one finished with other settings is kept (the new run gets "
+        "a folder of its own, or replaces it with --overwrite), a failed run is recorded and the rest go "
+        "on. Writes results.csv, results.md and PNG plots (metric against multiply-adds and latency; "
+        "profile-only: latency against multiply-adds) in --out.",
+    )
     _add_config_arguments(p)
     p.add_argument("--backbones", default="v1,v2,v3_large,v3_small", help="versions, e.g. v1,v3_large (default: all)")
-    p.add_argument("--widths", action="append", metavar="[VERSION=]W,W",
-                   help="width multipliers: a plain list for every version (default 1.0), VERSION=... for one "
-                        "(repeatable), e.g. --widths 0.5,1.0 --widths v2=0.35,1.4")
-    p.add_argument("--resolutions", metavar="N,HxW",
-                   help="input sizes (det: the detector's size; seg: the training crop; default: the config's)")
-    p.add_argument("--profile-only", action="store_true",
-                   help="parameters, multiply-adds and latency only; classes from model.options.num_classes, "
-                        "else the task's usual data set's (ImageNet's 1000 for cls)")
+    p.add_argument(
+        "--widths",
+        action="append",
+        metavar="[VERSION=]W,W",
+        help="width multipliers: a plain list for every version (default 1.0), VERSION=... for one "
+        "(repeatable), e.g. --widths 0.5,1.0 --widths v2=0.35,1.4",
+    )
+    p.add_argument(
+        "--resolutions",
+        metavar="N,HxW",
+        help="input sizes (det: the detector's size; seg: the training crop; default: the config's)",
+    )
+    p.add_argument(
+        "--profile-only",
+        action="store_true",
+        help="parameters, multiply-adds and latency only; classes from model.options.num_classes, "
+        "else the task's usual data set's (ImageNet's 1000 for cls)",
+    )
     p.add_argument("--runs", type=at_least(0), default=10, help="timed runs for the median latency (0: no latency)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="a run finished before with other settings is replaced (default: kept, the new one runs in "
-                        "RUN-2, RUN-3, ...)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="a run finished before with other settings is replaced (default: kept, the new one runs in "
+        "RUN-2, RUN-3, ...)",
+    )
     p.add_argument("--out", required=True, help="folder for results.csv, results.md, the plots and runs/")
     p.set_defaults(func=cmd_ablate)
     return parser
@@ -551,8 +663,11 @@ def _lightning_refusal(error: Exception) -> bool:
 
 def _out_of_memory(error: Exception) -> bool:
     """Python's, CUDA's (torch.OutOfMemoryError) or the CPU allocator's (a RuntimeError) report of too little memory."""
-    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
-            or "can't allocate memory" in str(error))
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in str(error)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,21 +18,61 @@ from .errors import MbtasksError
 SCHEDULES = ("cosine", "poly", "step", "constant")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 # train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
-LOGGERS = {"csv": ("CSVLogger", None), "tensorboard": ("TensorBoardLogger", "tensorboard"),
-           "wandb": ("WandbLogger", "wandb"), "mlflow": ("MLFlowLogger", "mlflow")}
+LOGGERS = {
+    "csv": ("CSVLogger", None),
+    "tensorboard": ("TensorBoardLogger", "tensorboard"),
+    "wandb": ("WandbLogger", "wandb"),
+    "mlflow": ("MLFlowLogger", "mlflow"),
+}
 # Lightning's own sets, written out so that loading a recipe needs no torch (seconds of imports); a test keeps them
 # equal to the installed Lightning's (precision: its _PRECISION_INPUT; accelerators and strategies: its registries).
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
-              "transformer-engine-float16", "32", "16", "bf16", "64", 32, 16, 64)
+PRECISIONS = (
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "32",
+    "16",
+    "bf16",
+    "64",
+    32,
+    16,
+    64,
+)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_false",
-              "ddp_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_false",
-              "ddp_spawn_find_unused_parameters_true", "ddp_fork_find_unused_parameters_false",
-              "ddp_fork_find_unused_parameters_true", "ddp_notebook_find_unused_parameters_false",
-              "ddp_notebook_find_unused_parameters_true", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2",
-              "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
-              "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device", "single_xla",
-              "xla_debug", "xla", "single_tpu")
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true",
+    "ddp_spawn_find_unused_parameters_false",
+    "ddp_spawn_find_unused_parameters_true",
+    "ddp_fork_find_unused_parameters_false",
+    "ddp_fork_find_unused_parameters_true",
+    "ddp_notebook_find_unused_parameters_false",
+    "ddp_notebook_find_unused_parameters_true",
+    "deepspeed",
+    "deepspeed_stage_1",
+    "deepspeed_stage_2",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme",
+    "fsdp",
+    "fsdp_cpu_offload",
+    "single_device",
+    "single_xla",
+    "xla_debug",
+    "xla",
+    "single_tpu",
+)
 
 
 def _check(rule: str, test: Callable[[Any], bool], names: tuple = ()) -> dict:
@@ -61,9 +101,11 @@ def _one_of(*names, listed: str | None = None) -> dict:
 
 def _each_of(*names) -> dict:
     """A list of `names`, each at most once."""
-    return _check(f"must be a list of {', '.join(names)} (each at most once)",
-                  lambda value: all(isinstance(v, str) and v in names for v in value) and len(set(value)) == len(value),
-                  names)
+    return _check(
+        f"must be a list of {', '.join(names)} (each at most once)",
+        lambda value: all(isinstance(v, str) and v in names for v in value) and len(set(value)) == len(value),
+        names,
+    )
 
 
 def _is_count(value: Any, low: int) -> bool:
@@ -96,8 +138,10 @@ def _is_devices(value: Any) -> bool:
 
 def _batch_limit() -> dict:
     """Lightning's limit_*_batches: a number of batches, or a fraction of them."""
-    return _check("must be a number of batches (0 or more) or a fraction of them from 0.0 to 1.0",
-                  lambda value: _is_count(value, 0) or isinstance(value, float) and 0 <= value <= 1)
+    return _check(
+        "must be a number of batches (0 or more) or a fraction of them from 0.0 to 1.0",
+        lambda value: _is_count(value, 0) or isinstance(value, float) and 0 <= value <= 1,
+    )
 
 
 @dataclass
@@ -147,12 +191,18 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=_between(0, 1))
     precision: str | int = field(default="32-true", metadata=_one_of(*PRECISIONS))
     accelerator: str = field(default="auto", metadata=_one_of(*ACCELERATORS))
-    devices: Any = field(default=1, metadata=_check(
-        "must be auto, a number of devices (-1: all of them) or a list of device indices", _is_devices))
+    devices: Any = field(
+        default=1,
+        metadata=_check("must be auto, a number of devices (-1: all of them) or a list of device indices", _is_devices),
+    )
     num_nodes: int = field(default=1, metadata=_at_least(1))
     # the message lists the strategies, not each variant of them (ddp_fork, deepspeed_stage_2, ...)
-    strategy: str = field(default="auto", metadata=_one_of(*STRATEGIES, listed=", ".join(
-        [*(name for name in STRATEGIES if "_" not in name), "ddp_spawn", "..."])))
+    strategy: str = field(
+        default="auto",
+        metadata=_one_of(
+            *STRATEGIES, listed=", ".join([*(name for name in STRATEGIES if "_" not in name), "ddp_spawn", "..."])
+        ),
+    )
     seed: int = field(default=0, metadata=_between(0, 2**32 - 1))  # numpy's seed range
     out_dir: str = "runs/default"
     val_every: int = field(default=1, metadata=_at_least(1))
@@ -162,13 +212,15 @@ class TrainConfig:
     log_every: int = field(default=10, metadata=_at_least(1))
     progress_bar: bool = True
     # the warm-up's first learning rate, a factor of train.lr (torchvision's detection); torch's LinearLR takes (0, 1]
-    warmup_factor: float = field(default=0.001, metadata=_check("must be above 0 and at most 1",
-                                                                lambda value: 0 < value <= 1))
+    warmup_factor: float = field(
+        default=0.001, metadata=_check("must be above 0 and at most 1", lambda value: 0 < value <= 1)
+    )
     sync_batchnorm: bool = False  # batch-norm statistics over all processes (Lightning's SyncBN)
     accumulate_grad_batches: int = field(default=1, metadata=_at_least(1))
     # an exponential moving average of the weights: validated, saved, evaluated
-    ema_decay: float | None = field(default=None, metadata=_check("must be between 0 and 1 (exclusive)",
-                                                                  lambda value: 0 < value < 1))
+    ema_decay: float | None = field(
+        default=None, metadata=_check("must be between 0 and 1 (exclusive)", lambda value: 0 < value < 1)
+    )
     # also write last.ckpt every this many optimiser steps
     checkpoint_every_steps: int | None = field(default=None, metadata=_at_least(1))
     # also keep checkpoints/epoch{N}.ckpt every this many epochs
@@ -209,13 +261,14 @@ def _build(cls, values: dict, where: str, source: str):
             kwargs[name] = _typed(value, known[name].type, key, source)
             check = known[name].metadata
             if check and kwargs[name] is not None and not check["test"](kwargs[name]):
-                raise MbtasksError(f"{key} {check['rule']}, got {value!r}{_did_you_mean(value, check['names'])}",
-                                   source)
+                raise MbtasksError(
+                    f"{key} {check['rule']}, got {value!r}{_did_you_mean(value, check['names'])}", source
+                )
     return cls(**kwargs)
 
 
 def _did_you_mean(value: Any, names: tuple) -> str:
-    """" (did you mean 'cosine'?)" for a mistyped name (or the first one in a list) close to one of `names`."""
+    """ " (did you mean 'cosine'?)" for a mistyped name (or the first one in a list) close to one of `names`."""
     by_lower = {}  # "SGD" is a typo of sgd too; of "32" and 32, the first named
     for name in names:
         by_lower.setdefault(str(name).lower(), name)
@@ -231,8 +284,9 @@ def _check_together(config: Config, source: str) -> None:
     train = config.train
     if train.optimizer == "sgd" and train.nesterov and train.momentum <= 0:
         # torch's SGD refuses it, but only when training starts, after the output folder is made.
-        raise MbtasksError("train.nesterov needs train.momentum above 0 (Nesterov momentum), got momentum "
-                           f"{train.momentum}", source)
+        raise MbtasksError(
+            f"train.nesterov needs train.momentum above 0 (Nesterov momentum), got momentum {train.momentum}", source
+        )
 
 
 def _typed(value: Any, annotation: Any, key: str, source: str) -> Any:
@@ -276,8 +330,9 @@ def apply_override(values: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), task: str | None = None,
-                base: dict | None = None) -> Config:
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), task: str | None = None, base: dict | None = None
+) -> Config:
     """Read a YAML recipe (or start from `base`, or empty), apply `--set` overrides, and type-check the result."""
     values: dict = copy.deepcopy(base) if base else {}
     source = str(path) if path else "<command line>"

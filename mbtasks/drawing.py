@@ -1,4 +1,5 @@
 """Pictures of predictions: text written on a photo, a colour map blended over it, and PNGs written safely."""
+
 from pathlib import Path
 
 import cv2

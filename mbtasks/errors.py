@@ -2,9 +2,17 @@
 is not installed."""
 
 # What to install for a module that is missing: the extra that brings it, or its name on PyPI.
-INSTALL = {"onnx": "'mbtasks[export]'", "onnxruntime": "'mbtasks[export]'", "onnxscript": "'mbtasks[export]'",
-           "faster_coco_eval": "faster-coco-eval", "cv2": "opencv-python-headless", "yaml": "pyyaml", "PIL": "pillow",
-           "sklearn": "scikit-learn", "skimage": "scikit-image"}
+INSTALL = {
+    "onnx": "'mbtasks[export]'",
+    "onnxruntime": "'mbtasks[export]'",
+    "onnxscript": "'mbtasks[export]'",
+    "faster_coco_eval": "faster-coco-eval",
+    "cv2": "opencv-python-headless",
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+}
 
 
 class MbtasksError(Exception):
@@ -18,5 +26,6 @@ class MbtasksError(Exception):
 def missing_package(module: str) -> MbtasksError:
     """The error for a module that cannot be imported because its package is not installed: what to install."""
     top = module.split(".")[0]
-    return MbtasksError(f"this needs the Python package {top!r}, which is not installed here: "
-                        f"pip install {INSTALL.get(top, top)}")
+    return MbtasksError(
+        f"this needs the Python package {top!r}, which is not installed here: pip install {INSTALL.get(top, top)}"
+    )

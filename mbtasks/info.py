@@ -1,6 +1,7 @@
 """`mbtasks info FILE`: what a checkpoint, weights file or exported ONNX file holds, as torchvision's `Weights.meta`
 tells of its own weights: task, model, options, classes, the recipe, the last validation metrics, parameters,
 multiply-adds, file size and sha256."""
+
 import hashlib
 from pathlib import Path
 
@@ -30,12 +31,24 @@ def describe(path: str | Path) -> dict:
         raise MbtasksError(f"holds a model mbtasks does not know ({record.model!r})", path)
     network = MODELS.get(record.model).build(**record.options)
     resolution = _profile_resolution(record, network)
-    return {"file": str(path), "kind": kind, "task": record.task, "model": record.model, "backbone": record.backbone,
-            "options": record.options, "categories": record.class_names, "category_ids": record.category_ids,
-            "recipe": record.config, "metrics": record.metrics, "export": export,
-            "num_params": count_parameters(network), "madds": count_madds(network, example_input(resolution)),
-            "input_size": list(resolution) if isinstance(resolution, tuple) else [resolution, resolution],
-            "file_size": path.stat().st_size, "sha256": _sha256(path)}
+    return {
+        "file": str(path),
+        "kind": kind,
+        "task": record.task,
+        "model": record.model,
+        "backbone": record.backbone,
+        "options": record.options,
+        "categories": record.class_names,
+        "category_ids": record.category_ids,
+        "recipe": record.config,
+        "metrics": record.metrics,
+        "export": export,
+        "num_params": count_parameters(network),
+        "madds": count_madds(network, example_input(resolution)),
+        "input_size": list(resolution) if isinstance(resolution, tuple) else [resolution, resolution],
+        "file_size": path.stat().st_size,
+        "sha256": _sha256(path),
+    }
 
 
 def _profile_resolution(record: Record, network) -> int | tuple[int, int]:
@@ -66,8 +79,9 @@ def format_info(info: dict) -> str:
     names = info["categories"]
     shown = ", ".join(names if len(names) <= 12 else [*names[:10], "..."])
     export = info["export"]
-    kind = KINDS[info["kind"]] + (f" ({'int8' if export['int8'] else 'fp32'}, opset {export['opset']})"
-                                  if export else "")
+    kind = KINDS[info["kind"]] + (
+        f" ({'int8' if export['int8'] else 'fp32'}, opset {export['opset']})" if export else ""
+    )
     h, w = info["input_size"]
     scalars = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     lines = [
@@ -80,15 +94,19 @@ def format_info(info: dict) -> str:
         f"multiply-adds  {info['madds'] / 1e9:.3f}G at {h}x{w}",
         f"file size      {info['file_size'] / 1e6:.2f} MB ({info['file_size']:,} bytes)",
         f"sha256         {info['sha256']}",
-        "metrics        " + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in
-                                       scalars.items()) or "(none)") + " (last validation)" * bool(scalars),
+        "metrics        "
+        + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()) or "(none)")
+        + " (last validation)" * bool(scalars),
     ]
     choice = (export or {}).get("int8_choice")
     if choice:  # what the export measured when it chose how to quantise (mbtasks.export.int8.choose)
         ms = choice["ms"]
-        lines.insert(1, f"int8 choice    {choice['chosen']}: {ms[choice['chosen']] / ms['fp32']:.2f}x of fp32 when "
-                        f"exported (median of {choice['runs']} runs, {choice['threads']} threads, "
-                        f"{'x'.join(map(str, choice['input']))} input)")
+        lines.insert(
+            1,
+            f"int8 choice    {choice['chosen']}: {ms[choice['chosen']] / ms['fp32']:.2f}x of fp32 when "
+            f"exported (median of {choice['runs']} runs, {choice['threads']} threads, "
+            f"{'x'.join(map(str, choice['input']))} input)",
+        )
     if info["recipe"]:
         recipe = yaml.safe_dump(info["recipe"], sort_keys=False, default_flow_style=False)
         lines += ["recipe", *("  " + line for line in recipe.rstrip().splitlines())]

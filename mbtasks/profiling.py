@@ -1,4 +1,5 @@
 """Parameters, multiply-adds (convolutions and linear layers, as the papers count) and CPU latency."""
+
 import statistics
 import time
 
@@ -59,12 +60,14 @@ def profile(model: nn.Module, example: object, runs: int = 30) -> dict:
     torchvision and the papers count), latency_ms of the copy that evaluate and predict run (for_inference)."""
     from .layers.fusion import for_inference
 
-    return {"params": count_parameters(model), "madds": count_madds(model, example),
-            "latency_ms": round(measure_latency(for_inference(model), example, runs), 3)}
+    return {
+        "params": count_parameters(model),
+        "madds": count_madds(model, example),
+        "latency_ms": round(measure_latency(for_inference(model), example, runs), 3),
+    }
 
 
 def example_input(resolution: int | tuple[int, int]) -> torch.Tensor:
     """A batch-1 input of the given resolution (square for an int)."""
     h, w = height_width(resolution)
     return torch.rand(1, 3, h, w)
-

@@ -7,15 +7,21 @@ weights metadata counts the same in its `_meta["_ops"]` (in billions). Pure data
 # ImageNet classifiers: (model, width, resolution) -> (params, multiply-adds), as the papers print them.
 PAPER_FIGURES = {
     # v1 paper, table 6 (width multipliers at 224) and table 7 (resolutions at width 1.0).
-    ("mobilenet_v1", 1.0, 224): (4.2e6, 569e6), ("mobilenet_v1", 0.75, 224): (2.6e6, 325e6),
-    ("mobilenet_v1", 0.5, 224): (1.3e6, 149e6), ("mobilenet_v1", 0.25, 224): (0.5e6, 41e6),
-    ("mobilenet_v1", 1.0, 192): (4.2e6, 418e6), ("mobilenet_v1", 1.0, 160): (4.2e6, 290e6),
+    ("mobilenet_v1", 1.0, 224): (4.2e6, 569e6),
+    ("mobilenet_v1", 0.75, 224): (2.6e6, 325e6),
+    ("mobilenet_v1", 0.5, 224): (1.3e6, 149e6),
+    ("mobilenet_v1", 0.25, 224): (0.5e6, 41e6),
+    ("mobilenet_v1", 1.0, 192): (4.2e6, 418e6),
+    ("mobilenet_v1", 1.0, 160): (4.2e6, 290e6),
     ("mobilenet_v1", 1.0, 128): (4.2e6, 186e6),
     # v2 paper, table 4.
-    ("mobilenet_v2", 1.0, 224): (3.4e6, 300e6), ("mobilenet_v2", 1.4, 224): (6.9e6, 585e6),
+    ("mobilenet_v2", 1.0, 224): (3.4e6, 300e6),
+    ("mobilenet_v2", 1.4, 224): (6.9e6, 585e6),
     # v3 paper, table 3.
-    ("mobilenet_v3_large", 1.0, 224): (5.4e6, 219e6), ("mobilenet_v3_large", 0.75, 224): (4.0e6, 155e6),
-    ("mobilenet_v3_small", 1.0, 224): (2.5e6, 56e6), ("mobilenet_v3_small", 0.75, 224): (2.0e6, 44e6),
+    ("mobilenet_v3_large", 1.0, 224): (5.4e6, 219e6),
+    ("mobilenet_v3_large", 0.75, 224): (4.0e6, 155e6),
+    ("mobilenet_v3_small", 1.0, 224): (2.5e6, 56e6),
+    ("mobilenet_v3_small", 0.75, 224): (2.0e6, 44e6),
 }
 
 # torchvision's ImageNet classifiers, the same networks as mbtasks': (model, width, resolution) -> (params,
@@ -71,8 +77,13 @@ DETECTOR_TORCHVISION_FIGURES = {("ssdlite320_mobilenet_v3_large", 1.0, 320): (3_
 def reference_rows() -> list[tuple[str, dict, int | tuple[int, int], float, float]]:
     """(model, options, resolution, paper params, paper multiply-adds) for every paper figure above, in table order."""
     rows = [(name, {"width_mult": width}, res, *paper) for (name, width, res), paper in PAPER_FIGURES.items()]
-    rows += [(name, {"width_mult": width, "size": res, **DETECTOR_PAPER_OPTIONS.get(name, {})}, res, *paper)
-             for (name, width, res), paper in DETECTOR_PAPER_FIGURES.items()]
-    rows += [(name, dict(options), res, *paper) for (name, options, res), paper in SEGMENTER_PAPER_FIGURES.items()
-             if isinstance(paper[0], float)]  # the papers' rows; torchvision's exact integer counts are not papers
+    rows += [
+        (name, {"width_mult": width, "size": res, **DETECTOR_PAPER_OPTIONS.get(name, {})}, res, *paper)
+        for (name, width, res), paper in DETECTOR_PAPER_FIGURES.items()
+    ]
+    rows += [
+        (name, dict(options), res, *paper)
+        for (name, options, res), paper in SEGMENTER_PAPER_FIGURES.items()
+        if isinstance(paper[0], float)
+    ]  # the papers' rows; torchvision's exact integer counts are not papers
     return rows

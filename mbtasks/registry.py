@@ -65,8 +65,11 @@ class Registry(Generic[T]):
             except Exception as error:  # noqa: BLE001  (any failure of a plugin is that plugin's, told in one line)
                 why = (str(error).strip().splitlines() or [type(error).__name__])[-1]
                 self.broken_plugins[entry_point.name] = f"{type(error).__name__}: {why}"
-                print(f"mbtasks: warning: {self.kind} plugin {entry_point.name!r} ({entry_point.value}) failed to "
-                      f"load and is left out: {type(error).__name__}: {why}", file=sys.stderr)
+                print(
+                    f"mbtasks: warning: {self.kind} plugin {entry_point.name!r} ({entry_point.value}) failed to "
+                    f"load and is left out: {type(error).__name__}: {why}",
+                    file=sys.stderr,
+                )
 
     def get(self, name: str) -> T:
         """The object registered as `name`, or MbtasksError naming the closest known names."""
@@ -74,8 +77,9 @@ class Registry(Generic[T]):
         if name not in self._entries:
             if name in self.broken_plugins:
                 raise MbtasksError(f"{self.kind} {name!r} is a plugin that failed to load: {self.broken_plugins[name]}")
-            raise MbtasksError(f"unknown {self.kind} {name!r}{closest(name, self.names())}; known: "
-                               f"{', '.join(self._entries)}")
+            raise MbtasksError(
+                f"unknown {self.kind} {name!r}{closest(name, self.names())}; known: {', '.join(self._entries)}"
+            )
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:

@@ -1,4 +1,5 @@
 """Shared test helpers."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,11 @@ MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
 # for the DDP tests).
 TINY_IMAGE_DATA = {
     "attr": ["data.size=[40, 32]", "data.synth={seed: 1, num_images: 30, size: [54, 44]}"],
-    "embed": ["data.size=32", "data.synth={seed: 1, num_identities: 4, images_per_identity: 3, num_pair_identities: 20, "
-              "pair_images_per_identity: 3, matched_per_fold: 2, size: [40, 40]}"],
+    "embed": [
+        "data.size=32",
+        "data.synth={seed: 1, num_identities: 4, images_per_identity: 3, num_pair_identities: 20, "
+        "pair_images_per_identity: 3, matched_per_fold: 2, size: [40, 40]}",
+    ],
     "cls": ["data.size=32", "data.synth={seed: 1, num_classes: 3, train_per_class: 4, val_per_class: 3, size: 32}"],
 }
 
@@ -53,19 +57,38 @@ def save_checkpoint(module, path: Path) -> Path:
     return path
 
 
-def evaluate_with_one_and_two_processes(checkpoint: Path, out_dir: Path, val_batch_size: int,
-                                        images: int) -> list[dict]:
+def evaluate_with_one_and_two_processes(
+    checkpoint: Path, out_dir: Path, val_batch_size: int, images: int
+) -> list[dict]:
     """The checkpoint's figures from `mbtasks evaluate` on one process and on two (DDP, gloo). Each run must report
     `images` evaluated images: with an odd count the sampler pads a duplicate, which must not be counted twice."""
     figures = []
     for devices in (1, 2):
         out = out_dir / f"ddp{devices}.json"
         result = subprocess.run(
-            [MBTASKS, "evaluate", "--checkpoint", str(checkpoint), "--json", str(out),
-             "--set", "train.accelerator=cpu", "--set", f"train.devices={devices}", "--set",
-             f"train.strategy={'ddp' if devices > 1 else 'auto'}", "--set", f"data.val_batch_size={val_batch_size}",
-             "--set", "data.num_workers=0"],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            [
+                MBTASKS,
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--json",
+                str(out),
+                "--set",
+                "train.accelerator=cpu",
+                "--set",
+                f"train.devices={devices}",
+                "--set",
+                f"train.strategy={'ddp' if devices > 1 else 'auto'}",
+                "--set",
+                f"data.val_batch_size={val_batch_size}",
+                "--set",
+                "data.num_workers=0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"evaluated {images} images" in result.stdout
         figures.append(json.loads(out.read_text()))
@@ -82,8 +105,14 @@ TINY_MODELS = {
 }
 
 
-def write_checkpoint(path: Path, task: str, class_names: list, category_ids: list = (), settings: list[str] = (),
-                     metrics: dict | None = None) -> Path:
+def write_checkpoint(
+    path: Path,
+    task: str,
+    class_names: list,
+    category_ids: list = (),
+    settings: list[str] = (),
+    metrics: dict | None = None,
+) -> Path:
     """A checkpoint as training writes it (the record, the task's `model.` weights), of an untrained tiny network on
     the task's demo recipe, with random batch-norm statistics so that a wrong input shows in the outputs."""
     from mbtasks.config import load_config
@@ -91,13 +120,19 @@ def write_checkpoint(path: Path, task: str, class_names: list, category_ids: lis
     from mbtasks.tasks import TASKS
 
     spec = TASKS.get(task)
-    config = load_config(Path(__file__).resolve().parents[1] / "configs/demo" / spec.demo_recipe,
-                         [*TINY_MODELS[task], *settings])
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "configs/demo" / spec.demo_recipe, [*TINY_MODELS[task], *settings]
+    )
     module = spec(config.to_dict(), list(class_names), list(category_ids))
     randomised(module.model)
     module.metrics = metrics or {}
-    torch.save({RECORD_KEY: module.record().to_dict(),
-                "state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, path)
+    torch.save(
+        {
+            RECORD_KEY: module.record().to_dict(),
+            "state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()},
+        },
+        path,
+    )
     return path
 
 
@@ -114,8 +149,8 @@ def write_voc_folder(root: Path, count: int = 6, size: tuple[int, int] = (48, 64
         mask = np.zeros(size, np.uint8)
         cls = int(rng.integers(1, 21))
         y, x = int(rng.integers(0, size[0] // 2)), int(rng.integers(0, size[1] // 2))
-        mask[y:y + size[0] // 2, x:x + size[1] // 2] = cls
-        mask[y, x:x + size[1] // 2] = 255
+        mask[y : y + size[0] // 2, x : x + size[1] // 2] = cls
+        mask[y, x : x + size[1] // 2] = 255
         image = palette[mask] // 2 + rng.integers(0, 60, (*size, 3)).astype(np.uint8)
         Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg")
         label = Image.fromarray(mask)
@@ -150,26 +185,51 @@ def write_coco_folder(root: Path, splits: dict[str, int] | None = None) -> Path:
         for index in range(count):
             image_id = 139 + 1000 * index + (split == "val2017")
             name = f"{image_id:012d}.jpg"
-            Image.fromarray(photos[index % len(photos)]).convert("RGB").resize((640, 480)).save(root / split / name,
-                                                                                                   quality=90)
+            Image.fromarray(photos[index % len(photos)]).convert("RGB").resize((640, 480)).save(
+                root / split / name, quality=90
+            )
             images.append({"id": image_id, "file_name": name, "width": 640, "height": 480})
-            for j, (category, box) in enumerate(((1, [120, 40, 260, 420]), (17, [400, 220, 180, 200]),
-                                                 (18, [30, 300, 90, 120]), (62, [500, 20, 100, 90]),
-                                                 (90, [300, 400, 60, 40]))):
+            for j, (category, box) in enumerate(
+                (
+                    (1, [120, 40, 260, 420]),
+                    (17, [400, 220, 180, 200]),
+                    (18, [30, 300, 90, 120]),
+                    (62, [500, 20, 100, 90]),
+                    (90, [300, 400, 60, 40]),
+                )
+            ):
                 if (index + j) % 3 == 2:
                     continue
                 annotation_id += 1
-                annotations.append({"id": annotation_id, "image_id": image_id, "category_id": category, "bbox": box,
-                                    "area": float(box[2] * box[3]), "iscrowd": 0, "segmentation": []})
+                annotations.append(
+                    {
+                        "id": annotation_id,
+                        "image_id": image_id,
+                        "category_id": category,
+                        "bbox": box,
+                        "area": float(box[2] * box[3]),
+                        "iscrowd": 0,
+                        "segmentation": [],
+                    }
+                )
             crowd = np.zeros((480, 640), np.uint8, order="F")
             crowd[10:110, 10:200] = 1
             rle = coco_mask.encode(crowd)
             annotation_id += 1
-            annotations.append({"id": annotation_id, "image_id": image_id, "category_id": 1, "iscrowd": 1,
-                                "bbox": [10.0, 10.0, 190.0, 100.0], "area": float(coco_mask.area(rle)),
-                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+            annotations.append(
+                {
+                    "id": annotation_id,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 1,
+                    "bbox": [10.0, 10.0, 190.0, 100.0],
+                    "area": float(coco_mask.area(rle)),
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                }
+            )
         (root / "annotations" / f"instances_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
     return root
 
 
@@ -179,6 +239,7 @@ def spy_on_coco_backends(monkeypatch) -> list[str]:
 
     calls = []
     for name, backend in list(coco.BACKENDS.items()):
-        monkeypatch.setitem(coco.BACKENDS, name,
-                            lambda *args, name=name, backend=backend: calls.append(name) or backend(*args))
+        monkeypatch.setitem(
+            coco.BACKENDS, name, lambda *args, name=name, backend=backend: calls.append(name) or backend(*args)
+        )
     return calls

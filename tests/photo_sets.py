@@ -7,6 +7,7 @@ with a labelIds PNG whose ids follow the photo's content (bands of its blurred g
 half size with masks drawn by hand (rectangles and ellipses of classes, bands of the ignore index). YOLO: the COCO
 boxes as normalised label lines, with Ultralytics' data.yaml.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,25 @@ from skimage import data
 
 COCO_SIZE = (480, 640)  # (height, width)
 # COCO's category ids and names (instances_*.json) of the objects in these photos
-CATEGORIES = {1: "person", 2: "bicycle", 4: "motorcycle", 5: "airplane", 17: "cat", 44: "bottle", 47: "cup",
-              50: "spoon", 62: "chair", 67: "dining table"}
+CATEGORIES = {
+    1: "person",
+    2: "bicycle",
+    4: "motorcycle",
+    5: "airplane",
+    17: "cat",
+    44: "bottle",
+    47: "cup",
+    50: "spoon",
+    62: "chair",
+    67: "dining table",
+}
 # Per photo, boxes as COCO stores them (x, y, width, height in the 640x480 pixels) with their category ids,
 # drawn by hand; crowds (iscrowd 1) are rectangles stored as RLE.
 BOXES = {
     "astronaut": [((25, 15, 440, 465), 1), ((440, 0, 150, 265), 5)],
     "coffee": [((185, 20, 250, 350), 47), ((345, 80, 110, 310), 50), ((0, 0, 640, 480), 67)],
     "chelsea": [((0, 0, 565, 480), 17)],
-    "motorcycle": [((80, 75, 510, 360), 4), ((35, 100, 210, 195), 62), ((0, 130, 42, 90), 2),
-                   ((345, 55, 20, 35), 44)],
+    "motorcycle": [((80, 75, 510, 360), 4), ((35, 100, 210, 195), 62), ((0, 130, 42, 90), 2), ((345, 55, 20, 35), 44)],
     "camera": [((0, 60, 420, 420), 1)],
 }
 CROWDS = {"motorcycle": [((300, 40, 150, 50), 44)]}  # the bottles on the top shelf
@@ -61,32 +71,58 @@ def _write_coco_split(root: Path, split: str, copies: int) -> None:
         cv2.imwrite(str(root / split / file_name), pixels[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for (x, y, w, h), category in BOXES[name]:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
-                                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                }
+            )
         for (x, y, w, h), category in CROWDS.get(name, []):
             region = np.zeros((height, width), dtype=np.uint8, order="F")
-            region[y:y + h, x:x + w] = 1
+            region[y : y + h, x : x + w] = 1
             rle = coco_mask.encode(region)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 1,
-                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 1,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                }
+            )
     categories = [{"id": i, "name": n, "supercategory": n} for i, n in CATEGORIES.items()]
     (root / "annotations" / f"instances_{split}.json").write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
 
 
 CITYSCAPES_SIZE = (1024, 2048)
 TILE = 512
-TILE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera", "immunohistochemistry",
-               "hubble_deep_field")
+TILE_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "motorcycle",
+    "camera",
+    "immunohistochemistry",
+    "hubble_deep_field",
+)
 # Grey-level band (8 of them) -> Cityscapes label id: road, sidewalk, building, vegetation, sky, person, car, and
 # 0 (unlabeled, ignored in training) in the brightest band
 BAND_LABEL_IDS = np.array([7, 8, 11, 21, 23, 24, 26, 0], dtype=np.uint8)
 
 
-def write_cityscapes_photos(root: Path, images: int = 2, splits: tuple[str, ...] = ("train",),
-                            city: str = "aachen") -> Path:
+def write_cityscapes_photos(
+    root: Path, images: int = 2, splits: tuple[str, ...] = ("train",), city: str = "aachen"
+) -> Path:
     """For each split, `images` scenes of 2x4 photo tiles in `root/leftImg8bit/{split}/{city}/` and their
     `root/gtFine/{split}/{city}/*_gtFine_labelIds.png`; returns root."""
     tiles = [cv2.resize(photo(name), (TILE, TILE), interpolation=cv2.INTER_AREA) for name in TILE_PHOTOS]
@@ -117,8 +153,10 @@ FOLDER_CLASSES = ["background", "person", "cat", "cup"]
 FOLDER_IGNORE = 200  # not 255: the reader maps the file's own ignore index to 255
 FOLDER_PALETTE = [[0, 0, 0], [220, 20, 60], [255, 160, 0], [70, 130, 180]]
 # split -> (photo, file suffix, mask as a palette PNG?)
-FOLDER_SPLITS = {"train": [("astronaut", ".png", False), ("chelsea", ".jpg", False), ("camera", ".jpg", True)],
-                 "val": [("coffee", ".jpg", True), ("chelsea", ".jpg", False)]}
+FOLDER_SPLITS = {
+    "train": [("astronaut", ".png", False), ("chelsea", ".jpg", False), ("camera", ".jpg", True)],
+    "val": [("coffee", ".jpg", True), ("chelsea", ".jpg", False)],
+}
 
 
 def folder_photo(name: str) -> np.ndarray:
@@ -157,8 +195,9 @@ def write_folder_photos(root: Path) -> Path:
             if palette:  # all 256 entries: PIL writes a palette of 4 as 2-bit pixels, which cannot hold the 200
                 mask.putpalette([v for colour in FOLDER_PALETTE for v in colour] + [255] * 3 * 252)
             mask.save(root / "masks" / split / f"{name}.png")
-    (root / "classes.json").write_text(json.dumps({"classes": FOLDER_CLASSES, "ignore_index": FOLDER_IGNORE,
-                                                   "palette": FOLDER_PALETTE}))
+    (root / "classes.json").write_text(
+        json.dumps({"classes": FOLDER_CLASSES, "ignore_index": FOLDER_IGNORE, "palette": FOLDER_PALETTE})
+    )
     return root
 
 
@@ -184,11 +223,15 @@ def write_yolo_photos(root: Path) -> Path:
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for name in names:
             pixels = cv2.resize(photo(name), (width, height), interpolation=cv2.INTER_AREA)
-            Image.fromarray(pixels).save(root / "images" / split / f"{name}{'.png' if name == 'chelsea' else '.jpg'}",
-                                         quality=90)
+            Image.fromarray(pixels).save(
+                root / "images" / split / f"{name}{'.png' if name == 'chelsea' else '.jpg'}", quality=90
+            )
             if name in BOXES:
-                lines = [f"{c} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {(x1 - x0) / width:.6f} "
-                         f"{(y1 - y0) / height:.6f}" for c, (x0, y0, x1, y1) in yolo_boxes(name)]
+                lines = [
+                    f"{c} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {(x1 - x0) / width:.6f} "
+                    f"{(y1 - y0) / height:.6f}"
+                    for c, (x0, y0, x1, y1) in yolo_boxes(name)
+                ]
                 (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
     names = "\n".join(f"  {index}: {name}" for index, name in enumerate(YOLO_CLASSES))
     (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")

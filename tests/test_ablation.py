@@ -1,4 +1,5 @@
 """`mbtasks ablate`: profile-only grids against the papers, a trained detection grid end to end, reruns, failures."""
+
 import ast
 import contextlib
 import csv
@@ -17,13 +18,25 @@ from mbtasks.models import build_model
 from mbtasks.profiling import count_madds, count_parameters, example_input
 from mbtasks.reference import PAPER_FIGURES, TIMM_FIGURES, TORCHVISION_FIGURES
 
-FAMILY = ["--backbones", "v1,v2,v3_large,v3_small", "--widths", "v1=0.25,0.5,0.75,1.0",
-          "--widths", "v2=0.35,0.5,0.75,1.0,1.4", "--widths", "v3_large=0.75,1.0", "--widths", "v3_small=0.75,1.0",
-          "--resolutions", "128,160,192,224"]
+FAMILY = [
+    "--backbones",
+    "v1,v2,v3_large,v3_small",
+    "--widths",
+    "v1=0.25,0.5,0.75,1.0",
+    "--widths",
+    "v2=0.35,0.5,0.75,1.0,1.4",
+    "--widths",
+    "v3_large=0.75,1.0",
+    "--widths",
+    "v3_small=0.75,1.0",
+    "--resolutions",
+    "128,160,192,224",
+]
 # The v2 paper's parameter counts are not those of its own network as torchvision, timm and mbtasks build it; those
 # two rows are held to torchvision's (1.0) and timm's (1.4) published counts instead.
-LIBRARY_PARAMS = {key[:2]: figures[0] for key, figures in {**TORCHVISION_FIGURES, **TIMM_FIGURES}.items()
-                  if key[0] == "mobilenet_v2"}
+LIBRARY_PARAMS = {
+    key[:2]: figures[0] for key, figures in {**TORCHVISION_FIGURES, **TIMM_FIGURES}.items() if key[0] == "mobilenet_v2"
+}
 
 
 def read_rows(out) -> list[dict]:
@@ -33,19 +46,38 @@ def read_rows(out) -> list[dict]:
 
 def test_profile_only_grid_writes_the_table(tmp_path, capsys):
     out = tmp_path / "grid"
-    args = ["ablate", "--task", "cls", "--profile-only", "--backbones", "v3_small,v1", "--widths", "0.75",
-            "--resolutions", "160,192x160", "--runs", "2", "--out", str(out)]
+    args = [
+        "ablate",
+        "--task",
+        "cls",
+        "--profile-only",
+        "--backbones",
+        "v3_small,v1",
+        "--widths",
+        "0.75",
+        "--resolutions",
+        "160,192x160",
+        "--runs",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "4 runs done, 0 failed" in capsys.readouterr().out
     rows = read_rows(out)
     assert [(r["version"], r["resolution"]) for r in rows] == [
-        ("v3_small", "160"), ("v3_small", "192x160"), ("v1", "160"), ("v1", "192x160")]
+        ("v3_small", "160"),
+        ("v3_small", "192x160"),
+        ("v1", "160"),
+        ("v1", "192x160"),
+    ]
     for row in rows:
         resolution = tuple(int(v) for v in row["resolution"].split("x"))
         model = build_model(row["model"], width_mult=0.75)  # 1000 classes: ImageNet's, as the papers
         assert int(row["params"]) == count_parameters(model)
-        assert int(row["madds"]) == count_madds(model, example_input(resolution if len(resolution) == 2
-                                                                      else resolution[0]))
+        assert int(row["madds"]) == count_madds(
+            model, example_input(resolution if len(resolution) == 2 else resolution[0])
+        )
         assert float(row["latency_ms"]) > 0 and row["status"] == "ok" and row["metric"] == ""
     table = (out / "results.md").read_text().splitlines()
     assert table[0].startswith("| model | width | input | MAdds | paper | params | paper | latency (ms) |")
@@ -78,8 +110,14 @@ def shapes(tmp_path_factory):
     """A tiny embedded detection set and the --set settings that shrink the demo config to it."""
     root = tmp_path_factory.mktemp("ablate_det")
     write_shapes_coco(root / "data", seed=1, num_train=12, num_val=4, image_size=64)
-    settings = [f"data.root={root / 'data'}", "data.batch_size=6", "data.val_batch_size=4", "data.num_workers=0",
-                "train.epochs=1", "train.log_every=1"]
+    settings = [
+        f"data.root={root / 'data'}",
+        "data.batch_size=6",
+        "data.val_batch_size=4",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.log_every=1",
+    ]
     return root, [a for s in settings for a in ("--set", s)]
 
 
@@ -96,8 +134,21 @@ def trained(shapes):
     """2 versions x 2 widths trained and evaluated on the demo detection config, in one command."""
     root, settings = shapes
     out = root / "grid"
-    args = ["--task", "det", "--backbones", "v3_small,v2", "--widths", "0.25,0.5", "--resolutions", "64",
-            "--runs", "2", "--out", str(out), *settings]
+    args = [
+        "--task",
+        "det",
+        "--backbones",
+        "v3_small,v2",
+        "--widths",
+        "0.25,0.5",
+        "--resolutions",
+        "64",
+        "--runs",
+        "2",
+        "--out",
+        str(out),
+        *settings,
+    ]
     return out, args, ablate(args)
 
 
@@ -106,8 +157,11 @@ def test_trained_grid_writes_all_four_outputs(trained):
     assert "4 runs done, 0 failed" in printed
     rows = read_rows(out)
     assert [(r["model"], r["width"]) for r in rows] == [
-        ("ssdlite320_mobilenet_v3_small", "0.25"), ("ssdlite320_mobilenet_v3_small", "0.5"),
-        ("ssdlite320_mobilenet_v2", "0.25"), ("ssdlite320_mobilenet_v2", "0.5")]
+        ("ssdlite320_mobilenet_v3_small", "0.25"),
+        ("ssdlite320_mobilenet_v3_small", "0.5"),
+        ("ssdlite320_mobilenet_v2", "0.25"),
+        ("ssdlite320_mobilenet_v2", "0.5"),
+    ]
     for row in rows:
         run = out / "runs" / row["run"]
         metrics = json.loads((run / "metrics.json").read_text())  # written by `mbtasks evaluate --json`
@@ -138,9 +192,26 @@ def test_rerun_skips_finished_runs(trained):
 def test_a_failed_run_is_recorded_and_the_rest_go_on(shapes, tmp_path):
     _, settings = shapes
     # SSD300 exists on v1 only: v3-Small falls back to SSDLite, whose heads take no head_kernel option.
-    args = ["ablate", "--task", "det", "--backbones", "v3_small,v1", "--widths", "0.25", "--resolutions", "64",
-            "--runs", "1", "--out", str(tmp_path), *settings, "--set", "model.name=ssd300_mobilenet_v1",
-            "--set", "model.options.head_kernel=1"]
+    args = [
+        "ablate",
+        "--task",
+        "det",
+        "--backbones",
+        "v3_small,v1",
+        "--widths",
+        "0.25",
+        "--resolutions",
+        "64",
+        "--runs",
+        "1",
+        "--out",
+        str(tmp_path),
+        *settings,
+        "--set",
+        "model.name=ssd300_mobilenet_v1",
+        "--set",
+        "model.options.head_kernel=1",
+    ]
     assert main(args) == 0
     failed, done = read_rows(tmp_path)
     assert failed["model"] == "ssdlite320_mobilenet_v3_small" and failed["status"] == "failed"
@@ -161,8 +232,21 @@ def _classes(run_dir: Path) -> int:
 
 def test_runs_of_other_settings_are_kept_and_overwrite_replaces_them(tmp_path):
     out = tmp_path / "grid"
-    args = ["--task", "cls", "--profile-only", "--backbones", "v3_small", "--widths", "0.5", "--resolutions", "64",
-            "--runs", "0", "--out", str(out)]
+    args = [
+        "--task",
+        "cls",
+        "--profile-only",
+        "--backbones",
+        "v3_small",
+        "--widths",
+        "0.5",
+        "--resolutions",
+        "64",
+        "--runs",
+        "0",
+        "--out",
+        str(out),
+    ]
     ablate([*args, "--set", "model.options.num_classes=3"])
     first = out / "runs" / "mobilenet_v3_small_w0.5_r64"
     kept = _contents(first)
@@ -170,9 +254,10 @@ def test_runs_of_other_settings_are_kept_and_overwrite_replaces_them(tmp_path):
     printed = ablate([*args, "--set", "model.options.num_classes=10"])
     second = first.with_name(first.name + "-2")
     assert "mobilenet_v3_small_w0.5_r64-2: " in printed and _contents(first) == kept and _classes(second) == 10
-    row, = read_rows(out)
+    (row,) = read_rows(out)
     assert row["run"] == second.name and int(row["params"]) == count_parameters(
-        build_model("mobilenet_v3_small", width_mult=0.5, num_classes=10))
+        build_model("mobilenet_v3_small", width_mult=0.5, num_classes=10)
+    )
     # Each is found again by its settings.
     assert "finished before, skipped" in ablate([*args, "--set", "model.options.num_classes=3"])
     assert "finished before, skipped" in ablate([*args, "--set", "model.options.num_classes=10"])
@@ -195,17 +280,24 @@ def test_runs_of_other_settings_are_kept_and_overwrite_replaces_them(tmp_path):
     assert not (first / "stale.txt").exists() and read_rows(out)[0]["status"] == "ok"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--task", "pose"], "unknown task 'pose'; known: det, seg, attr, embed, cls"),
-    (["--task", "cls", "--backbones", "v1,v4"], "unknown backbone 'v4' in --backbones; known: v1, v2, v3_large, "
-                                                 "v3_small"),
-    (["--task", "cls", "--widths", "0.5,wide"], "--widths must be numbers separated by commas, got '0.5,wide'"),
-    (["--task", "cls", "--widths", "0,1"], "--widths must be positive numbers separated by commas, got '0,1'"),
-    (["--task", "cls", "--backbones", "v2", "--widths", "v1=0.5"], "--widths v1=0.5: v1 is not in --backbones"),
-    (["--task", "cls", "--resolutions", "224,big"], "resolution must be N or HxW (positive integers), got 'big' "
-                                                    "in --resolutions"),
-    (["--task", "cls", "--set", "train.lrr=1"], "unknown key train.lrr"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--task", "pose"], "unknown task 'pose'; known: det, seg, attr, embed, cls"),
+        (
+            ["--task", "cls", "--backbones", "v1,v4"],
+            "unknown backbone 'v4' in --backbones; known: v1, v2, v3_large, v3_small",
+        ),
+        (["--task", "cls", "--widths", "0.5,wide"], "--widths must be numbers separated by commas, got '0.5,wide'"),
+        (["--task", "cls", "--widths", "0,1"], "--widths must be positive numbers separated by commas, got '0,1'"),
+        (["--task", "cls", "--backbones", "v2", "--widths", "v1=0.5"], "--widths v1=0.5: v1 is not in --backbones"),
+        (
+            ["--task", "cls", "--resolutions", "224,big"],
+            "resolution must be N or HxW (positive integers), got 'big' in --resolutions",
+        ),
+        (["--task", "cls", "--set", "train.lrr=1"], "unknown key train.lrr"),
+    ],
+)
 def test_bad_names_give_one_line_errors_before_any_run(args, message, tmp_path, capsys):
     assert main(["ablate", *args, "--profile-only", "--out", str(tmp_path / "out")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -215,8 +307,10 @@ def test_bad_names_give_one_line_errors_before_any_run(args, message, tmp_path, 
 
 def test_width_and_resolution_lists():
     versions = ["mobilenet_v1", "mobilenet_v2"]
-    assert parse_widths(["0.5,1.0", "v2=0.35,1.4"], versions) == {"mobilenet_v1": [0.5, 1.0],
-                                                                  "mobilenet_v2": [0.35, 1.4]}
+    assert parse_widths(["0.5,1.0", "v2=0.35,1.4"], versions) == {
+        "mobilenet_v1": [0.5, 1.0],
+        "mobilenet_v2": [0.35, 1.4],
+    }
     assert parse_widths([], versions) == {"mobilenet_v1": [1.0], "mobilenet_v2": [1.0]}
     assert parse_resolutions("160, 320x512") == [160, (320, 512)]
 
@@ -227,7 +321,7 @@ def test_ablation_imports_nothing_of_the_cli():
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                base = ["mbtasks", "ablation"][:3 - node.level] if node.level else []
+                base = ["mbtasks", "ablation"][: 3 - node.level] if node.level else []
                 modules = [".".join([*base, *filter(None, [node.module])])]
                 modules += [f"{modules[0]}.{alias.name}" for alias in node.names]
             elif isinstance(node, ast.Import):

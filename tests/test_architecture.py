@@ -1,4 +1,5 @@
 """The house plan holds: import layers (import-linter), and every registered network builds, trains and reloads."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_import_contracts_are_kept():
     """Layers cli -> (ablation, export, predict) -> tasks -> models -> (heads, backbones) -> layers; evaluation
     without tasks, models or Lightning; datasets without model code; no circles (contracts in pyproject.toml)."""
-    result = subprocess.run([str(Path(sys.executable).with_name("lint-imports")), "--no-cache"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "Contracts: 4 kept, 0 broken." in result.stdout
 

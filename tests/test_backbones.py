@@ -1,4 +1,5 @@
 """Backbone figures against the papers, taps, widths and resolutions."""
+
 import math
 
 import pytest

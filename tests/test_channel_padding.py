@@ -1,23 +1,30 @@
 """Expansions padded with zero channels for int8 (export/channel_padding.py): the same function in channel counts that
 are multiples of 16, and nothing padded that a head reads or that is not folded."""
+
 import pytest
 import torch
-
 from helpers import randomised
+
 from mbtasks import build_model
 from mbtasks.backbones.base import Backbone
 from mbtasks.export.channel_padding import padded_expansions
-from mbtasks.models.detection_graph import DetectionGraph
 from mbtasks.layers.blocks import BlockSpec, InvertedResidual
 from mbtasks.layers.fusion import for_inference
+from mbtasks.models.detection_graph import DetectionGraph
 
 
 def _depthwise_widths(model: torch.nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
 
 
-@pytest.mark.parametrize("name, size", [("ssdlite320_mobilenet_v3_large", 320), ("ssdlite320_mobilenet_v3_small", 320),
-                                        ("lraspp_mobilenet_v3_large", 128)])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("ssdlite320_mobilenet_v3_large", 320),
+        ("ssdlite320_mobilenet_v3_small", 320),
+        ("lraspp_mobilenet_v3_large", 128),
+    ],
+)
 def test_padded_network_computes_the_same_function_with_depthwise_widths_of_16(name, size):
     model = for_inference(randomised(build_model(name)))
     padded, changed = padded_expansions(model)
@@ -36,8 +43,10 @@ def test_padded_network_computes_the_same_function_with_depthwise_widths_of_16(n
 def test_a_tapped_expansion_and_an_unfolded_block_keep_their_width():
     """A head reads the C4_expand tap (SSDLite) at its width; a block that still holds batch norm cannot be padded
     with zeros (its shift would make them non-zero)."""
-    specs = [BlockSpec("conv", 16, stride=2, activation=torch.nn.Hardswish),
-             *(BlockSpec("inverted", 24, stride=2, expanded=40, se=True, activation=torch.nn.Hardswish),) * 4]
+    specs = [
+        BlockSpec("conv", 16, stride=2, activation=torch.nn.Hardswish),
+        *(BlockSpec("inverted", 24, stride=2, expanded=40, se=True, activation=torch.nn.Hardswish),) * 4,
+    ]
     backbone = for_inference(randomised(Backbone(specs)))
     padded, changed = padded_expansions(backbone)
     assert backbone.expansion_tap_layer == 4 and changed == 3
@@ -47,8 +56,18 @@ def test_a_tapped_expansion_and_an_unfolded_block_keep_their_width():
         want, got = backbone(x), padded(x)
     assert list(want) == list(got) and "C4_expand" in got
     assert all(torch.allclose(want[name], got[name], atol=1e-6) for name in want)
-    unfolded = InvertedResidual(8, 36, 8, kernel=3, stride=1, dilation=1, se=True, activation=torch.nn.Hardswish,
-                                norm=torch.nn.BatchNorm2d, use_residual=True).eval()
+    unfolded = InvertedResidual(
+        8,
+        36,
+        8,
+        kernel=3,
+        stride=1,
+        dilation=1,
+        se=True,
+        activation=torch.nn.Hardswish,
+        norm=torch.nn.BatchNorm2d,
+        use_residual=True,
+    ).eval()
     assert padded_expansions(unfolded)[1] == 0
     folded, changed = padded_expansions(for_inference(randomised(unfolded)))
     x = torch.rand(2, 8, 12, 12)

@@ -22,8 +22,11 @@ from mbtasks.datasets.cityscapes import (
     label_ids_to_train_ids,
     train_ids_to_label_ids,
 )
-from mbtasks.datasets.segmentation_transforms import (normalise_batch, segmentation_eval_transforms,
-                                                      segmentation_train_transforms)
+from mbtasks.datasets.segmentation_transforms import (
+    normalise_batch,
+    segmentation_eval_transforms,
+    segmentation_train_transforms,
+)
 from mbtasks.datasets.synthetic.streets_cityscapes import PRESENT_CLASSES, write_streets_cityscapes
 from mbtasks.datasets.voc import CLASS_NAMES as VOC_CLASSES
 from mbtasks.datasets.voc import VOCSegmentation, voc_palette

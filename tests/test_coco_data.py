@@ -134,8 +134,10 @@ def test_item_is_the_image_and_its_boxes_in_pixels(shapes: dict[str, Path]) -> N
     assert np.array_equal(image, read_rgb_image(shapes["val_images"] / info["file_name"]))
     assert target["orig_size"] == (info["height"], info["width"])
     assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
-    expected = sorted([a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                      for a in ds.coco.imgToAnns[target["image_id"]])
+    expected = sorted(
+        [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+        for a in ds.coco.imgToAnns[target["image_id"]]
+    )
     assert sorted(target["boxes"].tolist()) == expected
 
 
@@ -181,8 +183,9 @@ def test_augmentations_are_seeded_per_sample_in_any_worker(shapes: dict[str, Pat
     ds = _val(shapes, train=True, transforms=transforms)
     index = next(i for i, image_id in enumerate(ds.image_ids) if ds.coco.imgToAnns[image_id])
     keys = [(0, index), (1, index), (0, index), (1, index)]
-    loader = torch.utils.data.DataLoader(SeededAugmentation(ds, transforms, seed=0), sampler=keys, batch_size=None,
-                                         num_workers=2, collate_fn=lambda x: x)
+    loader = torch.utils.data.DataLoader(
+        SeededAugmentation(ds, transforms, seed=0), sampler=keys, batch_size=None, num_workers=2, collate_fn=lambda x: x
+    )
     images = [image for image, _ in loader]  # worker 0 makes items 0 and 2, worker 1 items 1 and 3
     assert np.array_equal(images[0], images[2]) and np.array_equal(images[1], images[3])
     assert not np.array_equal(images[0], images[1])

@@ -51,14 +51,25 @@ def perturbed_detections(gt: dict, seed: int = 0) -> list[dict]:
         x, y = x + rng.normal(0, 0.1 * w), y + rng.normal(0, 0.1 * h)
         box = [x, y, w * np.exp(rng.normal(0, 0.15)), h * np.exp(rng.normal(0, 0.15))]
         category = ann["category_id"] if rng.random() < 0.9 else int(rng.choice(category_ids))
-        results.append({"image_id": ann["image_id"], "category_id": category, "bbox": [float(v) for v in box],
-                        "score": round(float(rng.uniform(0.2, 1.0)), 1)})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category,
+                "bbox": [float(v) for v in box],
+                "score": round(float(rng.uniform(0.2, 1.0)), 1),
+            }
+        )
     for image in gt["images"]:
         for _ in range(rng.integers(0, 4)):
             w, h = rng.uniform(5, 40, size=2)
-            results.append({"image_id": image["id"], "category_id": int(rng.choice(category_ids)),
-                            "bbox": [float(rng.uniform(0, 50)), float(rng.uniform(0, 50)), float(w), float(h)],
-                            "score": round(float(rng.uniform(0.0, 0.6)), 1)})
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice(category_ids)),
+                    "bbox": [float(rng.uniform(0, 50)), float(rng.uniform(0, 50)), float(w), float(h)],
+                    "score": round(float(rng.uniform(0.0, 0.6)), 1),
+                }
+            )
     return results
 
 
@@ -135,8 +146,13 @@ def test_model_outputs_round_trip_to_perfect_score(shapes: dict[str, Path]) -> N
     outputs, image_ids = [], []
     for index in range(len(ds)):
         _, target = ds[index]
-        outputs.append({"boxes": target["boxes"], "labels": target["labels"],
-                        "scores": torch.linspace(1.0, 0.5, len(target["labels"]))})
+        outputs.append(
+            {
+                "boxes": target["boxes"],
+                "labels": target["labels"],
+                "scores": torch.linspace(1.0, 0.5, len(target["labels"])),
+            }
+        )
         image_ids.append(target["image_id"])
     results = detections_to_coco_results(outputs, image_ids, ds.category_ids)
     assert {r["category_id"] for r in results} <= {1, 3, 5, 7}
@@ -224,22 +240,33 @@ def real_format_ground_truth(seed: int) -> dict:
     images, annotations = [], []
     for image_id in range(1, 41):
         height, width = [(480, 640), (427, 640), (640, 480)][image_id % 3]
-        images.append({"id": image_id * 1000 + 7, "file_name": f"{image_id:012d}.jpg", "height": height,
-                       "width": width})
+        images.append(
+            {"id": image_id * 1000 + 7, "file_name": f"{image_id:012d}.jpg", "height": height, "width": width}
+        )
         for n in range(0 if image_id % 10 == 0 else int(rng.integers(2, 9))):  # every tenth image: none
             side = [8, 20, 60, 200][n % 4] * rng.uniform(0.6, 1.4, 2)  # small, medium and large objects
             x, y = rng.uniform(0, [width - side[0], height - side[1]])
             box = [round(float(v), 2) for v in (x, y, *side)]
-            ann = {"id": len(annotations) + 1, "image_id": image_id * 1000 + 7, "bbox": box, "iscrowd": 0,
-                   "category_id": int(rng.choice(CATEGORY_IDS)), "area": round(box[2] * box[3] * 0.7, 2),
-                   "segmentation": [[x, y, x + side[0], y, x + side[0], y + side[1]]]}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id * 1000 + 7,
+                "bbox": box,
+                "iscrowd": 0,
+                "category_id": int(rng.choice(CATEGORY_IDS)),
+                "area": round(box[2] * box[3] * 0.7, 2),
+                "segmentation": [[x, y, x + side[0], y, x + side[0], y + side[1]]],
+            }
             if n == 3 and image_id % 4 == 0:  # a crowd region, its mask the box, in one of the two encodings
                 mask = np.zeros((height, width), np.uint8)
-                mask[int(y):int(y + side[1]), int(x):int(x + side[0])] = 1
+                mask[int(y) : int(y + side[1]), int(x) : int(x + side[0])] = 1
                 rle = mask_utils.encode(np.asfortranarray(mask))
                 compressed = {"counts": rle["counts"].decode("ascii"), "size": [height, width]}
-                ann.update(iscrowd=1, area=float(mask_utils.area(rle)), bbox=mask_utils.toBbox(rle).tolist(),
-                           segmentation=compressed if image_id % 8 == 0 else uncompressed_rle(mask))
+                ann.update(
+                    iscrowd=1,
+                    area=float(mask_utils.area(rle)),
+                    bbox=mask_utils.toBbox(rle).tolist(),
+                    segmentation=compressed if image_id % 8 == 0 else uncompressed_rle(mask),
+                )
             annotations.append(ann)
     categories = [{"id": i, "name": f"category {i}", "supercategory": ""} for i in CATEGORY_IDS]
     return {"images": images, "annotations": annotations, "categories": categories}
@@ -255,17 +282,32 @@ def real_format_detections(gt: dict, seed: int) -> list[dict]:
         if rng.random() < 0.15:
             continue
         x, y, w, h = ann["bbox"]
-        box = [x + rng.normal(0, 0.1 * w), y + rng.normal(0, 0.1 * h), w * np.exp(rng.normal(0, 0.15)),
-               h * np.exp(rng.normal(0, 0.15))]
+        box = [
+            x + rng.normal(0, 0.1 * w),
+            y + rng.normal(0, 0.1 * h),
+            w * np.exp(rng.normal(0, 0.15)),
+            h * np.exp(rng.normal(0, 0.15)),
+        ]
         category = ann["category_id"] if rng.random() < 0.9 else int(rng.choice(CATEGORY_IDS))
-        results.append({"image_id": ann["image_id"], "category_id": category, "bbox": [float(v) for v in box],
-                        "score": round(float(rng.uniform(0.2, 1.0)), 2)})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category,
+                "bbox": [float(v) for v in box],
+                "score": round(float(rng.uniform(0.2, 1.0)), 2),
+            }
+        )
     for index, image in enumerate(gt["images"]):
         for _ in range(130 if index == 0 else int(rng.integers(5, 25))):
             w, h = np.exp(rng.uniform(np.log(4), np.log(300), 2))
-            results.append({"image_id": image["id"], "category_id": int(rng.choice(CATEGORY_IDS[:2])),
-                            "bbox": [float(rng.uniform(0, 300)), float(rng.uniform(0, 200)), float(w), float(h)],
-                            "score": round(float(rng.uniform(0.0, 0.7)), 2)})
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice(CATEGORY_IDS[:2])),
+                    "bbox": [float(rng.uniform(0, 300)), float(rng.uniform(0, 200)), float(w), float(h)],
+                    "score": round(float(rng.uniform(0.0, 0.7)), 2),
+                }
+            )
     return results
 
 
@@ -317,14 +359,16 @@ def test_the_backends_differ_only_by_pycocotools_epsilon(real_format: list) -> N
             slow.evaluate()
             slow.accumulate()
         fast_gt = FastCOCO(str(path), print_function=lambda *args: None)
-        fast = COCOeval_faster(fast_gt, fast_gt.loadRes(copy.deepcopy(results)), "bbox",
-                               print_function=lambda *args: None)
+        fast = COCOeval_faster(
+            fast_gt, fast_gt.loadRes(copy.deepcopy(results)), "bbox", print_function=lambda *args: None
+        )
         fast.evaluate()
         fast.accumulate()
         np.testing.assert_array_equal(fast.eval["recall"], slow.eval["recall"])
         slow_precision = slow.eval["precision"]
-        np.testing.assert_array_equal(fast.eval["precision"],
-                                      np.where(slow_precision == just_below_one, 1.0, slow_precision))
+        np.testing.assert_array_equal(
+            fast.eval["precision"], np.where(slow_precision == just_below_one, 1.0, slow_precision)
+        )
         seen += int((slow_precision == just_below_one).sum())
     assert seen > 0  # the cases do reach the one place where the two differ
 

@@ -21,7 +21,7 @@ def scene(rng: np.random.Generator, count: int = 0) -> tuple[np.ndarray, np.ndar
     for _ in range(count or rng.integers(1, 4)):
         w, h = rng.integers(12, 50, size=2)
         x, y = rng.integers(0, width - w), rng.integers(0, height - h)
-        image[y:y + h, x:x + w] = RED
+        image[y : y + h, x : x + w] = RED
         boxes.append([x, y, x + w, y + h])
     return image, np.asarray(boxes, dtype=np.float32)
 
@@ -132,7 +132,7 @@ def test_zoom_out_places_the_image_intact_on_a_larger_canvas() -> None:
         dx, dy = shifted[0, 0] - boxes[0, 0], shifted[0, 1] - boxes[0, 1]
         assert np.allclose(shifted - boxes, [dx, dy, dx, dy], atol=1e-3)
         top, left = int(round(dy)), int(round(dx))
-        assert np.array_equal(canvas[top:top + 120, left:left + 160], image)
+        assert np.array_equal(canvas[top : top + 120, left : left + 160], image)
         assert (canvas[0, 0] == image[0, 0]).all() or (canvas[0, 0] == [123, 117, 104]).all()
         sizes.append(canvas.shape[1] / 160)
     assert 1.0 <= min(sizes) and max(sizes) <= 4.0 and max(sizes) > 2.0

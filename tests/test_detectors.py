@@ -1,12 +1,13 @@
 """SSDLite / SSD detectors: torchvision equivalence, sizes, training step, widths, figures against the papers."""
+
 import pytest
 import torch
 import torchvision
 
 from mbtasks import MbtasksError, build_model, list_models
+from mbtasks.cli import main
 from mbtasks.profiling import count_madds, count_parameters, example_input
 from mbtasks.reference import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, DETECTOR_TORCHVISION_FIGURES
-from mbtasks.cli import main
 
 NAME = "ssdlite320_mobilenet_v3_large"
 TORCHVISION_PARAMS, TORCHVISION_MADDS = DETECTOR_TORCHVISION_FIGURES[(NAME, 1.0, 320)]
@@ -50,8 +51,22 @@ def _images() -> list[torch.Tensor]:
 def test_torchvision_ssdlite_imports_and_gives_the_same_detections(tmp_path):
     reference = _randomised_torchvision_ssdlite()
     torch.save(reference.state_dict(), tmp_path / "src.pth")
-    assert main(["weights", "import", "--from", "torchvision", str(tmp_path / "src.pth"), "--model", NAME,
-                 "--out", str(tmp_path / "mb.pth")]) == 0
+    assert (
+        main(
+            [
+                "weights",
+                "import",
+                "--from",
+                "torchvision",
+                str(tmp_path / "src.pth"),
+                "--model",
+                NAME,
+                "--out",
+                str(tmp_path / "mb.pth"),
+            ]
+        )
+        == 0
+    )
     model = build_model(NAME, weights=tmp_path / "mb.pth").eval()
     images = _images()
     raw, raw_reference = [], []  # the head outputs of the same forward pass, before any post-processing
@@ -85,8 +100,9 @@ SIZES = [320, 300, 512, (256, 384)]
 def test_any_size_detects_in_input_pixels_and_trains(name):
     for size in SIZES:
         h, w = (size, size) if isinstance(size, int) else size
-        model = build_model(name, size=size, width_mult=0.25, num_classes=5, score_thresh=0.0,
-                            detections_per_img=50).eval()
+        model = build_model(
+            name, size=size, width_mult=0.25, num_classes=5, score_thresh=0.0, detections_per_img=50
+        ).eval()
         with torch.no_grad():
             features = model.backbone(torch.zeros(1, 3, h, w))
         assert len(features) == 6 and tuple(features["0"].shape[-2:]) == (-(-h // 16), -(-w // 16))
@@ -100,15 +116,16 @@ def test_any_size_detects_in_input_pixels_and_trains(name):
         assert boxes[:, 2].max() > 90  # in the image's pixels, not the network's square
 
     model.train()
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 80.0, 70.0]]), "labels": torch.tensor([3])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 80.0, 70.0]]), "labels": torch.tensor([3])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     losses = model([torch.rand(3, 90, 150), torch.rand(3, 64, 64)], targets)
     assert set(losses) == {"bbox_regression", "classification"}
     assert all(torch.isfinite(loss) and loss > 0 for loss in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    for part in (model.backbone.body, model.backbone.extra, model.head.classification_head,
-                 model.head.regression_head):
+    for part in (model.backbone.body, model.backbone.extra, model.head.classification_head, model.head.regression_head):
         assert sum(p.grad.abs().sum() for p in part.parameters()) > 0
 
 
@@ -145,8 +162,9 @@ def test_options_and_mistakes():
     model = build_model(NAME, reduce_boxes_in_lowest_layer=True).eval()
     assert model.anchor_generator.num_anchors_per_location() == [3, 6, 6, 6, 6, 6]
     with torch.no_grad():
-        anchors = model.anchor_generator(model.transform([torch.rand(3, 320, 320)])[0],
-                                         list(model.backbone(torch.rand(1, 3, 320, 320)).values()))
+        anchors = model.anchor_generator(
+            model.transform([torch.rand(3, 320, 320)])[0], list(model.backbone(torch.rand(1, 3, 320, 320)).values())
+        )
     assert anchors[0].shape == (400 * 3 + (100 + 25 + 9 + 4 + 1) * 6, 4)
 
 

@@ -1,5 +1,6 @@
 """ONNX export and ONNX Runtime evaluation: every task's graph against PyTorch, the same metrics through both runtimes,
 int8, torchvision's detection post-processing reproduced, and one-line errors."""
+
 import json
 import re
 from pathlib import Path
@@ -8,36 +9,49 @@ from types import SimpleNamespace
 import onnx
 import pytest
 import torch
+from helpers import TINY_IMAGE_DATA, randomised, save_checkpoint, task_module
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.ssd import SSD
 
-from helpers import TINY_IMAGE_DATA, randomised, save_checkpoint, task_module
 from mbtasks.cli import main
-from mbtasks.tasks import TASKS
 from mbtasks.config import load_config
 from mbtasks.export.channel_padding import padded_expansions
-from mbtasks.models.detection_graph import BoxDecoder, SelectDetections
 from mbtasks.export.int8 import CANDIDATES, CHOICE_RUNS, calibration_reader, choose, prepare, quantize
 from mbtasks.io.onnx_runtime import create_session
-from mbtasks.tasks.runtime import load_onnx_model
 from mbtasks.io.records import read_checkpoint
 from mbtasks.layers.blocks import InvertedResidual
 from mbtasks.layers.fusion import for_inference
+from mbtasks.models.detection_graph import BoxDecoder, SelectDetections
+from mbtasks.tasks import TASKS
+from mbtasks.tasks.runtime import load_onnx_model
 
 COMMON = ["data.num_workers=0", "data.val_batch_size=2", "train.accelerator=cpu", "train.progress_bar=false"]
 SETTINGS = {
-    "det": ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.5}", "data.size=96",
-            "data.synth={seed: 1, num_train: 6, num_val: 5, image_size: 96}"],
-    "seg": ["model.name=lraspp_mobilenet_v3_small", "model.options={width_mult: 0.5}",
-            "data.synth={seed: 1, num_train: 4, num_val: 3, size: [64, 128]}"],
+    "det": [
+        "model.name=ssdlite320_mobilenet_v3_small",
+        "model.options={width_mult: 0.5}",
+        "data.size=96",
+        "data.synth={seed: 1, num_train: 6, num_val: 5, image_size: 96}",
+    ],
+    "seg": [
+        "model.name=lraspp_mobilenet_v3_small",
+        "model.options={width_mult: 0.5}",
+        "data.synth={seed: 1, num_train: 4, num_val: 3, size: [64, 128]}",
+    ],
     "attr": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25}", *TINY_IMAGE_DATA["attr"]],
-    "embed": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 16}", *TINY_IMAGE_DATA["embed"]],
+    "embed": [
+        "model.name=mobilenet_v1",
+        "model.options={width_mult: 0.25, embedding_dim: 16}",
+        *TINY_IMAGE_DATA["embed"],
+    ],
     "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.5}", *TINY_IMAGE_DATA["cls"]],
 }
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIFFERENCE = re.compile(r"largest \|onnxruntime - pytorch\| difference: (\S+)")
-CHOICE = re.compile(r"int8 chosen by measurement: (?P<chosen>.+) \((?P<ratio>\S+)x of fp32\); median ms of \d+ runs "
-                    r"on a \d+x\d+ input, \d+ threads: fp32 \S+, ")
+CHOICE = re.compile(
+    r"int8 chosen by measurement: (?P<chosen>.+) \((?P<ratio>\S+)x of fp32\); median ms of \d+ runs "
+    r"on a \d+x\d+ input, \d+ threads: fp32 \S+, "
+)
 
 
 def _make_checkpoint(task: str, folder, extra: list[str] = ()) -> tuple[str, list[str]]:
@@ -141,8 +155,9 @@ def test_evaluate_with_onnxruntime_gives_the_checkpoint_metrics(exported, task, 
     checkpoint, settings, out, _ = exported[task]
     common = [a for s in COMMON for a in ("--set", s)]
     lines = _run(["evaluate", "--checkpoint", checkpoint, "--json", str(tmp_path / "torch.json")] + common)
-    onnx_lines = _run(["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json",
-                       str(tmp_path / "onnx.json")] + common)
+    onnx_lines = _run(
+        ["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json", str(tmp_path / "onnx.json")] + common
+    )
     assert lines[0] == onnx_lines[0] and re.match(r"evaluated [35] images", lines[0])
     figures = json.loads((tmp_path / "torch.json").read_text())
     assert json.loads((tmp_path / "onnx.json").read_text()) == figures
@@ -169,8 +184,9 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
     if candidate.quant_format == "QDQ":
         weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         convs = [node for node in graph.node if node.op_type == "Conv"]
-        assert convs and all(node.input[1] in weights for node in convs
-                             if not (candidate.float_depthwise and _group(node) > 1))  # int8 weights
+        assert convs and all(
+            node.input[1] in weights for node in convs if not (candidate.float_depthwise and _group(node) > 1)
+        )  # int8 weights
         assert not any(node.op_type == "HardSigmoid" for node in graph.node)  # h-swish rewritten to int8 arithmetic
     else:
         assert any(node.op_type == "QLinearConv" for node in graph.node)
@@ -183,28 +199,33 @@ def test_int8_export_quantises_the_network_and_evaluates(exported, task, tmp_pat
         assert upsampling.op_type == "Resize" and producer[upsampling.input[0]].op_type == "DequantizeLinear"
         # and the sizes it reads come from the quantised tensors, not from float copies kept for them alone
         shapes = [node for node in graph.node if node.op_type == "Shape"]
-        assert shapes and not any(node.input[0] in producer and producer[node.input[0]].op_type == "DequantizeLinear"
-                       for node in shapes)
+        assert shapes and not any(
+            node.input[0] in producer and producer[node.input[0]].op_type == "DequantizeLinear" for node in shapes
+        )
     # int8 weights take a quarter of the bytes (the tiny demo networks keep scales and float parts: measured 0.43 to
     # 0.57 of fp32; 0.62 with the depthwise weights left fp32)
     assert quantised and out.stat().st_size < (0.67 if candidate.float_depthwise else 0.6) * fp32.stat().st_size
     # `mbtasks info` tells the choice too
     info = _run(["info", str(out)])
-    assert info[1] == (f"int8 choice    {choice['chosen']}: {ms[choice['chosen']] / ms['fp32']:.2f}x of fp32 when "
-                       f"exported (median of {CHOICE_RUNS} runs, {settings['threads']} threads, "
-                       f"{'x'.join(map(str, settings['input']))} input)"), info
-    lines = _run(["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json", str(tmp_path / "m.json")]
-                 + [a for s in COMMON for a in ("--set", s)])
+    assert info[1] == (
+        f"int8 choice    {choice['chosen']}: {ms[choice['chosen']] / ms['fp32']:.2f}x of fp32 when "
+        f"exported (median of {CHOICE_RUNS} runs, {settings['threads']} threads, "
+        f"{'x'.join(map(str, settings['input']))} input)"
+    ), info
+    lines = _run(
+        ["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json", str(tmp_path / "m.json")]
+        + [a for s in COMMON for a in ("--set", s)]
+    )
     assert re.match(r"evaluated [35] images", lines[0])
     figures = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= figures["AP" if task == "det" else "mean_class_iou"] <= 1
-
 
 
 @pytest.mark.parametrize("spinning, entry", [(True, "1"), (False, "0")])
 def test_sessions_spin_between_operators_unless_told_not_to(exported, spinning, entry):
     session = create_session(exported["cls"][2], spinning=spinning)
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry
+
 
 def _group(node) -> int:
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
@@ -216,18 +237,38 @@ def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_pa
     import mbtasks.export.int8 as int8
 
     spinning = []
-    monkeypatch.setattr(int8, "create_session", lambda *args, **kwargs: spinning.append(
-        kwargs["spinning"]) or create_session(*args, **kwargs))
+    monkeypatch.setattr(
+        int8,
+        "create_session",
+        lambda *args, **kwargs: spinning.append(kwargs["spinning"]) or create_session(*args, **kwargs),
+    )
     torch.manual_seed(0)
-    block = for_inference(InvertedResidual(3, 12, 8, kernel=3, stride=1, dilation=1, se=False,
-                                           activation=torch.nn.Hardswish, norm=torch.nn.BatchNorm2d,
-                                           use_residual=False))
+    block = for_inference(
+        InvertedResidual(
+            3,
+            12,
+            8,
+            kernel=3,
+            stride=1,
+            dilation=1,
+            se=False,
+            activation=torch.nn.Hardswish,
+            norm=torch.nn.BatchNorm2d,
+            use_residual=False,
+        )
+    )
     padded_block, changed = padded_expansions(block)
     example = torch.rand(3, 24, 32)
     for network, name in ((block, "fp32"), (padded_block, "padded")):
         with torch.no_grad():
-            torch.onnx.export(network, (example[None],), str(tmp_path / f"{name}.onnx"), input_names=["images"],
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                network,
+                (example[None],),
+                str(tmp_path / f"{name}.onnx"),
+                input_names=["images"],
+                opset_version=17,
+                dynamo=False,
+            )
     fp32 = tmp_path / "fp32.onnx"
     chosen, ms = choose(fp32, prepare(fp32), example, tmp_path, runs=2, padded=prepare(tmp_path / "padded.onnx"))
     assert changed == 1 and set(ms) == {"fp32", *(c.name for c in CANDIDATES)}
@@ -248,8 +289,11 @@ def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_pa
             # Depthwise fp32: its weights stay float (and ONNX Runtime is told not to quantise them itself).
             assert (depthwise.input[1] in initializers) == candidate.float_depthwise
             assert candidate.disabled_optimizers == (["WeightBiasQuantization"] if candidate.float_depthwise else [])
-            weight_scales = [initializers[dequantise[node.input[1]].input[1]] for node in graph.node
-                             if node.op_type == "Conv" and node.input[1] in dequantise]
+            weight_scales = [
+                initializers[dequantise[node.input[1]].input[1]]
+                for node in graph.node
+                if node.op_type == "Conv" and node.input[1] in dequantise
+            ]
             assert not any(node.op_type == "HardSigmoid" for node in graph.node)
         assert weight_scales and all((scale.size > 1) == candidate.per_channel for scale in weight_scales)
         session = create_session(tmp_path / f"candidate{index}.onnx", disabled_optimizers=candidate.disabled_optimizers)
@@ -257,7 +301,6 @@ def test_choose_quantises_each_candidate_as_it_says_and_keeps_the_fastest(tmp_pa
             want = block(example[None]).numpy()
         got = session.run(None, {"images": example[None].numpy()})[0]
         assert abs(got - want).max() < 0.05 * abs(want).max()  # int8, calibrated on this very input
-
 
 
 class NormalisedConv(torch.nn.Module):
@@ -273,8 +316,9 @@ class NormalisedConv(torch.nn.Module):
         return self.conv((x - self.mean) / self.std)
 
 
-@pytest.mark.parametrize("mean, std, image_itself", [([0.5] * 3, [0.5] * 3, True),
-                                                     ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False)])
+@pytest.mark.parametrize(
+    "mean, std, image_itself", [([0.5] * 3, [0.5] * 3, True), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False)]
+)
 def test_int8_quantises_the_image_itself_where_one_mean_and_std_normalise_it(mean, std, image_itself, tmp_path):
     """SSDLite's (x - 0.5) / 0.5: the quantiser reads the [0, 1] image and its uint8 values are round(254 x), which
     dequantise to the normalised image; per-channel ImageNet statistics keep their Sub and Div."""
@@ -282,8 +326,7 @@ def test_int8_quantises_the_image_itself_where_one_mean_and_std_normalise_it(mea
     network, example = NormalisedConv(mean, std).eval(), torch.rand(3, 24, 32)
     fp32 = tmp_path / "fp32.onnx"
     with torch.no_grad():
-        torch.onnx.export(network, (example[None],), str(fp32), input_names=["images"], opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(network, (example[None],), str(fp32), input_names=["images"], opset_version=17, dynamo=False)
         want = network(example[None]).numpy()
     out = tmp_path / "int8.onnx"
     quantize(prepare(fp32), out, calibration_reader([example], 1))
@@ -294,8 +337,7 @@ def test_int8_quantises_the_image_itself_where_one_mean_and_std_normalise_it(mea
     if image_itself:
         quantise = next(node for node in model.graph.node if node.op_type == "QuantizeLinear")
         assert quantise.input[0] == "images"
-        model.graph.output.append(onnx.helper.make_tensor_value_info(quantise.output[0], onnx.TensorProto.UINT8,
-                                                                     None))
+        model.graph.output.append(onnx.helper.make_tensor_value_info(quantise.output[0], onnx.TensorProto.UINT8, None))
         image = torch.randint(0, 256, (1, 3, 24, 32)).float() / 255  # a photo's values
         onnx.save(model, str(tmp_path / "tapped.onnx"))
         quantised = create_session(tmp_path / "tapped.onnx").run([quantise.output[0]], {"images": image.numpy()})[0]
@@ -317,8 +359,12 @@ def one_thread():
 
 def _train_demo(recipe: str, root: Path, settings: list[str]) -> str:
     """configs/demo/RECIPE trained with `settings` under root; its best checkpoint."""
-    settings = [*settings, f"data.synth_dir={root / 'data'}", f"train.out_dir={root / 'run'}",
-                "train.progress_bar=false"]
+    settings = [
+        *settings,
+        f"data.synth_dir={root / 'data'}",
+        f"train.out_dir={root / 'run'}",
+        "train.progress_bar=false",
+    ]
     _run(["train", "--config", str(CONFIGS / "demo" / recipe)] + [a for s in settings for a in ("--set", s)])
     return str(root / "run" / "checkpoints" / "best.ckpt")
 
@@ -328,8 +374,18 @@ def _pytorch_and_int8(checkpoint: str, folder: Path, metric: str) -> tuple[float
     common = ["--set", "train.progress_bar=false"]
     _run(["evaluate", "--checkpoint", checkpoint, "--json", str(folder / "torch.json"), *common])
     _run(["export", "--checkpoint", checkpoint, "--out", str(folder / "int8.onnx"), "--int8", "--calibration", "32"])
-    _run(["evaluate", "--runtime", "onnxruntime", "--model", str(folder / "int8.onnx"), "--json",
-          str(folder / "int8.json"), *common])
+    _run(
+        [
+            "evaluate",
+            "--runtime",
+            "onnxruntime",
+            "--model",
+            str(folder / "int8.onnx"),
+            "--json",
+            str(folder / "int8.json"),
+            *common,
+        ]
+    )
     fp32, int8 = (json.loads((folder / f"{name}.json").read_text())[metric] for name in ("torch", "int8"))
     return fp32, int8
 
@@ -338,9 +394,11 @@ def _pytorch_and_int8(checkpoint: str, folder: Path, metric: str) -> tuple[float
 def demo_segmenter(tmp_path_factory, one_thread) -> str:
     """The demo segmenter's recipe (configs/demo: LR-ASPP v3-Large on the embedded street scenes) trained for 8
     epochs on 64 scenes at 64x128: a model that segments (class mIoU 0.59), as the demo's does, in a test's time."""
-    return _train_demo("seg_cityscapes_synth.yaml", tmp_path_factory.mktemp("seg_demo"),
-                       ["data.synth={seed: 0, num_train: 64, num_val: 12, size: [64, 128]}", "data.size=[64, 128]",
-                        "train.epochs=8"])
+    return _train_demo(
+        "seg_cityscapes_synth.yaml",
+        tmp_path_factory.mktemp("seg_demo"),
+        ["data.synth={seed: 0, num_train: 64, num_val: 12, size: [64, 128]}", "data.size=[64, 128]", "train.epochs=8"],
+    )
 
 
 def test_int8_costs_the_demo_segmenter_at_most_1_point_of_miou(demo_segmenter, tmp_path):
@@ -360,9 +418,18 @@ def demo_detector(tmp_path_factory, one_thread) -> str:
     # would take a whole epoch (min(1000, an epoch's steps)), an eighth of the training: without it, 0.37. The same
     # steps over more images generalise better (at width 0.5, 640 images for 8 epochs: 0.53; 320 for 16: 0.40).
     # Validated once, after the last epoch: best.ckpt is the trained model.
-    return _train_demo("det_shapes.yaml", tmp_path_factory.mktemp("det_demo"),
-                       ["data.synth={seed: 0, num_train: 512, num_val: 100, image_size: 128}", "data.size=128",
-                        "data.batch_size=8", "train.warmup_epochs=0", "train.epochs=8", "train.val_every=8"])
+    return _train_demo(
+        "det_shapes.yaml",
+        tmp_path_factory.mktemp("det_demo"),
+        [
+            "data.synth={seed: 0, num_train: 512, num_val: 100, image_size: 128}",
+            "data.size=128",
+            "data.batch_size=8",
+            "train.warmup_epochs=0",
+            "train.epochs=8",
+            "train.val_every=8",
+        ],
+    )
 
 
 def test_int8_costs_the_demo_detector_at_most_1_point_of_map(demo_detector, tmp_path):
@@ -411,14 +478,26 @@ def test_selection_is_torchvisions_ssd_postprocessing_in_pytorch_and_onnxruntime
     anchors = torch.cat([anchors, anchors + 5 + torch.rand(500, 2) * 30], 1)
     deltas, logits = torch.randn(1, 500, 4), torch.randn(1, 500, 12) * 3
     # What SSD.postprocess_detections reads of its model: torchvision's settings, top-k binding, 12 classes.
-    ssd = SimpleNamespace(score_thresh=0.02, nms_thresh=0.5, detections_per_img=40, topk_candidates=25,
-                          box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)))
+    ssd = SimpleNamespace(
+        score_thresh=0.02,
+        nms_thresh=0.5,
+        detections_per_img=40,
+        topk_candidates=25,
+        box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)),
+    )
     want = SSD.postprocess_detections(ssd, {"bbox_regression": deltas, "cls_logits": logits}, [anchors], [(100, 90)])[0]
     boxes, scores = BoxDecoder(anchors, ssd.box_coder.weights, ssd.box_coder.bbox_xform_clip, (100, 90))(deltas, logits)
     select = SelectDetections(ssd.score_thresh, ssd.nms_thresh, ssd.detections_per_img, ssd.topk_candidates)
     with torch.no_grad():
-        torch.onnx.export(select, (boxes, scores), str(tmp_path / "select.onnx"), input_names=["boxes", "scores"],
-                          output_names=["boxes_kept", "scores_kept", "labels"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            select,
+            (boxes, scores),
+            str(tmp_path / "select.onnx"),
+            input_names=["boxes", "scores"],
+            output_names=["boxes_kept", "scores_kept", "labels"],
+            opset_version=17,
+            dynamo=False,
+        )
         session = create_session(tmp_path / "select.onnx")
         for got in (select(boxes, scores), session.run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})):
             got_boxes, got_scores, got_labels = (torch.as_tensor(v) for v in got)
@@ -433,19 +512,34 @@ def test_user_mistakes_are_one_line_errors(exported, tmp_path, capsys):
     checkpoint, _, det_onnx, _ = exported["det"]
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     (tmp_path / "text.onnx").write_text("not a model")
-    identity = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "bare",
-                                      [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                      [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    identity = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "bare",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(onnx.helper.make_model(identity), str(tmp_path / "bare.onnx"))
     cases = {
-        "not an mbtasks training checkpoint": ["export", "--checkpoint", str(tmp_path / "plain.pt"), "--out",
-                                               str(tmp_path / "x.onnx")],
+        "not an mbtasks training checkpoint": [
+            "export",
+            "--checkpoint",
+            str(tmp_path / "plain.pt"),
+            "--out",
+            str(tmp_path / "x.onnx"),
+        ],
         "not an ONNX model": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "text.onnx")],
         "without mbtasks metadata": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "bare.onnx")],
         "--runtime onnxruntime evaluates --model": ["evaluate", "--runtime", "onnxruntime", "--checkpoint", checkpoint],
         "--model is an ONNX file for --runtime onnxruntime": ["evaluate", "--model", str(det_onnx)],
-        "is an ONNX model of a det model, not seg": ["evaluate", "--task", "seg", "--runtime", "onnxruntime",
-                                                     "--model", str(det_onnx)],
+        "is an ONNX model of a det model, not seg": [
+            "evaluate",
+            "--task",
+            "seg",
+            "--runtime",
+            "onnxruntime",
+            "--model",
+            str(det_onnx),
+        ],
         "no such file": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "missing.onnx")],
     }
     for expected, args in cases.items():

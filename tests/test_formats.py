@@ -2,6 +2,7 @@
 written by hand in their layouts (right classes, mask pixels, boxes to the pixel), their recipes train and evaluate on
 their embedded sets, data.format is checked (closest name, kind), bad input is one line naming the file, and a
 checkpoint from before data.format keeps its format."""
+
 import json
 import os
 import subprocess
@@ -10,6 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import MBTASKS
+from photo_sets import (
+    FOLDER_CLASSES,
+    FOLDER_IGNORE,
+    FOLDER_PALETTE,
+    FOLDER_SPLITS,
+    YOLO_CLASSES,
+    YOLO_SPLITS,
+    folder_mask,
+    folder_photo,
+    write_folder_photos,
+    write_yolo_photos,
+    yolo_boxes,
+)
 from PIL import Image
 
 from mbtasks.cli import main
@@ -20,13 +35,14 @@ from mbtasks.evaluation.coco import coco_metrics
 from mbtasks.tasks import TASKS
 from mbtasks.tasks.segmentation import SegmentationTask
 
-from helpers import MBTASKS
-from photo_sets import (FOLDER_CLASSES, FOLDER_IGNORE, FOLDER_PALETTE, FOLDER_SPLITS, YOLO_CLASSES, YOLO_SPLITS,
-                        folder_mask, folder_photo, write_folder_photos, write_yolo_photos, yolo_boxes)
-
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
-ON_THIS_CPU = ["data.num_workers=0", "train.epochs=1", "train.accelerator=cpu", "train.progress_bar=false",
-               "train.limit_train_batches=1"]
+ON_THIS_CPU = [
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.accelerator=cpu",
+    "train.progress_bar=false",
+    "train.limit_train_batches=1",
+]
 
 
 def _sets(settings: list[str]) -> list[str]:
@@ -45,9 +61,16 @@ def yolo_photos(tmp_path_factory) -> Path:
 
 def test_every_task_reads_its_data_through_a_format_of_its_kind():
     kinds = {name: FORMATS[name].kind for name in FORMATS}
-    assert {"cityscapes": "segmentation", "voc": "segmentation", "folder": "segmentation", "coco": "detection",
-            "yolo": "detection", "celeba": "attributes", "lfw": "embeddings",
-            "imagefolder": "classification"}.items() <= kinds.items()
+    assert {
+        "cityscapes": "segmentation",
+        "voc": "segmentation",
+        "folder": "segmentation",
+        "coco": "detection",
+        "yolo": "detection",
+        "celeba": "attributes",
+        "lfw": "embeddings",
+        "imagefolder": "classification",
+    }.items() <= kinds.items()
     for name in TASKS:
         data = TASKS[name].data_module
         assert FORMATS[data.default_format].kind == data.format_kind  # the embedded set is one of its own
@@ -130,8 +153,10 @@ def test_yolo_photos_are_read_with_their_classes_and_boxes_to_the_pixel(yolo_pho
     # rocket, without a label file, was an image without boxes. The same COCOeval scores the set: its own boxes as
     # detections are a perfect score
     val = yolo.dataset("val", None, train=False)
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-               for a in val.coco.dataset["annotations"]]
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in val.coco.dataset["annotations"]
+    ]
     assert coco_metrics(val.ground_truth, results)["AP"] == pytest.approx(1.0)
 
 
@@ -150,11 +175,14 @@ def test_yolo_boxes_refer_to_the_upright_photo(yolo_photos, tmp_path):
     assert np.allclose(target["boxes"].numpy(), [[80, 120, 240, 360]])
 
 
-@pytest.mark.parametrize("line, problem", [
-    ("0 0.5 0.5 0.2", "line 2: expected `class cx cy w h` (a class id and 4 numbers), found '0 0.5 0.5 0.2'"),
-    ("12 0.5 0.5 0.2 0.2", "line 2: class 12 is not one of the 10 classes (0..9)"),
-    ("1 0.5 0.5 1.2 0.2", "line 2: cx cy w h must be normalised to 0..1, found 0.5 0.5 1.2 0.2"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("0 0.5 0.5 0.2", "line 2: expected `class cx cy w h` (a class id and 4 numbers), found '0 0.5 0.5 0.2'"),
+        ("12 0.5 0.5 0.2 0.2", "line 2: class 12 is not one of the 10 classes (0..9)"),
+        ("1 0.5 0.5 1.2 0.2", "line 2: cx cy w h must be normalised to 0..1, found 0.5 0.5 1.2 0.2"),
+    ],
+)
 def test_a_bad_yolo_line_is_one_line_naming_file_and_line(yolo_photos, tmp_path, line, problem):
     root = _copy_folder(yolo_photos, tmp_path / "copy")
     labels = root / "labels/train/coffee.txt"
@@ -175,7 +203,8 @@ def test_a_mistyped_or_foreign_data_format_is_one_line(tmp_path, capsys):
     assert main([*command, "--set", "data.format=coco"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "mbtasks: error: data.format 'coco' is a detection format; this task reads segmentation formats: "
-        "cityscapes, voc, folder"]
+        "cityscapes, voc, folder"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -183,8 +212,9 @@ def test_a_checkpoint_from_before_data_format_keeps_the_format_its_classes_told(
     from mbtasks.datasets.cityscapes import CLASS_NAMES as CITYSCAPES
     from mbtasks.datasets.voc import CLASS_NAMES as VOC
 
-    config = load_config(None, ["model.name=lraspp_mobilenet_v3_small", "model.options={width_mult: 0.5}"],
-                         task="seg").to_dict()
+    config = load_config(
+        None, ["model.name=lraspp_mobilenet_v3_small", "model.options={width_mult: 0.5}"], task="seg"
+    ).to_dict()
     del config["data"]["format"]  # a recipe written before the key
     for classes, name in ((CITYSCAPES, "cityscapes"), (VOC, "voc"), (["sky", "ground"], "voc")):
         assert SegmentationTask(config, list(classes), []).format.name == name
@@ -195,16 +225,29 @@ def test_a_checkpoint_from_before_data_format_keeps_the_format_its_classes_told(
 def _train(recipe: str, out: Path, settings: list[str]) -> subprocess.CompletedProcess:
     """`mbtasks train` of a demo recipe through the console script, on its embedded set written small under out."""
     settings = [*ON_THIS_CPU, f"data.synth_dir={out / 'data'}", f"train.out_dir={out / 'run'}", *settings]
-    result = subprocess.run([MBTASKS, "train", "--config", str(DEMO / recipe), *_sets(settings)], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [MBTASKS, "train", "--config", str(DEMO / recipe), *_sets(settings)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def test_the_folder_recipe_trains_and_evaluates_on_its_embedded_set(tmp_path, capsys):
-    result = _train("seg_folder.yaml", tmp_path, [
-        "data.synth={seed: 0, num_train: 4, num_val: 3, size: [64, 128]}", "data.size=[64, 128]",
-        "data.batch_size=2", "model.name=lraspp_mobilenet_v3_small", "model.options={width_mult: 0.5}"])
+    result = _train(
+        "seg_folder.yaml",
+        tmp_path,
+        [
+            "data.synth={seed: 0, num_train: 4, num_val: 3, size: [64, 128]}",
+            "data.size=[64, 128]",
+            "data.batch_size=2",
+            "model.name=lraspp_mobilenet_v3_small",
+            "model.options={width_mult: 0.5}",
+        ],
+    )
     assert "best val/mIoU" in result.stdout
     data = tmp_path / "data"
     assert sorted(p.name for p in data.iterdir()) == ["classes.yaml", "images", "masks", "mbtasks_synth.json"]
@@ -212,23 +255,56 @@ def test_the_folder_recipe_trains_and_evaluates_on_its_embedded_set(tmp_path, ca
     checkpoint = tmp_path / "run/checkpoints/last.ckpt"
     record = torch.load(checkpoint, weights_only=True)["mbtasks"]
     assert record["config"]["data"]["format"] == "folder" and len(record["class_names"]) == 7
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--save-predictions", str(tmp_path / "pred"),
-                 "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--save-predictions",
+                str(tmp_path / "pred"),
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "wrote 3 palette PNGs of class indices" in printed and "evaluated 3 images" in printed
     assert "mIoU" in printed and "sidewalk" in printed
     saved = sorted((tmp_path / "pred").glob("*.png"))
     assert [p.name for p in saved] == sorted(p.name for p in (data / "masks/val").glob("*.png"))
     assert Image.open(saved[0]).mode == "P"  # class indices, in classes.yaml's colours
-    assert main(["evaluate", "--task", "seg", "--gt", str(data), "--predictions", str(tmp_path / "pred"),
-                 "--json", str(tmp_path / "f.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "seg",
+                "--gt",
+                str(data),
+                "--predictions",
+                str(tmp_path / "pred"),
+                "--json",
+                str(tmp_path / "f.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "f.json").read_text()) == json.loads((tmp_path / "m.json").read_text())
 
 
 def test_the_yolo_recipe_trains_and_evaluates_on_its_embedded_set(tmp_path, capsys):
-    result = _train("det_yolo.yaml", tmp_path, [
-        "data.synth={seed: 0, num_train: 4, num_val: 3, image_size: 96}", "data.size=96", "data.batch_size=2",
-        "model.options={width_mult: 0.5}"])
+    result = _train(
+        "det_yolo.yaml",
+        tmp_path,
+        [
+            "data.synth={seed: 0, num_train: 4, num_val: 3, image_size: 96}",
+            "data.size=96",
+            "data.batch_size=2",
+            "model.options={width_mult: 0.5}",
+        ],
+    )
     assert "best val/mAP" in result.stdout
     data = tmp_path / "data"
     assert (data / "data.yaml").is_file() and len(list((data / "labels/val").glob("*.txt"))) == 3

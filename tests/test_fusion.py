@@ -1,11 +1,11 @@
 """Folding batch norm into convolutions keeps the outputs and removes the BN layers."""
+
 import pytest
 import torch
+from helpers import randomised
 
 from mbtasks import build_model
 from mbtasks.layers.fusion import fold_batchnorm, for_inference
-
-from helpers import randomised
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"])
@@ -26,8 +26,14 @@ def test_folded_segmenter_gives_the_same_logits():
         assert torch.allclose(fold_batchnorm(model)(x), model(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("name, options", [("mobilenet_v3_large", {}), ("lraspp_mobilenet_v3_large", {"num_classes": 5}),
-                                           ("deeplabv3_mobilenet_v2", {"num_classes": 5})])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("mobilenet_v3_large", {}),
+        ("lraspp_mobilenet_v3_large", {"num_classes": 5}),
+        ("deeplabv3_mobilenet_v2", {"num_classes": 5}),
+    ],
+)
 def test_inference_copy_is_channels_last_and_gives_the_same_outputs(name, options):
     model = randomised(build_model(name, **options))
     x = torch.rand(1, 3, 64, 96)

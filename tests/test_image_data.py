@@ -21,8 +21,9 @@ from mbtasks.datasets.synthetic.faces import (
 from mbtasks.errors import MbtasksError
 from mbtasks.io.images import read_rgb_image
 
-LFW_OPTIONS = dict(num_identities=4, images_per_identity=3, num_pair_identities=20,
-                   pair_images_per_identity=3, matched_per_fold=2)
+LFW_OPTIONS = dict(
+    num_identities=4, images_per_identity=3, num_pair_identities=20, pair_images_per_identity=3, matched_per_fold=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,9 @@ def test_lfw_pairs_and_identities(data):
     assert pairs.same.sum() == 20 and list(np.bincount(pairs.folds)) == [4] * 10
     first, second, same, fold = pairs[0]
     assert first.shape == second.shape == (3, 48, 48) and same is True and fold == 0
-    people_by_fold = [{p.name1 for p in pairs.pairs if p.fold == f} | {p.name2 for p in pairs.pairs if p.fold == f}
-                      for f in range(10)]
+    people_by_fold = [
+        {p.name1 for p in pairs.pairs if p.fold == f} | {p.name2 for p in pairs.pairs if p.fold == f} for f in range(10)
+    ]
     assert all(not (people_by_fold[f] & people_by_fold[g]) for f in range(10) for g in range(f))
     train = LFWIdentities(data / "faces" / "train", transform=train_transform(48, scale=(0.8, 1.0)))
     assert len(train) == 12 and train.identities == sorted(train.identities)
@@ -95,12 +97,16 @@ def test_imagefolder_classes(data):
 
 @pytest.mark.parametrize(
     "writer, options",
-    [(write_celeba_faces, dict(num_images=12)), (write_lfw_identities, LFW_OPTIONS),
-     (write_shape_imagefolder, dict(num_classes=3, train_per_class=2, val_per_class=1, size=32))],
+    [
+        (write_celeba_faces, dict(num_images=12)),
+        (write_lfw_identities, LFW_OPTIONS),
+        (write_shape_imagefolder, dict(num_classes=3, train_per_class=2, val_per_class=1, size=32)),
+    ],
 )
 def test_synthetic_sets_reproduce_from_seed(tmp_path, writer, options):
-    first, again, other = (writer(tmp_path / name, seed=seed, **options) for name, seed in
-                           (("a", 3), ("b", 3), ("c", 4)))
+    first, again, other = (
+        writer(tmp_path / name, seed=seed, **options) for name, seed in (("a", 3), ("b", 3), ("c", 4))
+    )
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     _, mismatch, errors = filecmp.cmpfiles(first, again, [str(f) for f in files], shallow=False)
@@ -199,8 +205,12 @@ def test_imagefolder_empty_class_and_corrupt_image(data, tmp_path):
 
 def test_transforms_output(data):
     image = read_rgb_image(data / "celeba" / "img_align_celeba" / "000001.jpg")
-    for transform in (train_transform(64), train_transform((64, 48), hflip=False, color_jitter=0),
-                      eval_transform(64), eval_transform((64, 48), crop_fraction=None)):
+    for transform in (
+        train_transform(64),
+        train_transform((64, 48), hflip=False, color_jitter=0),
+        eval_transform(64),
+        eval_transform((64, 48), crop_fraction=None),
+    ):
         out = transform(image=image)["image"]
         assert out.dtype == torch.float32 and out.shape[0] == 3 and out.shape[1] == 64
     flat = np.full((80, 80, 3), (124, 116, 104), np.uint8)  # the ImageNet mean colour

@@ -2,35 +2,51 @@
 
 Train one epoch, evaluate the checkpoint, resume, DDP; the heads and losses; configs; one-line errors.
 """
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_IMAGE_DATA, evaluate_with_one_and_two_processes
 
-from mbtasks.io.records import Record, save_weights
 from mbtasks.cli import main
 from mbtasks.config import load_config
+from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
 from mbtasks.errors import MbtasksError
 from mbtasks.heads.image import AttributeHead, ClassifierHead, EmbeddingHead
-from mbtasks.models.losses import ArcFaceLoss, AttributeLoss, DistillationLoss, TripletLoss, attribute_pos_weight
+from mbtasks.io.records import Record, save_weights
 from mbtasks.models import build_backbone, build_model
-from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
+from mbtasks.models.losses import ArcFaceLoss, AttributeLoss, DistillationLoss, TripletLoss, attribute_pos_weight
 from mbtasks.tasks.attributes import AttributesDataModule, AttributesTask
 from mbtasks.tasks.classification import ClassificationDataModule, ClassificationTask
 from mbtasks.tasks.embeddings import EmbeddingsDataModule, EmbeddingsTask
 
-from helpers import TINY_IMAGE_DATA, evaluate_with_one_and_two_processes
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-COMMON = ["data.num_workers=0", "data.batch_size=8", "data.val_batch_size=4", "train.epochs=1",
-          "train.accelerator=cpu", "train.progress_bar=false", "train.optimizer=adamw", "train.lr=0.001",
-          "train.log_every=1", "train.schedule=constant"]
+COMMON = [
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "data.val_batch_size=4",
+    "train.epochs=1",
+    "train.accelerator=cpu",
+    "train.progress_bar=false",
+    "train.optimizer=adamw",
+    "train.lr=0.001",
+    "train.log_every=1",
+    "train.schedule=constant",
+]
 SETTINGS = {
-    "attr": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, pos_weight: balanced}",
-             *TINY_IMAGE_DATA["attr"]],
-    "embed": ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 16}", *TINY_IMAGE_DATA["embed"]],
+    "attr": [
+        "model.name=mobilenet_v1",
+        "model.options={width_mult: 0.25, pos_weight: balanced}",
+        *TINY_IMAGE_DATA["attr"],
+    ],
+    "embed": [
+        "model.name=mobilenet_v1",
+        "model.options={width_mult: 0.25, embedding_dim: 16}",
+        *TINY_IMAGE_DATA["embed"],
+    ],
     "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.5}", *TINY_IMAGE_DATA["cls"]],
 }
 METRIC = {"attr": "val/mean_ap", "embed": "val/accuracy", "cls": "val/top1"}
@@ -49,8 +65,12 @@ def runs(tmp_path_factory) -> dict:
     extra = {"embed": ["model.options.distillation={teacher: " + str(teacher) + ", weight: 0.5}"]}
     result = {}
     for task, settings in SETTINGS.items():
-        settings = COMMON + settings + extra.get(task, []) + [f"data.synth_dir={root / task / 'data'}",
-                                                               f"train.out_dir={root / task / 'run'}"]
+        settings = (
+            COMMON
+            + settings
+            + extra.get(task, [])
+            + [f"data.synth_dir={root / task / 'data'}", f"train.out_dir={root / task / 'run'}"]
+        )
         assert main(_args(["train", "--task", task], settings)) == 0
         result[task] = (root / task, settings)
     return result
@@ -144,7 +164,11 @@ def test_embedding_head_is_l2_normalised_with_the_requested_size():
 
 def test_classifier_head_keeps_its_layer_names():
     assert list(ClassifierHead(16, 10, hidden_channels=32).state_dict()) == [
-        "hidden.0.weight", "hidden.0.bias", "fc.weight", "fc.bias"]
+        "hidden.0.weight",
+        "hidden.0.bias",
+        "fc.weight",
+        "fc.bias",
+    ]
     assert AttributeHead(16, 40)(torch.randn(2, 16, 2, 2)).shape == (2, 40)
 
 
@@ -158,8 +182,9 @@ def test_attribute_positive_weights_change_the_loss():
     balanced = attribute_pos_weight("balanced", ["a", "b", "c"], targets.numpy())
     assert balanced.tolist() == pytest.approx([0.5, 2.0, 0.5])  # negatives / positives
     # Through the task: a list in model.options reaches the loss.
-    config = load_config(None, [SETTINGS["attr"][0], "model.options={width_mult: 0.25, pos_weight: [1, 4, 1]}"],
-                         task="attr")
+    config = load_config(
+        None, [SETTINGS["attr"][0], "model.options={width_mult: 0.25, pos_weight: [1, 4, 1]}"], task="attr"
+    )
     task = AttributesTask(config.to_dict(), ["a", "b", "c"], [])
     assert task.loss(logits, targets) == AttributeLoss(weights)(logits, targets)
     with pytest.raises(MbtasksError, match="2 values for 3 attributes"):
@@ -201,7 +226,9 @@ def test_wrong_teacher_file_is_a_one_line_error(runs, tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "teacher.pt")
     for name in ("teacher.npy", "teacher.pt", "missing.npy"):
         wrong = [s for s in settings if not s.startswith("train.out_dir")] + [
-            f"train.out_dir={tmp_path / 'run'}", "model.options.distillation={teacher: " + str(tmp_path / name) + "}"]
+            f"train.out_dir={tmp_path / 'run'}",
+            "model.options.distillation={teacher: " + str(tmp_path / name) + "}",
+        ]
         assert main(_args(["train", "--task", "embed"], wrong)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("mbtasks: error: ") and str(tmp_path / name) in err[0], err
@@ -212,11 +239,16 @@ def test_wrong_teacher_file_is_a_one_line_error(runs, tmp_path, capsys):
 
 def test_backbone_weights_load_into_the_backbone_and_are_recorded(tmp_path):
     imagenet = build_model("mobilenet_v1", width_mult=0.25, bn_eps=1e-3)
-    save_weights(tmp_path / "v1.pt", Record("mobilenet_v1", "mobilenet_v1",
-                                            {"width_mult": 0.25, "bn_eps": 1e-3, "num_classes": 1000},
-                                            state_dict=imagenet.state_dict()))
-    config = load_config(None, ["model.name=mobilenet_v1", f"model.backbone_weights={tmp_path / 'v1.pt'}"],
-                         task="attr")
+    save_weights(
+        tmp_path / "v1.pt",
+        Record(
+            "mobilenet_v1",
+            "mobilenet_v1",
+            {"width_mult": 0.25, "bn_eps": 1e-3, "num_classes": 1000},
+            state_dict=imagenet.state_dict(),
+        ),
+    )
+    config = load_config(None, ["model.name=mobilenet_v1", f"model.backbone_weights={tmp_path / 'v1.pt'}"], task="attr")
     task = AttributesTask(config.to_dict(), ["a", "b"], [])
     for key, value in imagenet.backbone.state_dict().items():
         assert torch.equal(task.model.backbone.state_dict()[key], value), key
@@ -226,20 +258,34 @@ def test_backbone_weights_load_into_the_backbone_and_are_recorded(tmp_path):
 
 def test_model_mistakes_are_errors():
     with pytest.raises(MbtasksError, match="must be a backbone"):
-        AttributesTask(load_config(None, ["model.name=ssdlite320_mobilenet_v3_large"], task="attr").to_dict(),
-                       ["a"], [])
+        AttributesTask(
+            load_config(None, ["model.name=ssdlite320_mobilenet_v3_large"], task="attr").to_dict(), ["a"], []
+        )
     with pytest.raises(MbtasksError, match="unknown option.*embeding_dim"):
-        EmbeddingsTask(load_config(None, ["model.name=mobilenet_v1", "model.options={embeding_dim: 8}"],
-                                   task="embed").to_dict(), [], [])
+        EmbeddingsTask(
+            load_config(None, ["model.name=mobilenet_v1", "model.options={embeding_dim: 8}"], task="embed").to_dict(),
+            [],
+            [],
+        )
     with pytest.raises(MbtasksError, match="model.options.loss must be one of"):
-        EmbeddingsTask(load_config(None, ["model.name=mobilenet_v1", "model.options={loss: {name: cosface}}"],
-                                   task="embed").to_dict(), [], [])
+        EmbeddingsTask(
+            load_config(
+                None, ["model.name=mobilenet_v1", "model.options={loss: {name: cosface}}"], task="embed"
+            ).to_dict(),
+            [],
+            [],
+        )
 
 
 def test_synthetic_set_is_written_once_and_empty_leftovers_are_replaced(tmp_path):
-    config = load_config(None, [f"data.synth_dir={tmp_path / 'shapes'}",
-                                "data.synth={num_classes: 2, train_per_class: 1, val_per_class: 1, size: 16}"],
-                         task="cls")
+    config = load_config(
+        None,
+        [
+            f"data.synth_dir={tmp_path / 'shapes'}",
+            "data.synth={num_classes: 2, train_per_class: 1, val_per_class: 1, size: 16}",
+        ],
+        task="cls",
+    )
     (tmp_path / "shapes/train/circle").mkdir(parents=True)  # folders without files: nothing to lose
     data = ClassificationDataModule(config)
     data.prepare_data()
@@ -251,15 +297,24 @@ def test_synthetic_set_is_written_once_and_empty_leftovers_are_replaced(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no staging folders left behind
     data.setup("validate")
     assert data.class_names == ["circle", "square"] and data.category_ids == []
-    write_synthetic_once(tmp_path / "shapes", data.format.write_synthetic,
-                         {"num_classes": 3, "train_per_class": 1, "val_per_class": 1, "size": 16})
+    write_synthetic_once(
+        tmp_path / "shapes",
+        data.format.write_synthetic,
+        {"num_classes": 3, "train_per_class": 1, "val_per_class": 1, "size": 16},
+    )
     assert len(list((tmp_path / "shapes/train").iterdir())) == 3  # other options: rewritten
 
 
-CONFIG_FILES = sorted((CONFIGS / "face").glob("*.yaml")) + sorted((CONFIGS / "cls").glob("*.yaml")) + [
-    CONFIGS / "demo" / f"{name}.yaml" for name in ("attr_faces", "embed_faces", "cls_shapes")]
-TASKS = {"attr": (AttributesDataModule, AttributesTask), "embed": (EmbeddingsDataModule, EmbeddingsTask),
-         "cls": (ClassificationDataModule, ClassificationTask)}
+CONFIG_FILES = (
+    sorted((CONFIGS / "face").glob("*.yaml"))
+    + sorted((CONFIGS / "cls").glob("*.yaml"))
+    + [CONFIGS / "demo" / f"{name}.yaml" for name in ("attr_faces", "embed_faces", "cls_shapes")]
+)
+TASKS = {
+    "attr": (AttributesDataModule, AttributesTask),
+    "embed": (EmbeddingsDataModule, EmbeddingsTask),
+    "cls": (ClassificationDataModule, ClassificationTask),
+}
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)

@@ -1,14 +1,15 @@
 """A model added as a plugin: one file outside mbtasks and an installed distribution's `mbtasks.models` entry point,
 trained one step and profiled through the console script; a broken model plugin is one warning line naming it."""
+
 import json
 import os
 import subprocess
 import textwrap
 from pathlib import Path
 
-from mbtasks.io.records import read_record
-
 from helpers import MBTASKS, TINY_IMAGE_DATA
+
+from mbtasks.io.records import read_record
 
 DEMO = Path(__file__).resolve().parents[1] / "configs/demo/cls_shapes.yaml"
 PLUGIN = '''\
@@ -55,14 +56,27 @@ def _mbtasks(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_plugin_model_trains_one_step_and_profiles_through_the_console_script(tmp_path):
-    env = _install(tmp_path / "site", "mbtasks_mlp_plugin", {"mlp_models": PLUGIN}, """\
+    env = _install(
+        tmp_path / "site",
+        "mbtasks_mlp_plugin",
+        {"mlp_models": PLUGIN},
+        """\
         [mbtasks.models]
         mlp_mobilenet_v3_small = mlp_models:mlp_mobilenet_v3_small
-        """)
-    settings = ["model.name=mlp_mobilenet_v3_small", "model.options={width_mult: 0.25, hidden: 16}",
-                *TINY_IMAGE_DATA["cls"], f"data.synth_dir={tmp_path / 'data'}", "data.num_workers=0",
-                f"train.out_dir={tmp_path / 'run'}", "train.epochs=1", "train.limit_train_batches=1",
-                "train.limit_val_batches=1", "train.progress_bar=false"]
+        """,
+    )
+    settings = [
+        "model.name=mlp_mobilenet_v3_small",
+        "model.options={width_mult: 0.25, hidden: 16}",
+        *TINY_IMAGE_DATA["cls"],
+        f"data.synth_dir={tmp_path / 'data'}",
+        "data.num_workers=0",
+        f"train.out_dir={tmp_path / 'run'}",
+        "train.epochs=1",
+        "train.limit_train_batches=1",
+        "train.limit_val_batches=1",
+        "train.progress_bar=false",
+    ]
     train = _mbtasks(env, "train", "--config", str(DEMO), *[a for s in settings for a in ("--set", s)])
     assert train.returncode == 0, train.stderr[-3000:]
     record, _ = read_record(tmp_path / "run" / "checkpoints" / "last.ckpt")
@@ -75,11 +89,15 @@ def test_a_plugin_model_trains_one_step_and_profiles_through_the_console_script(
 
 
 def test_a_broken_model_plugin_is_one_line_naming_it_and_the_built_in_models_work(tmp_path):
-    env = _install(tmp_path / "site", "mbtasks_broken_plugin",
-                   {"broken_models": 'raise ImportError("needs a library that is not installed")\n'}, """\
+    env = _install(
+        tmp_path / "site",
+        "mbtasks_broken_plugin",
+        {"broken_models": 'raise ImportError("needs a library that is not installed")\n'},
+        """\
         [mbtasks.models]
         broken_model = broken_models
-        """)
+        """,
+    )
     help_text = _mbtasks(env, "--help")
     assert help_text.returncode == 0 and help_text.stderr == ""  # plugins load on the first lookup, not before
 
@@ -88,9 +106,11 @@ def test_a_broken_model_plugin_is_one_line_naming_it_and_the_built_in_models_wor
     assert json.loads(profile.stdout)["params"] == 4_231_976
     assert profile.stderr.splitlines() == [
         "mbtasks: warning: model plugin 'broken_model' (broken_models) failed to load and is left out: ImportError: "
-        "needs a library that is not installed"]
+        "needs a library that is not installed"
+    ]
 
     named = _mbtasks(env, "profile", "--model", "broken_model")
     assert named.returncode == 2
-    assert named.stderr.splitlines()[-1].endswith("model 'broken_model' is a plugin that failed to load: ImportError: "
-                                                  "needs a library that is not installed")
+    assert named.stderr.splitlines()[-1].endswith(
+        "model 'broken_model' is a plugin that failed to load: ImportError: needs a library that is not installed"
+    )

@@ -1,5 +1,7 @@
-"""The model registry: every entry carries its facts (kind, default size, head family, defaults), every builder is named,
-signed and documented, list_models takes a shell pattern, and unknown options and class counts are one error each."""
+"""The model registry: every entry carries its facts (kind, default size, head family, defaults), every builder is
+named, signed and documented, list_models takes a shell pattern, and unknown options and class counts are one error
+each."""
+
 import importlib
 import inspect
 
@@ -17,8 +19,12 @@ BUILT_IN = ("mbtasks.models.classifiers", "mbtasks.models.detectors", "mbtasks.m
 
 
 def test_list_models_takes_a_shell_pattern_and_a_kind():
-    assert mbtasks.list_models("*ssdlite*") == ["ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_small",
-                                                "ssdlite320_mobilenet_v2", "ssdlite320_mobilenet_v1"]
+    assert mbtasks.list_models("*ssdlite*") == [
+        "ssdlite320_mobilenet_v3_large",
+        "ssdlite320_mobilenet_v3_small",
+        "ssdlite320_mobilenet_v2",
+        "ssdlite320_mobilenet_v1",
+    ]
     assert list_models() == MODELS.names() and len(list_models()) == 23
     assert list_models("mobilenet_v?") == ["mobilenet_v1", "mobilenet_v2"]
     assert list_models("*v1", kind="segmenter") == ["deeplabv3_mobilenet_v1"]
@@ -64,8 +70,11 @@ def test_entries_carry_sizes_heads_and_visible_defaults():
 
 
 def test_unknown_options_and_class_counts_are_one_error_each():
-    with pytest.raises(MbtasksError, match=r"unknown option\(s\) for mobilenet_v1: num_clases \(did you mean "
-                                           r"'num_classes'\?\)"):
+    with pytest.raises(
+        MbtasksError,
+        match=r"unknown option\(s\) for mobilenet_v1: num_clases \(did you mean "
+        r"'num_classes'\?\)",
+    ):
         build_model("mobilenet_v1", num_clases=3)
     with pytest.raises(MbtasksError, match=r"unknown option\(s\) for lraspp_mobilenet_v2: colour, size$"):
         build_model("lraspp_mobilenet_v2", colour="red", size=3)
@@ -79,7 +88,11 @@ def test_a_backbone_loads_from_a_detector_with_its_default_tail(tmp_path):
     torch.manual_seed(0)
     options = {"num_classes": 3, "width_mult": 0.5}
     model = build_model("ssdlite320_mobilenet_v3_small", **options)
-    save_weights(tmp_path / "det.pt", Record("ssdlite320_mobilenet_v3_small", "mobilenet_v3_small", options,
-                                             state_dict=model.state_dict()))
+    save_weights(
+        tmp_path / "det.pt",
+        Record("ssdlite320_mobilenet_v3_small", "mobilenet_v3_small", options, state_dict=model.state_dict()),
+    )
     backbone = build_backbone("mobilenet_v3_small", weights=tmp_path / "det.pt")  # reduced_tail from the entry
-    assert torch.equal(backbone.state_dict()["layers.0.0.weight"], model.backbone.body.state_dict()["layers.0.0.weight"])
+    assert torch.equal(
+        backbone.state_dict()["layers.0.0.weight"], model.backbone.body.state_dict()["layers.0.0.weight"]
+    )

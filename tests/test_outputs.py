@@ -1,4 +1,5 @@
 """Output paths: folders created or refused in one line, results files replaced whole or not at all."""
+
 import pytest
 
 from mbtasks.errors import MbtasksError
@@ -27,9 +28,11 @@ def test_output_folders_are_created_and_files_in_the_way_refused(tmp_path):
     assert output_folder(tmp_path / "a" / "b").is_dir()
     assert output_file(tmp_path / "c" / "m.json").parent.is_dir()
     (tmp_path / "file").write_text("mine")
-    for make, path, problem in [(output_folder, tmp_path / "file", "file: is a file, not a folder to write into"),
-                                (output_file, tmp_path / "file" / "sub" / "m.json", "file: is a file, not a folder"),
-                                (output_file, tmp_path / "a", "a: is a folder, not a file to write")]:
+    for make, path, problem in [
+        (output_folder, tmp_path / "file", "file: is a file, not a folder to write into"),
+        (output_file, tmp_path / "file" / "sub" / "m.json", "file: is a file, not a folder"),
+        (output_file, tmp_path / "a", "a: is a folder, not a file to write"),
+    ]:
         with pytest.raises(MbtasksError, match=problem):
             make(path)
     assert (tmp_path / "file").read_text() == "mine"

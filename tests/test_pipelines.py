@@ -1,6 +1,7 @@
 """The training pipelines on real photos: what they give is what the albumentations pipelines they replace gave
 (given the same random draws), their random draws follow the same rules (torchvision's IoU crop), and their outputs
 are what the models and losses take."""
+
 from __future__ import annotations
 
 import albumentations as A
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from photo_sets import write_cityscapes_photos, write_coco_photos
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from mbtasks.config import load_config
 from mbtasks.datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, label_ids_to_train_ids
 from mbtasks.datasets.coco import CocoDetection
 from mbtasks.datasets.iou_crop import IoUCropFlipResize, RandomIoUCrop, sample_iou_crop
@@ -20,10 +23,8 @@ from mbtasks.datasets.samplers import SeededAugmentation
 from mbtasks.datasets.segmentation_transforms import ScaleCropFlip, normalise_batch, segmentation_train_transforms
 from mbtasks.datasets.transforms import collate_training, detection_transforms, images_to_float
 from mbtasks.io.images import read_label_png, read_rgb_image
-from mbtasks.config import load_config
 from mbtasks.tasks.base import one_thread_opencv, one_thread_opencv_with
 from mbtasks.tasks.detection import DetectionDataModule
-from photo_sets import write_cityscapes_photos, write_coco_photos
 
 SIZE = (320, 320)
 
@@ -54,16 +55,18 @@ class WindowCrop(RandomIoUCrop):
 
 def test_ssdlite_pipeline_gives_albumentations_output_for_the_same_draw(photos) -> None:
     pipeline = IoUCropFlipResize(SIZE)
-    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True, min_width=1.0,
-                               min_height=1.0)
+    bbox_params = A.BboxParams(
+        format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True, min_width=1.0, min_height=1.0
+    )
     flipped = cropped = 0
     for seed in range(8):
         for image, boxes, labels, iscrowd in photos:
             pipeline.set_random_seed(seed)
             window, flip = pipeline.sample(boxes.astype(np.float64), *image.shape[:2])
             ours = pipeline.apply(image, boxes.astype(np.float64), labels, iscrowd, window, flip)
-            reference = A.Compose([WindowCrop(window), A.HorizontalFlip(p=float(flip)), A.Resize(*SIZE)],
-                                  bbox_params=bbox_params)(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
+            reference = A.Compose(
+                [WindowCrop(window), A.HorizontalFlip(p=float(flip)), A.Resize(*SIZE)], bbox_params=bbox_params
+            )(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
             assert ours["image"].dtype == np.uint8 and ours["image"].shape == (*SIZE, 3)
             assert np.abs(ours["image"].astype(int) - reference["image"]).max() <= 1  # flip before or after resizing
             assert np.allclose(ours["bboxes"], np.asarray(reference["bboxes"]).reshape(-1, 4), atol=1e-3)
@@ -108,14 +111,26 @@ def test_iou_crop_windows_follow_torchvisions_distribution(photos) -> None:
         ours, theirs = [], []
         for _ in range(draws):
             left, top, right, bottom = sample_iou_crop(rng, boxes.astype(np.float64), 640, 480)
-            ours.append((left == 0 and top == 0 and right == 640 and bottom == 480,
-                         (right - left) * (bottom - top) / (640 * 480), (left + right) / 1280, (top + bottom) / 960))
+            ours.append(
+                (
+                    left == 0 and top == 0 and right == 640 and bottom == 480,
+                    (right - left) * (bottom - top) / (640 * 480),
+                    (left + right) / 1280,
+                    (top + bottom) / 960,
+                )
+            )
             params = reference.make_params([canvas, tv_boxes])
             if not params:
                 theirs.append((True, 1.0, 0.5, 0.5))
             else:
-                theirs.append((False, params["width"] * params["height"] / (640 * 480),
-                               (params["left"] + params["width"] / 2) / 640, (params["top"] + params["height"] / 2) / 480))
+                theirs.append(
+                    (
+                        False,
+                        params["width"] * params["height"] / (640 * 480),
+                        (params["left"] + params["width"] / 2) / 640,
+                        (params["top"] + params["height"] / 2) / 480,
+                    )
+                )
         ours, theirs = np.array(ours, dtype=float), np.array(theirs, dtype=float)
         error = np.sqrt((ours.var(0) + theirs.var(0)) / draws)
         assert (np.abs(ours.mean(0) - theirs.mean(0)) <= 4 * error + 1e-9).all(), (ours.mean(0), theirs.mean(0))
@@ -125,8 +140,9 @@ def test_ssdlite_training_items_on_real_photos(coco, photos) -> None:
     """The training reader with the recipe's pipeline, many seeded samples: uint8 320x320 images (NCHW floats in
     [0, 1] once on the device), every box inside the image, at least a pixel wide, on its object with its label."""
     transform = detection_transforms("ssdlite", SIZE, train=True, seed=0)
-    items = SeededAugmentation(CocoDetection(coco.image_dir, coco.annotation_file, transform, train=True),
-                               transform, seed=3)
+    items = SeededAugmentation(
+        CocoDetection(coco.image_dir, coco.annotation_file, transform, train=True), transform, seed=3
+    )
     replay = IoUCropFlipResize(SIZE)
     kept = dropped = 0
     for epoch in range(8):
@@ -158,8 +174,15 @@ def test_ssdlite_training_items_on_real_photos(coco, photos) -> None:
 
 def test_detection_training_batch_is_one_uint8_tensor_and_floats_on_the_device() -> None:
     images = [np.random.default_rng(i).integers(0, 256, (4, 5, 3), dtype=np.uint8) for i in range(2)]
-    given = [{"boxes": torch.rand(n, 4), "labels": torch.arange(n), "iscrowd": torch.zeros(n, dtype=torch.int64),
-              "image_id": n} for n in (2, 0)]
+    given = [
+        {
+            "boxes": torch.rand(n, 4),
+            "labels": torch.arange(n),
+            "iscrowd": torch.zeros(n, dtype=torch.int64),
+            "image_id": n,
+        }
+        for n in (2, 0)
+    ]
     stacked, targets = collate_training([(images[0], given[0]), (images[1], given[1])])
     assert stacked.dtype == torch.uint8 and stacked.shape == (2, 4, 5, 3)
     for target, expected in zip(targets, given):
@@ -174,6 +197,7 @@ def test_detection_training_batch_is_one_uint8_tensor_and_floats_on_the_device()
 
 # ---- segmentation ----
 
+
 @pytest.fixture(scope="module")
 def streets(tmp_path_factory):
     """One Cityscapes scene of photos (2048x1024) and its labelIds, read back as they are on disk."""
@@ -186,9 +210,12 @@ def streets(tmp_path_factory):
 def _old_geometry(image, mask, crop, scale, top, left, flip):
     """What albumentations' RandomScale + RandomCrop (padded top-left) + HorizontalFlip gave for these draws."""
     height, width = int(image.shape[0] * scale), int(image.shape[1] * scale)
-    steps = [A.Resize(height, width), A.PadIfNeeded(*crop, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                                                    fill=0, fill_mask=255),
-             A.Crop(left, top, left + crop[1], top + crop[0]), A.HorizontalFlip(p=float(flip))]
+    steps = [
+        A.Resize(height, width),
+        A.PadIfNeeded(*crop, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255),
+        A.Crop(left, top, left + crop[1], top + crop[0]),
+        A.HorizontalFlip(p=float(flip)),
+    ]
     out = A.Compose(steps)(image=image, mask=mask)
     return out["image"], out["mask"]
 
@@ -223,7 +250,8 @@ def test_segmentation_labels_stay_valid_and_on_their_pixels(streets, tmp_path) -
     colours = np.concatenate([TRAIN_ID_COLORS, np.zeros((256 - len(TRAIN_ID_COLORS), 3), np.uint8)])
     Image.fromarray(label_ids).save(root / "gtFine/train/x/x_000000_000000_gtFine_labelIds.png")
     Image.fromarray(colours[label_ids_to_train_ids(label_ids)]).save(
-        root / "leftImg8bit/train/x/x_000000_000000_leftImg8bit.png")
+        root / "leftImg8bit/train/x/x_000000_000000_leftImg8bit.png"
+    )
     geometry = ScaleCropFlip((384, 768), (0.5, 2.0), 255, A.Compose([]))
     items = SeededAugmentation(CityscapesSegmentation(root, "train", geometry), geometry, seed=0)
     valid = set(range(19)) | {255}
@@ -234,7 +262,7 @@ def test_segmentation_labels_stay_valid_and_on_their_pixels(streets, tmp_path) -
         assert image.dtype == mask.dtype == np.uint8 and image.shape == (384, 768, 3) and mask.shape == (384, 768)
         assert set(np.unique(mask).tolist()) <= valid
         # interior: the 7x7 neighbourhood has one label, so linear and nearest sampling agree on it
-        interior = (cv2.erode(mask, np.ones((7, 7), np.uint8)) == cv2.dilate(mask, np.ones((7, 7), np.uint8)))
+        interior = cv2.erode(mask, np.ones((7, 7), np.uint8)) == cv2.dilate(mask, np.ones((7, 7), np.uint8))
         interior[:3], interior[-3:], interior[:, :3], interior[:, -3:] = False, False, False, False
         assert np.abs(image[interior].astype(int) - colours[mask[interior]]).max() <= 1
         checked += interior.sum()
@@ -257,6 +285,7 @@ def test_segmentation_training_batch_normalised_on_the_device(streets) -> None:
 
 # ---- decoding and loader workers ----
 
+
 def test_png_decoding_gives_the_pixels_cv2_gives(streets, tmp_path) -> None:
     root, image, label_ids = streets
     for writer in ("PIL", "cv2"):
@@ -276,10 +305,12 @@ def test_jpeg_decoding_gives_the_pixels_cv2_gives(photos, form, tmp_path) -> Non
     """The reader decodes JPEGs with simplejpeg (faster); the pixels are OpenCV's, whatever the JPEG's form."""
     image = Image.fromarray(photos[0][0])
     path = tmp_path / "photo.jpg"
-    {"baseline 4:2:0": lambda: image.save(path, quality=90),
-     "progressive": lambda: image.save(path, quality=90, progressive=True),
-     "grey": lambda: image.convert("L").save(path, quality=90),
-     "CMYK": lambda: image.convert("CMYK").save(path, quality=90)}[form]()
+    {
+        "baseline 4:2:0": lambda: image.save(path, quality=90),
+        "progressive": lambda: image.save(path, quality=90, progressive=True),
+        "grey": lambda: image.convert("L").save(path, quality=90),
+        "CMYK": lambda: image.convert("CMYK").save(path, quality=90),
+    }[form]()
     flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
     assert np.array_equal(read_rgb_image(path), cv2.imread(str(path), flags))
 
@@ -304,8 +335,16 @@ def test_loader_workers_run_opencv_on_one_thread(coco) -> None:
         assert [int(n) for n in loader] == [1, 1] and cv2.getNumThreads() == 1
     finally:
         cv2.setNumThreads(threads)
-    config = load_config(None, [f"data.root={coco.image_dir.parent}", "data.num_workers=1",
-                                "data.train_split=train2017", "data.val_split=train2017"], task="det")
+    config = load_config(
+        None,
+        [
+            f"data.root={coco.image_dir.parent}",
+            "data.num_workers=1",
+            "data.train_split=train2017",
+            "data.val_split=train2017",
+        ],
+        task="det",
+    )
     data = DetectionDataModule(config)
     data.setup("fit")
     assert data.train_dataloader().worker_init_fn is data.val_dataloader().worker_init_fn is one_thread_opencv

@@ -3,6 +3,7 @@ writer, data module, task and metric; its recipe; a dist-info whose entry_points
 `mbtasks.tasks`) copied outside the repository and put on PYTHONPATH, then trained, evaluated, applied to photos,
 exported and ablated through the installed console script. Without it, its name is an unknown task; a plugin that
 cannot be imported is one warning line and the built-in tasks keep working; `--help` imports no plugin."""
+
 import csv
 import json
 import os
@@ -15,8 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from helpers import MBTASKS
+
 from mbtasks import build_model
 from mbtasks.datasets.image_transforms import eval_transform
 from mbtasks.io.images import read_rgb_image
@@ -35,20 +36,27 @@ def with_path(*folders: Path) -> dict:
 def side_by_side(root: Path, commands: dict[str, tuple[list[str], dict]]) -> dict[str, subprocess.CompletedProcess]:
     """Independent `mbtasks` commands run at once (each spends seconds importing), in `root`: name -> result."""
     with ThreadPoolExecutor(len(commands)) as pool:
-        running = {name: pool.submit(subprocess.run, [MBTASKS, *args], cwd=root, env=env, capture_output=True,
-                                     text=True, timeout=600) for name, (args, env) in commands.items()}
+        running = {
+            name: pool.submit(
+                subprocess.run, [MBTASKS, *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+            )
+            for name, (args, env) in commands.items()
+        }
     return {name: future.result() for name, future in running.items()}
 
 
 def write_broken_plugin(folder: Path) -> Path:
     """An installed plugin whose module cannot be imported (a package it needs is missing)."""
     (folder / "broken_plugin-0.1.dist-info").mkdir(parents=True)
-    (folder / "broken_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\n"
-                                                                      "Version: 0.1\n")
+    (folder / "broken_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n"
+    )
     (folder / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text(
-        "[mbtasks.tasks]\nbroken = broken_plugin\n")
-    (folder / "broken_plugin.py").write_text('raise ImportError("needs the package shapely_extras, which is not '
-                                             'installed")\n')
+        "[mbtasks.tasks]\nbroken = broken_plugin\n"
+    )
+    (folder / "broken_plugin.py").write_text(
+        'raise ImportError("needs the package shapely_extras, which is not installed")\n'
+    )
     return folder
 
 
@@ -65,27 +73,99 @@ def runs(tmp_path_factory) -> SimpleNamespace:
     recipe, ckpt = plugin / "shape_count.yaml", root / "run" / "checkpoints" / "best.ckpt"
     env, without, both = with_path(plugin), with_path(), with_path(plugin, broken)
 
-    helps = [subprocess.run([MBTASKS, *args], env=both, capture_output=True, text=True, timeout=60)
-             for args in (["--help"], ["train", "--help"], ["ablate", "--help"])]
+    helps = [
+        subprocess.run([MBTASKS, *args], env=both, capture_output=True, text=True, timeout=60)
+        for args in (["--help"], ["train", "--help"], ["ablate", "--help"])
+    ]
     imported_by_help = marker.exists()
-    first = side_by_side(root, {
-        "train": (["train", "--config", str(recipe), "--set", f"train.out_dir={root / 'run'}",
-                   "--set", f"data.synth_dir={root / 'data'}"], env),
-        # No --config: the task's own recipe, which the plugin keeps beside its module.
-        "ablate": (["ablate", "--task", "count", "--profile-only", "--backbones", "v3_small", "--widths", "0.5",
-                    "--runs", "0", "--out", str(root / "ablation")], env),
-        "unknown": (["ablate", "--task", "count", "--profile-only", "--out", str(root / "none")], without),
-        "broken": (["ablate", "--task", "cls", "--profile-only", "--backbones", "v3_small", "--widths", "0.25",
-                    "--resolutions", "32", "--runs", "0", "--out", str(root / "builtin")], both),
-    })
-    second = side_by_side(root, {
-        "evaluate": (["evaluate", "--checkpoint", str(ckpt), "--json", str(root / "metrics.json")], env),
-        "predict": (["predict", "--checkpoint", str(ckpt), str(root / "data" / "val"), "--out", str(root / "photos"),
-                     "--workers", "0", "--device", "cpu"], env),
-        "export": (["export", "--checkpoint", str(ckpt), "--out", str(root / "count.onnx")], env),
-    })
-    return SimpleNamespace(root=root, plugin=plugin, recipe=recipe, ckpt=ckpt, helps=helps,
-                           imported_by_help=imported_by_help, imported=marker.exists(), **first, **second)
+    first = side_by_side(
+        root,
+        {
+            "train": (
+                [
+                    "train",
+                    "--config",
+                    str(recipe),
+                    "--set",
+                    f"train.out_dir={root / 'run'}",
+                    "--set",
+                    f"data.synth_dir={root / 'data'}",
+                ],
+                env,
+            ),
+            # No --config: the task's own recipe, which the plugin keeps beside its module.
+            "ablate": (
+                [
+                    "ablate",
+                    "--task",
+                    "count",
+                    "--profile-only",
+                    "--backbones",
+                    "v3_small",
+                    "--widths",
+                    "0.5",
+                    "--runs",
+                    "0",
+                    "--out",
+                    str(root / "ablation"),
+                ],
+                env,
+            ),
+            "unknown": (["ablate", "--task", "count", "--profile-only", "--out", str(root / "none")], without),
+            "broken": (
+                [
+                    "ablate",
+                    "--task",
+                    "cls",
+                    "--profile-only",
+                    "--backbones",
+                    "v3_small",
+                    "--widths",
+                    "0.25",
+                    "--resolutions",
+                    "32",
+                    "--runs",
+                    "0",
+                    "--out",
+                    str(root / "builtin"),
+                ],
+                both,
+            ),
+        },
+    )
+    second = side_by_side(
+        root,
+        {
+            "evaluate": (["evaluate", "--checkpoint", str(ckpt), "--json", str(root / "metrics.json")], env),
+            "predict": (
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(ckpt),
+                    str(root / "data" / "val"),
+                    "--out",
+                    str(root / "photos"),
+                    "--workers",
+                    "0",
+                    "--device",
+                    "cpu",
+                ],
+                env,
+            ),
+            "export": (["export", "--checkpoint", str(ckpt), "--out", str(root / "count.onnx")], env),
+        },
+    )
+    return SimpleNamespace(
+        root=root,
+        plugin=plugin,
+        recipe=recipe,
+        ckpt=ckpt,
+        helps=helps,
+        imported_by_help=imported_by_help,
+        imported=marker.exists(),
+        **first,
+        **second,
+    )
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -172,7 +252,8 @@ def test_plugin_task_ablates_with_the_recipe_beside_it(runs):
     with open(runs.root / "ablation" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(row["task"], row["model"], row["width"], row["resolution"], row["status"]) for row in rows] == [
-        ("count", "mobilenet_v3_small", "0.5", "64", "ok")]
+        ("count", "mobilenet_v3_small", "0.5", "64", "ok")
+    ]
     # The network the task trains: a count per kind (the recipe's dropout does not change the count).
     network = build_model("mobilenet_v3_small", width_mult=0.5, num_classes=len(KINDS))
     assert int(rows[0]["params"]) == count_parameters(network) and int(rows[0]["madds"]) > 0
@@ -181,15 +262,18 @@ def test_plugin_task_ablates_with_the_recipe_beside_it(runs):
 def test_without_the_plugin_its_task_is_unknown_in_one_line(runs):
     assert runs.unknown.returncode == 2
     assert runs.unknown.stderr.splitlines() == [
-        "mbtasks: error: unknown task 'count'; known: det, seg, attr, embed, cls"]
+        "mbtasks: error: unknown task 'count'; known: det, seg, attr, embed, cls"
+    ]
 
 
 def test_a_broken_plugin_is_one_warning_and_built_in_tasks_keep_working(runs):
     printed = _ok(runs.broken)
     assert runs.broken.stderr.splitlines() == [
         "mbtasks: warning: task plugin 'broken' (broken_plugin) failed to load and is left out: ImportError: needs "
-        "the package shapely_extras, which is not installed"]
+        "the package shapely_extras, which is not installed"
+    ]
     assert "1 runs done, 0 failed" in printed
     with open(runs.root / "builtin" / "results.csv", newline="") as f:
         assert [(row["task"], row["model"], row["status"]) for row in csv.DictReader(f)] == [
-            ("cls", "mobilenet_v3_small", "ok")]
+            ("cls", "mobilenet_v3_small", "ok")
+        ]

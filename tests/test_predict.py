@@ -1,5 +1,6 @@
 """`mbtasks predict` for every task on real photos (scikit-image's), its inputs (folders, globs, odd formats, files
 that are not images), streaming, ONNX files, devices, and one-line errors."""
+
 import json
 import math
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_IMAGE_DATA, write_checkpoint
 from PIL import Image
 from skimage import data
 
@@ -19,17 +21,23 @@ from mbtasks.io.images import read_label_png, read_rgb_image
 from mbtasks.io.records import read_checkpoint
 from mbtasks.models import build_from_record
 
-from helpers import TINY_IMAGE_DATA, write_checkpoint
-
 ASTRONAUT, COFFEE, CHELSEA = data.astronaut(), data.coffee(), data.chelsea()
-CLASSES = {"det": (["__background__", "circle", "square", "triangle"], [0, 1, 2, 3]),
-           "seg": (CITYSCAPES_CLASSES, []), "attr": (["Smiling", "Eyeglasses", "Wearing_Hat", "Bald"], []),
-           "embed": ([], []), "cls": (["circle", "square", "triangle"], [])}
+CLASSES = {
+    "det": (["__background__", "circle", "square", "triangle"], [0, 1, 2, 3]),
+    "seg": (CITYSCAPES_CLASSES, []),
+    "attr": (["Smiling", "Eyeglasses", "Wearing_Hat", "Bald"], []),
+    "embed": ([], []),
+    "cls": (["circle", "square", "triangle"], []),
+}
 # input size of each image task's tiny recipe (helpers.TINY_MODELS); their demo presets resize the whole photo
 SIZES = {"attr": (40, 32), "embed": (32, 32), "cls": (32, 32)}
 # the photos under photos/ by output name; chelsea twice with one stem, so that only the whole name tells them apart
-PHOTOS = {"people/astronaut.png": ("people/astronaut.jpg", ASTRONAUT), "coffee.png": ("coffee.png", COFFEE),
-          "cats/chelsea.jpg.png": ("cats/chelsea.jpg", CHELSEA), "cats/chelsea.png.png": ("cats/chelsea.png", CHELSEA)}
+PHOTOS = {
+    "people/astronaut.png": ("people/astronaut.jpg", ASTRONAUT),
+    "coffee.png": ("coffee.png", COFFEE),
+    "cats/chelsea.jpg.png": ("cats/chelsea.jpg", CHELSEA),
+    "cats/chelsea.png.png": ("cats/chelsea.png", CHELSEA),
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +52,30 @@ def photos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
-    return {task: write_checkpoint(folder / f"{task}.ckpt", task, *CLASSES[task],
-                                   metrics={"threshold": 0.2} if task == "embed" else None) for task in CLASSES}
+    return {
+        task: write_checkpoint(
+            folder / f"{task}.ckpt", task, *CLASSES[task], metrics={"threshold": 0.2} if task == "embed" else None
+        )
+        for task in CLASSES
+    }
 
 
 def _predict(checkpoint: Path, inputs: list, out: Path, *options: str) -> int:
-    return main(["predict", "--checkpoint", str(checkpoint), *map(str, inputs), "--out", str(out), "--workers", "0",
-                 "--batch-size", "3", *map(str, options)])
+    return main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            *map(str, inputs),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--batch-size",
+            "3",
+            *map(str, options),
+        ]
+    )
 
 
 def _network(checkpoint: Path):
@@ -66,14 +91,18 @@ def _files(photos: Path) -> dict[str, str]:
 @torch.no_grad()
 def _image_outputs(task: str, checkpoint: Path, photos: Path) -> dict[str, np.ndarray]:
     network, transform = _network(checkpoint), eval_transform(SIZES[task], None)
-    return {str(photos / file): network(transform(image=read_rgb_image(photos / file))["image"][None])[0].numpy()
-            for file, _ in PHOTOS.values()}
+    return {
+        str(photos / file): network(transform(image=read_rgb_image(photos / file))["image"][None])[0].numpy()
+        for file, _ in PHOTOS.values()
+    }
 
 
 def test_detection_draws_boxes_and_writes_their_json(photos, checkpoints, tmp_path, capsys):
     assert _predict(checkpoints["det"], [photos], tmp_path, "--score-threshold", "0.05") == 0
-    assert f"predicted 4 images with det model ssdlite320_mobilenet_v3_small (torch, cpu) into {tmp_path}" in \
-        capsys.readouterr().out
+    assert (
+        f"predicted 4 images with det model ssdlite320_mobilenet_v3_small (torch, cpu) into {tmp_path}"
+        in capsys.readouterr().out
+    )
     report = {entry["file"]: entry for entry in json.loads((tmp_path / "detections.json").read_text())}
     assert set(report) == set(_files(photos).values())
     network = _network(checkpoints["det"])
@@ -101,14 +130,16 @@ def test_segmentation_writes_overlays_and_cityscapes_label_ids(photos, checkpoin
         photo = read_rgb_image(file)
         image = normalise(image=photo)["image"][None]
         with torch.no_grad():  # the mean softmax at half size, flipped and not: what evaluate --scales --flip does
-            half = torch.nn.functional.interpolate(image, size=(round(photo.shape[0] / 2), round(photo.shape[1] / 2)),
-                                                   mode="bilinear")
+            half = torch.nn.functional.interpolate(
+                image, size=(round(photo.shape[0] / 2), round(photo.shape[1] / 2)), mode="bilinear"
+            )
             total = 0
             for flip in (False, True):
                 logits = network(half.flip(-1) if flip else half)
                 logits = logits.flip(-1) if flip else logits
-                total = total + torch.nn.functional.interpolate(logits, size=photo.shape[:2], mode="bilinear",
-                                                                align_corners=False).softmax(1)
+                total = total + torch.nn.functional.interpolate(
+                    logits, size=photo.shape[:2], mode="bilinear", align_corners=False
+                ).softmax(1)
         expected = total.argmax(1)[0].numpy().astype(np.uint8)
         label_ids = read_label_png(tmp_path / "labels/labelIds" / name)
         agree = (label_ids == train_ids_to_label_ids(expected)).mean()
@@ -147,8 +178,10 @@ def test_classification_top5_json_and_picture(photos, checkpoints, tmp_path):
 
 def test_embeddings_npy_index_and_pairs_at_the_validation_threshold(photos, checkpoints, tmp_path, capsys):
     pairs = tmp_path / "pairs.txt"
-    pairs.write_text(f"# same photo, two files\n{photos}/cats/chelsea.jpg\t{photos}/cats/chelsea.png\n"
-                     f"{photos}/coffee.png {photos}/people/astronaut.jpg\n")
+    pairs.write_text(
+        f"# same photo, two files\n{photos}/cats/chelsea.jpg\t{photos}/cats/chelsea.png\n"
+        f"{photos}/coffee.png {photos}/people/astronaut.jpg\n"
+    )
     assert _predict(checkpoints["embed"], [photos], tmp_path / "out", "--pairs", pairs) == 0
     printed = capsys.readouterr().out.splitlines()
     embeddings = np.load(tmp_path / "out/embeddings.npy")
@@ -158,18 +191,21 @@ def test_embeddings_npy_index_and_pairs_at_the_validation_threshold(photos, chec
     assert np.allclose(embeddings, [expected[f] for f in files], atol=1e-4)
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
     threshold = math.sqrt(2 - 2 * 0.2)  # the checkpoint's validation chose cosine similarity 0.2
-    assert f"same person below distance {threshold:.4f} (the checkpoint's validation: cosine similarity 0.2000)" \
-        in printed
+    assert (
+        f"same person below distance {threshold:.4f} (the checkpoint's validation: cosine similarity 0.2000)" in printed
+    )
     for first, second in [("cats/chelsea.jpg", "cats/chelsea.png"), ("coffee.png", "people/astronaut.jpg")]:
-        distance = np.linalg.norm(embeddings[files.index(str(photos / first))] -
-                                  embeddings[files.index(str(photos / second))])
+        distance = np.linalg.norm(
+            embeddings[files.index(str(photos / first))] - embeddings[files.index(str(photos / second))]
+        )
         line = next(line for line in printed if line.startswith(f"{photos / first}\t{photos / second}\t"))
         assert line.endswith(f"distance {distance:.4f}\t{'same' if distance < threshold else 'different'}")
     assert "\tsame" in printed[-2]  # one photo saved twice is one face
     assert _predict(checkpoints["embed"], [photos], tmp_path / "out") == 2  # its two files, none per photo
     assert capsys.readouterr().err.strip().splitlines() == [
         f"mbtasks: error: {tmp_path / 'out'}: holds 2 of the files this run would write (first: embeddings.npy): "
-        "pass --overwrite to replace them, or choose another --out"]
+        "pass --overwrite to replace them, or choose another --out"
+    ]
 
 
 def test_odd_formats_become_rgb_and_exif_turns_photos_upright(checkpoints, tmp_path):
@@ -183,8 +219,12 @@ def test_odd_formats_become_rgb_and_exif_turns_photos_upright(checkpoints, tmp_p
     Image.fromarray(CHELSEA[..., 0].astype(np.uint16) * 257).save(folder / "grey16.png")
     assert _predict(checkpoints["seg"], [folder], tmp_path / "out") == 0
     assert len(json.loads((tmp_path / "out/segmentation.json").read_text())) == 4
-    sizes = {"rotated.png": COFFEE.shape[1::-1], "cmyk.png": ASTRONAUT.shape[:2], "rgba.png": CHELSEA.shape[:2],
-             "grey16.png": CHELSEA.shape[:2]}
+    sizes = {
+        "rotated.png": COFFEE.shape[1::-1],
+        "cmyk.png": ASTRONAUT.shape[:2],
+        "rgba.png": CHELSEA.shape[:2],
+        "grey16.png": CHELSEA.shape[:2],
+    }
     for name, size in sizes.items():
         assert np.asarray(Image.open(tmp_path / "out/overlay" / name)).shape == (*size, 3), name
     # the overlay is blended on the upright photo: its top left is the stored image's bottom left
@@ -200,8 +240,10 @@ def test_an_earlier_runs_files_are_replaced_only_with_overwrite(photos, checkpoi
     assert _predict(checkpoints["seg"], [photos], out) == 0
     written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
-    refusal = ("mbtasks: error: {}: holds {} of the files this run would write (first: {}): pass --overwrite to "
-               "replace them, or choose another --out")
+    refusal = (
+        "mbtasks: error: {}: holds {} of the files this run would write (first: {}): pass --overwrite to "
+        "replace them, or choose another --out"
+    )
     # 4 photos: overlay/, labels/labelIds/ and labels/color/ (Cityscapes classes), and segmentation.json
     assert _predict(checkpoints["seg"], [photos], out) == 2
     assert capsys.readouterr().err.strip().splitlines() == [refusal.format(out, 13, "overlay/cats/chelsea.jpg.png")]
@@ -218,18 +260,23 @@ def test_an_earlier_runs_files_are_replaced_only_with_overwrite(photos, checkpoi
     # --overwrite never lets an answer replace the photo it was read from (here where its Cityscapes labelIds go)
     read_here = out / "labels/labelIds/coffee.png"
     assert _predict(checkpoints["seg"], [read_here], out, "--overwrite") == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        f"mbtasks: error: {read_here}: its drawing would replace an input image (choose another --out)"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"mbtasks: error: {read_here}: its drawing would replace an input image (choose another --out)"
+    )
 
 
 def test_files_globs_and_folders_keep_relative_names(photos, checkpoints, tmp_path, monkeypatch):
     monkeypatch.chdir(photos)
-    assert _predict(checkpoints["cls"], ["people/astronaut.jpg", "cats/*.jpg", "cats", "coffee.png"],
-                    tmp_path) == 0
+    assert _predict(checkpoints["cls"], ["people/astronaut.jpg", "cats/*.jpg", "cats", "coffee.png"], tmp_path) == 0
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
     assert written == sorted(PHOTOS)  # cats/chelsea.jpg matched twice is read once
-    assert [e["file"] for e in json.loads((tmp_path / "classes.json").read_text())] == \
-        ["people/astronaut.jpg", "cats/chelsea.jpg", "cats/chelsea.png", "coffee.png"]
+    assert [e["file"] for e in json.loads((tmp_path / "classes.json").read_text())] == [
+        "people/astronaut.jpg",
+        "cats/chelsea.jpg",
+        "cats/chelsea.png",
+        "coffee.png",
+    ]
 
 
 def test_photos_stream_through_the_loader_batch_by_batch(photos, checkpoints, tmp_path, monkeypatch):
@@ -238,10 +285,24 @@ def test_photos_stream_through_the_loader_batch_by_batch(photos, checkpoints, tm
 
     events, read, write = [], inputs.read_rgb_image, ClassificationTask.write_prediction
     monkeypatch.setattr(inputs, "read_rgb_image", lambda *a, **k: events.append("read") or read(*a, **k))
-    monkeypatch.setattr(ClassificationTask, "write_prediction",
-                        lambda *a: events.append("write") or write(*a))
-    assert main(["predict", "--checkpoint", str(checkpoints["cls"]), str(photos), "--out", str(tmp_path),
-                 "--workers", "0", "--batch-size", "2"]) == 0
+    monkeypatch.setattr(ClassificationTask, "write_prediction", lambda *a: events.append("write") or write(*a))
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoints["cls"]),
+                str(photos),
+                "--out",
+                str(tmp_path),
+                "--workers",
+                "0",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert events == ["read", "read", "write", "write"] * 2  # no photo is read before the batch ahead is written
 
 
@@ -252,13 +313,15 @@ def test_files_that_are_not_images_are_skipped_or_stop_a_strict_run(photos, chec
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines() == [
         f"mbtasks: warning: {tmp_path / 'notes.jpg'}: cannot decode image (not an image, or a format neither cv2 "
-        "nor PIL reads); skipped"]
+        "nor PIL reads); skipped"
+    ]
     assert "predicted 2 images, 1 skipped (not images)" in captured.out
     assert len(json.loads((tmp_path / "out/attributes.json").read_text())) == 2
     assert _predict(checkpoints["attr"], inputs, tmp_path / "strict", "--strict") == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"mbtasks: error: {tmp_path / 'notes.jpg'}: cannot decode image (not an image, or a format neither cv2 "
-        "nor PIL reads)"]
+        "nor PIL reads)"
+    ]
 
 
 def test_device_cuda_runs_there_or_is_a_one_line_error(photos, checkpoints, tmp_path, capsys):
@@ -271,23 +334,27 @@ def test_device_cuda_runs_there_or_is_a_one_line_error(photos, checkpoints, tmp_
     else:
         assert code == 2
         assert capsys.readouterr().err.strip().splitlines() == [
-            "mbtasks: error: --device cuda: 0 CUDA devices here (torch.cuda.is_available() is False)"]
+            "mbtasks: error: --device cuda: 0 CUDA devices here (torch.cuda.is_available() is False)"
+        ]
 
 
 def test_exported_onnx_file_predicts_as_its_checkpoint(photos, tmp_path, capsys):
-    checkpoint = write_checkpoint(tmp_path / "cls.ckpt", "cls", ["circle", "square", "triangle"],
-                                  settings=[*TINY_IMAGE_DATA["cls"], f"data.synth_dir={tmp_path / 'data'}",
-                                            "data.num_workers=0"])
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "cls.onnx"),
-                 "--samples", "1"]) == 0
+    checkpoint = write_checkpoint(
+        tmp_path / "cls.ckpt",
+        "cls",
+        ["circle", "square", "triangle"],
+        settings=[*TINY_IMAGE_DATA["cls"], f"data.synth_dir={tmp_path / 'data'}", "data.num_workers=0"],
+    )
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "cls.onnx"), "--samples", "1"]) == 0
     assert _predict(tmp_path / "cls.onnx", [photos], tmp_path / "onnx") == 0
     assert "with cls model mobilenet_v3_small (onnxruntime, cpu)" in capsys.readouterr().out
     assert _predict(checkpoint, [photos], tmp_path / "torch") == 0
     onnx, pytorch = (json.loads((tmp_path / d / "classes.json").read_text()) for d in ("onnx", "torch"))
     assert [e["file"] for e in onnx] == [e["file"] for e in pytorch]
     for a, b in zip(onnx, pytorch):
-        assert {t["class"]: t["probability"] for t in a["top5"]} == \
-            pytest.approx({t["class"]: t["probability"] for t in b["top5"]}, abs=2e-4)
+        assert {t["class"]: t["probability"] for t in a["top5"]} == pytest.approx(
+            {t["class"]: t["probability"] for t in b["top5"]}, abs=2e-4
+        )
     assert _predict(tmp_path / "cls.onnx", [photos], tmp_path / "gpu", "--device", "cuda") == 2
     assert "ONNX Runtime on the CPU" in capsys.readouterr().err
 
@@ -307,13 +374,19 @@ def test_user_mistakes_are_one_line_errors(photos, checkpoints, tmp_path, capsys
         "weights file": ([weights, [photos], tmp_path / "o"], "weights.pt: is not an mbtasks training checkpoint"),
         "missing input": ([checkpoints["cls"], [tmp_path / "nope"], tmp_path / "o"], "nope: no such file or folder"),
         "empty glob": ([checkpoints["cls"], [tmp_path / "*.tif"], tmp_path / "o"], "no file or folder matches"),
-        "option of another task": ([checkpoints["det"], [photos], tmp_path / "o", "--pairs", "x"],
-                                   "det.ckpt: --pairs does not apply to a det model"),
-        "pair not among inputs": ([checkpoints["embed"], [photos], tmp_path / "o", "--pairs", tmp_path / "pairs.txt"],
-                                  "pairs.txt: line 1: " + str(tmp_path / "elsewhere.jpg") + " is not among the input"),
+        "option of another task": (
+            [checkpoints["det"], [photos], tmp_path / "o", "--pairs", "x"],
+            "det.ckpt: --pairs does not apply to a det model",
+        ),
+        "pair not among inputs": (
+            [checkpoints["embed"], [photos], tmp_path / "o", "--pairs", tmp_path / "pairs.txt"],
+            "pairs.txt: line 1: " + str(tmp_path / "elsewhere.jpg") + " is not among the input",
+        ),
         "bad device": ([checkpoints["cls"], [photos], tmp_path / "o", "--device", "tpu"], "--device must be auto"),
-        "task of another model": ([checkpoints["cls"], [photos], tmp_path / "o", "--task", "det"],
-                                  "cls.ckpt: is a checkpoint of a cls model, not det"),
+        "task of another model": (
+            [checkpoints["cls"], [photos], tmp_path / "o", "--task", "det"],
+            "cls.ckpt: is a checkpoint of a cls model, not det",
+        ),
     }
     for name, ((checkpoint, inputs, out, *options), problem) in cases.items():
         assert _predict(checkpoint, inputs, out, *map(str, options)) == 2, name

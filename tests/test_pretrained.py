@@ -1,6 +1,7 @@
 """Weights by name (`torchvision:<Enum>.<NAME>`, `timm:<name>`) through torchvision's and timm's own loaders: the
 files are placed where those loaders look (torch.hub's cache, the Hugging Face cache), or only the download call is
 replaced; the loading and conversion that run are the real ones. No network."""
+
 import json
 import urllib.error
 from pathlib import Path
@@ -11,6 +12,7 @@ import safetensors.torch
 import timm
 import torch
 import torchvision
+from helpers import randomised
 from PIL import Image
 from skimage import data
 from torchvision.models import MobileNet_V3_Small_Weights
@@ -23,8 +25,6 @@ from mbtasks.evaluation.coco import coco_metrics
 from mbtasks.io.images import read_rgb_image
 from mbtasks.io.records import read_weights
 from mbtasks.layers.fusion import for_inference
-
-from helpers import randomised
 
 SMALL = "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
 TIMM_SMALL = "timm:mobilenetv3_small_100.lamb_in1k"
@@ -64,8 +64,11 @@ def place_timm(cache: Path, repo: str, state: dict) -> None:
 
 
 def test_torchvision_weights_by_name_load_through_its_cache(torch_cache, tmp_path, capsys):
-    place_torchvision(torch_cache, MobileNet_V3_Small_Weights.IMAGENET1K_V1,
-                      randomised(torchvision.models.mobilenet_v3_small()).state_dict())
+    place_torchvision(
+        torch_cache,
+        MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+        randomised(torchvision.models.mobilenet_v3_small()).state_dict(),
+    )
     reference = torchvision.models.mobilenet_v3_small(weights="IMAGENET1K_V1").eval()  # its own loader, same file
     x = torch.rand(2, 3, 224, 224)
     for name in (SMALL, "torchvision:MobileNet_V3_Small_Weights.DEFAULT"):
@@ -80,8 +83,11 @@ def test_torchvision_weights_by_name_load_through_its_cache(torch_cache, tmp_pat
 
 
 def test_timm_weights_by_name_load_through_the_hub_cache(hub_cache, tmp_path):
-    place_timm(hub_cache, "timm/mobilenetv3_small_100.lamb_in1k",
-               randomised(timm.create_model("mobilenetv3_small_100")).state_dict())
+    place_timm(
+        hub_cache,
+        "timm/mobilenetv3_small_100.lamb_in1k",
+        randomised(timm.create_model("mobilenetv3_small_100")).state_dict(),
+    )
     reference = timm.create_model("mobilenetv3_small_100.lamb_in1k", pretrained=True).eval()  # the same cache
     model = build_model("mobilenet_v3_small", weights=TIMM_SMALL).eval()
     x = torch.rand(2, 3, 224, 224)
@@ -97,16 +103,23 @@ def test_backbone_weights_by_name_in_a_recipe(torch_cache):
 
     reference = randomised(torchvision.models.mobilenet_v3_small())
     place_torchvision(torch_cache, MobileNet_V3_Small_Weights.IMAGENET1K_V1, reference.state_dict())
-    config = load_config(None, ["model.name=ssdlite320_mobilenet_v3_small", f"model.backbone_weights={SMALL}",
-                                "model.options={reduced_tail: false}", "data.size=128"], task="det")
+    config = load_config(
+        None,
+        [
+            "model.name=ssdlite320_mobilenet_v3_small",
+            f"model.backbone_weights={SMALL}",
+            "model.options={reduced_tail: false}",
+            "data.size=128",
+        ],
+        task="det",
+    )
     task = DetectionTask(config.to_dict(), ["__background__", "a", "b"], [0, 1, 2])
     stem = find_backbone(task.model).layers[0][0].weight  # the detector's backbone: torchvision's first conv
     assert torch.equal(stem, reference.features[0][0].weight)
     assert task.record().options["bn_eps"] == 1e-3
 
 
-def test_without_network_one_line_names_the_file_and_the_folder(torch_cache, hub_cache, tmp_path, monkeypatch,
-                                                              capsys):
+def test_without_network_one_line_names_the_file_and_the_folder(torch_cache, hub_cache, tmp_path, monkeypatch, capsys):
     def no_network(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
@@ -116,9 +129,11 @@ def test_without_network_one_line_names_the_file_and_the_folder(torch_cache, hub
     file = Path(MobileNet_V3_Small_Weights.IMAGENET1K_V1.url).name
     assert capsys.readouterr().err.strip().splitlines() == [
         f"mbtasks: error: {SMALL}: cannot download {MobileNet_V3_Small_Weights.IMAGENET1K_V1.url}: "
-        f"place {file} in {torch_cache}"]
-    place_torchvision(torch_cache, MobileNet_V3_Small_Weights.IMAGENET1K_V1,
-                      torchvision.models.mobilenet_v3_small().state_dict())
+        f"place {file} in {torch_cache}"
+    ]
+    place_torchvision(
+        torch_cache, MobileNet_V3_Small_Weights.IMAGENET1K_V1, torchvision.models.mobilenet_v3_small().state_dict()
+    )
     assert main(["weights", "import", SMALL, "--out", out]) == 0  # placed there, the load works
 
     assert main(["weights", "import", TIMM_SMALL, "--out", out, "--overwrite"]) == 2
@@ -126,7 +141,8 @@ def test_without_network_one_line_names_the_file_and_the_folder(torch_cache, hub
     assert capsys.readouterr().err.strip().splitlines() == [
         f"mbtasks: error: {TIMM_SMALL}: cannot download {repo} from the Hugging Face Hub (no network): place "
         f"models--timm--mobilenetv3_small_100.lamb_in1k (from `hf download {repo}` on a machine with network) in "
-        f"{hub_cache}"]
+        f"{hub_cache}"
+    ]
     place_timm(hub_cache, repo, timm.create_model("mobilenetv3_small_100").state_dict())
     assert main(["weights", "import", TIMM_SMALL, "--out", out, "--overwrite"]) == 0
 
@@ -156,7 +172,7 @@ def test_torchvision_ssdlite_coco_weights_scored_on_a_coco_val_folder(torch_cach
     torch.manual_seed(0)
     trained_like = randomised(ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None))
     for block in trained_like.head.classification_head.module_list:  # few candidates above 0.001, as trained
-        block[-1].weight.data *= 30                                     # weights have: a fast NMS
+        block[-1].weight.data *= 30  # weights have: a fast NMS
         block[-1].bias.data[0::91] += 14
     place_torchvision(torch_cache, weights, trained_like.state_dict())
     reference = ssdlite320_mobilenet_v3_large(weights=weights).eval()  # torchvision's loader: the file above
@@ -176,23 +192,55 @@ def test_torchvision_ssdlite_coco_weights_scored_on_a_coco_val_folder(torch_cach
         truths, founds = reference(inputs), ours(inputs)  # one batch, as evaluate runs them
     for image_id, truth, found in zip((1, 2, 3), truths, founds):
         # torchvision's four best boxes of real categories (not "N/A") are the ground truth
-        for box, label in [(b, l) for b, l in zip(truth["boxes"].tolist(), truth["labels"].tolist())
-                           if names[l] != "N/A"][:4]:
+        for box, label in [
+            (b, c) for b, c in zip(truth["boxes"].tolist(), truth["labels"].tolist()) if names[c] != "N/A"
+        ][:4]:
             x0, y0, x1, y1 = box
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
         # what COCOeval should see of our detections: label = category id, the categories of the ground truth
-        results += [{"image_id": image_id, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
-                    for (x0, y0, x1, y1), label, score in zip(found["boxes"].tolist(), found["labels"].tolist(),
-                                                              found["scores"].tolist()) if names[label] != "N/A"]
+        results += [
+            {"image_id": image_id, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
+            for (x0, y0, x1, y1), label, score in zip(
+                found["boxes"].tolist(), found["labels"].tolist(), found["scores"].tolist()
+            )
+            if names[label] != "N/A"
+        ]
     categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(names) if i and n != "N/A"]
     annotation_file = root / "annotations/instances_val2017.json"
     annotation_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     expected = coco_metrics(annotation_file, results)
 
-    assert main(["evaluate", "--task", "det", "--set", f"model.weights={name}", "--set", f"data.root={root}",
-                 "--set", "data.num_workers=0", "--set", "train.accelerator=cpu", "--set", "train.progress_bar=false",
-                 "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "det",
+                "--set",
+                f"model.weights={name}",
+                "--set",
+                f"data.root={root}",
+                "--set",
+                "data.num_workers=0",
+                "--set",
+                "train.accelerator=cpu",
+                "--set",
+                "train.progress_bar=false",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert "evaluated 3 images" in capsys.readouterr().out
     figures = json.loads((tmp_path / "m.json").read_text())
     assert figures == pytest.approx(expected, abs=1e-6) and figures["AP"] > 0.3

@@ -1,4 +1,5 @@
 """The published figures: torchvision's are its weights' metadata, and the module is pure data."""
+
 import ast
 from pathlib import Path
 
@@ -15,12 +16,18 @@ CITED = [
     (TORCHVISION_FIGURES[("mobilenet_v2", 1.0, 224)], MobileNet_V2_Weights.IMAGENET1K_V1),
     (TORCHVISION_FIGURES[("mobilenet_v3_large", 1.0, 224)], MobileNet_V3_Large_Weights.IMAGENET1K_V1),
     (TORCHVISION_FIGURES[("mobilenet_v3_small", 1.0, 224)], MobileNet_V3_Small_Weights.IMAGENET1K_V1),
-    (DETECTOR_TORCHVISION_FIGURES[("ssdlite320_mobilenet_v3_large", 1.0, 320)],
-     SSDLite320_MobileNet_V3_Large_Weights.COCO_V1),
-    (SEGMENTER_PAPER_FIGURES[("lraspp_mobilenet_v3_large", (), (520, 520))],
-     LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1),
-    (SEGMENTER_PAPER_FIGURES[("deeplabv3_mobilenet_v3_large", (("aux", True),), (520, 520))],
-     DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1),
+    (
+        DETECTOR_TORCHVISION_FIGURES[("ssdlite320_mobilenet_v3_large", 1.0, 320)],
+        SSDLite320_MobileNet_V3_Large_Weights.COCO_V1,
+    ),
+    (
+        SEGMENTER_PAPER_FIGURES[("lraspp_mobilenet_v3_large", (), (520, 520))],
+        LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+    ),
+    (
+        SEGMENTER_PAPER_FIGURES[("deeplabv3_mobilenet_v3_large", (("aux", True),), (520, 520))],
+        DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+    ),
 ]
 
 

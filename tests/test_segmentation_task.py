@@ -1,5 +1,6 @@
 """The segmentation task end to end on tiny embedded street scenes: train, evaluate, save and score
 predictions, DDP, VOC data, configs, and one-line errors for bad prediction folders."""
+
 import json
 import os
 from pathlib import Path
@@ -7,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import evaluate_with_one_and_two_processes, write_voc_folder
 from PIL import Image
 
 from mbtasks.cli import main
 from mbtasks.config import load_config
 from mbtasks.datasets.synthetic import SYNTH_MARKER, write_synthetic_once
-from mbtasks.errors import MbtasksError
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
+from mbtasks.errors import MbtasksError
 from mbtasks.tasks.segmentation import SegmentationDataModule, SegmentationTask
-
-from helpers import evaluate_with_one_and_two_processes, write_voc_folder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MEANS = ("mean_class_iou", "mean_class_iiou", "mean_category_iou", "mean_category_iiou")
@@ -31,11 +31,23 @@ def run(tmp_path_factory):
     """One epoch of training on 8 street scenes (5 for validation) at 64x128; returns the run folder and settings."""
     root = tmp_path_factory.mktemp("seg")
     write_streets_cityscapes(root / "data", seed=1, num_train=8, num_val=5, size=(64, 128))
-    settings = [f"data.root={root / 'data'}", "model.name=lraspp_mobilenet_v3_small",
-                "model.options={width_mult: 0.5}", "data.size=[64, 128]", "data.batch_size=4",
-                "data.val_batch_size=2", "data.num_workers=0", "train.epochs=1", "train.accelerator=cpu",
-                "train.progress_bar=false", "train.optimizer=adamw", "train.lr=0.001", "train.schedule=poly",
-                "train.log_every=1", f"train.out_dir={root / 'run'}"]
+    settings = [
+        f"data.root={root / 'data'}",
+        "model.name=lraspp_mobilenet_v3_small",
+        "model.options={width_mult: 0.5}",
+        "data.size=[64, 128]",
+        "data.batch_size=4",
+        "data.val_batch_size=2",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.accelerator=cpu",
+        "train.progress_bar=false",
+        "train.optimizer=adamw",
+        "train.lr=0.001",
+        "train.schedule=poly",
+        "train.log_every=1",
+        f"train.out_dir={root / 'run'}",
+    ]
     assert main(_args(["train", "--task", "seg"], settings)) == 0
     return root, settings
 
@@ -55,8 +67,20 @@ def test_training_writes_checkpoints_and_logs(run):
 def test_evaluate_prints_the_official_table_and_saved_predictions_score_the_same(run, tmp_path, capsys):
     root, _ = run
     checkpoint, predictions = str(root / "run/checkpoints/best.ckpt"), tmp_path / "pred"
-    assert main(["evaluate", "--checkpoint", checkpoint, "--save-predictions", str(predictions),
-                 "--json", str(tmp_path / "model.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                checkpoint,
+                "--save-predictions",
+                str(predictions),
+                "--json",
+                str(tmp_path / "model.json"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "evaluated 5 images" in printed and printed.count("Score Average") == 2
     assert "classes          IoU      nIoU" in printed and "categories       IoU      nIoU" in printed
@@ -69,8 +93,22 @@ def test_evaluate_prints_the_official_table_and_saved_predictions_score_the_same
     assert image.mode == "L" and image.size == (128, 64)
     assert Image.open(sorted((predictions / "color").rglob("*.png"))[0]).mode == "RGB"
 
-    assert main(["evaluate", "--task", "seg", "--gt", str(root / "data"), "--predictions",
-                 str(predictions / "labelIds"), "--json", str(tmp_path / "files.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "seg",
+                "--gt",
+                str(root / "data"),
+                "--predictions",
+                str(predictions / "labelIds"),
+                "--json",
+                str(tmp_path / "files.json"),
+            ]
+        )
+        == 0
+    )
     from_files = json.loads((tmp_path / "files.json").read_text())
     assert from_files == from_model
 
@@ -79,13 +117,27 @@ def test_evaluate_prints_the_official_table_and_saved_predictions_score_the_same
     assert capsys.readouterr().err.strip().splitlines() == [
         f"mbtasks: error: {predictions}: holds 10 files where this run writes its predictions (first: "
         f"{label_pngs[0].relative_to(predictions)}): pass --overwrite to replace them, or choose another "
-        "--save-predictions folder"]
+        "--save-predictions folder"
+    ]
 
 
 def test_multi_scale_and_flip_inference(run, tmp_path, capsys):
     root, _ = run
-    assert main(["evaluate", "--checkpoint", str(root / "run/checkpoints/best.ckpt"), "--scales", "0.75,1.25",
-                 "--flip", "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(root / "run/checkpoints/best.ckpt"),
+                "--scales",
+                "0.75,1.25",
+                "--flip",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert "evaluated 5 images" in capsys.readouterr().out
     assert set(MEANS) <= set(json.loads((tmp_path / "m.json").read_text()))
 
@@ -98,14 +150,37 @@ def test_two_processes_give_the_same_miou_as_one(run, tmp_path):
 
 def test_voc_data_gets_miou(tmp_path, capsys):
     write_voc_folder(tmp_path / "VOC2012")
-    settings = [f"data.root={tmp_path}", "model.name=deeplabv3_mobilenet_v2", "model.options={width_mult: 0.35}",
-                "data.size=[48, 64]", "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0",
-                "train.epochs=1", "train.accelerator=cpu", "train.progress_bar=false", "train.schedule=poly",
-                "train.log_every=1", f"train.out_dir={tmp_path / 'run'}"]
+    settings = [
+        f"data.root={tmp_path}",
+        "model.name=deeplabv3_mobilenet_v2",
+        "model.options={width_mult: 0.35}",
+        "data.size=[48, 64]",
+        "data.batch_size=2",
+        "data.val_batch_size=2",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.accelerator=cpu",
+        "train.progress_bar=false",
+        "train.schedule=poly",
+        "train.log_every=1",
+        f"train.out_dir={tmp_path / 'run'}",
+    ]
     assert main(_args(["train", "--task", "seg"], settings)) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "run/checkpoints/last.ckpt"), "--save-predictions",
-                 str(tmp_path / "pred"), "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "run/checkpoints/last.ckpt"),
+                "--save-predictions",
+                str(tmp_path / "pred"),
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "evaluated 2 images" in printed and "mIoU" in printed and "aeroplane" in printed
     figures = json.loads((tmp_path / "m.json").read_text())
@@ -113,8 +188,13 @@ def test_voc_data_gets_miou(tmp_path, capsys):
     saved = sorted((tmp_path / "pred").glob("*.png"))
     assert [p.stem for p in saved] == ["2007_000004", "2007_000005"] and Image.open(saved[0]).mode == "P"
     saved[0].write_bytes(b"stale")
-    command = ["evaluate", "--checkpoint", str(tmp_path / "run/checkpoints/last.ckpt"), "--save-predictions",
-               str(tmp_path / "pred")]
+    command = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "run/checkpoints/last.ckpt"),
+        "--save-predictions",
+        str(tmp_path / "pred"),
+    ]
     assert main(command) == 2
     refusal = capsys.readouterr().err
     assert "pred: holds 2 files where this run writes its predictions (first: 2007_000004.png)" in refusal
@@ -208,14 +288,15 @@ def test_scoring_bad_predictions_is_a_one_line_error(tmp_path, capsys, name):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mbtasks: error: "), captured.err
-    file = {"pred": pred_file, "gt": gt_file,
-            "instances": Path(str(gt_file).replace("labelIds", "instanceIds"))}[named]
+    file = {"pred": pred_file, "gt": gt_file, "instances": Path(str(gt_file).replace("labelIds", "instanceIds"))}[named]
     assert str(file) in lines[0] and problem in lines[0], lines[0]
 
 
 def test_scoring_without_a_ground_truth_folder_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "pred").mkdir()
-    assert main(["evaluate", "--task", "seg", "--gt", str(tmp_path / "nothing"), "--predictions",
-                 str(tmp_path / "pred")]) == 2
+    assert (
+        main(["evaluate", "--task", "seg", "--gt", str(tmp_path / "nothing"), "--predictions", str(tmp_path / "pred")])
+        == 2
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mbtasks: error: ") and "no ground truth found" in lines[0]

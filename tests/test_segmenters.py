@@ -1,24 +1,31 @@
 """Segmentation models: torchvision's networks layer for layer, the papers' costs, shapes, options, a training step."""
+
 import pytest
 import torch
 import torchvision
+from helpers import randomised
 
 from mbtasks import MbtasksError, build_model, list_models
-from mbtasks.io.records import read_weights
-from mbtasks.models.importers import import_weights
 from mbtasks.cli import main
 from mbtasks.heads.lraspp import paper_pool_geometry
+from mbtasks.io.records import read_weights
+from mbtasks.models.importers import import_weights
 from mbtasks.profiling import count_madds, count_parameters
 from mbtasks.reference import SEGMENTER_PAPER_FIGURES
 
-from helpers import randomised
-
-
 TORCHVISION = [
-    ("lraspp_mobilenet_v3_large", lambda: torchvision.models.segmentation.lraspp_mobilenet_v3_large(
-        weights=None, weights_backbone=None), {"num_classes": 21, "channels": 128}),
-    ("deeplabv3_mobilenet_v3_large", lambda: torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
-        weights=None, weights_backbone=None, aux_loss=True, num_classes=5), {"num_classes": 5, "aux": True}),
+    (
+        "lraspp_mobilenet_v3_large",
+        lambda: torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None),
+        {"num_classes": 21, "channels": 128},
+    ),
+    (
+        "deeplabv3_mobilenet_v3_large",
+        lambda: torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+            weights=None, weights_backbone=None, aux_loss=True, num_classes=5
+        ),
+        {"num_classes": 5, "aux": True},
+    ),
 ]
 
 
@@ -26,8 +33,22 @@ TORCHVISION = [
 def test_torchvision_weights_give_the_same_logits(tmp_path, name, make, options):
     reference = randomised(make())
     torch.save(reference.state_dict(), tmp_path / "src.pth")
-    assert main(["weights", "import", "--from", "torchvision", str(tmp_path / "src.pth"), "--model", name,
-                 "--out", str(tmp_path / "mb.pth")]) == 0
+    assert (
+        main(
+            [
+                "weights",
+                "import",
+                "--from",
+                "torchvision",
+                str(tmp_path / "src.pth"),
+                "--model",
+                name,
+                "--out",
+                str(tmp_path / "mb.pth"),
+            ]
+        )
+        == 0
+    )
     model = build_model(name, weights=tmp_path / "mb.pth").eval()
     assert read_weights(tmp_path / "mb.pth").options == options
     torch.manual_seed(1)
@@ -55,8 +76,10 @@ def test_torchvision_options_are_read_from_the_file(tmp_path):
 @pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small"])
 def test_paper_setting_costs_the_papers_multiply_adds(name):
     (options, resolution), (paper_params, paper_madds) = next(
-        ((options, res), figures) for (model, options, res), figures in SEGMENTER_PAPER_FIGURES.items()
-        if model == name and res == (1024, 2048))
+        ((options, res), figures)
+        for (model, options, res), figures in SEGMENTER_PAPER_FIGURES.items()
+        if model == name and res == (1024, 2048)
+    )
     # Counting reads shapes only, so it runs on the meta device (checked equal to a real forward below).
     with torch.device("meta"):
         model = build_model(name, **dict(options))

@@ -1,5 +1,6 @@
 """Training at the scale users run it, shown small: a resumed run is the same run, two processes train as one
 process with twice the batch, the schedules, EMA, bf16, and the recipe's settings checked before anything runs."""
+
 import csv
 import math
 import os
@@ -9,20 +10,41 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import MBTASKS, TINY_IMAGE_DATA
 
 from mbtasks.cli import main
 from mbtasks.config import TrainConfig
 from mbtasks.tasks.optimizer import build_schedule
 
-from helpers import MBTASKS, TINY_IMAGE_DATA
-
 # Tiny classification on the embedded shapes (12 training images, 9 validation images): random crops, flips and
 # colour jitter, and dropout, so the random state matters.
-BASE = ["--task", "cls", "--set", "model.name=mobilenet_v3_small", "--set", "model.options={width_mult: 0.35}",
-        "--set", "data.augmentation=light", "--set", "data.batch_size=4", "--set", "data.val_batch_size=9",
-        "--set", "train.accelerator=cpu", "--set", "train.progress_bar=false", "--set", "train.log_every=1",
-        "--set", "train.optimizer=sgd", "--set", "train.lr=0.05", "--set", "train.warmup_epochs=0.5",
-        *[a for s in TINY_IMAGE_DATA["cls"] for a in ("--set", s)]]
+BASE = [
+    "--task",
+    "cls",
+    "--set",
+    "model.name=mobilenet_v3_small",
+    "--set",
+    "model.options={width_mult: 0.35}",
+    "--set",
+    "data.augmentation=light",
+    "--set",
+    "data.batch_size=4",
+    "--set",
+    "data.val_batch_size=9",
+    "--set",
+    "train.accelerator=cpu",
+    "--set",
+    "train.progress_bar=false",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.optimizer=sgd",
+    "--set",
+    "train.lr=0.05",
+    "--set",
+    "train.warmup_epochs=0.5",
+    *[a for s in TINY_IMAGE_DATA["cls"] for a in ("--set", s)],
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 # Run mbtasks with a callback that kills the process (SIGKILL) when the given epoch starts: after the previous
@@ -49,8 +71,9 @@ sys.exit(main(sys.argv[2:]))
 
 
 def _train(*args: str, kill_at_epoch: int | None = None) -> subprocess.CompletedProcess:
-    command = [MBTASKS, "train"] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch),
-                                                                 "train"]
+    command = (
+        [MBTASKS, "train"] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch), "train"]
+    )
     return subprocess.run([*command, *BASE, *args], capture_output=True, text=True, timeout=600, env=ENV)
 
 
@@ -69,8 +92,7 @@ def _logged(out: Path, column: str) -> dict[int, float]:
 
 
 def test_a_run_killed_and_resumed_is_the_same_run(tmp_path):
-    common = ["--set", "train.epochs=2", "--set", f"data.synth_dir={tmp_path / 'data'}", "--set",
-              "data.num_workers=1"]
+    common = ["--set", "train.epochs=2", "--set", f"data.synth_dir={tmp_path / 'data'}", "--set", "data.num_workers=1"]
     straight = _train(*common, "--set", f"train.out_dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _train(*common, "--set", f"train.out_dir={tmp_path / 'killed'}", kill_at_epoch=1)
@@ -98,37 +120,70 @@ def _assert_the_same_run(straight: Path, resumed: Path, steps: int) -> None:
 
 # Each task's demo recipe, tiny, with dropout off (each process draws its own masks) and every image the same size.
 TWO_PROCESS_TASKS = {
-    "det": ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.35}", "data.size=96",
-            "data.synth={seed: 1, num_train: 8, num_val: 2, image_size: 96}"],
-    "seg": ["model.name=lraspp_mobilenet_v3_small", "model.options={width_mult: 0.35}", "data.size=[48, 96]",
-            "data.synth={seed: 1, num_train: 8, num_val: 2, size: [48, 96]}"],
+    "det": [
+        "model.name=ssdlite320_mobilenet_v3_small",
+        "model.options={width_mult: 0.35}",
+        "data.size=96",
+        "data.synth={seed: 1, num_train: 8, num_val: 2, image_size: 96}",
+    ],
+    "seg": [
+        "model.name=lraspp_mobilenet_v3_small",
+        "model.options={width_mult: 0.35}",
+        "data.size=[48, 96]",
+        "data.synth={seed: 1, num_train: 8, num_val: 2, size: [48, 96]}",
+    ],
     "attr": ["model.options={width_mult: 0.35, dropout: 0.0}", *TINY_IMAGE_DATA["attr"]],
-    "embed": ["model.options={width_mult: 0.35, embedding_dim: 16, dropout: 0.0}", *TINY_IMAGE_DATA["embed"],
-              "train.lr=0.002"],  # ArcFace's scale 30 at lr 0.05 blows the weights up to hundreds
-    "cls": ["model.name=mobilenet_v3_small", "model.options={width_mult: 0.35, dropout: 0.0}",
-            "data.augmentation=light", *TINY_IMAGE_DATA["cls"]],
+    "embed": [
+        "model.options={width_mult: 0.35, embedding_dim: 16, dropout: 0.0}",
+        *TINY_IMAGE_DATA["embed"],
+        "train.lr=0.002",
+    ],  # ArcFace's scale 30 at lr 0.05 blows the weights up to hundreds
+    "cls": [
+        "model.name=mobilenet_v3_small",
+        "model.options={width_mult: 0.35, dropout: 0.0}",
+        "data.augmentation=light",
+        *TINY_IMAGE_DATA["cls"],
+    ],
 }
 
 
-def _train_task(task: str, *settings: str, kill_at_epoch: int | None = None, resume: Path | None = None
-                ) -> subprocess.CompletedProcess:
+def _train_task(
+    task: str, *settings: str, kill_at_epoch: int | None = None, resume: Path | None = None
+) -> subprocess.CompletedProcess:
     """`mbtasks train` of the task's tiny recipe, 2 steps an epoch, killed when `kill_at_epoch` starts if given."""
-    common = ["train.accelerator=cpu", "train.progress_bar=false", "train.epochs=1", "train.limit_train_batches=2",
-              "train.limit_val_batches=1", "data.num_workers=0", "train.sync_batchnorm=true", "train.optimizer=sgd",
-              "train.lr=0.05", "train.warmup_epochs=0", "train.log_every=1"]
+    common = [
+        "train.accelerator=cpu",
+        "train.progress_bar=false",
+        "train.epochs=1",
+        "train.limit_train_batches=2",
+        "train.limit_val_batches=1",
+        "data.num_workers=0",
+        "train.sync_batchnorm=true",
+        "train.optimizer=sgd",
+        "train.lr=0.05",
+        "train.warmup_epochs=0",
+        "train.log_every=1",
+    ]
     args = [a for s in [*common, *TWO_PROCESS_TASKS[task], *settings] for a in ("--set", s)]
     args += ["--resume", str(resume)] if resume else []
     command = [MBTASKS] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch)]
-    return subprocess.run([*command, "train", "--task", task, *args], capture_output=True, text=True, timeout=600,
-                          env=ENV)
+    return subprocess.run(
+        [*command, "train", "--task", task, *args], capture_output=True, text=True, timeout=600, env=ENV
+    )
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
 def test_a_detector_or_segmenter_killed_and_resumed_is_the_same_run(task, tmp_path):
     """As above, with the random IoU crop and flip of SSD training (det) and the random scale, crop and flip of
     segmentation training, in a loader worker, and a warm-up then cosine schedule."""
-    common = ["train.epochs=2", f"data.synth_dir={tmp_path / 'data'}", "data.num_workers=1", "data.batch_size=2",
-              "train.warmup_epochs=1", "train.schedule=cosine"]
+    common = [
+        "train.epochs=2",
+        f"data.synth_dir={tmp_path / 'data'}",
+        "data.num_workers=1",
+        "data.batch_size=2",
+        "train.warmup_epochs=1",
+        "train.schedule=cosine",
+    ]
     straight = _train_task(task, *common, f"train.out_dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _train_task(task, *common, f"train.out_dir={tmp_path / 'killed'}", kill_at_epoch=1)
@@ -151,7 +206,9 @@ def test_two_processes_train_as_one_process_with_twice_the_batch(task, tmp_path)
     common = [f"data.synth_dir={tmp_path / 'data'}", "train.precision=64-true"]
     one = run(*common, "data.batch_size=4", f"train.out_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run(*common, "data.batch_size=2", "train.devices=2", "train.strategy=ddp", f"train.out_dir={tmp_path / 'two'}")
+    two = run(
+        *common, "data.batch_size=2", "train.devices=2", "train.strategy=ddp", f"train.out_dir={tmp_path / 'two'}"
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _weights(tmp_path / "one/checkpoints/last.ckpt"), _weights(tmp_path / "two/checkpoints/last.ckpt")
     steps = torch.load(tmp_path / "two/checkpoints/last.ckpt", weights_only=True)["global_step"]
@@ -165,46 +222,104 @@ def test_two_processes_train_as_one_process_with_twice_the_batch(task, tmp_path)
 
 def test_ema_weights_are_the_ones_saved_and_evaluated(tmp_path):
     out = tmp_path / "ema"
-    result = _train("--set", "train.epochs=1", "--set", f"data.synth_dir={tmp_path / 'data'}", "--set",
-                    "data.num_workers=0", "--set", "train.ema_decay=0.5", "--set", f"train.out_dir={out}")
+    result = _train(
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"data.synth_dir={tmp_path / 'data'}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "train.ema_decay=0.5",
+        "--set",
+        f"train.out_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     ema, current = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert any(not torch.equal(ema[k], current[k]) for k in ema if k.startswith("model."))
-    evaluated = subprocess.run([MBTASKS, "evaluate", "--checkpoint", str(out / "checkpoints/last.ckpt")],
-                               capture_output=True, text=True, timeout=300, env=ENV)
+    evaluated = subprocess.run(
+        [MBTASKS, "evaluate", "--checkpoint", str(out / "checkpoints/last.ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert evaluated.returncode == 0 and "evaluated 9 images" in evaluated.stdout, evaluated.stderr[-2000:]
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     out = tmp_path / "bf16"
-    result = _train("--set", "train.epochs=1", "--set", f"data.synth_dir={tmp_path / 'data'}", "--set",
-                    "data.num_workers=0", "--set", "train.precision=bf16-mixed", "--set", f"train.out_dir={out}")
+    result = _train(
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"data.synth_dir={tmp_path / 'data'}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "train.precision=bf16-mixed",
+        "--set",
+        f"train.out_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(torch.isfinite(v.float()).all() for v in _weights(out / "checkpoints/last.ckpt").values())
 
 
 def test_evaluate_runs_an_eight_gpu_checkpoint_on_the_machine_at_hand(tmp_path):
     out = tmp_path / "run"
-    result = _train("--set", "train.epochs=1", "--set", f"data.synth_dir={tmp_path / 'data'}", "--set",
-                    "data.num_workers=0", "--set", f"train.out_dir={out}")
+    result = _train(
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"data.synth_dir={tmp_path / 'data'}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        f"train.out_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     checkpoint["mbtasks"]["config"]["train"].update(accelerator="gpu", devices=8, strategy="ddp", num_nodes=2)
     torch.save(checkpoint, tmp_path / "eight_gpus.ckpt")
-    evaluated = subprocess.run([MBTASKS, "evaluate", "--checkpoint", str(tmp_path / "eight_gpus.ckpt")],
-                               capture_output=True, text=True, timeout=300, env=ENV)
+    evaluated = subprocess.run(
+        [MBTASKS, "evaluate", "--checkpoint", str(tmp_path / "eight_gpus.ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert evaluated.returncode == 0 and "evaluated 9 images" in evaluated.stdout, evaluated.stderr[-2000:]
 
 
-@pytest.mark.parametrize("setting, key", [
-    ("train.ema_decay=1.5", "train.ema_decay"), ("train.accumulate_grad_batches=0", "train.accumulate_grad_batches"),
-    ("train.loggers=[csv, comet]", "train.loggers"), ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps"),
-    ("train.devices=512", "train.devices"), ("train.strategy=dpp", "train.strategy")])
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("train.ema_decay=1.5", "train.ema_decay"),
+        ("train.accumulate_grad_batches=0", "train.accumulate_grad_batches"),
+        ("train.loggers=[csv, comet]", "train.loggers"),
+        ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps"),
+        ("train.devices=512", "train.devices"),
+        ("train.strategy=dpp", "train.strategy"),
+    ],
+)
 def test_bad_training_settings_are_one_line_and_write_nothing(tmp_path, setting, key, capsys):
     out = tmp_path / "run"
-    assert main(["train", *BASE, "--set", setting, "--set", f"data.synth_dir={tmp_path / 'data'}", "--set",
-                 f"train.out_dir={out}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                *BASE,
+                "--set",
+                setting,
+                "--set",
+                f"data.synth_dir={tmp_path / 'data'}",
+                "--set",
+                f"train.out_dir={out}",
+            ]
+        )
+        == 2
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], lines
     assert not out.exists()
@@ -238,9 +353,15 @@ def test_schedules_step_by_step():
 def test_one_image_per_step_under_a_pooled_batch_norm_is_one_line(tmp_path, capsys):
     """The embedding head's batch norm follows global pooling, as DeepLabv3's image pooling: one image per step is
     refused before training, naming the settings that fix it."""
-    settings = ["model.name=mobilenet_v1", "model.options={width_mult: 0.25, embedding_dim: 8}", "data.batch_size=1",
-                f"data.synth_dir={tmp_path / 'data'}", f"train.out_dir={tmp_path / 'run'}", "train.accelerator=cpu",
-                *TINY_IMAGE_DATA["embed"]]
+    settings = [
+        "model.name=mobilenet_v1",
+        "model.options={width_mult: 0.25, embedding_dim: 8}",
+        "data.batch_size=1",
+        f"data.synth_dir={tmp_path / 'data'}",
+        f"train.out_dir={tmp_path / 'run'}",
+        "train.accelerator=cpu",
+        *TINY_IMAGE_DATA["embed"],
+    ]
     assert main(["train", "--task", "embed", *[a for s in settings for a in ("--set", s)]]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines

@@ -1,6 +1,7 @@
 """Every command, given a user's mistake, through the installed console script: exit 2, one line `mbtasks: error:
 ...` naming the problem, and every input file byte for byte as it was (real COCO and Cityscapes files, a real
 checkpoint, a folder of the user's own files)."""
+
 import hashlib
 import os
 import shutil
@@ -10,18 +11,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import save_checkpoint, task_module
 from PIL import Image
 
-from helpers import save_checkpoint, task_module
 from mbtasks.cli import main
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 
 MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
 # The detector the checkpoint holds, small and on the tiny COCO set; training cases add out_dir and their mistake.
-DET = ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.25}", "data.size=64",
-       "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "train.epochs=1",
-       "train.accelerator=cpu", "train.progress_bar=false"]
+DET = [
+    "model.name=ssdlite320_mobilenet_v3_small",
+    "model.options={width_mult: 0.25}",
+    "data.size=64",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.accelerator=cpu",
+    "train.progress_bar=false",
+]
 # A stand-in for an optional package that is not installed: importing it fails as a missing one does.
 MISSING = 'raise ModuleNotFoundError("No module named {name!r}", name={name!r})\n'
 
@@ -36,169 +45,331 @@ EVALUATE = ["evaluate", "--checkpoint", "{in}/det.ckpt", *_sets("train.progress_
 CASES = {
     # profile
     "unknown_model": ("unknown model 'resnet50'; known: mobilenet_v1", ["profile", "--model", "resnet50"]),
-    "width_zero": ("width_mult must be a positive number, got 0.0",
-                   ["profile", "--model", "mobilenet_v1", "--width", "0", "--runs", "1"]),
+    "width_zero": (
+        "width_mult must be a positive number, got 0.0",
+        ["profile", "--model", "mobilenet_v1", "--width", "0", "--runs", "1"],
+    ),
     "width_not_a_number": ("argument --width: invalid float value: 'wide'", ["profile", "--width", "wide"]),
-    "resolution_zero": ("argument --resolution: resolution must be N or HxW (positive integers), got '0'",
-                        ["profile", "--model", "mobilenet_v1", "--resolution", "0"]),
-    "resolution_negative_width": ("resolution must be N or HxW (positive integers), got '224x-5'",
-                                  ["profile", "--model", "mobilenet_v1", "--resolution", "224x-5"]),
-    "runs_zero": ("argument --runs: must be an integer of at least 1, got '0'",
-                  ["profile", "--model", "mobilenet_v1", "--runs", "0"]),
+    "resolution_zero": (
+        "argument --resolution: resolution must be N or HxW (positive integers), got '0'",
+        ["profile", "--model", "mobilenet_v1", "--resolution", "0"],
+    ),
+    "resolution_negative_width": (
+        "resolution must be N or HxW (positive integers), got '224x-5'",
+        ["profile", "--model", "mobilenet_v1", "--resolution", "224x-5"],
+    ),
+    "runs_zero": (
+        "argument --runs: must be an integer of at least 1, got '0'",
+        ["profile", "--model", "mobilenet_v1", "--runs", "0"],
+    ),
     # weights import
-    "import_text_file": ("{in}/user/notes.txt: not a PyTorch weights file",
-                         ["weights", "import", "--from", "torchvision", "{in}/user/notes.txt", "--model",
-                          "mobilenet_v2", "--out", "{out}/w.pth"]),
-    "import_out_under_a_file": ("{in}/plain.txt: is a file, not a folder to write into",
-                                ["weights", "import", "--from", "torchvision", "{in}/det.ckpt", "--model",
-                                 "mobilenet_v2", "--out", "{in}/plain.txt/w.pth"]),
-    "import_unknown_source": ("argument --from: invalid choice: 'caffe'",
-                              ["weights", "import", "--from", "caffe", "{in}/det.ckpt", "--model", "mobilenet_v2",
-                               "--out", "{out}/w.pth"]),
+    "import_text_file": (
+        "{in}/user/notes.txt: not a PyTorch weights file",
+        [
+            "weights",
+            "import",
+            "--from",
+            "torchvision",
+            "{in}/user/notes.txt",
+            "--model",
+            "mobilenet_v2",
+            "--out",
+            "{out}/w.pth",
+        ],
+    ),
+    "import_out_under_a_file": (
+        "{in}/plain.txt: is a file, not a folder to write into",
+        [
+            "weights",
+            "import",
+            "--from",
+            "torchvision",
+            "{in}/det.ckpt",
+            "--model",
+            "mobilenet_v2",
+            "--out",
+            "{in}/plain.txt/w.pth",
+        ],
+    ),
+    "import_unknown_source": (
+        "argument --from: invalid choice: 'caffe'",
+        ["weights", "import", "--from", "caffe", "{in}/det.ckpt", "--model", "mobilenet_v2", "--out", "{out}/w.pth"],
+    ),
     # train: values out of range
     "batch_size_zero": ("data.batch_size must be at least 1, got 0", TRAIN + _sets("data.batch_size=0")),
     "size_zero": ("data.size must be a positive integer or [height, width], got 0", TRAIN + _sets("data.size=0")),
-    "size_pair_with_zero": ("data.size must be a positive integer or [height, width], got [0, 64]",
-                            TRAIN + _sets("data.size=[0, 64]")),
+    "size_pair_with_zero": (
+        "data.size must be a positive integer or [height, width], got [0, 64]",
+        TRAIN + _sets("data.size=[0, 64]"),
+    ),
     "epochs_negative": ("train.epochs must be at least 1, got -1", TRAIN + _sets("train.epochs=-1")),
     "lr_zero": ("train.lr must be above 0, got 0", TRAIN + _sets("train.lr=0")),
     # train: Lightning's own refusals
-    "devices_zero": ("train.devices must be auto, a number of devices (-1: all of them) or a list of device indices, "
-                     "got 0", TRAIN + _sets("train.devices=0")),
-    "devices_more_than_cpus": (f"starts {(os.cpu_count() or 1) + 1} processes on this machine",
-                               TRAIN + _sets(f"train.devices={(os.cpu_count() or 1) + 1}")),
+    "devices_zero": (
+        "train.devices must be auto, a number of devices (-1: all of them) or a list of device indices, got 0",
+        TRAIN + _sets("train.devices=0"),
+    ),
+    "devices_more_than_cpus": (
+        f"starts {(os.cpu_count() or 1) + 1} processes on this machine",
+        TRAIN + _sets(f"train.devices={(os.cpu_count() or 1) + 1}"),
+    ),
     # train: files and folders
-    "synth_dir_of_user_files": ("{in}/user: holds files but no mbtasks_synth.json",
-                                TRAIN + _sets("data.root=null", "data.synth_dir={in}/user")),
-    "out_dir_of_an_earlier_run": ("{in}/oldrun: holds checkpoints of an earlier run (best.ckpt, last.ckpt)",
-                                  TRAIN + _sets("train.out_dir={in}/oldrun")),
-    "config_not_a_mapping": ("{in}/user/notes.txt: a config must be a YAML mapping",
-                             ["train", "--config", "{in}/user/notes.txt"]),
+    "synth_dir_of_user_files": (
+        "{in}/user: holds files but no mbtasks_synth.json",
+        TRAIN + _sets("data.root=null", "data.synth_dir={in}/user"),
+    ),
+    "out_dir_of_an_earlier_run": (
+        "{in}/oldrun: holds checkpoints of an earlier run (best.ckpt, last.ckpt)",
+        TRAIN + _sets("train.out_dir={in}/oldrun"),
+    ),
+    "config_not_a_mapping": (
+        "{in}/user/notes.txt: a config must be a YAML mapping",
+        ["train", "--config", "{in}/user/notes.txt"],
+    ),
     "config_unknown_key": ("unknown key train.lrr (did you mean train.lr?)", TRAIN + _sets("train.lrr=1")),
     # evaluate
-    "checkpoint_not_torch": ("{in}/user/notes.txt: not a PyTorch weights file",
-                             ["evaluate", "--checkpoint", "{in}/user/notes.txt"]),
-    "checkpoint_of_another_task": ("{in}/det.ckpt: is a checkpoint of a det model, not seg",
-                                   EVALUATE + ["--task", "seg"]),
-    "json_under_a_file": ("{in}/plain.txt: is a file, not a folder to write into",
-                          EVALUATE + ["--json", "{in}/plain.txt/m.json"]),
-    "scales_zero": ("argument --scales: must be positive numbers separated by commas, got '0,1'",
-                    EVALUATE + ["--scales", "0,1"]),
-    "scales_not_numbers": ("argument --scales: must be positive numbers separated by commas, got '1,big'",
-                           EVALUATE + ["--scales", "1,big"]),
+    "checkpoint_not_torch": (
+        "{in}/user/notes.txt: not a PyTorch weights file",
+        ["evaluate", "--checkpoint", "{in}/user/notes.txt"],
+    ),
+    "checkpoint_of_another_task": (
+        "{in}/det.ckpt: is a checkpoint of a det model, not seg",
+        EVALUATE + ["--task", "seg"],
+    ),
+    "json_under_a_file": (
+        "{in}/plain.txt: is a file, not a folder to write into",
+        EVALUATE + ["--json", "{in}/plain.txt/m.json"],
+    ),
+    "scales_zero": (
+        "argument --scales: must be positive numbers separated by commas, got '0,1'",
+        EVALUATE + ["--scales", "0,1"],
+    ),
+    "scales_not_numbers": (
+        "argument --scales: must be positive numbers separated by commas, got '1,big'",
+        EVALUATE + ["--scales", "1,big"],
+    ),
     "val_batch_size_zero": ("data.val_batch_size must be at least 1, got 0", EVALUATE + _sets("data.val_batch_size=0")),
-    "detections_not_results": ("{in}/user/data.json: not a COCO results file",
-                               ["evaluate", "--task", "det", "--annotations",
-                                "{in}/coco/annotations/instances_val2017.json", "--detections", "{in}/user/data.json"]),
-    "coco_backend_unknown": ("fast: unknown COCO evaluation backend; valid backends: faster-coco-eval, pycocotools",
-                             ["evaluate", "--task", "det", "--annotations",
-                              "{in}/coco/annotations/instances_val2017.json", "--detections",
-                              "{in}/coco/annotations/instances_val2017.json", "--coco-backend", "fast"]),
-    "coco_backend_unknown_before_the_model_runs": ("pycocotool: unknown COCO evaluation backend",
-                                                   EVALUATE + ["--coco-backend", "pycocotool"]),
-    "annotations_not_coco": ("not a COCO annotation file",
-                                   ["evaluate", "--task", "det", "--annotations", "{in}/user/data.json",
-                                    "--detections", "{in}/user/data.json"]),
-    "gt_without_cityscapes": ("{in}/user: no ground truth found",
-                              ["evaluate", "--task", "seg", "--gt", "{in}/user", "--predictions",
-                               "{in}/cityscapes/gtFine/val"]),
+    "detections_not_results": (
+        "{in}/user/data.json: not a COCO results file",
+        [
+            "evaluate",
+            "--task",
+            "det",
+            "--annotations",
+            "{in}/coco/annotations/instances_val2017.json",
+            "--detections",
+            "{in}/user/data.json",
+        ],
+    ),
+    "coco_backend_unknown": (
+        "fast: unknown COCO evaluation backend; valid backends: faster-coco-eval, pycocotools",
+        [
+            "evaluate",
+            "--task",
+            "det",
+            "--annotations",
+            "{in}/coco/annotations/instances_val2017.json",
+            "--detections",
+            "{in}/coco/annotations/instances_val2017.json",
+            "--coco-backend",
+            "fast",
+        ],
+    ),
+    "coco_backend_unknown_before_the_model_runs": (
+        "pycocotool: unknown COCO evaluation backend",
+        EVALUATE + ["--coco-backend", "pycocotool"],
+    ),
+    "annotations_not_coco": (
+        "not a COCO annotation file",
+        ["evaluate", "--task", "det", "--annotations", "{in}/user/data.json", "--detections", "{in}/user/data.json"],
+    ),
+    "gt_without_cityscapes": (
+        "{in}/user: no ground truth found",
+        ["evaluate", "--task", "seg", "--gt", "{in}/user", "--predictions", "{in}/cityscapes/gtFine/val"],
+    ),
     # export
-    "calibration_zero": ("argument --calibration: must be an integer of at least 1, got '0'",
-                         ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{out}/x.onnx", "--int8",
-                          "--calibration", "0"]),
-    "samples_zero": ("argument --samples: must be an integer of at least 1, got '0'",
-                     ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{out}/x.onnx", "--samples", "0"]),
-    "export_not_a_checkpoint": ("instances_val2017.json: not a PyTorch weights file",
-                                ["export", "--checkpoint", "{in}/coco/annotations/instances_val2017.json",
-                                 "--out", "{out}/x.onnx"]),
-    "export_onnx_not_installed": ("needs the Python package 'onnx', which is not installed here: pip install "
-                                  "'mbtasks[export]'", ["export", "--checkpoint", "{in}/det.ckpt", "--out",
-                                                        "{out}/x.onnx"]),
+    "calibration_zero": (
+        "argument --calibration: must be an integer of at least 1, got '0'",
+        ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{out}/x.onnx", "--int8", "--calibration", "0"],
+    ),
+    "samples_zero": (
+        "argument --samples: must be an integer of at least 1, got '0'",
+        ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{out}/x.onnx", "--samples", "0"],
+    ),
+    "export_not_a_checkpoint": (
+        "instances_val2017.json: not a PyTorch weights file",
+        ["export", "--checkpoint", "{in}/coco/annotations/instances_val2017.json", "--out", "{out}/x.onnx"],
+    ),
+    "export_onnx_not_installed": (
+        "needs the Python package 'onnx', which is not installed here: pip install 'mbtasks[export]'",
+        ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{out}/x.onnx"],
+    ),
     # predict
-    "predict_not_an_image": ("{in}/user/notes.txt: cannot decode image",
-                             ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/notes.txt", "--out", "{out}/p",
-                              "--strict"]),
-    "score_threshold": ("argument --score-threshold: must be a number from 0 to 1, got '2'",
-                        ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{out}/p",
-                         "--score-threshold", "2"]),
-    "score_threshold_negative": ("argument --score-threshold: must be a number from 0 to 1, got '-0.1'",
-                                 ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{out}/p",
-                                  "--score-threshold=-0.1"]),
-    "predict_over_its_input": ("{in}/user/photo.png: its drawing would replace an input image",
-                               ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out",
-                                "{in}/user"]),
+    "predict_not_an_image": (
+        "{in}/user/notes.txt: cannot decode image",
+        ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/notes.txt", "--out", "{out}/p", "--strict"],
+    ),
+    "score_threshold": (
+        "argument --score-threshold: must be a number from 0 to 1, got '2'",
+        [
+            "predict",
+            "--checkpoint",
+            "{in}/det.ckpt",
+            "{in}/user/photo.png",
+            "--out",
+            "{out}/p",
+            "--score-threshold",
+            "2",
+        ],
+    ),
+    "score_threshold_negative": (
+        "argument --score-threshold: must be a number from 0 to 1, got '-0.1'",
+        [
+            "predict",
+            "--checkpoint",
+            "{in}/det.ckpt",
+            "{in}/user/photo.png",
+            "--out",
+            "{out}/p",
+            "--score-threshold=-0.1",
+        ],
+    ),
+    "predict_over_its_input": (
+        "{in}/user/photo.png: its drawing would replace an input image",
+        ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{in}/user"],
+    ),
     # data synth
-    "synth_into_user_files": ("{in}/user: holds files but no mbtasks_synth.json",
-                              ["data", "synth", "--task", "det", "--out", "{in}/user"]),
-    "synth_seed_negative": ("argument --seed: must be an integer of at least 0, got '-1'",
-                            ["data", "synth", "--task", "det", "--out", "{out}/s", "--seed", "-1"]),
+    "synth_into_user_files": (
+        "{in}/user: holds files but no mbtasks_synth.json",
+        ["data", "synth", "--task", "det", "--out", "{in}/user"],
+    ),
+    "synth_seed_negative": (
+        "argument --seed: must be an integer of at least 0, got '-1'",
+        ["data", "synth", "--task", "det", "--out", "{out}/s", "--seed", "-1"],
+    ),
     # ablate
-    "ablate_unknown_backbone": ("unknown backbone 'v9' in --backbones",
-                                ["ablate", "--task", "cls", "--profile-only", "--backbones", "v9", "--out", "{out}/a"]),
-    "ablate_runs_negative": ("argument --runs: must be an integer of at least 0, got '-1'",
-                             ["ablate", "--task", "cls", "--profile-only", "--runs", "-1", "--out", "{out}/a"]),
+    "ablate_unknown_backbone": (
+        "unknown backbone 'v9' in --backbones",
+        ["ablate", "--task", "cls", "--profile-only", "--backbones", "v9", "--out", "{out}/a"],
+    ),
+    "ablate_runs_negative": (
+        "argument --runs: must be an integer of at least 0, got '-1'",
+        ["ablate", "--task", "cls", "--profile-only", "--runs", "-1", "--out", "{out}/a"],
+    ),
     "momentum_above_1": ("train.momentum must be between 0 and 1, got 1.5", TRAIN + _sets("train.momentum=1.5")),
     "batch_size_not_whole": ("data.batch_size must be int, got 2.5", TRAIN + _sets("data.batch_size=2.5")),
-    "size_of_one_side": ("data.size must be a positive integer or [height, width], got [64]",
-                         TRAIN + _sets("data.size=[64]")),
-    "label_smoothing": ("train.label_smoothing must be between 0 and 1, got 2",
-                        TRAIN + _sets("train.label_smoothing=2")),
+    "size_of_one_side": (
+        "data.size must be a positive integer or [height, width], got [64]",
+        TRAIN + _sets("data.size=[64]"),
+    ),
+    "label_smoothing": (
+        "train.label_smoothing must be between 0 and 1, got 2",
+        TRAIN + _sets("train.label_smoothing=2"),
+    ),
     "num_workers_negative": ("data.num_workers must be at least 0, got -1", TRAIN + _sets("data.num_workers=-1")),
     "seed_negative": ("train.seed must be between 0 and 4294967295, got -1", TRAIN + _sets("train.seed=-1")),
 }
 # More mistakes, run in this process through main(): each costs the console script seconds of imports.
 MORE_CASES = {
-    "output_stride": ("output_stride must be one of (8, 16, 32), got 7",
-                      ["profile", "--model", "mobilenet_v1", "--option", "output_stride=7", "--runs", "1"]),
-    "unknown_option": ("unknown option(s) for mobilenet_v1: depth",
-                       ["profile", "--model", "mobilenet_v1", "--option", "depth=3", "--runs", "1"]),
-    "strategy": ("train.strategy must be one of auto, ddp, deepspeed, fsdp, xla, ddp_spawn, ..., got 'warp'",
-                 TRAIN + _sets("train.strategy=warp")),
-    "precision": ("train.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, "
-                  "transformer-engine, transformer-engine-float16, 32, 16, bf16, 64, got '13-mixed' (did you mean "
-                  "'16-mixed'?)", TRAIN + _sets("train.precision=13-mixed")),
-    "width_negative_in_config": ("width_mult must be a positive number, got -0.5",
-                                 TRAIN + _sets("model.options.width_mult=-0.5")),
-    "synth_count_zero": ("data.synth.num_train must be a positive integer, got 0",
-                         TRAIN + _sets("data.root=null", "data.synth_dir={out}/synth", "data.synth.num_train=0")),
-    "synth_unknown_option": ("data.synth: write_shapes_coco takes no option 'max_cars'",
-                             TRAIN + _sets("data.root=null", "data.synth_dir={out}/synth", "data.synth.max_cars=2")),
-    "limit_batches": ("train.limit_train_batches must be a number of batches (0 or more) or a fraction of them from "
-                      "0.0 to 1.0, got -1", TRAIN + _sets("train.limit_train_batches=-1")),
-    "root_missing": ("{in}/missing/annotations/instances_val2017.json: annotation file not found",
-                     TRAIN + _sets("data.root={in}/missing")),
-    "out_dir_is_a_file": ("{in}/plain.txt: is a file, not a folder to write into",
-                          TRAIN + _sets("train.out_dir={in}/plain.txt")),
-    "resume_from_a_text_file": ("{in}/user/notes.txt: not a PyTorch weights file",
-                                TRAIN + ["--resume", "{in}/user/notes.txt"]),
-    "unknown_task": ("task must be one of det, seg, attr, embed, cls, got 'pose'",
-                     ["train", "--task", "pose", *_sets("train.out_dir={out}/run")]),
+    "output_stride": (
+        "output_stride must be one of (8, 16, 32), got 7",
+        ["profile", "--model", "mobilenet_v1", "--option", "output_stride=7", "--runs", "1"],
+    ),
+    "unknown_option": (
+        "unknown option(s) for mobilenet_v1: depth",
+        ["profile", "--model", "mobilenet_v1", "--option", "depth=3", "--runs", "1"],
+    ),
+    "strategy": (
+        "train.strategy must be one of auto, ddp, deepspeed, fsdp, xla, ddp_spawn, ..., got 'warp'",
+        TRAIN + _sets("train.strategy=warp"),
+    ),
+    "precision": (
+        "train.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, "
+        "transformer-engine, transformer-engine-float16, 32, 16, bf16, 64, got '13-mixed' (did you mean "
+        "'16-mixed'?)",
+        TRAIN + _sets("train.precision=13-mixed"),
+    ),
+    "width_negative_in_config": (
+        "width_mult must be a positive number, got -0.5",
+        TRAIN + _sets("model.options.width_mult=-0.5"),
+    ),
+    "synth_count_zero": (
+        "data.synth.num_train must be a positive integer, got 0",
+        TRAIN + _sets("data.root=null", "data.synth_dir={out}/synth", "data.synth.num_train=0"),
+    ),
+    "synth_unknown_option": (
+        "data.synth: write_shapes_coco takes no option 'max_cars'",
+        TRAIN + _sets("data.root=null", "data.synth_dir={out}/synth", "data.synth.max_cars=2"),
+    ),
+    "limit_batches": (
+        "train.limit_train_batches must be a number of batches (0 or more) or a fraction of them from "
+        "0.0 to 1.0, got -1",
+        TRAIN + _sets("train.limit_train_batches=-1"),
+    ),
+    "root_missing": (
+        "{in}/missing/annotations/instances_val2017.json: annotation file not found",
+        TRAIN + _sets("data.root={in}/missing"),
+    ),
+    "out_dir_is_a_file": (
+        "{in}/plain.txt: is a file, not a folder to write into",
+        TRAIN + _sets("train.out_dir={in}/plain.txt"),
+    ),
+    "resume_from_a_text_file": (
+        "{in}/user/notes.txt: not a PyTorch weights file",
+        TRAIN + ["--resume", "{in}/user/notes.txt"],
+    ),
+    "unknown_task": (
+        "unknown task 'pose'; known: det, seg, attr, embed, cls",
+        ["train", "--task", "pose", *_sets("train.out_dir={out}/run")],
+    ),
     "synth_unknown_task": ("unknown task 'pose'", ["data", "synth", "--task", "pose", "--out", "{out}/s"]),
-    "ablate_width_negative": ("--widths must be positive numbers separated by commas, got '0.5,-1'",
-                              ["ablate", "--task", "cls", "--profile-only", "--widths", "0.5,-1", "--out", "{out}/a"]),
-    "ablate_out_is_a_file": ("{in}/plain.txt: is a file, not a folder to write into",
-                             ["ablate", "--task", "cls", "--profile-only", "--backbones", "v1", "--out",
-                              "{in}/plain.txt"]),
+    "ablate_width_negative": (
+        "--widths must be positive numbers separated by commas, got '0.5,-1'",
+        ["ablate", "--task", "cls", "--profile-only", "--widths", "0.5,-1", "--out", "{out}/a"],
+    ),
+    "ablate_out_is_a_file": (
+        "{in}/plain.txt: is a file, not a folder to write into",
+        ["ablate", "--task", "cls", "--profile-only", "--backbones", "v1", "--out", "{in}/plain.txt"],
+    ),
     # an output file or folder of predictions that exists is the user's: replaced only with --overwrite
-    "json_exists": ("{in}/user/data.json: exists: pass --overwrite to replace it, or choose another path",
-                    EVALUATE + ["--json", "{in}/user/data.json"]),
-    "export_out_exists": ("{in}/user/notes.txt: exists: pass --overwrite",
-                          ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{in}/user/notes.txt"]),
-    "import_out_exists": ("{in}/user/notes.txt: exists: pass --overwrite",
-                          ["weights", "import", "--from", "torchvision", "{in}/det.ckpt", "--model", "mobilenet_v2",
-                           "--out", "{in}/user/notes.txt"]),
-    "predict_over_an_earlier_run": ("{in}/earlier: holds 2 of the files this run would write (first: photo.png): "
-                                    "pass --overwrite to replace them, or choose another --out",
-                                    ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out",
-                                     "{in}/earlier"]),
+    "json_exists": (
+        "{in}/user/data.json: exists: pass --overwrite to replace it, or choose another path",
+        EVALUATE + ["--json", "{in}/user/data.json"],
+    ),
+    "export_out_exists": (
+        "{in}/user/notes.txt: exists: pass --overwrite",
+        ["export", "--checkpoint", "{in}/det.ckpt", "--out", "{in}/user/notes.txt"],
+    ),
+    "import_out_exists": (
+        "{in}/user/notes.txt: exists: pass --overwrite",
+        [
+            "weights",
+            "import",
+            "--from",
+            "torchvision",
+            "{in}/det.ckpt",
+            "--model",
+            "mobilenet_v2",
+            "--out",
+            "{in}/user/notes.txt",
+        ],
+    ),
+    "predict_over_an_earlier_run": (
+        "{in}/earlier: holds 2 of the files this run would write (first: photo.png): "
+        "pass --overwrite to replace them, or choose another --out",
+        ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{in}/earlier"],
+    ),
 }
 # Cases run with a package made unimportable, as if it were not installed.
 BLOCKED = {"export_onnx_not_installed": "onnx"}
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +409,9 @@ def _run(root: Path, scratch: Path, name: str) -> tuple[int, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if name in BLOCKED:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "blocked" / name), env.get("PYTHONPATH")]))
-    result = subprocess.run([MBTASKS, *_command(CASES[name][1], root, out)], capture_output=True, text=True,
-                            timeout=300, cwd=out, env=env)
+    result = subprocess.run(
+        [MBTASKS, *_command(CASES[name][1], root, out)], capture_output=True, text=True, timeout=300, cwd=out, env=env
+    )
     return result.returncode, result.stderr
 
 
@@ -262,8 +434,9 @@ def _assert_one_line(code: int, stderr: str, expected: str) -> None:
 
 
 def test_there_are_at_least_40_cases_across_every_command():
-    commands = {command[0] if command[0] not in ("weights", "data") else " ".join(command[:2])
-                for _, command in CASES.values()}
+    commands = {
+        command[0] if command[0] not in ("weights", "data") else " ".join(command[:2]) for _, command in CASES.values()
+    }
     assert len(CASES) >= 40
     assert commands == {"profile", "weights import", "train", "evaluate", "export", "predict", "data synth", "ablate"}
 
@@ -293,10 +466,16 @@ def test_an_internal_error_keeps_its_traceback_and_exits_1(inputs, tmp_path):
         "import mbtasks.evaluation.coco as coco\n"
         "def broken(*args, **kwargs):\n"
         "    raise RuntimeError('a bug')\n"
-        "coco.coco_metrics = broken\n")
+        "coco.coco_metrics = broken\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     annotations = str(inputs / "coco" / "annotations" / "instances_val2017.json")
-    result = subprocess.run([MBTASKS, "evaluate", "--task", "det", "--annotations", annotations, "--detections",
-                             annotations], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [MBTASKS, "evaluate", "--task", "det", "--annotations", annotations, "--detections", annotations],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "RuntimeError: a bug" in result.stderr

@@ -1,15 +1,14 @@
 """Weight import from torchvision and timm gives the same network."""
+
 import pytest
 import timm
 import torch
 import torchvision
-
-from mbtasks import MbtasksError, build_backbone, build_model
-from mbtasks.models.importers import import_weights
-from mbtasks.cli import main
-
 from helpers import randomised
 
+from mbtasks import MbtasksError, build_backbone, build_model
+from mbtasks.cli import main
+from mbtasks.models.importers import import_weights
 
 ORIGINALS = [
     ("torchvision", "mobilenet_v2", lambda: torchvision.models.mobilenet_v2()),
@@ -26,8 +25,22 @@ ORIGINALS = [
 def test_imported_weights_give_the_same_outputs(tmp_path, source, name, make):
     reference = randomised(make())
     torch.save(reference.state_dict(), tmp_path / "src.pth")
-    assert main(["weights", "import", "--from", source, str(tmp_path / "src.pth"), "--model", name,
-                 "--out", str(tmp_path / "mb.pth")]) == 0
+    assert (
+        main(
+            [
+                "weights",
+                "import",
+                "--from",
+                source,
+                str(tmp_path / "src.pth"),
+                "--model",
+                name,
+                "--out",
+                str(tmp_path / "mb.pth"),
+            ]
+        )
+        == 0
+    )
     model = build_model(name, weights=tmp_path / "mb.pth").eval()
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
@@ -62,7 +75,21 @@ def test_weights_of_another_model_or_width_are_refused(tmp_path, capsys):
     with pytest.raises(MbtasksError, match=r"mb.pth: does not fit the model: shapes"):
         build_model("mobilenet_v2", weights=tmp_path / "mb.pth", width_mult=0.5)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    assert main(["weights", "import", "--from", "torchvision", str(tmp_path / "junk.pth"), "--model",
-                 "mobilenet_v2", "--out", str(tmp_path / "x.pth")]) == 2
+    assert (
+        main(
+            [
+                "weights",
+                "import",
+                "--from",
+                "torchvision",
+                str(tmp_path / "junk.pth"),
+                "--model",
+                "mobilenet_v2",
+                "--out",
+                str(tmp_path / "x.pth"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "junk.pth" in err and len(err.splitlines()) == 1

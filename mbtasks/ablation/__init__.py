@@ -7,9 +7,18 @@ is recorded and the others go on; the parent then profiles the trained network. 
 a finished result for the same resolved config is not run again. A run of other settings is never removed: the new one
 goes to RUN_DIR-2 (-3, ...), or replaces it with --overwrite. result.json is replaced whole, never half-written.
 """
+
 from .plan import Run, default_config, parse_resolutions, parse_versions, parse_widths, plan_runs
 from .report import write_outputs
 from .run import run_ablation
 
-__all__ = ["Run", "default_config", "parse_resolutions", "parse_versions", "parse_widths", "plan_runs",
-           "run_ablation", "write_outputs"]
+__all__ = [
+    "Run",
+    "default_config",
+    "parse_resolutions",
+    "parse_versions",
+    "parse_widths",
+    "plan_runs",
+    "run_ablation",
+    "write_outputs",
+]

@@ -1,13 +1,13 @@
 """The grid of an ablation: --backbones/--widths/--resolutions parsed, each point a Run with its config checked."""
+
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..backbones import BACKBONES
 from ..config import Config, load_config
 from ..errors import MbtasksError
-from ..models import MODELS
-from ..tasks import TASKS
 from ..sizes import height_width
+from ..tasks import TASKS
 
 Resolution = int | tuple[int, int]
 
@@ -109,8 +109,14 @@ def config_resolution(config: Config) -> Resolution:
     return size[0] if size[0] == size[1] else size
 
 
-def plan_runs(task: str, config_path: str | Path, overrides: list[str], versions: list[str],
-              widths: dict[str, list[float]], resolutions: list[Resolution] | None) -> list[Run]:
+def plan_runs(
+    task: str,
+    config_path: str | Path,
+    overrides: list[str],
+    versions: list[str],
+    widths: dict[str, list[float]],
+    resolutions: list[Resolution] | None,
+) -> list[Run]:
     """Every combination, each config loaded and checked before any run starts."""
     base = load_config(config_path, overrides, task)
     resolutions = resolutions or [config_resolution(base)]
@@ -123,6 +129,7 @@ def plan_runs(task: str, config_path: str | Path, overrides: list[str], versions
                 size = resolution if isinstance(resolution, int) else list(resolution)
                 grid = [f"model.name={model}", f"model.options.width_mult={width:g}", *spec.size_overrides(size)]
                 run_overrides = ["train.progress_bar=false", *overrides, *grid]
-                runs.append(Run(version, width, resolution, model, load_config(config_path, run_overrides, task),
-                                run_overrides))
+                runs.append(
+                    Run(version, width, resolution, model, load_config(config_path, run_overrides, task), run_overrides)
+                )
     return runs

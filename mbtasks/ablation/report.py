@@ -1,5 +1,6 @@
 """An ablation's outputs from its results rows: results.csv, results.md (the papers' table) and the plots, each
 replaced whole (a kill while writing leaves the previous file)."""
+
 import csv
 from pathlib import Path
 
@@ -8,8 +9,23 @@ import torch
 from ..backbones import BACKBONES
 from ..io.outputs import replaced_atomically, write_text_atomically
 
-COLUMNS = ["task", "version", "width", "resolution", "model", "params", "madds", "latency_ms", "paper_params",
-           "paper_madds", "metric_name", "metric", "status", "error", "run"]
+COLUMNS = [
+    "task",
+    "version",
+    "width",
+    "resolution",
+    "model",
+    "params",
+    "madds",
+    "latency_ms",
+    "paper_params",
+    "paper_madds",
+    "metric_name",
+    "metric",
+    "status",
+    "error",
+    "run",
+]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -33,16 +49,25 @@ def write_markdown(rows: list[dict], path: Path, profile_only: bool, latency_run
     header += [] if profile_only else [metric]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in done:
-        cells = [r["model"], f"{r['width']:g}", r["resolution"], f"{r['madds'] / 1e6:.1f}M",
-                 _paper(r.get("paper_madds")), f"{r['params'] / 1e6:.2f}M", _paper(r.get("paper_params")),
-                 "" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f}"]
+        cells = [
+            r["model"],
+            f"{r['width']:g}",
+            r["resolution"],
+            f"{r['madds'] / 1e6:.1f}M",
+            _paper(r.get("paper_madds")),
+            f"{r['params'] / 1e6:.2f}M",
+            _paper(r.get("paper_params")),
+            "" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f}",
+        ]
         if not profile_only:
             cells.append("" if r.get("metric") is None else f"{r['metric']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if latency_runs > 0:
-        lines.append(f"Latency: median of {latency_runs} runs at batch 1 of the inference copy (batch norm folded, "
-                     f"channels-last), {torch.get_num_threads()} CPU thread(s), on the machine that ran this table.")
+        lines.append(
+            f"Latency: median of {latency_runs} runs at batch 1 of the inference copy (batch norm folded, "
+            f"channels-last), {torch.get_num_threads()} CPU thread(s), on the machine that ran this table."
+        )
     lines.append("paper: the papers' figures (mbtasks/reference.py) where they list this network.")
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
@@ -68,8 +93,14 @@ def write_plot(rows: list[dict], x: str, y: str, path: Path, xlabel: str, ylabel
         xs = [r[x] / 1e6 if x == "madds" else r[x] for r in series]
         axes.plot(xs, [r[y] for r in series], marker="o", label=version)
         for value, r in zip(xs, series):
-            axes.annotate(f"{r['width']:g}-{r['resolution']}", (value, r[y]), fontsize=6, alpha=0.7,
-                          textcoords="offset points", xytext=(3, 3))
+            axes.annotate(
+                f"{r['width']:g}-{r['resolution']}",
+                (value, r[y]),
+                fontsize=6,
+                alpha=0.7,
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
@@ -88,8 +119,11 @@ def write_outputs(rows: list[dict], out: str | Path, profile_only: bool, latency
     write_csv(rows, written[0])
     write_markdown(rows, written[1], profile_only, latency_runs)
     metric = next((r["metric_name"] for r in rows if r.get("metric_name")), "metric")
-    plots = ([("latency_ms", "madds", "latency_vs_madds.png")] if profile_only else
-             [("metric", "madds", "metric_vs_madds.png"), ("metric", "latency_ms", "metric_vs_latency.png")])
+    plots = (
+        [("latency_ms", "madds", "latency_vs_madds.png")]
+        if profile_only
+        else [("metric", "madds", "metric_vs_madds.png"), ("metric", "latency_ms", "metric_vs_latency.png")]
+    )
     labels = {"madds": "multiply-adds (M)", "latency_ms": "latency (ms, batch 1)", "metric": metric}
     for y, x, name in plots:
         if write_plot(rows, x, y, out / name, labels[x], labels[y]):

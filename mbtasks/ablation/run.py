@@ -1,5 +1,6 @@
 """Running the grid: each run trained and evaluated in child processes, then profiled; finished runs are skipped, and
 no run folder is removed but the same run's unfinished one, or one of other settings that --overwrite replaces."""
+
 import json
 import os
 import shlex
@@ -17,8 +18,8 @@ from ..layers.fusion import for_inference
 from ..models import MODELS
 from ..profiling import count_madds, count_parameters, example_input, measure_latency
 from ..reference import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, PAPER_FIGURES, SEGMENTER_PAPER_FIGURES
-from ..tasks import TASKS
 from ..sizes import height_width
+from ..tasks import TASKS
 from .plan import Resolution, Run, resolution_text
 
 WARMUP = 2  # untimed forward passes before the timed ones
@@ -66,8 +67,15 @@ def _child_commands(run: Run, config_path: Path, run_dir: Path) -> dict[str, lis
     train = ["train", "--config", str(config_path), "--task", run.config.task]
     for assignment in [*run.overrides, f"train.out_dir={run_dir}"]:
         train += ["--set", assignment]
-    evaluate = ["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "best.ckpt"),
-                "--json", str(run_dir / "metrics.json"), "--set", "train.progress_bar=false"]
+    evaluate = [
+        "evaluate",
+        "--checkpoint",
+        str(run_dir / "checkpoints" / "best.ckpt"),
+        "--json",
+        str(run_dir / "metrics.json"),
+        "--set",
+        "train.progress_bar=false",
+    ]
     return {"train": train, "evaluate": evaluate}
 
 
@@ -80,8 +88,9 @@ def _run_children(commands: dict[str, list[str]], log_path: Path) -> int:
             log.write("$ mbtasks " + shlex.join(commands[name]) + "\n")
             log.flush()
             # The console entry through this interpreter: the `mbtasks` script need not be on PATH.
-            child = subprocess.run([sys.executable, "-m", "mbtasks.cli", *commands[name]], stdout=log,
-                                   stderr=subprocess.STDOUT, env=env)
+            child = subprocess.run(
+                [sys.executable, "-m", "mbtasks.cli", *commands[name]], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
             if child.returncode != 0:
                 return child.returncode
     return 0
@@ -103,15 +112,27 @@ def headline_metric(task: str, metrics: dict) -> tuple[str, float | None]:
 def run_one(run: Run, config_path: Path, run_dir: Path, profile_only: bool, latency_runs: int) -> dict:
     """Train and evaluate `run` in child processes (unless profile-only), then profile it: one results row."""
     task, spec = run.config.task, TASKS.get(run.config.task)
-    row = {"task": task, "version": run.version.removeprefix("mobilenet_"), "width": run.width,
-           "resolution": resolution_text(run.resolution), "model": run.model, "status": "ok", "error": "",
-           "run": run_dir.name, "metric_name": "" if profile_only else spec.headline_metrics[0]}
+    row = {
+        "task": task,
+        "version": run.version.removeprefix("mobilenet_"),
+        "width": run.width,
+        "resolution": resolution_text(run.resolution),
+        "model": run.model,
+        "status": "ok",
+        "error": "",
+        "run": run_dir.name,
+        "metric_name": "" if profile_only else spec.headline_metrics[0],
+    }
     try:
         if profile_only:
             class_count = run.config.model.options.get("num_classes", spec.profile_classes)
-            record = Record(run.model, run.version, config=run.config.to_dict(),
-                            class_names=[f"class_{i}" for i in range(class_count)],
-                            category_ids=list(range(1, class_count + 1)))
+            record = Record(
+                run.model,
+                run.version,
+                config=run.config.to_dict(),
+                class_names=[f"class_{i}" for i in range(class_count)],
+                category_ids=list(range(1, class_count + 1)),
+            )
         else:
             commands = _child_commands(run, config_path, run_dir)
             (run_dir / "commands.json").write_text(json.dumps(commands, indent=2))
@@ -154,7 +175,7 @@ def run_folder(runs_dir: Path, name: str, settings: dict, overwrite: bool) -> Pa
     def named(number: int) -> Path:
         return runs_dir / (name if number == 1 else f"{name}-{number}")
 
-    suffixes = [p.name[len(name) + 1:] for p in runs_dir.glob(f"{name}-*")]
+    suffixes = [p.name[len(name) + 1 :] for p in runs_dir.glob(f"{name}-*")]
     numbers = [1] + [int(suffix) for suffix in suffixes if suffix.isdigit()]
     for number in sorted(numbers):
         if read_result(named(number)).get("settings") == settings:
@@ -164,8 +185,15 @@ def run_folder(runs_dir: Path, name: str, settings: dict, overwrite: bool) -> Pa
     return named(next(n for n in range(1, len(numbers) + 2) if not named(n).exists()))
 
 
-def run_ablation(runs: list[Run], config_path: str | Path, out: str | Path, profile_only: bool = False,
-                 latency_runs: int = 10, log=print, overwrite: bool = False) -> list[dict]:
+def run_ablation(
+    runs: list[Run],
+    config_path: str | Path,
+    out: str | Path,
+    profile_only: bool = False,
+    latency_runs: int = 10,
+    log=print,
+    overwrite: bool = False,
+) -> list[dict]:
     """Run (or reuse) every run of the grid under OUT/runs/ (run_folder); returns the results rows in grid order."""
     config_path = Path(config_path).resolve()
     rows = []

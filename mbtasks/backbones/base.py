@@ -1,4 +1,5 @@
 """A MobileNet backbone built from a table of blocks, returning named feature maps by stride; the BACKBONES registry."""
+
 from collections import OrderedDict
 
 import torch

@@ -1,4 +1,5 @@
 """MobileNet v1 (Howard et al. 2017, table 1) as a table of depthwise separable blocks."""
+
 from torch import nn
 
 from ..layers.blocks import BlockSpec, check_width, make_divisible
@@ -10,8 +11,9 @@ STEM_CHANNELS = 32
 
 
 @BACKBONES.register("mobilenet_v1")
-def mobilenet_v1(width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False,
-                 bn_eps: float = 1e-5) -> Backbone:
+def mobilenet_v1(
+    width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False, bn_eps: float = 1e-5
+) -> Backbone:
     """v1 backbone; ReLU6 as timm's mobilenetv1_100, so its checkpoints load unchanged."""
     width_mult = check_width(width_mult)
     specs = [BlockSpec("conv", make_divisible(STEM_CHANNELS * width_mult), 2, activation=nn.ReLU6)]

@@ -1,4 +1,5 @@
 """MobileNet v3 Large and Small (Howard et al. 2019, tables 1-2) as tables of inverted residual blocks."""
+
 from torch import nn
 
 from ..layers.blocks import BlockSpec, check_width, make_divisible
@@ -6,15 +7,36 @@ from .base import BACKBONES, Backbone
 
 RE, HS = nn.ReLU, nn.Hardswish
 # kernel, expanded, output channels, squeeze-excite, activation, stride (the paper's tables 1 and 2).
-LARGE = [(3, 16, 16, False, RE, 1), (3, 64, 24, False, RE, 2), (3, 72, 24, False, RE, 1),
-         (5, 72, 40, True, RE, 2), (5, 120, 40, True, RE, 1), (5, 120, 40, True, RE, 1),
-         (3, 240, 80, False, HS, 2), (3, 200, 80, False, HS, 1), (3, 184, 80, False, HS, 1),
-         (3, 184, 80, False, HS, 1), (3, 480, 112, True, HS, 1), (3, 672, 112, True, HS, 1),
-         (5, 672, 160, True, HS, 2), (5, 960, 160, True, HS, 1), (5, 960, 160, True, HS, 1)]
-SMALL = [(3, 16, 16, True, RE, 2), (3, 72, 24, False, RE, 2), (3, 88, 24, False, RE, 1),
-         (5, 96, 40, True, HS, 2), (5, 240, 40, True, HS, 1), (5, 240, 40, True, HS, 1),
-         (5, 120, 48, True, HS, 1), (5, 144, 48, True, HS, 1), (5, 288, 96, True, HS, 2),
-         (5, 576, 96, True, HS, 1), (5, 576, 96, True, HS, 1)]
+LARGE = [
+    (3, 16, 16, False, RE, 1),
+    (3, 64, 24, False, RE, 2),
+    (3, 72, 24, False, RE, 1),
+    (5, 72, 40, True, RE, 2),
+    (5, 120, 40, True, RE, 1),
+    (5, 120, 40, True, RE, 1),
+    (3, 240, 80, False, HS, 2),
+    (3, 200, 80, False, HS, 1),
+    (3, 184, 80, False, HS, 1),
+    (3, 184, 80, False, HS, 1),
+    (3, 480, 112, True, HS, 1),
+    (3, 672, 112, True, HS, 1),
+    (5, 672, 160, True, HS, 2),
+    (5, 960, 160, True, HS, 1),
+    (5, 960, 160, True, HS, 1),
+]
+SMALL = [
+    (3, 16, 16, True, RE, 2),
+    (3, 72, 24, False, RE, 2),
+    (3, 88, 24, False, RE, 1),
+    (5, 96, 40, True, HS, 2),
+    (5, 240, 40, True, HS, 1),
+    (5, 240, 40, True, HS, 1),
+    (5, 120, 48, True, HS, 1),
+    (5, 144, 48, True, HS, 1),
+    (5, 288, 96, True, HS, 2),
+    (5, 576, 96, True, HS, 1),
+    (5, 576, 96, True, HS, 1),
+]
 STEM_CHANNELS = 16
 # torchvision trains v3 with these batch-norm settings; its checkpoints need eps 1e-3 to give the same outputs.
 BN_EPS = 1e-3
@@ -39,14 +61,16 @@ def _mobilenet_v3(table, width_mult: float, output_stride: int, reduced_tail: bo
 
 
 @BACKBONES.register("mobilenet_v3_large")
-def mobilenet_v3_large(width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False,
-                       bn_eps: float = BN_EPS) -> Backbone:
+def mobilenet_v3_large(
+    width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False, bn_eps: float = BN_EPS
+) -> Backbone:
     """v3-Large backbone; the last 1x1 conv has 6x the last block's channels (960 at width 1)."""
     return _mobilenet_v3(LARGE, width_mult, output_stride, reduced_tail, bn_eps)
 
 
 @BACKBONES.register("mobilenet_v3_small")
-def mobilenet_v3_small(width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False,
-                       bn_eps: float = BN_EPS) -> Backbone:
+def mobilenet_v3_small(
+    width_mult: float = 1.0, output_stride: int = 32, reduced_tail: bool = False, bn_eps: float = BN_EPS
+) -> Backbone:
     """v3-Small backbone; the last 1x1 conv has 576 channels at width 1."""
     return _mobilenet_v3(SMALL, width_mult, output_stride, reduced_tail, bn_eps)

@@ -151,8 +151,12 @@ class CityscapesFormat(SegmentationFormat):
         return _without_matrix(counts.result())
 
     def figures(self, metrics: dict) -> dict[str, float]:
-        return {"val/mIoU": metrics["mean_class_iou"], "val/iIoU": metrics["mean_class_iiou"],
-                "val/category_IoU": metrics["mean_category_iou"], "val/category_iIoU": metrics["mean_category_iiou"]}
+        return {
+            "val/mIoU": metrics["mean_class_iou"],
+            "val/iIoU": metrics["mean_class_iiou"],
+            "val/category_IoU": metrics["mean_category_iou"],
+            "val/category_iIoU": metrics["mean_category_iiou"],
+        }
 
     def metrics_table(self, metrics: dict) -> str:
         """The official script's class and category tables."""
@@ -166,8 +170,9 @@ class CityscapesFormat(SegmentationFormat):
         return [PurePath("labelIds", name), PurePath("color", name)]
 
     def write_prediction(self, out: Path, name: PurePath, prediction: np.ndarray) -> None:
-        for file, image in zip(self.prediction_files(name), [train_ids_to_label_ids(prediction),
-                                                             TRAIN_ID_COLORS[prediction]], strict=True):
+        for file, image in zip(
+            self.prediction_files(name), [train_ids_to_label_ids(prediction), TRAIN_ID_COLORS[prediction]], strict=True
+        ):
             write_png(out / file, image)
 
     def earlier_predictions(self, folder: Path) -> list[Path]:

@@ -20,7 +20,9 @@ def read_classes_file(root: Path, names: tuple[str, ...]) -> tuple[Path, dict]:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
-        raise MbtasksError(f"{where}not valid YAML or JSON ({getattr(error, 'problem', None) or error})", path) from None
+        raise MbtasksError(
+            f"{where}not valid YAML or JSON ({getattr(error, 'problem', None) or error})", path
+        ) from None
     if not isinstance(values, dict):
         raise MbtasksError("expected a mapping with the class names (`classes: [name, ...]`)", path)
     return path, values
@@ -31,10 +33,12 @@ def class_list(value: object, key: str, path: Path) -> tuple[str, ...]:
     them), checked: at least one, each a distinct non-empty string."""
     if isinstance(value, dict):
         indices = list(value)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices) or \
-                sorted(indices) != list(range(len(indices))):
-            raise MbtasksError(f"{key}: a mapping of class names must have the indices 0..{len(indices) - 1}, got "
-                               f"{indices!r}", path)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices) or sorted(indices) != list(
+            range(len(indices))
+        ):
+            raise MbtasksError(
+                f"{key}: a mapping of class names must have the indices 0..{len(indices) - 1}, got {indices!r}", path
+            )
         value = [value[i] for i in range(len(indices))]
     if not isinstance(value, list) or not value or not all(isinstance(name, str) and name.strip() for name in value):
         raise MbtasksError(f"{key} must be a non-empty list of class names, got {value!r}", path)

@@ -19,8 +19,9 @@ from mbtasks.evaluation.coco import load_coco_json
 from mbtasks.io.images import read_rgb_image
 
 
-def coco_labels(coco: COCO, num_classes: int | None, names_by_id: Sequence[str], source: Path
-                ) -> tuple[list[int], list[str]]:
+def coco_labels(
+    coco: COCO, num_classes: int | None, names_by_id: Sequence[str], source: Path
+) -> tuple[list[int], list[str]]:
     """(label -> category id, label -> class name) for a model of `num_classes` outputs (None: the data's count).
 
     The data's K categories in id order are labels 1..K (a model of K + 1 outputs). A model of more outputs that label
@@ -33,13 +34,19 @@ def coco_labels(coco: COCO, num_classes: int | None, names_by_id: Sequence[str],
         return [0, *ids], ["__background__", *names.values()]
     by_id = len(names_by_id) == num_classes or num_classes == ids[-1] + 1
     if not by_id or num_classes <= ids[-1] or ids[0] < 1:
-        raise MbtasksError(f"the model has {num_classes} classes (model.options.num_classes or its weights), which "
-                           f"fits neither the data set's {len(ids)} categories + background ({len(ids) + 1}) nor "
-                           f"labels by category id (ids up to {ids[-1]}: {ids[-1] + 1})", source)
+        raise MbtasksError(
+            f"the model has {num_classes} classes (model.options.num_classes or its weights), which "
+            f"fits neither the data set's {len(ids)} categories + background ({len(ids) + 1}) nor "
+            f"labels by category id (ids up to {ids[-1]}: {ids[-1] + 1})",
+            source,
+        )
     for c in ids:
         if names_by_id and names_by_id[c] not in (names[c], "N/A"):
-            raise MbtasksError(f"category {c} is {names[c]!r} here but {names_by_id[c]!r} in the model's weights, "
-                               "which label by category id", source)
+            raise MbtasksError(
+                f"category {c} is {names[c]!r} here but {names_by_id[c]!r} in the model's weights, "
+                "which label by category id",
+                source,
+            )
     return list(range(num_classes)), ["__background__", *(names.get(c, "N/A") for c in range(1, num_classes))]
 
 
@@ -77,8 +84,9 @@ class CocoDetection(torch.utils.data.Dataset):
         # label -> COCO category id (0 stands for background) and label -> name
         self.category_ids, self.class_names = coco_labels(self.coco, num_classes, names_by_id, self.annotation_file)
         self.image_ids: list[int] = sorted(self.coco.imgs)
-        self._targets = self._build_targets({c: label for label, c in enumerate(self.category_ids)
-                                             if label and c in self.coco.cats})
+        self._targets = self._build_targets(
+            {c: label for label, c in enumerate(self.category_ids) if label and c in self.coco.cats}
+        )
 
     def _build_targets(self, label_of: dict[int, int]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         targets, degenerate = {}, 0
@@ -173,7 +181,20 @@ class CocoFormat(DetectionFormat):
     def sniff(cls, root: Path) -> bool:
         return (root / "annotations").is_dir()
 
-    def dataset(self, split: str, transforms: Callable | None, *, train: bool, num_classes: int | None = None,
-                names_by_id: Sequence[str] = ()) -> CocoDetection:
-        return CocoDetection(self.root / split, self.root / "annotations" / f"instances_{split}.json", transforms,
-                             train=train, num_classes=num_classes, names_by_id=names_by_id)
+    def dataset(
+        self,
+        split: str,
+        transforms: Callable | None,
+        *,
+        train: bool,
+        num_classes: int | None = None,
+        names_by_id: Sequence[str] = (),
+    ) -> CocoDetection:
+        return CocoDetection(
+            self.root / split,
+            self.root / "annotations" / f"instances_{split}.json",
+            transforms,
+            train=train,
+            num_classes=num_classes,
+            names_by_id=names_by_id,
+        )

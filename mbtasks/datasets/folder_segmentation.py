@@ -51,8 +51,10 @@ def read_folder_classes(root: Path) -> FolderClasses:
     names = class_list(values.get("classes"), "classes", path)
     ignore = values.get("ignore_index", IGNORE_INDEX)
     if not isinstance(ignore, int) or isinstance(ignore, bool) or not len(names) <= ignore <= 255:
-        raise MbtasksError(f"ignore_index must be a whole number from {len(names)} (after the class indices) to 255, "
-                           f"got {ignore!r}", path)
+        raise MbtasksError(
+            f"ignore_index must be a whole number from {len(names)} (after the class indices) to 255, got {ignore!r}",
+            path,
+        )
     palette = values.get("palette")
     if palette is not None:
         colours = np.asarray(palette, dtype=object)
@@ -73,24 +75,30 @@ class FolderSegmentation(torch.utils.data.Dataset):
         self.root, self.split, self.transform, self.classes = Path(root), split, transform, classes
         image_dir, mask_dir = self.root / "images" / split, self.root / "masks" / split
         if not image_dir.is_dir():
-            raise MbtasksError(f"no images/{split}/ folder (the folder format: images/{split}/, masks/{split}/, "
-                               "classes.yaml)", self.root)
+            raise MbtasksError(
+                f"no images/{split}/ folder (the folder format: images/{split}/, masks/{split}/, classes.yaml)",
+                self.root,
+            )
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise MbtasksError(f"no images ({', '.join(IMAGE_SUFFIXES)})", image_dir)
         stems: dict[str, Path] = {}
         for image in images:
             if image.stem in stems:
-                raise MbtasksError(f"two images of one name, {stems[image.stem].name} and {image.name}: their masks "
-                                   "would be the same file", image_dir)
+                raise MbtasksError(
+                    f"two images of one name, {stems[image.stem].name} and {image.name}: their masks "
+                    "would be the same file",
+                    image_dir,
+                )
             stems[image.stem] = image
         # one listing instead of a stat per file: fast on network file systems with thousands of images
         present = {p.name for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else set()
         missing = [image for image in images if f"{image.stem}.png" not in present]
         if missing:
             more = f" (and {len(missing) - 1} more images)" if len(missing) > 1 else ""
-            raise MbtasksError(f"no mask for this image: expected {mask_dir / (missing[0].stem + '.png')}{more}",
-                               missing[0])
+            raise MbtasksError(
+                f"no mask for this image: expected {mask_dir / (missing[0].stem + '.png')}{more}", missing[0]
+            )
         self.image_paths = [str(image) for image in images]
         self.label_paths = [str(mask_dir / f"{image.stem}.png") for image in images]
 
@@ -103,8 +111,11 @@ class FolderSegmentation(torch.utils.data.Dataset):
         count, ignore = len(self.classes.names), self.classes.ignore_index
         bad = mask[(mask >= count) & (mask != ignore)]
         if bad.size:
-            raise MbtasksError(f"class index {int(bad[0])} beyond the {count} classes of {self.classes.path.name} "
-                               f"(0..{count - 1}, and {ignore} where no class is given)", label_path)
+            raise MbtasksError(
+                f"class index {int(bad[0])} beyond the {count} classes of {self.classes.path.name} "
+                f"(0..{count - 1}, and {ignore} where no class is given)",
+                label_path,
+            )
         mask = mask.astype(np.uint8)
         if ignore != IGNORE_INDEX:
             mask[mask == ignore] = IGNORE_INDEX

@@ -59,8 +59,10 @@ def data_format(kind: str, name: str, root: str | Path | None) -> DataFormat:
     """The format `name` of the data under `root`; a name of no format, or of another kind's, is one line."""
     entry = FORMATS.get(name)
     if entry.kind != kind:
-        raise MbtasksError(f"data.format {name!r} is a {entry.kind} format; this task reads {kind} formats: "
-                           f"{', '.join(formats_of(kind))}")
+        raise MbtasksError(
+            f"data.format {name!r} is a {entry.kind} format; this task reads {kind} formats: "
+            f"{', '.join(formats_of(kind))}"
+        )
     return entry(root)
 
 
@@ -129,8 +131,11 @@ class SegmentationFormat(DataFormat):
         """IoU per class, the mean and the pixel accuracy."""
         lines = ["class            IoU", "-" * 21]
         lines += [f"{name:<14}: {iou:>5.3f}" for name, iou in metrics["iou"].items()]
-        lines += ["-" * 21, f"mIoU          : {metrics['mean_iou']:5.3f}",
-                  f"pixel accuracy: {metrics['pixel_accuracy']:5.3f}"]
+        lines += [
+            "-" * 21,
+            f"mIoU          : {metrics['mean_iou']:5.3f}",
+            f"pixel accuracy: {metrics['pixel_accuracy']:5.3f}",
+        ]
         return "\n".join(lines)
 
     # ---- saved predictions: evaluate --save-predictions, predict's labels/ ----
@@ -170,8 +175,11 @@ class SegmentationFormat(DataFormat):
             path = Path(predictions) / self.prediction_files(self.saved_name(item["image_path"]))[0]
             prediction = read_label_png(path)
             if prediction.shape != item["mask"].shape or prediction.max(initial=0) >= len(self.class_names):
-                raise MbtasksError(f"not a prediction of {item['image_path']} ({item['mask'].shape[0]}x"
-                                   f"{item['mask'].shape[1]}, class indices 0..{len(self.class_names) - 1})", path)
+                raise MbtasksError(
+                    f"not a prediction of {item['image_path']} ({item['mask'].shape[0]}x"
+                    f"{item['mask'].shape[1]}, class indices 0..{len(self.class_names) - 1})",
+                    path,
+                )
             total.merge(self.image_counts(prediction, item, self.class_names))
         metrics = {**self.metrics(total), "num_images": len(ground_truth)}
         return metrics, self.metrics_table(metrics), len(ground_truth)
@@ -183,7 +191,14 @@ class DetectionFormat(DataFormat):
 
     kind = "detection"
 
-    def dataset(self, split: str, transforms: Callable | None, *, train: bool, num_classes: int | None = None,
-                names_by_id: list[str] | tuple = ()) -> Dataset:
+    def dataset(
+        self,
+        split: str,
+        transforms: Callable | None,
+        *,
+        train: bool,
+        num_classes: int | None = None,
+        names_by_id: list[str] | tuple = (),
+    ) -> Dataset:
         """`split`'s images and boxes as CocoDetection gives them (labels 1..K, `ground_truth` for COCOeval)."""
         raise NotImplementedError

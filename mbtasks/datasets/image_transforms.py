@@ -48,4 +48,3 @@ def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.
         short_side = round(max(height, width) / crop_fraction)
         steps = [A.SmallestMaxSize(max_size=short_side), A.CenterCrop(height=height, width=width)]
     return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
-

@@ -46,22 +46,28 @@ def sample_iou_crop(
         min_iou = sampler_options[int(u[0] * len(sampler_options))]
         if min_iou >= 1.0:
             return keep_all
-        scales = min_scale + (max_scale - min_scale) * u[1:2 * trials + 1]
+        scales = min_scale + (max_scale - min_scale) * u[1 : 2 * trials + 1]
         new_w = (width * scales[:trials]).astype(np.int64)
         new_h = (height * scales[trials:]).astype(np.int64)
-        left = ((width - new_w) * u[2 * trials + 1:3 * trials + 1]).astype(np.int64)[:, None]
-        top = ((height - new_h) * u[3 * trials + 1:]).astype(np.int64)[:, None]
+        left = ((width - new_w) * u[2 * trials + 1 : 3 * trials + 1]).astype(np.int64)[:, None]
+        top = ((height - new_h) * u[3 * trials + 1 :]).astype(np.int64)[:, None]
         right, bottom = left + new_w[:, None], top + new_h[:, None]
         # trials x boxes: which boxes each window keeps, and their IoU with it
         inside = (left < cx) & (cx < right) & (top < cy) & (cy < bottom)
-        inter = (np.maximum(np.minimum(x1, right) - np.maximum(x0, left), 0)
-                 * np.maximum(np.minimum(y1, bottom) - np.maximum(y0, top), 0))
+        inter = np.maximum(np.minimum(x1, right) - np.maximum(x0, left), 0) * np.maximum(
+            np.minimum(y1, bottom) - np.maximum(y0, top), 0
+        )
         union = areas + (new_w * new_h)[:, None] - inter
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         best = np.where(inside, iou, -1.0).max(axis=1)  # -1: no box centred inside, which fails any minimum
         # the aspect test as torchvision's new_w / new_h, multiplied out (new_h may be 0)
-        passes = ((best >= min_iou) & (new_w > 0) & (new_h > 0) & (new_w >= min_aspect_ratio * new_h)
-                  & (new_w <= max_aspect_ratio * new_h))
+        passes = (
+            (best >= min_iou)
+            & (new_w > 0)
+            & (new_h > 0)
+            & (new_w >= min_aspect_ratio * new_h)
+            & (new_w <= max_aspect_ratio * new_h)
+        )
         first = np.flatnonzero(passes)
         if first.size:
             i = first[0]
@@ -111,8 +117,18 @@ class RandomIoUCrop(BaseCrop):
         boxes = np.asarray(data.get("bboxes", []), dtype=np.float64)
         # Boxes arrive normalised to [0, 1] (label columns after them); the sampling works in pixels.
         xyxy = boxes[:, :4] * np.array([width, height, width, height]) if boxes.size else np.zeros((0, 4))
-        window = sample_iou_crop(self.random_generator, xyxy, width, height, self.min_scale, self.max_scale,
-                                 self.min_aspect_ratio, self.max_aspect_ratio, self.sampler_options, self.trials)
+        window = sample_iou_crop(
+            self.random_generator,
+            xyxy,
+            width,
+            height,
+            self.min_scale,
+            self.max_scale,
+            self.min_aspect_ratio,
+            self.max_aspect_ratio,
+            self.sampler_options,
+            self.trials,
+        )
         return {"crop_coords": window}
 
     def apply_to_bboxes(self, bboxes: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
@@ -155,8 +171,15 @@ class IoUCropFlipResize:
         window, flip = self.sample(boxes, *image.shape[:2])
         return self.apply(image, boxes, np.asarray(labels), np.asarray(iscrowd), window, flip)
 
-    def apply(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray,
-              window: tuple[int, int, int, int], flip: bool) -> dict[str, Any]:
+    def apply(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        iscrowd: np.ndarray,
+        window: tuple[int, int, int, int],
+        flip: bool,
+    ) -> dict[str, Any]:
         """The pipeline with its window and flip given."""
         left, top, right, bottom = window
         out_h, out_w = self.size
@@ -176,5 +199,9 @@ class IoUCropFlipResize:
         if flip:
             kept = kept[:, [2, 1, 0, 3]] * (-1, 1, -1, 1) + (out_w, 0, out_w, 0)
         chosen = chosen[big]
-        return {"image": pixels, "bboxes": kept.astype(np.float32),
-                "labels": labels[chosen], "iscrowd": iscrowd[chosen]}
+        return {
+            "image": pixels,
+            "bboxes": kept.astype(np.float32),
+            "labels": labels[chosen],
+            "iscrowd": iscrowd[chosen],
+        }

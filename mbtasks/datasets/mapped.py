@@ -1,4 +1,5 @@
 """A data set whose items are another's passed through a function."""
+
 from collections.abc import Callable
 
 from torch.utils.data import Dataset

@@ -1,6 +1,7 @@
 """One seeded order of the training set per epoch, shared out over processes, and augmentations seeded per sample:
 the images a step sees, and how they are augmented, depend on (seed, epoch, index) alone, so N processes x batch b
 see what one process x batch N*b sees, in any loader worker, and a resumed run sees what the uninterrupted one did."""
+
 from collections.abc import Callable, Iterator
 
 from torch.utils.data import Dataset, DistributedSampler

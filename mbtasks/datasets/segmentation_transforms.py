@@ -39,8 +39,14 @@ class ScaleCropFlip:
     out as uint8 CHW tensors and masks as uint8 tensors: `normalise_batch` finishes them on the device.
     """
 
-    def __init__(self, crop_size: tuple[int, int], scale_range: tuple[float, float], ignore_index: int,
-                 photometric: A.Compose, seed: int | None = None):
+    def __init__(
+        self,
+        crop_size: tuple[int, int],
+        scale_range: tuple[float, float],
+        ignore_index: int,
+        photometric: A.Compose,
+        seed: int | None = None,
+    ):
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.ignore_index = ignore_index
@@ -70,8 +76,9 @@ class ScaleCropFlip:
         image, mask = self.apply(image, mask, scale, top, left, flip)
         return {"image": self.photometric(image=image)["image"], "mask": mask}
 
-    def apply(self, image: np.ndarray, mask: np.ndarray, scale: float, top: int, left: int,
-              flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    def apply(
+        self, image: np.ndarray, mask: np.ndarray, scale: float, top: int, left: int, flip: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The geometry with its parameters given: HWC uint8 image and HW mask of crop_size."""
         height, width = image.shape[:2]
         scaled_h, scaled_w = int(height * scale), int(width * scale)
@@ -84,9 +91,14 @@ class ScaleCropFlip:
         first = left + (crop_w - 1 if flip else 0)  # the scaled-image column of the crop's column 0
         to_image = np.array([[-rx if flip else rx, 0, (first + 0.5) * rx - 0.5], [0, ry, (top + 0.5) * ry - 0.5]])
         # replicate: at the last row and column cv2.resize clamps to the edge pixel
-        out = cv2.warpAffine(image, to_image, (crop_w, crop_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REPLICATE)
-        columns = np.arange(left, left + crop_w)[::-1 if flip else 1]
+        out = cv2.warpAffine(
+            image,
+            to_image,
+            (crop_w, crop_h),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        columns = np.arange(left, left + crop_w)[:: -1 if flip else 1]
         rows = np.arange(top, top + crop_h)
         source_rows = np.minimum(np.floor(rows * ry).astype(np.intp), height - 1)
         source_columns = np.minimum(np.floor(columns * rx).astype(np.intp), width - 1)
@@ -94,7 +106,7 @@ class ScaleCropFlip:
         # the padding: rows and columns of the window beyond the scaled image
         pad_rows, pad_cols = max(top + crop_h - scaled_h, 0), max(left + crop_w - scaled_w, 0)
         if pad_rows:
-            out[crop_h - pad_rows:], labels[crop_h - pad_rows:] = 0, self.ignore_index
+            out[crop_h - pad_rows :], labels[crop_h - pad_rows :] = 0, self.ignore_index
         if pad_cols:
             columns = slice(0, pad_cols) if flip else slice(crop_w - pad_cols, crop_w)
             out[:, columns], labels[:, columns] = 0, self.ignore_index
@@ -131,8 +143,9 @@ def segmentation_eval_transforms() -> A.Compose:
     return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
 
 
-def segmentation_item(transform: Callable | None, image: np.ndarray, mask: np.ndarray, image_path: str,
-                      label_path: str) -> dict:
+def segmentation_item(
+    transform: Callable | None, image: np.ndarray, mask: np.ndarray, image_path: str, label_path: str
+) -> dict:
     """A data set item: image and mask through `transform` (an albumentations pipeline), with their files."""
     if transform is not None:
         out = transform(image=image, mask=mask)

@@ -45,7 +45,9 @@ def upright_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             turned = image.getexif().get(0x0112) in _TURNED
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise MbtasksError(f"cannot read image ({' '.join(str(error).split()) or type(error).__name__})", path) from None
+        raise MbtasksError(
+            f"cannot read image ({' '.join(str(error).split()) or type(error).__name__})", path
+        ) from None
     return (height, width) if turned else (width, height)
 
 
@@ -62,14 +64,17 @@ def read_label_file(path: Path, width: int, height: int, classes: int) -> list[t
                 raise ValueError
             class_id, values = int(fields[0]), [float(field) for field in fields[1:]]
         except ValueError:
-            raise MbtasksError(f"line {number}: expected `class cx cy w h` (a class id and 4 numbers), found "
-                               f"{line.strip()!r}", path) from None
+            raise MbtasksError(
+                f"line {number}: expected `class cx cy w h` (a class id and 4 numbers), found {line.strip()!r}", path
+            ) from None
         if not 0 <= class_id < classes:
-            raise MbtasksError(f"line {number}: class {class_id} is not one of the {classes} classes (0..{classes - 1})",
-                               path)
+            raise MbtasksError(
+                f"line {number}: class {class_id} is not one of the {classes} classes (0..{classes - 1})", path
+            )
         if not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
-            raise MbtasksError(f"line {number}: cx cy w h must be normalised to 0..1, found {' '.join(fields[1:])}",
-                               path)
+            raise MbtasksError(
+                f"line {number}: cx cy w h must be normalised to 0..1, found {' '.join(fields[1:])}", path
+            )
         cx, cy, w, h = values
         x0, y0 = max(cx - w / 2, 0.0) * width, max(cy - h / 2, 0.0) * height
         x1, y1 = min(cx + w / 2, 1.0) * width, min(cy + h / 2, 1.0) * height
@@ -82,8 +87,10 @@ def yolo_ground_truth(root: Path, split: str, class_names: Sequence[str]) -> dic
     = class id + 1, boxes in pixels."""
     image_dir, label_dir = root / "images" / split, root / "labels" / split
     if not image_dir.is_dir():
-        raise MbtasksError(f"no images/{split}/ folder (the YOLO layout: images/{split}/, labels/{split}/, "
-                           "classes.yaml or data.yaml)", root)
+        raise MbtasksError(
+            f"no images/{split}/ folder (the YOLO layout: images/{split}/, labels/{split}/, classes.yaml or data.yaml)",
+            root,
+        )
     files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise MbtasksError(f"no images ({', '.join(IMAGE_SUFFIXES)})", image_dir)
@@ -94,8 +101,16 @@ def yolo_ground_truth(root: Path, split: str, class_names: Sequence[str]) -> dic
         images.append({"id": image_id, "file_name": file.name, "width": width, "height": height})
         if f"{file.stem}.txt" in labelled:
             for class_id, box in read_label_file(label_dir / f"{file.stem}.txt", width, height, len(class_names)):
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": class_id + 1,
-                                    "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": class_id + 1,
+                        "bbox": box,
+                        "area": box[2] * box[3],
+                        "iscrowd": 0,
+                    }
+                )
     categories = [{"id": index + 1, "name": name} for index, name in enumerate(class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -116,8 +131,23 @@ class YoloFormat(DetectionFormat):
     def class_names(self) -> tuple[str, ...]:
         return read_yolo_classes(self.root)
 
-    def dataset(self, split: str, transforms: Callable | None, *, train: bool, num_classes: int | None = None,
-                names_by_id: Sequence[str] = ()) -> CocoDetection:
+    def dataset(
+        self,
+        split: str,
+        transforms: Callable | None,
+        *,
+        train: bool,
+        num_classes: int | None = None,
+        names_by_id: Sequence[str] = (),
+    ) -> CocoDetection:
         coco = coco_index(yolo_ground_truth(self.root, split, self.class_names))
-        return CocoDetection(self.root / "images" / split, self.root / "labels" / split, transforms, train=train,
-                             num_classes=num_classes, names_by_id=names_by_id, coco=coco, exif_upright=True)
+        return CocoDetection(
+            self.root / "images" / split,
+            self.root / "labels" / split,
+            transforms,
+            train=train,
+            num_classes=num_classes,
+            names_by_id=names_by_id,
+            coco=coco,
+            exif_upright=True,
+        )

@@ -23,10 +23,18 @@ from mbtasks.errors import MbtasksError
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 # (title, IoU, area, maxDets) of each figure, as COCOeval.summarize prints them.
 _STAT_LAYOUT = (
-    ("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100), ("AP", "0.75", "all", 100),
-    ("AP", "0.50:0.95", "small", 100), ("AP", "0.50:0.95", "medium", 100), ("AP", "0.50:0.95", "large", 100),
-    ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
-    ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100),
+    ("AP", "0.50:0.95", "all", 100),
+    ("AP", "0.50", "all", 100),
+    ("AP", "0.75", "all", 100),
+    ("AP", "0.50:0.95", "small", 100),
+    ("AP", "0.50:0.95", "medium", 100),
+    ("AP", "0.50:0.95", "large", 100),
+    ("AR", "0.50:0.95", "all", 1),
+    ("AR", "0.50:0.95", "all", 10),
+    ("AR", "0.50:0.95", "all", 100),
+    ("AR", "0.50:0.95", "small", 100),
+    ("AR", "0.50:0.95", "medium", 100),
+    ("AR", "0.50:0.95", "large", 100),
 )
 
 
@@ -121,8 +129,7 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def _faster_coco_eval(coco_gt: COCO, results: list, verbose: bool, image_ids: Sequence[int] | None
-                      ) -> Sequence[float]:
+def _faster_coco_eval(coco_gt: COCO, results: list, verbose: bool, image_ids: Sequence[int] | None) -> Sequence[float]:
     from faster_coco_eval import COCO as FastCOCO
     from faster_coco_eval import COCOeval_faster
 
@@ -131,10 +138,22 @@ def _faster_coco_eval(coco_gt: COCO, results: list, verbose: bool, image_ids: Se
     coco_dt = FastCOCO(print_function=say)
     # loadRes's own work for box results, in one pass over new dicts (it writes into the dicts it gets, and adds a
     # polygon per box that box IoU never reads): measured 7x faster than loadRes on copies.
-    coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
-                       "annotations": [{"image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
-                                        "score": r["score"], "area": r["bbox"][2] * r["bbox"][3], "id": i,
-                                        "iscrowd": 0} for i, r in enumerate(results, 1)]}
+    coco_dt.dataset = {
+        "images": coco_gt.dataset["images"],
+        "categories": coco_gt.dataset["categories"],
+        "annotations": [
+            {
+                "image_id": r["image_id"],
+                "category_id": r["category_id"],
+                "bbox": r["bbox"],
+                "score": r["score"],
+                "area": r["bbox"][2] * r["bbox"][3],
+                "id": i,
+                "iscrowd": 0,
+            }
+            for i, r in enumerate(results, 1)
+        ],
+    }
     coco_dt.createIndex()
     evaluator = COCOeval_faster(fast_gt, coco_dt, iouType="bbox", print_function=say)
     if image_ids is not None:
@@ -222,8 +241,12 @@ def _well_formed(results: list) -> bool:
     except (KeyError, TypeError, ValueError):
         return False
     numbers = all(a.dtype.kind in "biuf" for a in (boxes, scores))
-    return (numbers and boxes.shape == (len(results), 4) and scores.shape == (len(results),)
-            and bool(np.isfinite(boxes).all() and np.isfinite(scores).all()))
+    return (
+        numbers
+        and boxes.shape == (len(results), 4)
+        and scores.shape == (len(results),)
+        and bool(np.isfinite(boxes).all() and np.isfinite(scores).all())
+    )
 
 
 def detections_to_coco_results(

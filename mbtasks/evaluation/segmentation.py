@@ -14,8 +14,8 @@ import numpy as np
 from cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling import args as _official_args
 from cityscapesscripts.helpers.labels import category2labels, labels
 
-from mbtasks.io.images import read_label_png
 from mbtasks.errors import MbtasksError
+from mbtasks.io.images import read_label_png
 
 # The official script's weights: average instance size per class over the Cityscapes training set
 AVERAGE_INSTANCE_SIZE: dict[str, float] = dict(_official_args.avgClassSize)
@@ -292,8 +292,12 @@ def format_cityscapes_table(result: dict[str, Any]) -> str:
         lines += [f"{title}       IoU      nIoU", "-" * 32]
         for name, iou in result[f"{kind}_iou"].items():
             lines.append(f"{name:<14}: {iou:>5.3f}    {result[f'{kind}_iiou'].get(name, math.nan):>5.3f}")
-        lines += ["-" * 32, f"Score Average : {result[f'mean_{kind}_iou']:5.3f}    {result[f'mean_{kind}_iiou']:5.3f}",
-                  "-" * 32, ""]
+        lines += [
+            "-" * 32,
+            f"Score Average : {result[f'mean_{kind}_iou']:5.3f}    {result[f'mean_{kind}_iiou']:5.3f}",
+            "-" * 32,
+            "",
+        ]
     return "\n".join(lines[:-1])
 
 

@@ -16,22 +16,22 @@ int8 quantises that fp32 graph, or that of the network with its expansions padde
 the graph takes them: its validation images for the check, its training images for int8 calibration
 (`graph_inputs`).
 """
+
 import json
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from ..errors import MbtasksError
 from ..heads.lraspp import PaperPool
+from ..io.onnx_runtime import EXPORT_KEY, create_session, require
 from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
-from ..io.onnx_runtime import EXPORT_KEY, create_session, require
 from ..tasks import TASKS, BaseTask
 from .channel_padding import padded_expansions
 from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize, saturating_int8_kernels
@@ -63,22 +63,36 @@ class ExportReport:
         return max(v / self.pixel_sides.get(k, 1) for k, v in self.differences.items())
 
     def summary(self) -> str:
-        parts = [f"{k} {v:.3g} pixels of the {self.pixel_sides[k]}-pixel input" if k in self.pixel_sides
-                 else f"{k} {v:.3g}" for k, v in self.differences.items()]
-        return (f"largest |onnxruntime - pytorch| difference: {self.largest_difference:.3g} ({', '.join(parts)}; "
-                f"{self.num_samples} validation images{'; int8 is not held to 1e-4' if self.int8 else ''})")
+        parts = [
+            f"{k} {v:.3g} pixels of the {self.pixel_sides[k]}-pixel input" if k in self.pixel_sides else f"{k} {v:.3g}"
+            for k, v in self.differences.items()
+        ]
+        return (
+            f"largest |onnxruntime - pytorch| difference: {self.largest_difference:.3g} ({', '.join(parts)}; "
+            f"{self.num_samples} validation images{'; int8 is not held to 1e-4' if self.int8 else ''})"
+        )
 
     def choice_summary(self) -> str:
         """int8: the way chosen and what each way tried measured, as one line."""
         choice, ms = self.int8_choice, self.int8_choice["ms"]
         times = ", ".join(f"{name} {value:.3g}" for name, value in ms.items())
-        return (f"int8 chosen by measurement: {choice['chosen']} ({ms[choice['chosen']] / ms['fp32']:.2f}x of fp32); "
-                f"median ms of {choice['runs']} runs on a {'x'.join(map(str, choice['input']))} input, "
-                f"{choice['threads']} threads: {times}")
+        return (
+            f"int8 chosen by measurement: {choice['chosen']} ({ms[choice['chosen']] / ms['fp32']:.2f}x of fp32); "
+            f"median ms of {choice['runs']} runs on a {'x'.join(map(str, choice['input']))} input, "
+            f"{choice['threads']} threads: {times}"
+        )
 
 
-def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, out: str | Path, *, int8: bool = False,
-                calibration: int = 100, samples: int = 4) -> ExportReport:
+def export_onnx(
+    model: nn.Module,
+    record: Record,
+    data: pl.LightningDataModule,
+    out: str | Path,
+    *,
+    int8: bool = False,
+    calibration: int = 100,
+    samples: int = 4,
+) -> ExportReport:
     """Write `model` (the inference copy of the checkpoint's network) to ONNX as its task's graph, with the record
     in its metadata, int8 if asked, and compare ONNX Runtime with PyTorch on `samples` validation images; fp32 must
     agree within 1e-4."""
@@ -90,8 +104,13 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
     data.setup("fit" if int8 else "validate")
     inputs = [image[None].float().contiguous() for image in _first(data.graph_inputs("val"), samples)]
     fixed = any(isinstance(m, PaperPool) for m in model.modules())
-    settings = {"graph": record.task, "opset": OPSET, "int8": int8,
-                "input_size": list(inputs[0].shape[-2:]) if fixed else None, **task.graph_settings(graph)}
+    settings = {
+        "graph": record.task,
+        "opset": OPSET,
+        "int8": int8,
+        "input_size": list(inputs[0].shape[-2:]) if fixed else None,
+        **task.graph_settings(graph),
+    }
     output_file(out, overwrite=True)  # its folder; an existing file was refused or allowed by the caller (cmd_export)
     calibrated, choice = 0, None
     with tempfile.TemporaryDirectory() as scratch:
@@ -105,8 +124,14 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
             reader = calibration_reader(images, calibration)
             quantize(padded if chosen.padded else prepared, quantised, reader, chosen)
             calibrated = len(reader)
-            choice = {"chosen": chosen.name, "ms": times, "runs": CHOICE_RUNS, "threads": torch.get_num_threads(),
-                      "input": list(images[0].shape[-2:]), "weight_bits": 7 if saturating_int8_kernels() else 8}
+            choice = {
+                "chosen": chosen.name,
+                "ms": times,
+                "runs": CHOICE_RUNS,
+                "threads": torch.get_num_threads(),
+                "input": list(images[0].shape[-2:]),
+                "weight_bits": 7 if saturating_int8_kernels() else 8,
+            }
             settings["int8_choice"] = choice
             if chosen.disabled_optimizers:
                 settings["disabled_optimizers"] = chosen.disabled_optimizers
@@ -116,11 +141,21 @@ def export_onnx(model: nn.Module, record: Record, data: pl.LightningDataModule, 
         entry.key, entry.value = key, value
     with replaced_atomically(out) as temporary:
         onnx.save(proto, str(temporary))
-    report = ExportReport(out, out.stat().st_size, _compare(task, graph, out, inputs), len(inputs), int8,
-                          task.graph_pixel_sides(inputs), calibrated, choice)
+    report = ExportReport(
+        out,
+        out.stat().st_size,
+        _compare(task, graph, out, inputs),
+        len(inputs),
+        int8,
+        task.graph_pixel_sides(inputs),
+        calibrated,
+        choice,
+    )
     if not int8 and report.largest_difference > TOLERANCE:
-        raise MbtasksError(f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept "
-                           "for inspection", out)
+        raise MbtasksError(
+            f"fails the check against pytorch (> {TOLERANCE:g}): {report.summary()}; the file is kept for inspection",
+            out,
+        )
     return report
 
 
@@ -128,8 +163,9 @@ def _first(dataset, count: int) -> list:
     return [dataset[i] for i in range(min(count, len(dataset)))]
 
 
-def _padded_graph(model: nn.Module, task: type[BaseTask], example: torch.Tensor, scratch: Path,
-                  fixed: bool) -> Path | None:
+def _padded_graph(
+    model: nn.Module, task: type[BaseTask], example: torch.Tensor, scratch: Path, fixed: bool
+) -> Path | None:
     """The graph of `model` with its expansions padded to 16 channels (channel_padding.py), prepared for int8; None
     when there is nothing to pad."""
     padded, changed = padded_expansions(model)
@@ -140,14 +176,24 @@ def _padded_graph(model: nn.Module, task: type[BaseTask], example: torch.Tensor,
     return prepare(path)
 
 
-def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, task: type[BaseTask], dynamic_size: bool) -> None:
+def _torch_export(
+    graph: nn.Module, example: torch.Tensor, path: Path, task: type[BaseTask], dynamic_size: bool
+) -> None:
     """torch.onnx's TorchScript exporter, with the task's dynamic axes: height and width where asked."""
     dynamic = task.graph_dynamic_axes({2: "height", 3: "width"} if dynamic_size else {})
     with warnings.catch_warnings(), torch.no_grad():
         # TracerWarnings about shapes turned into constants: they are the fixed sizes the graph is exported at.
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (example,), str(path), input_names=["images"],
-                          output_names=list(task.graph_outputs), dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=list(task.graph_outputs),
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
 
 
 def _compare(task: type[BaseTask], graph: nn.Module, path: Path, inputs: list[torch.Tensor]) -> dict[str, float]:

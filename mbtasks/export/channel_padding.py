@@ -2,6 +2,7 @@
 that ONNX Runtime's fast int8 depthwise kernel takes (MobileNetV3's 72, 88, 120, 184 and 200 are not multiples of 16).
 Measured on this CPU, one thread: LR-ASPP v3-Large int8 at 1024x2048 0.68x -> 0.60x of fp32; fp32 itself gains
 nothing (1.04x), so only int8 candidates use it (int8.py)."""
+
 import copy
 
 import torch
@@ -20,8 +21,11 @@ def padded_expansions(model: nn.Module, multiple: int = MULTIPLE) -> tuple[nn.Mo
     multiplies zero), and the projection reads them with zero weights. A block whose expansion a head reads (SSDLite's
     C4_expand) keeps its width, as does one that still holds batch norm."""
     model = copy.deepcopy(model)
-    tapped = {id(backbone.layers[backbone.expansion_tap_layer]) for backbone in model.modules()
-              if isinstance(backbone, Backbone) and backbone.expansion_tap_layer >= 0}
+    tapped = {
+        id(backbone.layers[backbone.expansion_tap_layer])
+        for backbone in model.modules()
+        if isinstance(backbone, Backbone) and backbone.expansion_tap_layer >= 0
+    }
     changed = 0
     for block in model.modules():
         if isinstance(block, InvertedResidual) and id(block) not in tapped and _pad(block, multiple):
@@ -46,12 +50,17 @@ def _pad(block: InvertedResidual, multiple: int) -> bool:
 def _keeps_zero(block: InvertedResidual) -> bool:
     """Folded (conv then activation only) with activations that map 0 to 0."""
     layers, convs = [*block.expand, *block.depthwise], (0, len(block.expand))
-    if any(isinstance(layer, nn.Conv2d) != (index in convs) or isinstance(layer, nn.modules.batchnorm._BatchNorm)
-           for index, layer in enumerate(layers)):
+    if any(
+        isinstance(layer, nn.Conv2d) != (index in convs) or isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        for index, layer in enumerate(layers)
+    ):
         return False
     with torch.no_grad():
-        return all(float(layer(torch.zeros(1, 1, 1, 1)).abs().max()) == 0 for layer in layers
-                   if not isinstance(layer, nn.Conv2d))
+        return all(
+            float(layer(torch.zeros(1, 1, 1, 1)).abs().max()) == 0
+            for layer in layers
+            if not isinstance(layer, nn.Conv2d)
+        )
 
 
 def _widened(conv: nn.Conv2d, out_channels: int | None = None, in_channels: int | None = None) -> nn.Conv2d:
@@ -62,13 +71,22 @@ def _widened(conv: nn.Conv2d, out_channels: int | None = None, in_channels: int 
         raise ValueError("only depthwise grouped convolutions can be widened")
     out_channels = out_channels or conv.out_channels
     in_channels = out_channels if depthwise else (in_channels or conv.in_channels)
-    wide = nn.Conv2d(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                     groups=out_channels if depthwise else 1, bias=True, padding_mode=conv.padding_mode)
+    wide = nn.Conv2d(
+        in_channels,
+        out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=out_channels if depthwise else 1,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    )
     with torch.no_grad():
         weight, bias = torch.zeros_like(wide.weight), torch.zeros_like(wide.bias)
-        weight[:conv.out_channels, :conv.weight.shape[1]] = conv.weight
+        weight[: conv.out_channels, : conv.weight.shape[1]] = conv.weight
         if conv.bias is not None:
-            bias[:conv.out_channels] = conv.bias
+            bias[: conv.out_channels] = conv.bias
         wide.weight, wide.bias = nn.Parameter(weight), nn.Parameter(bias)
     layout = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) else None
     return wide.to(dtype=conv.weight.dtype, memory_format=layout or torch.contiguous_format)

@@ -6,6 +6,7 @@ to int8 arithmetic (int8_hard_sigmoid); a detector's image quantised itself, its
 quantisation (normalisation_in_the_quantiser); all of a detector but its network, and the segmentation logits' final
 upsampling, stay float.
 """
+
 import logging
 import platform
 import statistics
@@ -42,11 +43,14 @@ class Candidate:
 
 
 # Few on purpose, and few timed runs: each is quantised and timed at every int8 export.
-CANDIDATES = (Candidate("QDQ per-channel"), Candidate("QDQ per-tensor", per_channel=False),
-              Candidate("QOperator per-channel", quant_format="QOperator"),
-              Candidate("QDQ per-channel, depthwise fp32", float_depthwise=True),
-              Candidate("QDQ per-channel, padded to 16", padded=True),
-              Candidate("QDQ per-tensor, padded to 16", per_channel=False, padded=True))
+CANDIDATES = (
+    Candidate("QDQ per-channel"),
+    Candidate("QDQ per-tensor", per_channel=False),
+    Candidate("QOperator per-channel", quant_format="QOperator"),
+    Candidate("QDQ per-channel, depthwise fp32", float_depthwise=True),
+    Candidate("QDQ per-channel, padded to 16", padded=True),
+    Candidate("QDQ per-tensor, padded to 16", per_channel=False, padded=True),
+)
 CHOICE_RUNS = 5
 
 
@@ -110,22 +114,33 @@ def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATE
     # scaling), and the upsampling of segmentation logits to the input size (in uint8 it needs a dequantisation at
     # full resolution: LR-ASPP v3-Large at 1024x2048 took 0.69x of fp32's time instead of 0.86x).
     detector = any(node.name.startswith(f"/{DECODER}/") for node in graph.node)
-    excluded = [node.name for node in graph.node
-                if (detector and node.name.startswith("/") and not node.name.startswith(("/backbone/", "/head/")))
-                or (node.op_type == "Resize" and node.output[0] in outputs)
-                or (candidate.float_depthwise and _depthwise(node))]
+    excluded = [
+        node.name
+        for node in graph.node
+        if (detector and node.name.startswith("/") and not node.name.startswith(("/backbone/", "/head/")))
+        or (node.op_type == "Resize" and node.output[0] in outputs)
+        or (candidate.float_depthwise and _depthwise(node))
+    ]
     # uint8 activations, int8 weights: ONNX Runtime's fast path on x86 (int8 activations were 2.6x slower here);
     # MinMax ranges cost the demos 0.01 points or less.
     # ONNX Runtime warns of each integer tensor it leaves alone (shapes, in QOperator): expected, not news.
     logging.disable(logging.WARNING)
     try:
-        quantize_static(str(prepared), str(out), reader, quant_format=getattr(QuantFormat, candidate.quant_format),
-                        per_channel=candidate.per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=excluded, reduce_range=saturating_int8_kernels(),
-                        # One image at a time, ranges merged: a whole set's intermediate tensors would not fit in
-                        # memory.
-                        extra_options={"CalibStridedMinMax": 1})
+        quantize_static(
+            str(prepared),
+            str(out),
+            reader,
+            quant_format=getattr(QuantFormat, candidate.quant_format),
+            per_channel=candidate.per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded,
+            reduce_range=saturating_int8_kernels(),
+            # One image at a time, ranges merged: a whole set's intermediate tensors would not fit in
+            # memory.
+            extra_options={"CalibStridedMinMax": 1},
+        )
     finally:
         logging.disable(logging.NOTSET)
     model = onnx.load(str(out))
@@ -135,8 +150,15 @@ def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATE
     onnx.save(model, str(out))
 
 
-def choose(fp32: Path, prepared: Path, example: torch.Tensor, scratch: Path, candidates=CANDIDATES,
-           runs: int = CHOICE_RUNS, padded: Path | None = None) -> tuple[Candidate, dict[str, float]]:
+def choose(
+    fp32: Path,
+    prepared: Path,
+    example: torch.Tensor,
+    scratch: Path,
+    candidates=CANDIDATES,
+    runs: int = CHOICE_RUNS,
+    padded: Path | None = None,
+) -> tuple[Candidate, dict[str, float]]:
     """The fastest of `candidates` in ONNX Runtime here, and the median ms of each tried and of `fp32` over `runs`
     rounds on `example` (one CHW graph input). `prepared` is `fp32` prepared, `padded` the padded network's graph
     prepared (None: nothing to pad, and the padded candidates are not tried). Each is calibrated on `example` alone
@@ -151,11 +173,11 @@ def choose(fp32: Path, prepared: Path, example: torch.Tensor, scratch: Path, can
     for index, candidate in enumerate(candidates):
         path = scratch / f"candidate{index}.onnx"
         quantize(padded if candidate.padded else prepared, path, calibration_reader([example], 1), candidate)
-        sessions[candidate.name] = create_session(path, disabled_optimizers=candidate.disabled_optimizers,
-                                                  spinning=False)
+        sessions[candidate.name] = create_session(
+            path, disabled_optimizers=candidate.disabled_optimizers, spinning=False
+        )
     feed = {"images": example[None].float().contiguous().numpy()}
-    runs_ms = rotating_times({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()},
-                             runs)
+    runs_ms = rotating_times({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}, runs)
     times = {name: statistics.median(values) for name, values in runs_ms.items()}
     best = min(candidates, key=lambda candidate: times[candidate.name])
     return best, times
@@ -198,8 +220,9 @@ def _uint8_quantise(node, initializers: dict) -> bool:
     import onnx
 
     zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
-    return (node.op_type == "QuantizeLinear" and zero_point is not None
-            and zero_point.data_type == onnx.TensorProto.UINT8)
+    return (
+        node.op_type == "QuantizeLinear" and zero_point is not None and zero_point.data_type == onnx.TensorProto.UINT8
+    )
 
 
 def _drop_unused_initializers(graph) -> None:
@@ -249,18 +272,26 @@ def normalisation_in_the_quantiser(model) -> int:
         if subtract is None or subtract.op_type != "Sub":
             continue
         mean, std = uniform(subtract.input[1]), uniform(divide.input[1])
-        if (mean is None or not std or not 0 <= mean <= 1
-                or len(consumers[divide.output[0]]) != 1 or len(consumers[subtract.output[0]]) != 1):
+        if (
+            mean is None
+            or not std
+            or not 0 <= mean <= 1
+            or len(consumers[divide.output[0]]) != 1
+            or len(consumers[subtract.output[0]]) != 1
+        ):
             continue
         k = next((k for k in range(255, 127, -1) if abs(k * mean - round(k * mean)) < 1e-6), None)
         if k is None:
             continue
-        scale, zero_point, name = (initializers[quantise.input[1]], initializers[quantise.input[2]],
-                                   quantise.input[0])
+        scale, zero_point, name = (initializers[quantise.input[1]], initializers[quantise.input[2]], quantise.input[0])
         scale.CopyFrom(numpy_helper.from_array(np.array(1 / (k * std), np.float32), scale.name))
         zero_point.CopyFrom(numpy_helper.from_array(np.array(round(k * mean), np.uint8), zero_point.name))
-        graph.initializer.extend([numpy_helper.from_array(np.array(1 / k, np.float32), f"{name}_image_scale"),
-                                  numpy_helper.from_array(np.array(0, np.uint8), f"{name}_image_zero_point")])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(1 / k, np.float32), f"{name}_image_scale"),
+                numpy_helper.from_array(np.array(0, np.uint8), f"{name}_image_zero_point"),
+            ]
+        )
         quantise.input[:] = [subtract.input[0], f"{name}_image_scale", f"{name}_image_zero_point"]
         graph.node.remove(divide)
         graph.node.remove(subtract)
@@ -285,8 +316,11 @@ def int8_hard_sigmoid(model) -> int:
     rewritten = 0
     for node in graph.node:
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "HardSigmoid" or abs(attributes.get("alpha", 0.2) - 1 / 6) > 1e-6
-                or abs(attributes.get("beta", 0.5) - 0.5) > 1e-6):
+        if (
+            node.op_type != "HardSigmoid"
+            or abs(attributes.get("alpha", 0.2) - 1 / 6) > 1e-6
+            or abs(attributes.get("beta", 0.5) - 0.5) > 1e-6
+        ):
             continue
         quantise = consumers.get(node.output[0], [])
         if len(quantise) != 1 or not _uint8_quantise(quantise[0], initializers):
@@ -302,11 +336,21 @@ def int8_hard_sigmoid(model) -> int:
             d.input[1:] = ["hardsigmoid_one_scale", "hardsigmoid_zero"]
         rewritten += 1
     if rewritten:
-        constants = {"hardsigmoid_three_q": np.array(255, np.uint8), "hardsigmoid_three_scale": np.float32(3 / 255),
-                     "hardsigmoid_six_scale": np.float32(6 / 255), "hardsigmoid_one_scale": np.float32(1 / 255),
-                     "hardsigmoid_zero": np.array(0, np.uint8)}
+        constants = {
+            "hardsigmoid_three_q": np.array(255, np.uint8),
+            "hardsigmoid_three_scale": np.float32(3 / 255),
+            "hardsigmoid_six_scale": np.float32(6 / 255),
+            "hardsigmoid_one_scale": np.float32(1 / 255),
+            "hardsigmoid_zero": np.array(0, np.uint8),
+        }
         graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items())
-        graph.node.insert(0, helper.make_node("DequantizeLinear", ["hardsigmoid_three_q", "hardsigmoid_three_scale",
-                                                                   "hardsigmoid_zero"], ["hardsigmoid_three"]))
+        graph.node.insert(
+            0,
+            helper.make_node(
+                "DequantizeLinear",
+                ["hardsigmoid_three_q", "hardsigmoid_three_scale", "hardsigmoid_zero"],
+                ["hardsigmoid_three"],
+            ),
+        )
         _drop_unused_initializers(graph)
     return rewritten

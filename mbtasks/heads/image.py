@@ -1,4 +1,5 @@
 """Image-level heads on the last feature map: the ImageNet classifier, face attributes and face embeddings."""
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -31,8 +32,7 @@ class ClassifierHead(nn.Module):
 class AttributeHead(ClassifierHead):
     """One independent binary logit per attribute (sigmoid, not softmax): the classifier's layers, N outputs."""
 
-    def __init__(self, in_channels: int, num_attributes: int, hidden_channels: int | None = None,
-                 dropout: float = 0.0):
+    def __init__(self, in_channels: int, num_attributes: int, hidden_channels: int | None = None, dropout: float = 0.0):
         super().__init__(in_channels, num_attributes, hidden_channels, dropout)
 
 

@@ -1,4 +1,5 @@
 """SSD and SSDLite on a backbone: two taps plus extra stride-2 layers (six maps), default boxes and the heads."""
+
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -9,7 +10,6 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSDScoringHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import Conv2dNormActivation
-
 
 # Channels of the four extra layers after the last backbone map (v2 paper section 6.2, torchvision, TF's API).
 EXTRA_CHANNELS = (512, 256, 256, 128)
@@ -26,7 +26,8 @@ def normal_init(module: nn.Module, std: float = 0.03) -> None:
 
 
 def extra_block(in_channels: int, out_channels: int, depthwise: bool, norm: Callable[..., nn.Module]) -> nn.Sequential:
-    """1x1 to out/2, then a stride-2 3x3: depthwise + 1x1 to out (SSDLite, torchvision's layout) or a full conv (SSD)."""
+    """1x1 to out/2, then a stride-2 3x3: depthwise + 1x1 to out (SSDLite, torchvision's layout) or a full conv
+    (SSD)."""
     mid = out_channels // 2
     layers = [Conv2dNormActivation(in_channels, mid, 1, norm_layer=norm, activation_layer=nn.ReLU6)]
     if depthwise:
@@ -111,8 +112,9 @@ class LowestLayerReducedBoxes(DefaultBoxGenerator):
     torchvision's (6 boxes everywhere): 672 x 285 weights and 76.6M multiply-adds for v3-Large at 320.
     """
 
-    def _generate_wh_pairs(self, num_outputs: int, dtype: torch.dtype = torch.float32,
-                           device: torch.device = torch.device("cpu")) -> list[torch.Tensor]:
+    def _generate_wh_pairs(
+        self, num_outputs: int, dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu")
+    ) -> list[torch.Tensor]:
         pairs = super()._generate_wh_pairs(num_outputs, dtype, device)
         s, r = self.scales[0], math.sqrt(2.0)
         pairs[0] = torch.as_tensor([[0.1, 0.1], [s * r, s / r], [s / r, s * r]], dtype=dtype, device=device)

@@ -10,6 +10,7 @@ An mbtasks ONNX file carries the checkpoint's record (task, model, options, clas
 export settings (opset, int8, the fixed input size of a graph that has one, a detector's selection settings) as JSON
 in its metadata, under `mbtasks` and `export`.
 """
+
 import json
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from .records import RECORD_KEY, Record
 EXPORT_KEY = "export"
 
 
-def create_session(path: str | Path, threads: int | None = None, disabled_optimizers: list[str] | None = None,
-                   spinning: bool = True):
+def create_session(
+    path: str | Path, threads: int | None = None, disabled_optimizers: list[str] | None = None, spinning: bool = True
+):
     """An ONNX Runtime CPU session with every graph optimisation but `disabled_optimizers` and those the file's export
     settings name (an int8 choice may need one off); `threads` defaults to torch's intra-op threads, so
     OMP_NUM_THREADS and torch.set_num_threads limit both runtimes alike. `spinning`: its worker threads spin between
@@ -37,19 +39,22 @@ def create_session(path: str | Path, threads: int | None = None, disabled_optimi
     options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=disabled_optimizers)
+        session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers
+        )
         stored = json.loads(session.get_modelmeta().custom_metadata_map.get(EXPORT_KEY, "{}"))
         wanted = stored.get("disabled_optimizers") if isinstance(stored, dict) else None
         if wanted and not disabled_optimizers:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                           disabled_optimizers=wanted)
+            session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=wanted
+            )
         return session
     except json.JSONDecodeError:
         raise MbtasksError("has export metadata that is not JSON", path) from None
     except Exception as error:  # ORT raises its own types (InvalidProtobuf, Fail, NoSuchFile) for a bad file
-        raise MbtasksError(f"not an ONNX model ONNX Runtime can load ({str(error).splitlines()[0][:200]})",
-                           path) from None
+        raise MbtasksError(
+            f"not an ONNX model ONNX Runtime can load ({str(error).splitlines()[0][:200]})", path
+        ) from None
 
 
 def require(module: str):
@@ -70,7 +75,9 @@ def read_metadata(session, path: str | Path) -> tuple[Record, dict]:
     return Record.from_dict(json.loads(stored[RECORD_KEY])), json.loads(stored[EXPORT_KEY])
 
 
-def open_onnx_model(path: str | Path, task: str | None = None, threads: int | None = None) -> tuple[object, Record, dict]:
+def open_onnx_model(
+    path: str | Path, task: str | None = None, threads: int | None = None
+) -> tuple[object, Record, dict]:
     """(an ONNX Runtime session of an exported model, its record, its export settings); `task`, when given, must be
     the model's. The task's `runtime_model` puts the session behind its model's contract."""
     if not Path(path).is_file():
@@ -94,8 +101,11 @@ class OnnxModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.fixed_size is not None and tuple(images.shape[-2:]) != self.fixed_size:
             h, w = self.fixed_size
-            raise MbtasksError(f"was exported for {h}x{w} inputs only (LR-ASPP pooling: paper follows the input "
-                               f"size), got {images.shape[-2]}x{images.shape[-1]}", self.path)
+            raise MbtasksError(
+                f"was exported for {h}x{w} inputs only (LR-ASPP pooling: paper follows the input "
+                f"size), got {images.shape[-2]}x{images.shape[-1]}",
+                self.path,
+            )
         array = images.detach().float().cpu().contiguous().numpy()
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
@@ -111,6 +121,7 @@ class OnnxDetector(nn.Module):
         detections = []
         for image in images:
             outputs = self.session.run(None, {"images": image[None].detach().float().cpu().contiguous().numpy()})
-            detections.append({name: torch.from_numpy(array) for name, array in zip(("boxes", "scores", "labels"),
-                                                                                     outputs)})
+            detections.append(
+                {name: torch.from_numpy(array) for name, array in zip(("boxes", "scores", "labels"), outputs)}
+            )
         return detections

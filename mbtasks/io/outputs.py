@@ -1,4 +1,5 @@
 """Where commands write: output folders checked (and created) before any work, files replaced atomically."""
+
 import contextlib
 import os
 import uuid

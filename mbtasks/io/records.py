@@ -1,5 +1,6 @@
 """The record of a trained model: what rebuilds it and what it was trained on, in checkpoints, weights files and
 exported ONNX files alike; and loading files from elsewhere safely (torch.load with weights_only=True)."""
+
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def load_file(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file; all mean the same to a user
-        raise MbtasksError(f"not a PyTorch weights file ({type(error).__name__}: {str(error).splitlines()[0]})",
-                           path) from None
+        raise MbtasksError(
+            f"not a PyTorch weights file ({type(error).__name__}: {str(error).splitlines()[0]})", path
+        ) from None
 
 
 def read_state_dict(path: str | Path) -> dict:
@@ -64,13 +66,18 @@ def read_state_dict(path: str | Path) -> dict:
 def _from_loaded(data: object, path: str | Path) -> Record:
     if isinstance(data, dict) and isinstance(data.get(RECORD_KEY), dict):
         # A Lightning checkpoint of an mbtasks task: the network sits under the task's `model.` prefix.
-        state = {k[len("model."):]: v for k, v in data.get("state_dict", {}).items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in data.get("state_dict", {}).items() if k.startswith("model.")}
         return Record.from_dict(data[RECORD_KEY], state)
     if not isinstance(data, dict) or not isinstance(data.get("model"), str) or "state_dict" not in data:
         raise MbtasksError("not an mbtasks weights file (convert it with `mbtasks weights import`)", path)
-    return Record(data["model"], data.get("backbone", data["model"]), dict(data.get("options", {})),
-                  class_names=list(data.get("class_names", [])), category_ids=list(data.get("category_ids", [])),
-                  state_dict=data["state_dict"])
+    return Record(
+        data["model"],
+        data.get("backbone", data["model"]),
+        dict(data.get("options", {})),
+        class_names=list(data.get("class_names", [])),
+        category_ids=list(data.get("category_ids", [])),
+        state_dict=data["state_dict"],
+    )
 
 
 def read_weights(path: str | Path) -> Record:
@@ -101,9 +108,18 @@ def save_weights(path: str | Path, record: Record) -> None:
     """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known). An
     existing file is replaced: whether it may be is the caller's to decide (`weights import` asks before the work)."""
     with replaced_atomically(output_file(path, overwrite=True)) as temporary:
-        torch.save({"format": WEIGHTS_FORMAT, "model": record.model, "backbone": record.backbone,
-                    "options": record.options, "class_names": record.class_names,
-                    "category_ids": record.category_ids, "state_dict": record.state_dict}, temporary)
+        torch.save(
+            {
+                "format": WEIGHTS_FORMAT,
+                "model": record.model,
+                "backbone": record.backbone,
+                "options": record.options,
+                "class_names": record.class_names,
+                "category_ids": record.category_ids,
+                "state_dict": record.state_dict,
+            },
+            temporary,
+        )
 
 
 def load_into(module: nn.Module, state_dict: dict, path: str | Path) -> None:
@@ -111,8 +127,11 @@ def load_into(module: nn.Module, state_dict: dict, path: str | Path) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state_dict and state_dict[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     problems = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shapes file vs model", wrong)):
         if items:

@@ -1,4 +1,5 @@
 """The shared vocabulary of MobileNet layers: conv-BN-activation, depthwise separable, inverted residual."""
+
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,10 +41,20 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, dilation: int, activation, norm):
         super().__init__()
-        self.depthwise = Conv2dNormActivation(in_channels, in_channels, 3, stride, groups=in_channels, dilation=dilation,
-                                              norm_layer=norm, activation_layer=activation, inplace=True)
-        self.pointwise = Conv2dNormActivation(in_channels, out_channels, 1, norm_layer=norm,
-                                              activation_layer=activation, inplace=True)
+        self.depthwise = Conv2dNormActivation(
+            in_channels,
+            in_channels,
+            3,
+            stride,
+            groups=in_channels,
+            dilation=dilation,
+            norm_layer=norm,
+            activation_layer=activation,
+            inplace=True,
+        )
+        self.pointwise = Conv2dNormActivation(
+            in_channels, out_channels, 1, norm_layer=norm, activation_layer=activation, inplace=True
+        )
         self.expanded_channels = in_channels
 
     def forward_with_expansion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,15 +68,36 @@ class DepthwiseSeparable(nn.Module):
 class InvertedResidual(nn.Module):
     """v2/v3 block: optional 1x1 expansion, depthwise, optional squeeze-excite, linear 1x1 projection, residual."""
 
-    def __init__(self, in_channels: int, expanded: int, out_channels: int, kernel: int, stride: int, dilation: int,
-                 se: bool, activation, norm, use_residual: bool):
+    def __init__(
+        self,
+        in_channels: int,
+        expanded: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        dilation: int,
+        se: bool,
+        activation,
+        norm,
+        use_residual: bool,
+    ):
         super().__init__()
         self.expand = None
         if expanded != in_channels:
-            self.expand = Conv2dNormActivation(in_channels, expanded, 1, norm_layer=norm, activation_layer=activation,
-                                               inplace=True)
-        self.depthwise = Conv2dNormActivation(expanded, expanded, kernel, stride, groups=expanded, dilation=dilation,
-                                              norm_layer=norm, activation_layer=activation, inplace=True)
+            self.expand = Conv2dNormActivation(
+                in_channels, expanded, 1, norm_layer=norm, activation_layer=activation, inplace=True
+            )
+        self.depthwise = Conv2dNormActivation(
+            expanded,
+            expanded,
+            kernel,
+            stride,
+            groups=expanded,
+            dilation=dilation,
+            norm_layer=norm,
+            activation_layer=activation,
+            inplace=True,
+        )
         self.se = None
         if se:
             self.se = SqueezeExcitation(expanded, make_divisible(expanded // 4), scale_activation=nn.Hardsigmoid)
@@ -93,14 +125,31 @@ def build_block(spec: BlockSpec, in_channels: int, stride: int, dilation: int, b
     norm = partial(nn.BatchNorm2d, eps=bn_eps)
     if spec.kind == "conv":
         # A 1x1 conv ignores dilation, but a dilation argument sends it to slower kernels.
-        return Conv2dNormActivation(in_channels, spec.out_channels, spec.kernel, stride,
-                                    dilation=dilation if spec.kernel > 1 else 1,
-                                    norm_layer=norm, activation_layer=spec.activation, inplace=True)
+        return Conv2dNormActivation(
+            in_channels,
+            spec.out_channels,
+            spec.kernel,
+            stride,
+            dilation=dilation if spec.kernel > 1 else 1,
+            norm_layer=norm,
+            activation_layer=spec.activation,
+            inplace=True,
+        )
     if spec.kind == "separable":
         return DepthwiseSeparable(in_channels, spec.out_channels, stride, dilation, spec.activation, norm)
     if spec.kind == "inverted":
         # The residual follows the table's stride, so a block that trades its stride for dilation keeps none.
         use_residual = spec.stride == 1 and in_channels == spec.out_channels
-        return InvertedResidual(in_channels, spec.expanded, spec.out_channels, spec.kernel, stride, dilation, spec.se,
-                                spec.activation, norm, use_residual)
+        return InvertedResidual(
+            in_channels,
+            spec.expanded,
+            spec.out_channels,
+            spec.kernel,
+            stride,
+            dilation,
+            spec.se,
+            spec.activation,
+            norm,
+            use_residual,
+        )
     raise ValueError(f"unknown block kind {spec.kind!r}")

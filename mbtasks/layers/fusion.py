@@ -1,4 +1,5 @@
 """Inference copies of models: batch norm folded into the preceding convolutions, channels-last weights."""
+
 import copy
 
 from torch import nn
@@ -13,8 +14,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             layers = list(module)
             folded, i = [], 0
             while i < len(layers):
-                if (i + 1 < len(layers) and isinstance(layers[i], nn.Conv2d)
-                        and isinstance(layers[i + 1], nn.BatchNorm2d)):
+                if (
+                    i + 1 < len(layers)
+                    and isinstance(layers[i], nn.Conv2d)
+                    and isinstance(layers[i + 1], nn.BatchNorm2d)
+                ):
                     folded.append(fuse_conv_bn_eval(layers[i], layers[i + 1]))
                     i += 2
                 else:

@@ -4,6 +4,7 @@ torch's SyncBatchNorm (what Lightning's sync_batchnorm uses) runs on GPUs only; 
 sums with torch.distributed.nn's differentiable all_reduce, which gloo runs on CPUs too. Without a process group it
 is batch norm on the local batch, with the same arithmetic.
 """
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm

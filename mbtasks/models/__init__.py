@@ -1,5 +1,6 @@
 """build_model(name, **options): every network by name (MODELS), with weights from mbtasks files, records, or
 pretrained weights by name (`torchvision:<Enum>.<NAME>`, `timm:<name>`)."""
+
 import inspect
 from pathlib import Path
 
@@ -12,8 +13,20 @@ from . import classifiers, detectors, segmenters  # noqa: F401  (each registers 
 from .pretrained import load_weights
 from .registry import KINDS, MODELS, ModelEntry, check_num_classes, list_models, register_model
 
-__all__ = ["KINDS", "MODELS", "ModelEntry", "build_backbone", "build_configured_model", "build_from_record",
-           "build_model", "check_num_classes", "find_backbone", "list_models", "register_model", "weights_defaults"]
+__all__ = [
+    "KINDS",
+    "MODELS",
+    "ModelEntry",
+    "build_backbone",
+    "build_configured_model",
+    "build_from_record",
+    "build_model",
+    "check_num_classes",
+    "find_backbone",
+    "list_models",
+    "register_model",
+    "weights_defaults",
+]
 
 # A weights file's options that its backbone needs to give the same outputs: a model built on its backbone takes them
 # as defaults (a timm v3 needs batch-norm eps 1e-5, torchvision's 1e-3).
@@ -44,8 +57,9 @@ def build_backbone(name: str, weights: str | Path | None = None, **options) -> B
         raise MbtasksError(f"holds a {saved.backbone} backbone, not {name}", weights)
     # The saved model's backbone options are the defaults, over its builder's own (a v3 SSDLite's reduced tail).
     model_defaults = MODELS.get(saved.model).defaults if saved.model in MODELS else {}
-    saved_options = {k: v for k, v in {**model_defaults, **saved.options}.items()
-                     if k in inspect.signature(build).parameters}
+    saved_options = {
+        k: v for k, v in {**model_defaults, **saved.options}.items() if k in inspect.signature(build).parameters
+    }
     backbone = build(**{**saved_options, **options})
     load_into(backbone, backbone_state(saved.state_dict, weights), weights)
     return backbone
@@ -68,8 +82,9 @@ def weights_defaults(weights: str | None, backbone_weights: str | None) -> dict:
     return {k: v for k, v in load_weights(path).options.items() if k in WEIGHTS_BACKBONE_OPTIONS}
 
 
-def build_configured_model(name: str, options: dict, weights: str | None = None,
-                           backbone_weights: str | None = None) -> nn.Module:
+def build_configured_model(
+    name: str, options: dict, weights: str | None = None, backbone_weights: str | None = None
+) -> nn.Module:
     """A model from a config's model section: whole-model weights, or backbone weights (head left as built)."""
     entry = MODELS.get(name)
     model = build_model(name, weights=weights, **options)
@@ -79,8 +94,9 @@ def build_configured_model(name: str, options: dict, weights: str | None = None,
             raise MbtasksError(f"holds a {saved.backbone} backbone, not {entry.backbone}", backbone_weights)
         backbone = find_backbone(model)
         # Layers a task model leaves out of its backbone (v2's last 1x1 conv under DeepLab) are not loaded.
-        state = {k: v for k, v in backbone_state(saved.state_dict, backbone_weights).items()
-                 if k in backbone.state_dict()}
+        state = {
+            k: v for k, v in backbone_state(saved.state_dict, backbone_weights).items() if k in backbone.state_dict()
+        }
         load_into(backbone, state, backbone_weights)
     return model
 
@@ -98,4 +114,4 @@ def backbone_state(state_dict: dict, path: str | Path) -> dict:
     prefixes = [k[: -len(stem)] for k in state_dict if k.endswith(stem)]
     if not prefixes:
         raise MbtasksError("holds no MobileNet backbone weights", path)
-    return {k[len(prefixes[0]):]: v for k, v in state_dict.items() if k.startswith(prefixes[0])}
+    return {k[len(prefixes[0]) :]: v for k, v in state_dict.items() if k.startswith(prefixes[0])}

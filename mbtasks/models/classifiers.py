@@ -2,6 +2,7 @@
 classifier (`mobilenet_v3_large`, ...: torchvision's layer names), the face-attribute network
 (`attributes_mobilenet_v1`, ...: one logit per attribute) and the face-embedding network (`embedding_mobilenet_v1`,
 ...: a unit vector)."""
+
 from collections.abc import Callable
 
 import torch
@@ -28,8 +29,15 @@ class ImageClassifier(nn.Module):
         return self.head(self.backbone.forward_last(x))
 
 
-def build_classifier(version: str, *, num_classes: int = 1000, dropout: float = 0.2, width_mult: float = 1.0,
-                     reduced_tail: bool = False, **backbone_options) -> ImageClassifier:
+def build_classifier(
+    version: str,
+    *,
+    num_classes: int = 1000,
+    dropout: float = 0.2,
+    width_mult: float = 1.0,
+    reduced_tail: bool = False,
+    **backbone_options,
+) -> ImageClassifier:
     """The ImageNet-style classifier on the MobileNet `version`; the options are ARGS' and the backbone's."""
     backbone = BACKBONES.get(version)(width_mult=width_mult, reduced_tail=reduced_tail, **backbone_options)
     hidden = CLASSIFIER_HIDDEN.get(version)
@@ -39,15 +47,22 @@ def build_classifier(version: str, *, num_classes: int = 1000, dropout: float = 
     return ImageClassifier(backbone, ClassifierHead(backbone.num_features, num_classes, hidden, dropout))
 
 
-def build_attributes(version: str, *, num_attributes: int = 40, hidden_channels: int | None = None,
-                     dropout: float = 0.0, **backbone_options) -> ImageClassifier:
+def build_attributes(
+    version: str,
+    *,
+    num_attributes: int = 40,
+    hidden_channels: int | None = None,
+    dropout: float = 0.0,
+    **backbone_options,
+) -> ImageClassifier:
     """The face-attribute network on the MobileNet `version`; the options are ARGS' and the backbone's."""
     backbone = BACKBONES.get(version)(**backbone_options)
     return ImageClassifier(backbone, AttributeHead(backbone.num_features, num_attributes, hidden_channels, dropout))
 
 
-def build_embedding(version: str, *, embedding_dim: int = 128, dropout: float = 0.0,
-                    **backbone_options) -> ImageClassifier:
+def build_embedding(
+    version: str, *, embedding_dim: int = 128, dropout: float = 0.0, **backbone_options
+) -> ImageClassifier:
     """The face-embedding network on the MobileNet `version`; the options are ARGS' and the backbone's."""
     backbone = BACKBONES.get(version)(**backbone_options)
     return ImageClassifier(backbone, EmbeddingHead(backbone.num_features, embedding_dim, dropout))
@@ -62,12 +77,24 @@ ARGS = {
 }
 # head family -> (name prefix, family builder, what the docstring says of it)
 FAMILIES = {
-    "classifier": ("", build_classifier, "The ImageNet classifier of the backbone's paper (torchvision's layer "
-                                         "names; v3's hidden layer keeps 1280 / 1024 channels for width < 1)"),
-    "attributes": ("attributes_", build_attributes, "Face attributes, as the MobileNets paper's CelebA network "
-                                                    "(arXiv:1704.04861, table 12): one binary logit per attribute"),
-    "embedding": ("embedding_", build_embedding, "Face embeddings, as the MobileNets paper's FaceNet distillation "
-                                                 "(arXiv:1704.04861, table 14): an L2-normalised vector"),
+    "classifier": (
+        "",
+        build_classifier,
+        "The ImageNet classifier of the backbone's paper (torchvision's layer "
+        "names; v3's hidden layer keeps 1280 / 1024 channels for width < 1)",
+    ),
+    "attributes": (
+        "attributes_",
+        build_attributes,
+        "Face attributes, as the MobileNets paper's CelebA network "
+        "(arXiv:1704.04861, table 12): one binary logit per attribute",
+    ),
+    "embedding": (
+        "embedding_",
+        build_embedding,
+        "Face embeddings, as the MobileNets paper's FaceNet distillation "
+        "(arXiv:1704.04861, table 14): an L2-normalised vector",
+    ),
 }
 SIZE = 224  # the input size the papers count image-level networks at
 

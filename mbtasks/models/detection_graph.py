@@ -6,6 +6,7 @@ resize to the detector's size and normalisation, the network, softmax and box de
 back. In one graph ONNX Runtime runs it all on one thread pool: with the selection in Python beside it, the two
 runtimes' threads contended and the end-to-end time doubled.
 """
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -54,8 +55,14 @@ class ClassNMS(torch.autograd.Function):
         def constant(value, dtype):
             return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
 
-        return g.op("NonMaxSuppression", boxes, scores, constant(1 << 30, torch.int64),
-                    constant(iou, torch.float32), constant(score_thresh, torch.float32))
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            constant(1 << 30, torch.int64),
+            constant(iou, torch.float32),
+            constant(score_thresh, torch.float32),
+        )
 
 
 class SelectDetections(nn.Module):
@@ -85,8 +92,8 @@ class SelectDetections(nn.Module):
         among_top_k = (survivor_scores >= kth[classes]).nonzero()[:, 0]
         classes, anchors = classes[among_top_k], anchors[among_top_k]
         best, order = survivor_scores[among_top_k].sort(descending=True)
-        order = order[:self.detections_per_img]
-        return boxes[0][anchors[order]], best[:self.detections_per_img], classes[order] + 1
+        order = order[: self.detections_per_img]
+        return boxes[0][anchors[order]], best[: self.detections_per_img], classes[order] + 1
 
 
 class DetectionGraph(nn.Module):
@@ -102,8 +109,12 @@ class DetectionGraph(nn.Module):
         self.backbone, self.head = ssd.backbone, ssd.head
         coder = ssd.box_coder
         setattr(self, DECODER, BoxDecoder(_anchors(ssd, self.size), coder.weights, coder.bbox_xform_clip, self.size))
-        self.postprocess = {"score_thresh": ssd.score_thresh, "nms_thresh": ssd.nms_thresh,
-                            "detections_per_img": ssd.detections_per_img, "topk_candidates": ssd.topk_candidates}
+        self.postprocess = {
+            "score_thresh": ssd.score_thresh,
+            "nms_thresh": ssd.nms_thresh,
+            "detections_per_img": ssd.detections_per_img,
+            "topk_candidates": ssd.topk_candidates,
+        }
         setattr(self, SELECT, SelectDetections(**self.postprocess))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -111,8 +122,9 @@ class DetectionGraph(nn.Module):
         x = F.interpolate(image, size=self.size, mode="bilinear", align_corners=False)
         features = list(self.backbone((x - self.mean) / self.std).values())
         outputs = self.head(features)
-        boxes, scores, labels = getattr(self, SELECT)(*getattr(self, DECODER)(outputs["bbox_regression"],
-                                                                             outputs["cls_logits"]))
+        boxes, scores, labels = getattr(self, SELECT)(
+            *getattr(self, DECODER)(outputs["bbox_regression"], outputs["cls_logits"])
+        )
         image_size = torch._shape_as_tensor(image)[2:].to(boxes.dtype)  # a Shape node: any input size
         scale = (image_size / torch.tensor(self.size, dtype=boxes.dtype)).flip(0).repeat(2)
         return boxes * scale, scores, labels

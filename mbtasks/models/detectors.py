@@ -1,4 +1,5 @@
 """SSDLite (v1, v2, v3-Large, v3-Small) and SSD300 (v1) detectors on torchvision's SSD: anchors, loss, NMS."""
+
 from collections.abc import Callable
 from functools import partial
 
@@ -28,11 +29,24 @@ class SSDOverProcesses(SSD):
         return {name: share_of_global_mean(loss * foreground, foreground) for name, loss in losses.items()}
 
 
-def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: float = 1.0,
-              size: int | tuple[int, int] = 320, head_kernel: int = 3, reduce_boxes_in_lowest_layer: bool = False,
-              score_thresh: float = 0.001, nms_thresh: float = 0.55, detections_per_img: int = 300,
-              topk_candidates: int = 300, iou_thresh: float = 0.5, image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-              image_std: tuple[float, ...] = (0.5, 0.5, 0.5), **backbone_options) -> SSD:
+def build_ssd(
+    version: str,
+    lite: bool,
+    *,
+    num_classes: int = 91,
+    width_mult: float = 1.0,
+    size: int | tuple[int, int] = 320,
+    head_kernel: int = 3,
+    reduce_boxes_in_lowest_layer: bool = False,
+    score_thresh: float = 0.001,
+    nms_thresh: float = 0.55,
+    detections_per_img: int = 300,
+    topk_candidates: int = 300,
+    iou_thresh: float = 0.5,
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    **backbone_options,
+) -> SSD:
     """SSD (`lite`: SSDLite) on the MobileNet `version`; the options are ARGS' and the backbone's."""
     height, width = height_width(size)
     backbone = BACKBONES.get(version)(width_mult=width_mult, **backbone_options)
@@ -43,9 +57,20 @@ def build_ssd(version: str, lite: bool, *, num_classes: int = 91, width_mult: fl
     features = SSDFeatures(backbone, TAPS, extra)
     anchors = default_boxes(len(features.out_channels), reduce_boxes_in_lowest_layer)
     head = ssd_head(features.out_channels, anchors.num_anchors_per_location(), num_classes, lite, norm, head_kernel)
-    model = SSDOverProcesses(features, anchors, (width, height), num_classes, image_mean=list(image_mean),
-                image_std=list(image_std), head=head, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                detections_per_img=detections_per_img, topk_candidates=topk_candidates, iou_thresh=iou_thresh)
+    model = SSDOverProcesses(
+        features,
+        anchors,
+        (width, height),
+        num_classes,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        head=head,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        topk_candidates=topk_candidates,
+        iou_thresh=iou_thresh,
+    )
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = BN_MOMENTUM
@@ -58,7 +83,7 @@ ARGS = {
     "size": "the input size, N or (height, width): every image is resized to it, boxes come back in its pixels.",
     "head_kernel": "kernel of the box and class convs: 3 (torchvision's), or 1 as the v1 paper's SSD300.",
     "reduce_boxes_in_lowest_layer": "3 default boxes on the lowest map, as the papers' (TF object detection API's) "
-                                    "networks; False: torchvision's 6 on every map.",
+    "networks; False: torchvision's 6 on every map.",
     "score_thresh": "detections scoring below it are dropped before non-maximum suppression.",
     "nms_thresh": "IoU above which non-maximum suppression drops the lower-scoring box.",
     "detections_per_img": "most detections kept per image.",
@@ -72,20 +97,34 @@ SSD_PAPER = "SSD (Liu et al. 2016, arXiv:1512.02325)"
 
 def _register(name: str, version: str, lite: bool, size: int, **defaults) -> Callable[..., SSD]:
     """The SSD(Lite) `name` on `version` at its own `size`, registered; SSDLite's heads are always 3x3 depthwise."""
-    summary = (f"SSDLite{size}: {SSD_PAPER} with the depthwise heads and extra layers of the MobileNetV2 paper "
-               f"(arXiv:1801.04381), on {version}." if lite else
-               f"SSD{size}: {SSD_PAPER} on {version}, as the MobileNet paper's COCO detector (arXiv:1704.04861).")
-    builder = model_builder(name, build_ssd, version, lite, summary=summary, args_doc=ARGS,
-                            drop=("output_stride", *(("head_kernel",) if lite else ())), size=size, **defaults)
+    summary = (
+        f"SSDLite{size}: {SSD_PAPER} with the depthwise heads and extra layers of the MobileNetV2 paper "
+        f"(arXiv:1801.04381), on {version}."
+        if lite
+        else f"SSD{size}: {SSD_PAPER} on {version}, as the MobileNet paper's COCO detector (arXiv:1704.04861)."
+    )
+    builder = model_builder(
+        name,
+        build_ssd,
+        version,
+        lite,
+        summary=summary,
+        args_doc=ARGS,
+        drop=("output_stride", *(("head_kernel",) if lite else ())),
+        size=size,
+        **defaults,
+    )
     head = "ssdlite" if lite else "ssd"
     return register_model(name, backbone=version, kind="detector", size=size, head=head)(builder)
 
 
 # The v3 paper's detectors halve the channels after C4 ("reduced tail"), as torchvision's from-scratch model.
-ssdlite320_mobilenet_v3_large = _register("ssdlite320_mobilenet_v3_large", "mobilenet_v3_large", True, 320,
-                                          reduced_tail=True)
-ssdlite320_mobilenet_v3_small = _register("ssdlite320_mobilenet_v3_small", "mobilenet_v3_small", True, 320,
-                                          reduced_tail=True)
+ssdlite320_mobilenet_v3_large = _register(
+    "ssdlite320_mobilenet_v3_large", "mobilenet_v3_large", True, 320, reduced_tail=True
+)
+ssdlite320_mobilenet_v3_small = _register(
+    "ssdlite320_mobilenet_v3_small", "mobilenet_v3_small", True, 320, reduced_tail=True
+)
 ssdlite320_mobilenet_v2 = _register("ssdlite320_mobilenet_v2", "mobilenet_v2", True, 320)
 ssdlite320_mobilenet_v1 = _register("ssdlite320_mobilenet_v1", "mobilenet_v1", True, 320)
 ssd300_mobilenet_v1 = _register("ssd300_mobilenet_v1", "mobilenet_v1", False, 300)

@@ -1,5 +1,6 @@
 """Import torchvision / timm state dicts into mbtasks' networks: each source's file read, the options that rebuild
 its network found from the tensors, and every tensor mapped by position with its kind and shape checked."""
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ KINDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 def _classifier_options(bn_eps: float) -> Callable[[dict], dict]:
     def options(state: dict) -> dict:
         return {"bn_eps": bn_eps, "num_classes": int(list(state.values())[-1].shape[0])}
+
     return options
 
 
@@ -20,36 +22,50 @@ def _torchvision_ssdlite_options(state: dict) -> dict:
     """torchvision's ssdlite320_mobilenet_v3_large: classes from the first class conv (6 boxes a cell), tail from
     the first extra layer's input (480 reduced: trained from scratch; 960 with an ImageNet backbone)."""
     first_class_conv = state["head.classification_head.module_list.0.1.weight"]
-    return {"num_classes": int(first_class_conv.shape[0]) // 6,
-            "reduced_tail": int(state["backbone.extra.0.0.0.weight"].shape[1]) == 480}
+    return {
+        "num_classes": int(first_class_conv.shape[0]) // 6,
+        "reduced_tail": int(state["backbone.extra.0.0.0.weight"].shape[1]) == 480,
+    }
 
 
 def _torchvision_lraspp_options(state: dict) -> dict:
-    return {"num_classes": int(state["classifier.low_classifier.weight"].shape[0]),
-            "channels": int(state["classifier.cbr.0.weight"].shape[0])}
+    return {
+        "num_classes": int(state["classifier.low_classifier.weight"].shape[0]),
+        "channels": int(state["classifier.cbr.0.weight"].shape[0]),
+    }
 
 
 def _torchvision_deeplabv3_options(state: dict) -> dict:
-    return {"num_classes": int(state["classifier.4.weight"].shape[0]),
-            "aux": any(key.startswith("aux_classifier.") for key in state)}
+    return {
+        "num_classes": int(state["classifier.4.weight"].shape[0]),
+        "aux": any(key.startswith("aux_classifier.") for key in state),
+    }
 
 
 # source -> mbtasks model -> the options that rebuild the source's network from its state dict.
 # timm trains v3 with batch-norm eps 1e-5 (torchvision: 1e-3); the option keeps its outputs unchanged.
 SOURCES: dict[str, dict[str, Callable[[dict], dict]]] = {
     "torchvision": {
-        **{name: _classifier_options(eps) for name, eps in
-           [("mobilenet_v2", 1e-5), ("mobilenet_v3_large", 1e-3), ("mobilenet_v3_small", 1e-3)]},
+        **{
+            name: _classifier_options(eps)
+            for name, eps in [("mobilenet_v2", 1e-5), ("mobilenet_v3_large", 1e-3), ("mobilenet_v3_small", 1e-3)]
+        },
         "ssdlite320_mobilenet_v3_large": _torchvision_ssdlite_options,
         "lraspp_mobilenet_v3_large": _torchvision_lraspp_options,
         "deeplabv3_mobilenet_v3_large": _torchvision_deeplabv3_options,
     },
-    "timm": {name: _classifier_options(1e-5) for name in
-             ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]},
+    "timm": {
+        name: _classifier_options(1e-5)
+        for name in ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+    },
 }
 # timm's architecture name of each network it imports (`timm:<architecture>.<tag>` names its weights)
-TIMM_NETWORKS = {"mobilenetv1_100": "mobilenet_v1", "mobilenetv2_100": "mobilenet_v2",
-                 "mobilenetv3_large_100": "mobilenet_v3_large", "mobilenetv3_small_100": "mobilenet_v3_small"}
+TIMM_NETWORKS = {
+    "mobilenetv1_100": "mobilenet_v1",
+    "mobilenetv2_100": "mobilenet_v2",
+    "mobilenetv3_large_100": "mobilenet_v3_large",
+    "mobilenetv3_small_100": "mobilenet_v3_small",
+}
 
 
 def map_by_position(source: dict, target, path: str | Path, source_name: str) -> dict:
@@ -60,8 +76,11 @@ def map_by_position(source: dict, target, path: str | Path, source_name: str) ->
     """
     own = target.state_dict()
     if len(source) != len(own):
-        raise MbtasksError(f"has {len(source)} tensors, {source_name} has {len(own)}: not a {source_name} "
-                           f"state dict{_first_mismatch(source, own)}", path)
+        raise MbtasksError(
+            f"has {len(source)} tensors, {source_name} has {len(own)}: not a {source_name} "
+            f"state dict{_first_mismatch(source, own)}",
+            path,
+        )
     mapped = {}
     for (src_key, value), (key, expected) in zip(source.items(), own.items()):
         same_kind = src_key.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1] or src_key.rsplit(".", 1)[-1] not in KINDS
@@ -72,8 +91,11 @@ def map_by_position(source: dict, target, path: str | Path, source_name: str) ->
             else:
                 same_kind = False
         if not same_kind:
-            raise MbtasksError(f"does not fit {source_name}: {src_key} {tuple(value.shape)} has no counterpart "
-                               f"({key} {tuple(expected.shape)})", path)
+            raise MbtasksError(
+                f"does not fit {source_name}: {src_key} {tuple(value.shape)} has no counterpart "
+                f"({key} {tuple(expected.shape)})",
+                path,
+            )
         mapped[key] = value.clone()
     return mapped
 

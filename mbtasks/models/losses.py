@@ -2,6 +2,7 @@
 
 Classification uses torch's cross-entropy with `label_smoothing`; it needs no module of its own.
 """
+
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +15,9 @@ from torch.nn import functional as F
 from ..errors import MbtasksError
 
 
-def attribute_pos_weight(spec, names: Sequence[str], targets: np.ndarray | None = None,
-                         max_weight: float = 10.0) -> torch.Tensor | None:
+def attribute_pos_weight(
+    spec, names: Sequence[str], targets: np.ndarray | None = None, max_weight: float = 10.0
+) -> torch.Tensor | None:
     """Positive weights per attribute from a config value: None, a list (one per attribute), a dict name -> weight
     (others 1), or "balanced" (negatives / positives of each attribute in `targets`, at most `max_weight`)."""
     if spec is None:
@@ -27,8 +29,9 @@ def attribute_pos_weight(spec, names: Sequence[str], targets: np.ndarray | None 
             raise MbtasksError("pos_weight 'balanced' needs the training targets")
         positives = np.asarray(targets, dtype=np.float64).sum(axis=0)
         negatives = len(targets) - positives
-        return torch.tensor(np.clip(negatives / np.maximum(positives, 1), 1 / max_weight, max_weight),
-                            dtype=torch.float32)
+        return torch.tensor(
+            np.clip(negatives / np.maximum(positives, 1), 1 / max_weight, max_weight), dtype=torch.float32
+        )
     if isinstance(spec, dict):
         unknown = [name for name in spec if name not in names]
         if unknown:
@@ -60,8 +63,7 @@ class ArcFaceLoss(nn.Module):
     again, so there cos(theta) - margin * sin(margin) takes over (insightface's fallback).
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5,
-                 seed: int = 0):
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5, seed: int = 0):
         super().__init__()
         if num_classes < 2:
             raise MbtasksError(f"ArcFace needs at least 2 training identities, got {num_classes}")
@@ -75,8 +77,11 @@ class ArcFaceLoss(nn.Module):
         cosine = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1 + 1e-7, 1 - 1e-7)
         sine = torch.sqrt(1 - cosine**2)
         with_margin = cosine * math.cos(self.margin) - sine * math.sin(self.margin)
-        with_margin = torch.where(cosine > math.cos(math.pi - self.margin), with_margin,
-                                  cosine - math.sin(math.pi - self.margin) * self.margin)
+        with_margin = torch.where(
+            cosine > math.cos(math.pi - self.margin),
+            with_margin,
+            cosine - math.sin(math.pi - self.margin) * self.margin,
+        )
         target = F.one_hot(labels, cosine.shape[1]).bool()
         return F.cross_entropy(self.scale * torch.where(target, with_margin, cosine), labels)
 
@@ -115,8 +120,11 @@ def read_teacher_embeddings(path: str | Path) -> torch.Tensor:
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # numpy and torch raise many types for a bad file; all mean the same to a user
-        raise MbtasksError(f"cannot read teacher embeddings ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''})", path) from None
+        raise MbtasksError(
+            f"cannot read teacher embeddings ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})",
+            path,
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("embeddings"), torch.Tensor):
         data = data["embeddings"]
     if not isinstance(data, torch.Tensor) or not data.is_floating_point():
@@ -134,13 +142,17 @@ class DistillationLoss(nn.Module):
         self.register_buffer("teacher", F.normalize(teacher.float(), dim=1), persistent=False)
 
     @classmethod
-    def from_file(cls, path: str | Path, num_images: int, embedding_dim: int, weight: float = 1.0
-                  ) -> "DistillationLoss":
+    def from_file(
+        cls, path: str | Path, num_images: int, embedding_dim: int, weight: float = 1.0
+    ) -> "DistillationLoss":
         """Read and check the teacher file: one `embedding_dim` row per training image."""
         teacher = read_teacher_embeddings(path)
         if tuple(teacher.shape) != (num_images, embedding_dim):
-            raise MbtasksError(f"teacher embeddings have shape {tuple(teacher.shape)}, the training set needs "
-                               f"({num_images}, {embedding_dim}) (one row per training image)", path)
+            raise MbtasksError(
+                f"teacher embeddings have shape {tuple(teacher.shape)}, the training set needs "
+                f"({num_images}, {embedding_dim}) (one row per training image)",
+                path,
+            )
         return cls(teacher, weight)
 
     def forward(self, embeddings: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

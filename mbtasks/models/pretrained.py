@@ -1,5 +1,6 @@
 """Weights by name: `torchvision:<Enum>.<NAME>` and `timm:<name>`, fetched by torchvision's and timm's own loaders
 (their caches, their hash checks) and converted to mbtasks' layout by importers.py; files as before."""
+
 import contextlib
 import difflib
 import io
@@ -36,8 +37,11 @@ def save_imported(src: str, out: str | Path, source: str | None = None, model: s
     (whose source and model follow from the name), written as an mbtasks weights file."""
     if not is_weights_name(src):
         if source is None or model is None:
-            raise MbtasksError("a state-dict file needs --from and --model (weights by name, e.g. "
-                               "torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1, need neither)", src)
+            raise MbtasksError(
+                "a state-dict file needs --from and --model (weights by name, e.g. "
+                "torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1, need neither)",
+                src,
+            )
         return import_weights(source, src, model, out)
     record = load_weights(src)
     if model is not None and model != record.model:
@@ -50,6 +54,7 @@ def save_imported(src: str, out: str | Path, source: str | None = None, model: s
 
 # ---- torchvision ----
 
+
 def _torchvision_weights(name: str, spec: str) -> Record:
     import torch
     from torchvision.models import get_model_weights, get_weight
@@ -60,8 +65,11 @@ def _torchvision_weights(name: str, spec: str) -> Record:
         raise MbtasksError(f"torchvision has no weights {name!r}{_closest(name, _torchvision_names())}", spec) from None
     model = next((m for m in SOURCES["torchvision"] if get_model_weights(m) is type(weights)), None)
     if model is None:
-        raise MbtasksError(f"{type(weights).__name__} are weights of a network mbtasks does not import (it imports "
-                           f"{', '.join(SOURCES['torchvision'])})", spec)
+        raise MbtasksError(
+            f"{type(weights).__name__} are weights of a network mbtasks does not import (it imports "
+            f"{', '.join(SOURCES['torchvision'])})",
+            spec,
+        )
     file = Path(urlparse(weights.url).path).name
     folder = Path(torch.hub.get_dir()) / "checkpoints"
 
@@ -92,6 +100,7 @@ def _torchvision_names() -> list[str]:
 
 # ---- timm ----
 
+
 def _timm_weights(name: str, spec: str) -> Record:
     import timm
     from timm.models import get_pretrained_cfg
@@ -104,14 +113,21 @@ def _timm_weights(name: str, spec: str) -> Record:
         raise MbtasksError(f"timm has no pretrained weights {name!r}{_closest(name, timm.list_pretrained())}", spec)
     model = TIMM_NETWORKS.get(config.architecture)
     if model is None:
-        raise MbtasksError(f"{config.architecture} is a network mbtasks does not import from timm (it imports "
-                           f"{', '.join(TIMM_NETWORKS)})", spec)
+        raise MbtasksError(
+            f"{config.architecture} is a network mbtasks does not import from timm (it imports "
+            f"{', '.join(TIMM_NETWORKS)})",
+            spec,
+        )
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo = config.hf_hub_id
-    network = _fetched(lambda: _timm_create(name, repo), spec,
-                       f"cannot download {repo} from the Hugging Face Hub (no network)", *_timm_place(repo),
-                       not_cached=(LocalEntryNotFoundError,))
+    network = _fetched(
+        lambda: _timm_create(name, repo),
+        spec,
+        f"cannot download {repo} from the Hugging Face Hub (no network)",
+        *_timm_place(repo),
+        not_cached=(LocalEntryNotFoundError,),
+    )
     return convert_state_dict("timm", network.state_dict(), model, spec)
 
 
@@ -120,8 +136,9 @@ def _timm_create(name: str, repo: str):
     import timm
     from huggingface_hub import constants, try_to_load_from_cache
 
-    cached = any(isinstance(try_to_load_from_cache(repo, file), str) for file in ("model.safetensors",
-                                                                                  "pytorch_model.bin"))
+    cached = any(
+        isinstance(try_to_load_from_cache(repo, file), str) for file in ("model.safetensors", "pytorch_model.bin")
+    )
     if not cached and (constants.HF_HUB_OFFLINE or not _resolves(constants.ENDPOINT)):
         # Without a name server the hub client retries for most of a minute before it gives up.
         raise ConnectionError("no network")
@@ -138,8 +155,9 @@ def _timm_place(repo: str) -> tuple[str, Path]:
     """What to copy where so that timm finds the weights in its cache: the hub's folder of the repository."""
     from huggingface_hub import constants
 
-    return f"models--{repo.replace('/', '--')} (from `hf download {repo}` on a machine with network)", \
-        Path(constants.HF_HUB_CACHE)
+    return f"models--{repo.replace('/', '--')} (from `hf download {repo}` on a machine with network)", Path(
+        constants.HF_HUB_CACHE
+    )
 
 
 def _resolves(url: str) -> bool:
@@ -151,6 +169,7 @@ def _resolves(url: str) -> bool:
 
 
 # ---- shared ----
+
 
 def _fetched(fetch, spec: str, problem: str, file: str, folder: Path, not_cached: tuple = ()):
     """fetch(), its failures as one line: a download that cannot happen names the file and where placing it works."""

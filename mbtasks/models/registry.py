@@ -1,4 +1,5 @@
 """MODELS: every network by the name users know (torchvision's where it exists), each entry carrying its facts."""
+
 import fnmatch
 import functools
 import inspect
@@ -52,8 +53,9 @@ class ModelEntry:
     def defaults(self) -> dict[str, Any]:
         """The builder's options and their defaults, as its signature shows them (e.g. reduced_tail=True for a v3
         SSDLite)."""
-        return {name: p.default for name, p in inspect.signature(self.build).parameters.items()
-                if p.default is not p.empty}
+        return {
+            name: p.default for name, p in inspect.signature(self.build).parameters.items() if p.default is not p.empty
+        }
 
 
 # Kinds of the built-in networks: an ImageNet-style classifier (logits), an attribute network (one binary logit per
@@ -78,8 +80,10 @@ def reject_unknown(options: dict, builder: Callable, name: str) -> None:
         return  # a builder taking **options checks them itself
     unknown = sorted(set(options) - set(parameters))
     if unknown:
-        raise MbtasksError(f"unknown option(s) for {name}: {', '.join(unknown)}"
-                           f"{closest(unknown[0], list(parameters)) if len(unknown) == 1 else ''}")
+        raise MbtasksError(
+            f"unknown option(s) for {name}: {', '.join(unknown)}"
+            f"{closest(unknown[0], list(parameters)) if len(unknown) == 1 else ''}"
+        )
 
 
 def check_num_classes(options: dict, count: int, what: str = "classes") -> None:
@@ -89,8 +93,9 @@ def check_num_classes(options: dict, count: int, what: str = "classes") -> None:
         raise MbtasksError(f"model.options.num_classes is {given} but the data set has {count} {what}")
 
 
-def register_model(name: str, *, backbone: str, kind: str, size: int | tuple[int, int],
-                   head: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(
+    name: str, *, backbone: str, kind: str, size: int | tuple[int, int], head: str
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register a builder as `name` with its facts (ModelEntry's Args); a name registered twice raises.
     It returns the builder as registered: named `name`, with the builder's signature and docstring, rejecting unknown
     options in one error."""
@@ -108,14 +113,25 @@ def register_model(name: str, *, backbone: str, kind: str, size: int | tuple[int
     return register
 
 
-def model_builder(name: str, family: Callable[..., nn.Module], version: str, *args, summary: str,
-                  args_doc: dict[str, str], drop: tuple[str, ...] = (), **defaults) -> Callable[..., nn.Module]:
+def model_builder(
+    name: str,
+    family: Callable[..., nn.Module],
+    version: str,
+    *args,
+    summary: str,
+    args_doc: dict[str, str],
+    drop: tuple[str, ...] = (),
+    **defaults,
+) -> Callable[..., nn.Module]:
     """`family(version, *args, **options)` as the builder of the model `name`, its signature the family's keyword
     options and the backbone's (the version's own defaults; `defaults` override, `drop` leaves out) and its docstring
     `summary`, the backbone's paper and Args from `args_doc` and BACKBONE_ARGS."""
     own = [p for p in inspect.signature(family).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    passed_on = [p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(BACKBONES.get(version)).parameters.values()
-                 if p.name not in {q.name for q in own}]
+    passed_on = [
+        p.replace(kind=p.KEYWORD_ONLY)
+        for p in inspect.signature(BACKBONES.get(version)).parameters.values()
+        if p.name not in {q.name for q in own}
+    ]
     parameters = [p.replace(default=defaults.get(p.name, p.default)) for p in [*own, *passed_on] if p.name not in drop]
     described = {**BACKBONE_ARGS, **args_doc}
 
@@ -125,9 +141,13 @@ def model_builder(name: str, family: Callable[..., nn.Module], version: str, *ar
     build.__name__ = build.__qualname__ = name
     build.__module__ = family.__module__
     build.__signature__ = inspect.Signature(parameters, return_annotation=inspect.signature(family).return_annotation)
-    documented = [textwrap.fill(f"{p.name}: {described[p.name]}", 116, initial_indent="    ",
-                                subsequent_indent="        ") for p in parameters]
-    build.__doc__ = f"{summary}\n\nBackbone: {version}, from {PAPERS[version]}.\n\nArgs:\n" + "\n".join(documented) + "\n"
+    documented = [
+        textwrap.fill(f"{p.name}: {described[p.name]}", 116, initial_indent="    ", subsequent_indent="        ")
+        for p in parameters
+    ]
+    build.__doc__ = (
+        f"{summary}\n\nBackbone: {version}, from {PAPERS[version]}.\n\nArgs:\n" + "\n".join(documented) + "\n"
+    )
     return build
 
 
@@ -138,5 +158,8 @@ def list_models(pattern: str | None = None, kind: str | None = None) -> list[str
     kinds = list(dict.fromkeys(entry.kind for _, entry in entries))
     if kind is not None and kind not in kinds:
         raise MbtasksError(f"unknown model kind {kind!r}{closest(kind, kinds)}; known: {', '.join(kinds)}")
-    return [name for name, entry in entries
-            if (pattern is None or fnmatch.fnmatchcase(name, pattern)) and kind in (None, entry.kind)]
+    return [
+        name
+        for name, entry in entries
+        if (pattern is None or fnmatch.fnmatchcase(name, pattern)) and kind in (None, entry.kind)
+    ]

@@ -12,6 +12,7 @@ Taps (torchvision's): the head reads the last layer (C5) and, for LR-ASPP, the o
 final 1280-channel 1x1 conv and reads the 320-channel last block, as the v2 paper's mobile DeepLabv3 (TF deeplab's
 `layer_18`) does.
 """
+
 from collections.abc import Callable
 
 import torch
@@ -34,8 +35,15 @@ TORCHVISION_RATES, PAPER_RATES = (12, 24, 36), (6, 12, 18)
 class Segmenter(nn.Module):
     """A backbone, a head on named taps and an optional aux head; logits upsampled to the input resolution."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, taps: tuple[str, ...], aux_head: nn.Module | None = None,
-                 aux_tap: str = LOW_TAP, aux_loss_weight: float = 0.5):
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        taps: tuple[str, ...],
+        aux_head: nn.Module | None = None,
+        aux_tap: str = LOW_TAP,
+        aux_loss_weight: float = 0.5,
+    ):
         super().__init__()
         # Registration order backbone, head, aux head is torchvision's (backbone, classifier, aux_classifier).
         self.backbone = backbone
@@ -63,8 +71,9 @@ class Segmenter(nn.Module):
         averaged over the labelled pixels of every process's batch."""
         loss = F.cross_entropy(outputs["out"], target, ignore_index=ignore_index, reduction="sum")
         if "aux" in outputs:
-            loss = loss + self.aux_loss_weight * F.cross_entropy(outputs["aux"], target, ignore_index=ignore_index,
-                                                                 reduction="sum")
+            loss = loss + self.aux_loss_weight * F.cross_entropy(
+                outputs["aux"], target, ignore_index=ignore_index, reduction="sum"
+            )
         return share_of_global_mean(loss, (target != ignore_index).sum())
 
 
@@ -91,21 +100,39 @@ def _aux_head(backbone: Backbone, aux: bool, num_classes: int) -> nn.Module | No
     return FCNHead(backbone.out_channels[LOW_TAP], num_classes) if aux else None
 
 
-def build_lraspp(version: str, *, num_classes: int = 21, output_stride: int = 16, reduced_tail: bool = False,
-                 pooling: str = "global", channels: int = 128, aux: bool = False, aux_loss_weight: float = 0.5,
-                 **backbone_options) -> Segmenter:
+def build_lraspp(
+    version: str,
+    *,
+    num_classes: int = 21,
+    output_stride: int = 16,
+    reduced_tail: bool = False,
+    pooling: str = "global",
+    channels: int = 128,
+    aux: bool = False,
+    aux_loss_weight: float = 0.5,
+    **backbone_options,
+) -> Segmenter:
     """Lite R-ASPP on the MobileNet `version`; the options are ARGS' and the backbone's."""
     if pooling not in POOLINGS:
         raise MbtasksError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     backbone = _backbone(version, output_stride, reduced_tail, backbone_options)
     head = LRASPPHead(backbone.out_channels[LOW_TAP], backbone.out_channels["C5"], num_classes, channels, pooling)
-    return Segmenter(backbone, head, (LOW_TAP, "C5"), _aux_head(backbone, aux, num_classes),
-                     aux_loss_weight=aux_loss_weight)
+    return Segmenter(
+        backbone, head, (LOW_TAP, "C5"), _aux_head(backbone, aux, num_classes), aux_loss_weight=aux_loss_weight
+    )
 
 
-def build_deeplabv3(version: str, *, num_classes: int = 21, output_stride: int = 16, reduced_tail: bool = False,
-                    aspp: bool = True, aux: bool = False, aux_loss_weight: float = 0.5,
-                    **backbone_options) -> Segmenter:
+def build_deeplabv3(
+    version: str,
+    *,
+    num_classes: int = 21,
+    output_stride: int = 16,
+    reduced_tail: bool = False,
+    aspp: bool = True,
+    aux: bool = False,
+    aux_loss_weight: float = 0.5,
+    **backbone_options,
+) -> Segmenter:
     """DeepLabv3 on the MobileNet `version` (torchvision's head on v3-Large, the v2 paper's on v1 and v2); the
     options are ARGS' and the backbone's."""
     torchvision_head = version == "mobilenet_v3_large"
@@ -120,7 +147,7 @@ ARGS = {
     "num_classes": "classes labelled per pixel (VOC's 21 by default).",
     "output_stride": "8, 16 or 32: the backbone's layers past it are dilated instead of strided (16, as the papers).",
     "pooling": "'global' (torchvision's), or 'paper': the v3 paper's 49x49 average pooling, stride (16, 20) at "
-               "1024x2048, scaled with the input.",
+    "1024x2048, scaled with the input.",
     "channels": "channels of the Lite R-ASPP branches (128, as the v3 paper).",
     "aspp": "the atrous branches; False keeps only the 1x1 and image-pooling branches (the v2 paper's smaller head).",
     "aux": "an auxiliary FCN head on the stride-8 map, for the training loss (torchvision's).",
@@ -129,8 +156,10 @@ ARGS = {
 # head family -> (family builder, what the docstring says of it)
 FAMILIES = {
     "lraspp": (build_lraspp, "Lite R-ASPP, the segmentation head of Searching for MobileNetV3 (arXiv:1905.02244)"),
-    "deeplabv3": (build_deeplabv3, "DeepLabv3 (Chen et al. 2017, arXiv:1706.05587), mobile as in the MobileNetV2 "
-                                   "paper (arXiv:1801.04381)"),
+    "deeplabv3": (
+        build_deeplabv3,
+        "DeepLabv3 (Chen et al. 2017, arXiv:1706.05587), mobile as in the MobileNetV2 paper (arXiv:1801.04381)",
+    ),
 }
 SIZE = 520  # the default input size: the one torchvision's segmentation weights count their operations at
 

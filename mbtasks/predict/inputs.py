@@ -1,6 +1,7 @@
 """The photos `mbtasks predict` reads: files, folders (recursive, by image extension) and globs, each with the name
 its outputs take (its path relative to what the inputs share, so no two collide), read one by one in a Dataset so
 that a folder of any size never sits in memory."""
+
 import glob
 import os
 from collections import Counter
@@ -85,7 +86,12 @@ class PhotoFiles(Dataset):
             if self.strict:
                 raise
             return {"file": file, "error": str(error)}
-        return {"file": file, "name": self.names[index], "photo": photo, "input": apply_transform(self.transform, photo)}
+        return {
+            "file": file,
+            "name": self.names[index],
+            "photo": photo,
+            "input": apply_transform(self.transform, photo),
+        }
 
 
 def keep_list(batch: list[dict]) -> list[dict]:

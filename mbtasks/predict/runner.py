@@ -1,5 +1,6 @@
 """A trained model (a checkpoint, or an exported ONNX file) applied to photos: Lightning's predict loop streams them
 from the DataLoader onto the device, and the task writes each answer as it comes (a BasePredictionWriter)."""
+
 import re
 import sys
 import warnings
@@ -29,8 +30,10 @@ def load_predictor(model_file: str | Path, task: str | None = None) -> tuple[Bas
     else:
         record = read_checkpoint(path, task)
     if record.task not in TASKS:
-        raise MbtasksError(f"is a model of task {record.task!r}, which predict does not know (it knows "
-                           f"{', '.join(TASKS.names())})", path)
+        raise MbtasksError(
+            f"is a model of task {record.task!r}, which predict does not know (it knows {', '.join(TASKS.names())})",
+            path,
+        )
     module = TASKS.get(record.task).from_record(record, source=path)  # an ONNX file's record holds no weights
     module.model = for_inference(module.model) if onnx_model is None else onnx_model
     return module, record, "torch" if onnx_model is None else "onnxruntime"
@@ -49,8 +52,10 @@ def accelerator(device: str, runtime: str) -> tuple[str, int | list[int]]:
         return device, 1
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
-        raise MbtasksError(f"--device {device}: {torch.cuda.device_count()} CUDA devices here "
-                           f"(torch.cuda.is_available() is {torch.cuda.is_available()})")
+        raise MbtasksError(
+            f"--device {device}: {torch.cuda.device_count()} CUDA devices here "
+            f"(torch.cuda.is_available() is {torch.cuda.is_available()})"
+        )
     return "gpu", [index]
 
 
@@ -89,13 +94,27 @@ def refuse_replacing_predictions(paths: list[str], out: Path) -> None:
     concern."""
     existing = [path for path in paths if (out / path).exists()]
     if existing:
-        raise MbtasksError(f"holds {len(existing)} of the files this run would write (first: {existing[0]}): pass "
-                           "--overwrite to replace them, or choose another --out", out)
+        raise MbtasksError(
+            f"holds {len(existing)} of the files this run would write (first: {existing[0]}): pass "
+            "--overwrite to replace them, or choose another --out",
+            out,
+        )
 
 
-def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task: str | None = None,
-            options: dict | None = None, batch_size: int = 8, workers: int = 2, device: str = "auto",
-            strict: bool = False, overwrite: bool = False, progress_bar: bool = True) -> list[str]:
+def predict(
+    model_file: str | Path,
+    inputs: list[str],
+    out: str | Path,
+    *,
+    task: str | None = None,
+    options: dict | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    device: str = "auto",
+    strict: bool = False,
+    overwrite: bool = False,
+    progress_bar: bool = True,
+) -> list[str]:
     """Apply a checkpoint or exported ONNX file to the photos of `inputs` (files, folders, globs), writing under
     `out` what its task writes (`BaseTask.write_prediction` / `write_predictions`); returns the lines to print.
 
@@ -121,18 +140,29 @@ def predict(model_file: str | Path, inputs: list[str], out: str | Path, *, task:
     module.prepare_predictions(files)
     hardware, devices = accelerator(device, runtime)
     transform = TASKS.get(record.task).data_module.predict_transform(module.config)
-    loader = DataLoader(PhotoFiles(files, names, transform, strict), batch_size=batch_size, num_workers=workers,
-                        collate_fn=keep_list)
+    loader = DataLoader(
+        PhotoFiles(files, names, transform, strict), batch_size=batch_size, num_workers=workers, collate_fn=keep_list
+    )
     out.mkdir(parents=True, exist_ok=True)
     writer = PhotoWriter(out)
-    trainer = pl.Trainer(accelerator=hardware, devices=devices, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=[writer],
-                         default_root_dir=out)
+    trainer = pl.Trainer(
+        accelerator=hardware,
+        devices=devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        callbacks=[writer],
+        default_root_dir=out,
+    )
     with warnings.catch_warnings():
         # the worker count is the user's choice (--workers), not something for Lightning to advise on
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     lines = module.write_predictions(out, writer.entries)
     skipped = f", {writer.skipped} skipped (not images)" if writer.skipped else ""
-    return [f"predicted {len(writer.entries)} images{skipped} with {record.task} model {record.model} ({runtime}, "
-            f"{trainer.strategy.root_device}) into {out}", *lines]
+    return [
+        f"predicted {len(writer.entries)} images{skipped} with {record.task} model {record.model} ({runtime}, "
+        f"{trainer.strategy.root_device}) into {out}",
+        *lines,
+    ]

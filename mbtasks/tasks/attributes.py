@@ -1,5 +1,6 @@
 """Face attributes: CelebA-format data, a backbone with one binary logit per attribute, mean AP every validation;
 the attributes written on photos."""
+
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,11 @@ class AttributesTask(BaseTask):
         metrics = {**result.as_dict(), "num_images": len(merged)}
         if self.config.data.root is None and set(VISIBLE_ATTRIBUTES) <= set(self.class_names):
             visible = result.subset(VISIBLE_ATTRIBUTES)
-            metrics["visible"] = {"attributes": list(VISIBLE_ATTRIBUTES), "mean_accuracy": visible.mean_accuracy,
-                                  "mean_average_precision": loggable(visible.mean_average_precision)}
+            metrics["visible"] = {
+                "attributes": list(VISIBLE_ATTRIBUTES),
+                "mean_accuracy": visible.mean_accuracy,
+                "mean_average_precision": loggable(visible.mean_average_precision),
+            }
         return metrics
 
     def figures(self, metrics: dict) -> dict:
@@ -117,20 +121,30 @@ class AttributesTask(BaseTask):
         lines = [f"{'attribute':<22}{'accuracy':>9}{'AP':>8}", "-" * 39]
         for name, values in self.metrics["per_attribute"].items():
             lines.append(f"{name:<22}{values['accuracy']:>9.4f}{shown(values['average_precision']):>8}")
-        lines += ["-" * 39, f"{'mean (' + str(len(self.class_names)) + ')':<22}{self.metrics['mean_accuracy']:>9.4f}"
-                            f"{shown(self.metrics['mean_average_precision']):>8}"]
+        lines += [
+            "-" * 39,
+            f"{'mean (' + str(len(self.class_names)) + ')':<22}{self.metrics['mean_accuracy']:>9.4f}"
+            f"{shown(self.metrics['mean_average_precision']):>8}",
+        ]
         if "visible" in self.metrics:
             visible = self.metrics["visible"]
-            lines.append(f"{'mean, visible (' + str(len(visible['attributes'])) + ')':<22}"
-                         f"{visible['mean_accuracy']:>9.4f}{shown(visible['mean_average_precision']):>8}")
+            lines.append(
+                f"{'mean, visible (' + str(len(visible['attributes'])) + ')':<22}"
+                f"{visible['mean_accuracy']:>9.4f}{shown(visible['mean_average_precision']):>8}"
+            )
         return "\n".join(lines)
 
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
         """The probability of every attribute; on the photo, those at or above `threshold`, most likely first."""
         probabilities = 1 / (1 + np.exp(-answer.astype(np.float64)))
         threshold = self.prediction_options["threshold"]
-        written = [f"{self.class_names[i]} {probabilities[i]:.2f}" for i in np.argsort(-probabilities, kind="stable")
-                  if probabilities[i] >= threshold]
+        written = [
+            f"{self.class_names[i]} {probabilities[i]:.2f}"
+            for i in np.argsort(-probabilities, kind="stable")
+            if probabilities[i] >= threshold
+        ]
         write_png(out / item["name"], write_text(item["photo"], written or [f"no attribute at {threshold:g} or above"]))
-        return {"file": item["file"], "attributes": {name: round(float(p), 4)
-                                                     for name, p in zip(self.class_names, probabilities)}}
+        return {
+            "file": item["file"],
+            "attributes": {name: round(float(p), 4) for name, p in zip(self.class_names, probabilities)},
+        }

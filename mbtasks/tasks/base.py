@@ -1,6 +1,7 @@
 """What every task shares. BaseDataModule: the data root or the embedded set, and the loaders. BaseTask: the network
 built from the recipe, the optimiser and schedule, the checkpoint record, the end of validation (per-sample
 results gathered over processes -> scored -> logged), and prediction on photos (answers -> files)."""
+
 import json
 from collections.abc import Callable
 from operator import itemgetter
@@ -20,8 +21,8 @@ from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
-from ..io.outputs import write_text_atomically
 from ..io.onnx_runtime import OnnxModel
+from ..io.outputs import write_text_atomically
 from ..io.records import RECORD_KEY, Record, load_into
 from ..models import MODELS, build_configured_model, weights_defaults
 from .optimizer import configure_optimizer
@@ -49,8 +50,11 @@ class BaseDataModule(pl.LightningDataModule):
         self.config = config
         data = config.data
         self.root = Path(data.root if data.root is not None else data.synth_dir)
-        name = data.format or (self.default_format if data.root is None else
-                               recognised_format(self.format_kind, self.root, self.default_format))
+        name = data.format or (
+            self.default_format
+            if data.root is None
+            else recognised_format(self.format_kind, self.root, self.default_format)
+        )
         self.format = data_format(self.format_kind, name, self.root)
         data.format = name
         self.train_set: Dataset | None = None
@@ -121,15 +125,23 @@ class BaseDataModule(pl.LightningDataModule):
         """Each process's share of the epoch's seeded order, augmented per sample from (seed, epoch, index)."""
         world, rank = self._processes()
         seed, batch_size = self.config.train.seed, self.config.data.batch_size
-        sampler = EpochSampler(self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True,
-                               seed=seed)
+        sampler = EpochSampler(
+            self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
         dataset = SeededAugmentation(self.train_set, self.train_transform, seed)
         workers = self.config.data.num_workers
         one_thread_opencv_with(workers)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          collate_fn=type(self).train_collate, drop_last=len(sampler) > batch_size,
-                          persistent_workers=workers > 0, generator=self._own_generator(),
-                          worker_init_fn=one_thread_opencv)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=type(self).train_collate,
+            drop_last=len(sampler) > batch_size,
+            persistent_workers=workers > 0,
+            generator=self._own_generator(),
+            worker_init_fn=one_thread_opencv,
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Each process's share of the validation set in order (padded to equal shares: results are kept by key)."""
@@ -137,9 +149,16 @@ class BaseDataModule(pl.LightningDataModule):
         sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
         workers = self.config.data.num_workers
         one_thread_opencv_with(workers)
-        return DataLoader(self.val_set, batch_size=self.config.data.val_batch_size, sampler=sampler,
-                          num_workers=workers, collate_fn=type(self).val_collate, persistent_workers=workers > 0,
-                          generator=self._own_generator(), worker_init_fn=one_thread_opencv)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.config.data.val_batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=type(self).val_collate,
+            persistent_workers=workers > 0,
+            generator=self._own_generator(),
+            worker_init_fn=one_thread_opencv,
+        )
 
     def _own_generator(self) -> torch.Generator:
         """The loader's own generator for its workers' seeds: a loader drawing them from the global one whenever
@@ -167,9 +186,9 @@ class BaseTask(pl.LightningModule):
     """A task's network, loss, metrics and optimiser, built from (recipe, class names, category ids).
 
     A subclass gives `network` (the registered model and its options for these classes), `build_loss` or its own
-    `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the DistributedSampler
-    repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values) and
-    `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
+    `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the
+    DistributedSampler repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values)
+    and `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
     where the network's output is not what it needs, `predict_inputs`.
     """
 
@@ -230,9 +249,11 @@ class BaseTask(pl.LightningModule):
             per_step *= self.trainer.world_size
         pooled = [m for m in self.model.modules() if type(m).__name__ == "ASPPPooling" or isinstance(m, nn.BatchNorm1d)]
         if per_step < 2 and pooled:
-            raise MbtasksError(f"data.batch_size is {self.config.data.batch_size}: {self.model_name} has a batch norm "
-                               "after global pooling, which needs 2 or more images per step (raise data.batch_size, "
-                               "or set train.sync_batchnorm: true on several devices)")
+            raise MbtasksError(
+                f"data.batch_size is {self.config.data.batch_size}: {self.model_name} has a batch norm "
+                "after global pooling, which needs 2 or more images per step (raise data.batch_size, "
+                "or set train.sync_batchnorm: true on several devices)"
+            )
 
     def forward(self, images):
         return self.model(images)
@@ -336,8 +357,9 @@ class BaseTask(pl.LightningModule):
         The recipe's weights files are not read again: the record's network is the one that was trained."""
         if config is None:
             if not record.config:
-                raise MbtasksError("carries no recipe (written by an older mbtasks?): its task cannot be rebuilt",
-                                   source)
+                raise MbtasksError(
+                    "carries no recipe (written by an older mbtasks?): its task cannot be rebuilt", source
+                )
             config = config_from_dict(record.config, str(source))
         config.model = config_from_dict(record.config, str(source)).model if record.config else config.model
         config.model.weights = config.model.backbone_weights = None
@@ -414,8 +436,16 @@ class BaseTask(pl.LightningModule):
 
     def record(self) -> Record:
         """What rebuilds this network and what it was trained on."""
-        return Record(self.model_name, MODELS.get(self.model_name).backbone, self.model_options, self.task,
-                      self.class_names, self.category_ids, self.config.to_dict(), plain(self.metrics))
+        return Record(
+            self.model_name,
+            MODELS.get(self.model_name).backbone,
+            self.model_options,
+            self.task,
+            self.class_names,
+            self.category_ids,
+            self.config.to_dict(),
+            plain(self.metrics),
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[RECORD_KEY] = self.record().to_dict()

@@ -1,5 +1,6 @@
 """Classification: ImageFolder data, ImageNet-style classifiers, top-1 / top-5 every validation; the top five
 classes written on photos."""
+
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ class ClassificationTask(BaseTask):
         scores, labels = self.model(images).float().cpu().numpy(), labels.cpu().numpy()
         # Per image, whether it is right at top-1 / top-5: small to gather, and exact (ties as the evaluator's).
         for row, index in enumerate(indices.tolist()):
-            hits = classification_accuracy(scores[row:row + 1], labels[row:row + 1], ks=(1, 5))
+            hits = classification_accuracy(scores[row : row + 1], labels[row : row + 1], ks=(1, 5))
             self.results[index] = (hits["top1"], hits["top5"])
 
     def score(self, merged: dict) -> dict:
@@ -83,9 +84,13 @@ class ClassificationTask(BaseTask):
         if not self.metrics:
             return "no images evaluated"
         top5 = "top-5" if len(self.class_names) > 5 else f"top-{len(self.class_names)}"
-        return "\n".join([f"classes        : {len(self.class_names)}",
-                          f"top-1 accuracy : {self.metrics['top1']:.4f}",
-                          f"{top5} accuracy : {self.metrics['top5']:.4f}"])
+        return "\n".join(
+            [
+                f"classes        : {len(self.class_names)}",
+                f"top-1 accuracy : {self.metrics['top1']:.4f}",
+                f"{top5} accuracy : {self.metrics['top5']:.4f}",
+            ]
+        )
 
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
         """The five most probable classes (softmax) with their probabilities, in the entry and on the photo."""

@@ -1,5 +1,6 @@
 """Detection: data in a detection format (COCO json, YOLO txt), SSD/SSDLite models, COCO mAP every validation epoch;
 boxes drawn on photos."""
+
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -13,15 +14,15 @@ from torchvision.utils import draw_bounding_boxes
 from ..config import Config
 from ..datasets.transforms import collate_training, detection_transforms, images_to_float
 from ..drawing import write_png
-from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..errors import MbtasksError
-from ..models import MODELS, check_num_classes
-from ..models.pretrained import load_weights
+from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..io.onnx_runtime import OnnxDetector
+from ..models import MODELS, check_num_classes
 from ..models.detection_graph import DetectionGraph
+from ..models.pretrained import load_weights
+from ..sizes import height_width
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
-from ..sizes import height_width
 
 
 def detection_input_size(config: Config) -> tuple[int, int]:
@@ -43,8 +44,10 @@ def detector_classes(config: Config) -> dict:
         return {"num_classes": num_classes}
     weights = load_weights(model.weights)
     by_id = weights.category_ids == list(range(len(weights.class_names)))
-    return {"num_classes": num_classes or weights.options.get("num_classes"),
-            "names_by_id": list(weights.class_names) if by_id else []}
+    return {
+        "num_classes": num_classes or weights.options.get("num_classes"),
+        "names_by_id": list(weights.class_names) if by_id else [],
+    }
 
 
 def collate(batch: list) -> tuple:
@@ -87,14 +90,16 @@ class DetectionDataModule(BaseDataModule):
         preset = augmentation_preset(self.config)
         labels = detector_classes(self.config)
         if self.val_set is None:
-            self.val_set = self.format.dataset(self.val_split, detection_transforms(preset, self.size, train=False),
-                                               train=False, **labels)
+            self.val_set = self.format.dataset(
+                self.val_split, detection_transforms(preset, self.size, train=False), train=False, **labels
+            )
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = detection_transforms(preset, self.size, train=True, seed=self.config.train.seed)
             self.train_set = self.format.dataset(self.train_split, self.train_transform, train=True, **labels)
             if self.train_set.category_ids != self.val_set.category_ids:
-                raise MbtasksError(f"has other categories than {self.val_set.annotation_file.name}",
-                                   self.train_set.annotation_file)
+                raise MbtasksError(
+                    f"has other categories than {self.val_set.annotation_file.name}", self.train_set.annotation_file
+                )
 
     @property
     def class_names(self) -> list[str]:
@@ -119,8 +124,7 @@ class DetectionTask(BaseTask):
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         check_num_classes(options, len(self.class_names), "labels")
-        return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)),
-                      **options}
+        return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)), **options}
 
     def __init__(self, config: dict, class_names: list[str], category_ids: list):
         super().__init__(config, class_names, category_ids)
@@ -144,8 +148,9 @@ class DetectionTask(BaseTask):
         images, targets = batch
         for output, target in zip(self.model(list(images)), targets):
             output = {k: v.cpu() for k, v in output.items()}
-            self.results[target["image_id"]] = detections_to_coco_results([output], [target["image_id"]],
-                                                                          self.category_ids)
+            self.results[target["image_id"]] = detections_to_coco_results(
+                [output], [target["image_id"]], self.category_ids
+            )
 
     def score(self, merged: dict) -> dict:
         val_set = self.trainer.datamodule.val_set
@@ -153,8 +158,9 @@ class DetectionTask(BaseTask):
         # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
         known = set(val_set.coco.cats)
         results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
-        return coco_metrics(val_set.ground_truth, results, image_ids=sorted(merged),
-                            backend=self.evaluation_options.get("coco_backend"))
+        return coco_metrics(
+            val_set.ground_truth, results, image_ids=sorted(merged), backend=self.evaluation_options.get("coco_backend")
+        )
 
     def figures(self, metrics: dict) -> dict:
         return {"val/mAP": metrics["AP"], "val/mAP50": metrics["AP50"]}
@@ -179,9 +185,18 @@ class DetectionTask(BaseTask):
             photo = draw_bounding_boxes(photo, boxes, captions, colors="red", width=2)
         write_png(out / item["name"], photo.permute(1, 2, 0).numpy())
         ids = self.category_ids or list(range(len(self.class_names)))
-        return {"file": item["file"], "detections": [
-            {"box_xyxy": [round(v, 2) for v in box], "score": round(score, 4), "label": self.class_names[label],
-             "category_id": ids[label]} for box, score, label in zip(boxes.tolist(), scores, labels)]}
+        return {
+            "file": item["file"],
+            "detections": [
+                {
+                    "box_xyxy": [round(v, 2) for v in box],
+                    "score": round(score, 4),
+                    "label": self.class_names[label],
+                    "category_id": ids[label],
+                }
+                for box, score, label in zip(boxes.tolist(), scores, labels)
+            ],
+        }
 
     # ---- export: the whole detector in one graph, one [0, 1] image of any size -> boxes in its pixels ----
 
@@ -224,8 +239,11 @@ class DetectionTask(BaseTask):
         np.fill_diagonal(gaps, np.inf)
         tied = (gaps.min(1) <= 1e-6) | (np.abs(scores[:, None] - want_scores[None]).min(1) <= 1e-6)
         unexplained = (~paired & ~tied).mean()  # a detection without a twin, and without a tie to explain it
-        return [float(nearest[paired].max()) if paired.any() else float("inf"),
-                float(np.abs(np.sort(scores) - np.sort(want_scores)).max()), float(unexplained)]
+        return [
+            float(nearest[paired].max()) if paired.any() else float("inf"),
+            float(np.abs(np.sort(scores) - np.sort(want_scores)).max()),
+            float(unexplained),
+        ]
 
     @classmethod
     def runtime_model(cls, session, settings: dict, path: str | Path) -> nn.Module:

@@ -1,5 +1,6 @@
 """Face embeddings: identity folders for training, LFW pairs for verification, a backbone with a unit embedding;
 photos embedded, and pairs of them verified at the threshold the validation chose."""
+
 import json
 import math
 from pathlib import Path
@@ -35,8 +36,9 @@ class PairImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple:
         name, number = self.keys[index]
-        return index, apply_transform(self.pairs.transform,
-                                      read_rgb_image(image_path(self.pairs.images_dir, name, number)))
+        return index, apply_transform(
+            self.pairs.transform, read_rgb_image(image_path(self.pairs.images_dir, name, number))
+        )
 
 
 class EmbeddingsDataModule(ImageDataModule):
@@ -105,8 +107,10 @@ class EmbeddingsTask(BaseTask):
         self.loss_spec = dict(given_loss or {"name": "arcface"})
         self.loss_name = self.loss_spec.pop("name", "arcface")
         if self.loss_name not in self.LOSSES or any(k not in self.LOSSES[self.loss_name] for k in self.loss_spec):
-            raise MbtasksError(f"model.options.loss must be one of {', '.join(self.LOSSES)} with "
-                               f"{'; '.join(f'{k}: {v}' for k, v in self.LOSSES.items() if v)}, got {given_loss!r}")
+            raise MbtasksError(
+                f"model.options.loss must be one of {', '.join(self.LOSSES)} with "
+                f"{'; '.join(f'{k}: {v}' for k, v in self.LOSSES.items() if v)}, got {given_loss!r}"
+            )
         if self.loss_name == "none" and not self.distillation_spec:
             raise MbtasksError("model.options.loss none needs model.options.distillation")
         self.margin_loss: nn.Module | None = None
@@ -119,17 +123,21 @@ class EmbeddingsTask(BaseTask):
             return
         data = self.trainer.datamodule
         if self.loss_name == "arcface":
-            self.margin_loss = ArcFaceLoss(self.embedding_dim, data.num_identities, **self.loss_spec,
-                                           seed=self.config.train.seed)
+            self.margin_loss = ArcFaceLoss(
+                self.embedding_dim, data.num_identities, **self.loss_spec, seed=self.config.train.seed
+            )
         elif self.loss_name == "triplet":
             self.margin_loss = TripletLoss(**self.loss_spec)
         if self.distillation_spec:
             spec = dict(self.distillation_spec)
             if "teacher" not in spec or any(k not in ("teacher", "weight") for k in spec):
-                raise MbtasksError(f"model.options.distillation needs teacher: FILE and optionally weight, "
-                                   f"got {self.distillation_spec!r}")
-            self.distillation = DistillationLoss.from_file(spec["teacher"], len(data.train_set), self.embedding_dim,
-                                                           float(spec.get("weight", 1.0)))
+                raise MbtasksError(
+                    f"model.options.distillation needs teacher: FILE and optionally weight, "
+                    f"got {self.distillation_spec!r}"
+                )
+            self.distillation = DistillationLoss.from_file(
+                spec["teacher"], len(data.train_set), self.embedding_dim, float(spec.get("weight", 1.0))
+            )
 
     def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
         indices, images, labels = batch
@@ -154,8 +162,9 @@ class EmbeddingsTask(BaseTask):
         val_set = self.trainer.datamodule.val_set
         embedding = {key: merged[i] for i, key in enumerate(val_set.keys) if i in merged}
         # Pairs whose two images were embedded (all of them, unless limit_val_batches or the sanity check cut in).
-        pairs = [p for p in val_set.pairs.pairs
-                 if (p.name1, p.number1) in embedding and (p.name2, p.number2) in embedding]
+        pairs = [
+            p for p in val_set.pairs.pairs if (p.name1, p.number1) in embedding and (p.name2, p.number2) in embedding
+        ]
         if len({p.fold for p in pairs}) < 2:
             return {}
         # Embeddings are unit vectors: the dot product is the cosine similarity.
@@ -163,8 +172,12 @@ class EmbeddingsTask(BaseTask):
         same = np.array([p.same for p in pairs])
         result = lfw_protocol(scores, same, np.array([p.fold for p in pairs]))
         # The similarity threshold for new pairs: the most accurate one over all validation pairs.
-        return {**result.as_dict(), "threshold": best_threshold(scores, same)[0], "num_pairs": len(pairs),
-                "num_images": len(merged)}
+        return {
+            **result.as_dict(),
+            "threshold": best_threshold(scores, same)[0],
+            "num_pairs": len(pairs),
+            "num_images": len(merged),
+        }
 
     def figures(self, metrics: dict) -> dict:
         if not metrics:
@@ -177,12 +190,16 @@ class EmbeddingsTask(BaseTask):
         if not m:
             return "no pairs evaluated"
         folds = " ".join(f"{a:.3f}" for a in m["fold_accuracies"])
-        return "\n".join([
-            f"pairs                  : {m['num_pairs']} ({len(m['fold_accuracies'])} folds, {m['num_images']} images)",
-            f"verification accuracy  : {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f}",
-            f"accuracy per fold      : {folds}",
-            f"TAR @ FAR={m['far']:g}        : {shown(m['tar'])}",
-            f"threshold (all pairs)  : {m['threshold']:.4f} (cosine similarity)"])
+        return "\n".join(
+            [
+                f"pairs                  : {m['num_pairs']} "
+                f"({len(m['fold_accuracies'])} folds, {m['num_images']} images)",
+                f"verification accuracy  : {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f}",
+                f"accuracy per fold      : {folds}",
+                f"TAR @ FAR={m['far']:g}        : {shown(m['tar'])}",
+                f"threshold (all pairs)  : {m['threshold']:.4f} (cosine similarity)",
+            ]
+        )
 
     # ---- predict ----
 
@@ -202,7 +219,9 @@ class EmbeddingsTask(BaseTask):
         if similarity is None:
             raise MbtasksError("the checkpoint's validation chose no threshold (it scored no pairs): give --threshold")
         # |a - b|^2 = 2 - 2 a.b for unit vectors: similarity above s is distance below sqrt(2 - 2 s).
-        return math.sqrt(max(0.0, 2 - 2 * similarity)), f"the checkpoint's validation: cosine similarity {similarity:.4f}"
+        return math.sqrt(
+            max(0.0, 2 - 2 * similarity)
+        ), f"the checkpoint's validation: cosine similarity {similarity:.4f}"
 
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
         return {"file": item["file"], "embedding": answer}
@@ -215,10 +234,13 @@ class EmbeddingsTask(BaseTask):
         pair's distance and verdict."""
         dim = self.model_options["embedding_dim"]
         with replaced_atomically(out / "embeddings.npy") as temporary:  # its name ends in .npy: np.save adds none
-            np.save(temporary, np.stack([e["embedding"] for e in entries]) if entries
-                    else np.zeros((0, dim), np.float32))
-        write_text_atomically(out / self.prediction_file, json.dumps({"embeddings": "embeddings.npy",
-                                                                      "files": [e["file"] for e in entries]}, indent=1))
+            np.save(
+                temporary, np.stack([e["embedding"] for e in entries]) if entries else np.zeros((0, dim), np.float32)
+            )
+        write_text_atomically(
+            out / self.prediction_file,
+            json.dumps({"embeddings": "embeddings.npy", "files": [e["file"] for e in entries]}, indent=1),
+        )
         lines = [f"wrote {out / 'embeddings.npy'} ({len(entries)} x {dim}) and {out / self.prediction_file}"]
         if not self.pairs:
             return lines
@@ -230,7 +252,9 @@ class EmbeddingsTask(BaseTask):
                 lines.append(f"{first}\t{second}\tn/a (unreadable image)")
                 continue
             distance = float(np.linalg.norm(embedding[a] - embedding[b]))
-            lines.append(f"{first}\t{second}\tdistance {distance:.4f}\t{'same' if distance < threshold else 'different'}")
+            lines.append(
+                f"{first}\t{second}\tdistance {distance:.4f}\t{'same' if distance < threshold else 'different'}"
+            )
         return lines
 
 

@@ -1,5 +1,6 @@
 """What the image-level data modules (attributes, embeddings, classification) share: input size, augmentation
 presets, and samples keyed by their index."""
+
 import copy
 from collections.abc import Callable
 from operator import itemgetter
@@ -10,8 +11,8 @@ from torch.utils.data import Dataset
 from ..config import Config
 from ..datasets.image_transforms import eval_transform, train_transform
 from ..errors import MbtasksError
-from .base import BaseDataModule
 from ..sizes import height_width
+from .base import BaseDataModule
 
 # data.augmentation -> training crop and colour settings, and the evaluation crop (None: the whole image, resized)
 AUGMENTATIONS = {
@@ -50,8 +51,9 @@ class ImageDataModule(BaseDataModule):
         self.size = height_width(size)
         preset = self.default_augmentation if data.augmentation == "default" else data.augmentation
         if preset not in AUGMENTATIONS:
-            raise MbtasksError(f"data.augmentation must be default or one of {', '.join(AUGMENTATIONS)}, "
-                               f"got {data.augmentation!r}")
+            raise MbtasksError(
+                f"data.augmentation must be default or one of {', '.join(AUGMENTATIONS)}, got {data.augmentation!r}"
+            )
         self.augmentation = AUGMENTATIONS[preset]
 
     @classmethod

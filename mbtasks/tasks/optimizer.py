@@ -1,5 +1,6 @@
 """The optimiser and the per-step learning-rate schedule every task trains with: torch's schedulers, as torchvision's
 reference recipes compose them (a LinearLR warm-up, then the main schedule, in a SequentialLR)."""
+
 import pytorch_lightning as pl
 import torch
 from torch.optim import lr_scheduler
@@ -7,8 +8,9 @@ from torch.optim import lr_scheduler
 from ..config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int, warmup_steps: int,
-                   steps_per_epoch: float) -> lr_scheduler.LRScheduler:
+def build_schedule(
+    optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int, warmup_steps: int, steps_per_epoch: float
+) -> lr_scheduler.LRScheduler:
     """Linear warm-up from train.warmup_factor over `warmup_steps`, then cosine or poly decay to zero over the rest,
     step decay (x lr_gamma every lr_step_epochs), or constant. Its lengths live in its state: a resumed run keeps
     the schedule it started with."""
@@ -18,8 +20,9 @@ def build_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig, total_s
     elif train.schedule == "poly":
         main = lr_scheduler.PolynomialLR(optimizer, total_iters=decay_steps, power=train.poly_power)
     elif train.schedule == "step":
-        main = lr_scheduler.StepLR(optimizer, step_size=max(1, int(train.lr_step_epochs * steps_per_epoch)),
-                                   gamma=train.lr_gamma)
+        main = lr_scheduler.StepLR(
+            optimizer, step_size=max(1, int(train.lr_step_epochs * steps_per_epoch)), gamma=train.lr_gamma
+        )
     elif train.schedule == "constant":
         main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:  # a name config.SCHEDULES allows that is not built here: a bug of mbtasks, not the user's mistake

@@ -6,6 +6,7 @@ ids through the official evaluation, IoU and iIoU per class and category; the ot
 Each image's counts are kept under its path and merged over processes once per image, so DDP gives the figures of one
 process.
 """
+
 import copy
 from collections.abc import Callable
 from operator import itemgetter
@@ -18,14 +19,17 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from ..datasets.formats import FORMATS, SegmentationFormat, data_format, formats_of, recognised_format
-from ..datasets.segmentation_transforms import (normalise_batch, segmentation_eval_transforms,
-                                                segmentation_train_transforms)
+from ..datasets.segmentation_transforms import (
+    normalise_batch,
+    segmentation_eval_transforms,
+    segmentation_train_transforms,
+)
 from ..drawing import blend, write_png
 from ..errors import MbtasksError
 from ..models import check_num_classes
+from ..sizes import height_width
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
-from ..sizes import height_width
 
 # data.augmentation -> the random-scale range of the training crops (mmseg's recipe is 0.5..2.0)
 AUGMENTATIONS = {"default": (0.5, 2.0), "light": (0.75, 1.5), "fixed_scale": (1.0, 1.0)}
@@ -55,8 +59,9 @@ class SegmentationDataModule(BaseDataModule):
         size = data.size or self.format.default_crop
         self.crop_size = height_width(size)
         if data.augmentation not in AUGMENTATIONS:
-            raise MbtasksError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)} for seg, "
-                               f"got {data.augmentation!r}")
+            raise MbtasksError(
+                f"data.augmentation must be one of {', '.join(AUGMENTATIONS)} for seg, got {data.augmentation!r}"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
@@ -64,7 +69,8 @@ class SegmentationDataModule(BaseDataModule):
         if stage in (None, "fit") and self.train_set is None:
             scales = AUGMENTATIONS[self.config.data.augmentation]
             self.train_transform = segmentation_train_transforms(
-                self.crop_size, scales, ignore_index=self.format.ignore_index, seed=self.config.train.seed)
+                self.crop_size, scales, ignore_index=self.format.ignore_index, seed=self.config.train.seed
+            )
             self.train_set = self.format.dataset(self.train_split, self.train_transform)
 
     def unaugmented_train_set(self) -> Dataset:
@@ -103,13 +109,15 @@ class SegmentationTask(BaseTask):
         super().__init__(config, class_names, category_ids)
         data = self.config.data
         # The recipe's format; the data module's, where there is one, takes its place in setup
-        self.format: SegmentationFormat = data_format("segmentation", data.format or self._legacy_format(),
-                                                      data.root if data.root is not None else data.synth_dir)
+        self.format: SegmentationFormat = data_format(
+            "segmentation", data.format or self._legacy_format(), data.root if data.root is not None else data.synth_dir
+        )
 
     def _legacy_format(self) -> str:
         """The format a checkpoint without data.format was trained in, told by its classes as it was then."""
-        fixed = [name for name in formats_of("segmentation")
-                 if list(FORMATS[name].fixed_classes or ()) == self.class_names]
+        fixed = [
+            name for name in formats_of("segmentation") if list(FORMATS[name].fixed_classes or ()) == self.class_names
+        ]
         return fixed[0] if fixed else self.legacy_format
 
     def setup(self, stage: str) -> None:
@@ -149,8 +157,9 @@ class SegmentationTask(BaseTask):
 
     # ---- inference ----
 
-    def predict_class_indices(self, images: torch.Tensor, scales: list[float] | None = None,
-                              flip: bool = False) -> torch.Tensor:
+    def predict_class_indices(
+        self, images: torch.Tensor, scales: list[float] | None = None, flip: bool = False
+    ) -> torch.Tensor:
         """Class index per pixel (N, H, W) at the input resolution; multi-scale (`scales`) and flipped inference."""
         scales = scales or [1.0]
         if scales == [1.0] and not flip:
@@ -158,9 +167,14 @@ class SegmentationTask(BaseTask):
         size = images.shape[-2:]
         total = None
         for scale in scales:
-            scaled = images if scale == 1.0 else F.interpolate(
-                images, size=(round(size[0] * scale), round(size[1] * scale)), mode="bilinear", align_corners=False)
-            for flipped in ([False, True] if flip else [False]):
+            scaled = (
+                images
+                if scale == 1.0
+                else F.interpolate(
+                    images, size=(round(size[0] * scale), round(size[1] * scale)), mode="bilinear", align_corners=False
+                )
+            )
+            for flipped in [False, True] if flip else [False]:
                 x = scaled.flip(-1) if flipped else scaled
                 logits = self.model(x)
                 logits = logits.flip(-1) if flipped else logits
@@ -213,14 +227,17 @@ class SegmentationTask(BaseTask):
         write_png(out / "overlay" / item["name"], blend(item["photo"], self.format.palette()[answer].astype(np.uint8)))
         self.format.write_prediction(out / "labels", PurePath(item["name"]), answer)
         counts = np.bincount(answer.ravel(), minlength=len(self.class_names))
-        return {"file": item["file"], "pixels": {self.class_names[i]: round(float(counts[i] / answer.size), 4)
-                                                 for i in np.flatnonzero(counts)}}
+        return {
+            "file": item["file"],
+            "pixels": {self.class_names[i]: round(float(counts[i] / answer.size), 4) for i in np.flatnonzero(counts)},
+        }
 
     def prediction_paths(self, names: list[str]) -> list[str]:
-        return [*(f"overlay/{name}" for name in names),
-                *(f"labels/{file.as_posix()}" for name in names
-                  for file in self.format.prediction_files(PurePath(name))),
-                self.prediction_file]
+        return [
+            *(f"overlay/{name}" for name in names),
+            *(f"labels/{file.as_posix()}" for name in names for file in self.format.prediction_files(PurePath(name))),
+            self.prediction_file,
+        ]
 
     def score(self, merged: dict) -> dict:
         total = self.format.counts(self.class_names)

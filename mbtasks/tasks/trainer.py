@@ -1,5 +1,6 @@
 """The Lightning trainer every command runs: checkpoints (last, best, every K epochs or steps, written atomically),
 the loggers named in the recipe, EMA of the weights, SyncBN, precision and gradient accumulation."""
+
 import importlib
 import os
 import random
@@ -53,9 +54,11 @@ class RandomState(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         generator, keys, position, has_gauss, gauss = np.random.get_state()
-        checkpoint["random_state"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                      "numpy": [generator, torch.from_numpy(keys.astype(np.int64)), position,
-                                                has_gauss, gauss]}
+        checkpoint["random_state"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [generator, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._restore = checkpoint.get("random_state")
@@ -79,9 +82,12 @@ def claim_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     earlier = sorted((out / "checkpoints").glob("*.ckpt"))
     if earlier and not resume:
         if not overwrite:
-            raise MbtasksError(f"holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}): pass "
-                               f"--resume {out / 'checkpoints' / 'last.ckpt'} to continue it, --overwrite to replace "
-                               "it, or set train.out_dir to a new folder", out)
+            raise MbtasksError(
+                f"holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}): pass "
+                f"--resume {out / 'checkpoints' / 'last.ckpt'} to continue it, --overwrite to replace "
+                "it, or set train.out_dir to a new folder",
+                out,
+            )
         for checkpoint in earlier:
             checkpoint.unlink(missing_ok=True)  # DDP processes each run this: another may have removed it
     return out
@@ -100,8 +106,10 @@ def check_train_settings(train: TrainConfig) -> None:
     values and ranges were checked when it was loaded: config.py): the accelerator is there, the devices fit it, the
     loggers' packages are installed, and Lightning takes them together."""
     if train.accelerator != "auto" and not _accelerator_available(train.accelerator):
-        raise MbtasksError(f"train.accelerator={train.accelerator}, but this machine has no {train.accelerator} "
-                           "device: set train.accelerator=cpu (or auto)")
+        raise MbtasksError(
+            f"train.accelerator={train.accelerator}, but this machine has no {train.accelerator} "
+            "device: set train.accelerator=cpu (or auto)"
+        )
     on_cpu = train.accelerator == "cpu" or (train.accelerator == "auto" and not _accelerator_available("gpu"))
     if on_cpu:
         devices = train.devices
@@ -109,13 +117,17 @@ def check_train_settings(train: TrainConfig) -> None:
             devices = int(devices)
         if devices == -1 or not (devices == "auto" or type(devices) is int):
             # Lightning counts processes on the CPU: device indices and -1 (every GPU) are a GPU's.
-            raise MbtasksError(f"train.devices={train.devices} names GPUs, but training runs on the CPU: give the "
-                               "number of processes (e.g. 1)")
+            raise MbtasksError(
+                f"train.devices={train.devices} names GPUs, but training runs on the CPU: give the "
+                "number of processes (e.g. 1)"
+            )
         if type(devices) is int and devices > (os.cpu_count() or 1):
             # Lightning would start them all, one process per device: past the core count that only thrashes the
             # machine.
-            raise MbtasksError(f"train.devices={devices} on the CPU starts {devices} processes on this machine, "
-                               f"which has {os.cpu_count()} CPUs")
+            raise MbtasksError(
+                f"train.devices={devices} on the CPU starts {devices} processes on this machine, "
+                f"which has {os.cpu_count()} CPUs"
+            )
     for name in train.loggers:
         package = LOGGERS[name][1]
         if package is not None and importlib.util.find_spec(package) is None:
@@ -140,9 +152,13 @@ def build_loggers(names: list[str], out: Path) -> list:
     for name in names:
         class_name, _ = LOGGERS[name]  # the packages were checked with the other settings (check_train_settings)
         logger_class = getattr(loggers, class_name)
-        built.append(logger_class(out, name="logs") if name == "csv" else
-                     logger_class(save_dir=str(out), name=name) if name != "mlflow" else
-                     logger_class(save_dir=str(out / "mlruns")))
+        built.append(
+            logger_class(out, name="logs")
+            if name == "csv"
+            else logger_class(save_dir=str(out), name=name)
+            if name != "mlflow"
+            else logger_class(save_dir=str(out / "mlruns"))
+        )
     return built
 
 
@@ -151,13 +167,16 @@ def checkpoint_callbacks(train: TrainConfig, monitor: str) -> list[ModelCheckpoi
     epochs. last.ckpt is its own callback: Lightning's save_last only follows the saves of a monitored one."""
     folder = Path(train.out_dir) / "checkpoints"
     common = {"dirpath": folder, "auto_insert_metric_name": False, "enable_version_counter": False}
-    callbacks = [ModelCheckpoint(filename="best", monitor=monitor, mode="max", **common),
-                 ModelCheckpoint(filename="last", save_on_train_epoch_end=True, **common)]
+    callbacks = [
+        ModelCheckpoint(filename="best", monitor=monitor, mode="max", **common),
+        ModelCheckpoint(filename="last", save_on_train_epoch_end=True, **common),
+    ]
     if train.checkpoint_every_steps:
         callbacks.append(ModelCheckpoint(filename="last", every_n_train_steps=train.checkpoint_every_steps, **common))
     if train.keep_every_epochs:
-        callbacks.append(ModelCheckpoint(filename="epoch{epoch}", every_n_epochs=train.keep_every_epochs,
-                                         save_top_k=-1, **common))
+        callbacks.append(
+            ModelCheckpoint(filename="epoch{epoch}", every_n_epochs=train.keep_every_epochs, save_top_k=-1, **common)
+        )
     return callbacks
 
 
@@ -167,8 +186,7 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
     out = Path(train.out_dir)
     callbacks, loggers = [], False
     if for_fit:
-        callbacks = [*checkpoint_callbacks(train, monitor), LearningRateMonitor(logging_interval="step"),
-                     RandomState()]
+        callbacks = [*checkpoint_callbacks(train, monitor), LearningRateMonitor(logging_interval="step"), RandomState()]
         if train.ema_decay is not None:
             # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
             callbacks.append(EMAWeightAveraging(decay=train.ema_decay))
@@ -178,8 +196,11 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
 
 def _lightning_trainer(train: TrainConfig, callbacks: list, loggers, for_fit: bool) -> pl.Trainer:
     """Lightning's trainer of the settings (it makes no folder until it runs), or its refusal in one line."""
-    limits = {key: getattr(train, key) for key in ("limit_train_batches", "limit_val_batches")
-              if getattr(train, key) is not None}
+    limits = {
+        key: getattr(train, key)
+        for key in ("limit_train_batches", "limit_val_batches")
+        if getattr(train, key) is not None
+    }
     try:
         return pl.Trainer(
             max_epochs=train.epochs,

@@ -2,6 +2,7 @@
 squares and triangles drawn on an image. One file holds its data format (PNG images and a counts.csv per split) with
 its embedded writer, its data module, and its task: a MobileNet classifier whose outputs are the counts, an L1 loss,
 and the mean absolute error and exact-count accuracy of every validation."""
+
 import csv
 import math
 from pathlib import Path
@@ -25,13 +26,22 @@ KINDS = ("circle", "square", "triangle")
 GRID = 3  # shapes sit in cells of a GRID x GRID grid, one a cell: none overlaps another, so every one can be counted
 
 
-def write_shape_counts(out_dir: str | Path, seed: int = 0, train_images: int = 400, val_images: int = 100,
-                       size: int = 64, max_per_kind: int = 3) -> Path:
+def write_shape_counts(
+    out_dir: str | Path,
+    seed: int = 0,
+    train_images: int = 400,
+    val_images: int = 100,
+    size: int = 64,
+    max_per_kind: int = 3,
+) -> Path:
     """out_dir/{train,val}/NNNN.png with out_dir/{train,val}/counts.csv (file, then one count per kind): up to
     `max_per_kind` shapes of each kind, in random cells, sizes and colours on a noisy grey background."""
     if max_per_kind * len(KINDS) > GRID * GRID:
-        raise MbtasksError(f"max_per_kind must be at most {GRID * GRID // len(KINDS)} (one shape a cell of the "
-                           f"{GRID}x{GRID} grid), got {max_per_kind}", out_dir)
+        raise MbtasksError(
+            f"max_per_kind must be at most {GRID * GRID // len(KINDS)} (one shape a cell of the "
+            f"{GRID}x{GRID} grid), got {max_per_kind}",
+            out_dir,
+        )
     out_dir, rng = Path(out_dir), np.random.default_rng(seed)
     for split, count in (("train", train_images), ("val", val_images)):
         (out_dir / split).mkdir(parents=True, exist_ok=True)
@@ -62,9 +72,16 @@ def _draw(counts: list[int], size: int, rng: np.random.Generator) -> Image.Image
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
         else:
             corners, turn = (4, math.pi / 4) if kind == "square" else (3, -math.pi / 2)
-            draw.polygon([(cx + radius * math.cos(turn + 2 * math.pi * k / corners),
-                           cy + radius * math.sin(turn + 2 * math.pi * k / corners)) for k in range(corners)],
-                         fill=colour)
+            draw.polygon(
+                [
+                    (
+                        cx + radius * math.cos(turn + 2 * math.pi * k / corners),
+                        cy + radius * math.sin(turn + 2 * math.pi * k / corners),
+                    )
+                    for k in range(corners)
+                ],
+                fill=colour,
+            )
     return image
 
 
@@ -107,17 +124,21 @@ class ShapeCountDataModule(ImageDataModule):
     def __init__(self, config: Config):
         super().__init__(config)
         if config.data.augmentation not in ("default", "none"):
-            raise MbtasksError(f"data.augmentation for count must be none (a crop changes the counts), got "
-                               f"{config.data.augmentation!r}")
+            raise MbtasksError(
+                f"data.augmentation for count must be none (a crop changes the counts), got "
+                f"{config.data.augmentation!r}"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            self.val_set = Indexed(ShapeCounts(self.root / (self.config.data.val_split or "val"),
-                                               self.transform(False)))
+            self.val_set = Indexed(
+                ShapeCounts(self.root / (self.config.data.val_split or "val"), self.transform(False))
+            )
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = self.transform(True)
-            self.train_set = Indexed(ShapeCounts(self.root / (self.config.data.train_split or "train"),
-                                                 self.train_transform))
+            self.train_set = Indexed(
+                ShapeCounts(self.root / (self.config.data.train_split or "train"), self.train_transform)
+            )
 
     @property
     def class_names(self) -> list[str]:
@@ -157,10 +178,15 @@ class ShapeCountTask(BaseTask):
         guesses = np.stack([merged[i][0] for i in sorted(merged)])
         truths = np.stack([merged[i][1] for i in sorted(merged)])
         errors, right = np.abs(guesses - truths), np.rint(np.clip(guesses, 0, None)) == truths
-        return {"mean_absolute_error": float(errors.mean()), "exact_accuracy": float(right.all(axis=1).mean()),
-                "per_kind": {kind: {"mean_absolute_error": float(errors[:, k].mean()),
-                                    "accuracy": float(right[:, k].mean())} for k, kind in enumerate(self.class_names)},
-                "num_images": len(merged)}
+        return {
+            "mean_absolute_error": float(errors.mean()),
+            "exact_accuracy": float(right.all(axis=1).mean()),
+            "per_kind": {
+                kind: {"mean_absolute_error": float(errors[:, k].mean()), "accuracy": float(right[:, k].mean())}
+                for k, kind in enumerate(self.class_names)
+            },
+            "num_images": len(merged),
+        }
 
     def figures(self, metrics: dict) -> dict:
         if not metrics:
@@ -174,8 +200,11 @@ class ShapeCountTask(BaseTask):
         lines = [f"{'kind':<12}{'MAE':>8}{'accuracy':>10}", "-" * 30]
         for kind, values in self.metrics["per_kind"].items():
             lines.append(f"{kind:<12}{values['mean_absolute_error']:>8.4f}{values['accuracy']:>10.4f}")
-        lines += ["-" * 30, f"{'all':<12}{self.metrics['mean_absolute_error']:>8.4f}",
-                  f"every count right: {self.metrics['exact_accuracy']:.4f}"]
+        lines += [
+            "-" * 30,
+            f"{'all':<12}{self.metrics['mean_absolute_error']:>8.4f}",
+            f"every count right: {self.metrics['exact_accuracy']:.4f}",
+        ]
         return "\n".join(lines)
 
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
@@ -185,5 +214,9 @@ class ShapeCountTask(BaseTask):
         counts = {kind: max(0, round(value)) for kind, value in raw.items()}
         lines = [f"{kind} {counts[kind]} ({value:.2f})" for kind, value in raw.items()]
         write_png(out / item["name"], write_text(item["photo"], [*lines, f"total {sum(counts.values())}"]))
-        return {"file": item["file"], "counts": counts, "total": sum(counts.values()),
-                "raw": {kind: round(value, 4) for kind, value in raw.items()}}
+        return {
+            "file": item["file"],
+            "counts": counts,
+            "total": sum(counts.values()),
+            "raw": {kind: round(value, 4) for kind, value in raw.items()},
+        }

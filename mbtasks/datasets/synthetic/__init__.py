@@ -1,4 +1,5 @@
 """Embedded data sets, written in the real formats from a seed."""
+
 import inspect
 import json
 import os
@@ -36,8 +37,11 @@ def write_synthetic_once(out_dir: str | os.PathLike, write: Callable, options: d
     if out.exists() and not out.is_dir():
         raise MbtasksError("is a file: the embedded data set needs a new or empty folder", out)
     if out.is_dir() and not (out / SYNTH_MARKER).is_file() and any(p.is_file() for p in out.rglob("*")):
-        raise MbtasksError(f"holds files but no {SYNTH_MARKER}: not an embedded data set mbtasks wrote, so it is "
-                           "left alone; set data.synth_dir to a new or empty folder (or data.root to use it)", out)
+        raise MbtasksError(
+            f"holds files but no {SYNTH_MARKER}: not an embedded data set mbtasks wrote, so it is "
+            "left alone; set data.synth_dir to a new or empty folder (or data.root to use it)",
+            out,
+        )
     output_folder(out.parent)
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
@@ -71,6 +75,9 @@ def check_options(write: Callable, options: dict) -> None:
         whole = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
         low = 0 if name == "seed" or name.startswith("max_") else 1
         if not whole or len(values) != (len(default) if pair else 1) or min(values) < low:
-            kind = f"a list of {len(default)} positive integers" if pair else (
-                "an integer of 0 or more" if low == 0 else "a positive integer")
+            kind = (
+                f"a list of {len(default)} positive integers"
+                if pair
+                else ("an integer of 0 or more" if low == 0 else "a positive integer")
+            )
             raise MbtasksError(f"data.synth.{name} must be {kind}, got {value!r}")

@@ -132,8 +132,13 @@ def write_celeba_faces(
 
 
 def write_lfw_identities(
-    out_dir: str | Path, seed: int = 0, num_identities: int = 200, images_per_identity: int = 10,
-    num_pair_identities: int = 100, pair_images_per_identity: int = 6, matched_per_fold: int = 100,
+    out_dir: str | Path,
+    seed: int = 0,
+    num_identities: int = 200,
+    images_per_identity: int = 10,
+    num_pair_identities: int = 100,
+    pair_images_per_identity: int = 6,
+    matched_per_fold: int = 100,
     size: tuple[int, int] = (128, 128),
 ) -> Path:
     """Identity training folders out_dir/train/<name>/*.jpg, and an LFW set out_dir/lfw + out_dir/pairs.txt.
@@ -186,8 +191,14 @@ def write_lfw_identities(
     return out_dir
 
 
-def write_shape_imagefolder(out_dir: str | Path, seed: int = 0, num_classes: int = 8, train_per_class: int = 150,
-                            val_per_class: int = 50, size: int = 64) -> Path:
+def write_shape_imagefolder(
+    out_dir: str | Path,
+    seed: int = 0,
+    num_classes: int = 8,
+    train_per_class: int = 150,
+    val_per_class: int = 50,
+    size: int = 64,
+) -> Path:
     """ImageFolder layout out_dir/{train,val}/<shape>/*.png: one class per outline in SHAPE_CLASSES[:num_classes]."""
     if not 2 <= num_classes <= len(SHAPE_CLASSES):
         raise MbtasksError(f"num_classes must lie in [2, {len(SHAPE_CLASSES)}], got {num_classes}", out_dir)
@@ -521,8 +532,9 @@ def _draw_mouth(c: _Canvas, f: Face) -> None:
         c.draw.chord(c.box(0, y - 0.06, half, 0.22), 0, 180, fill=f.lips)
         c.draw.chord(c.box(0, y - 0.06, half - lip, 0.22 - lip), 0, 180, fill=inside if f.mouth_open else teeth)
         if f.mouth_open:
-            c.polygon([(-half * 0.75, y - 0.06), (half * 0.75, y - 0.06), (half * 0.65, y), (-half * 0.65, y)],
-                      fill=teeth)
+            c.polygon(
+                [(-half * 0.75, y - 0.06), (half * 0.75, y - 0.06), (half * 0.65, y), (-half * 0.65, y)], fill=teeth
+            )
     elif f.mouth_open:
         c.ellipse(0, y, half * 0.65, 0.13, fill=inside, outline=f.lips, width=lip)
     else:

@@ -30,8 +30,9 @@ _CROWD_AT = 5
 JPEG_OPTIONS = {"quality": 95, "subsampling": 0, "optimize": False}
 
 
-def write_shapes_coco(out_dir: str | Path, seed: int = 0, num_train: int = 1000, num_val: int = 150,
-                      image_size: int = 192) -> dict[str, Path]:
+def write_shapes_coco(
+    out_dir: str | Path, seed: int = 0, num_train: int = 1000, num_val: int = 150, image_size: int = 192
+) -> dict[str, Path]:
     """Write `{train,val}2017/*.jpg` and `annotations/instances_{train,val}2017.json` under out_dir.
 
     The same arguments give the same bytes; returns the paths of the image folders and json files.
@@ -67,8 +68,9 @@ def write_shapes_coco(out_dir: str | Path, seed: int = 0, num_train: int = 1000,
     return paths
 
 
-def shape_images(seed: int, split: str, count: int, image_size: int, crowds: bool = True
-                 ) -> Iterator[tuple[int, np.ndarray, list[dict]]]:
+def shape_images(
+    seed: int, split: str, count: int, image_size: int, crowds: bool = True
+) -> Iterator[tuple[int, np.ndarray, list[dict]]]:
     """(index, HWC uint8 pixels, COCO annotations without ids) of each image of a split. Each image has a generator
     of its own: a split's images do not depend on the other split's size. `crowds`: a crowd region (RLE) in some."""
     for index in range(count):

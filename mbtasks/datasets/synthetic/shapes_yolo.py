@@ -12,8 +12,9 @@ from PIL import Image
 from mbtasks.datasets.synthetic.shapes_coco import CATEGORIES, JPEG_OPTIONS, shape_images
 
 
-def write_shapes_yolo(out_dir: str | Path, seed: int = 0, num_train: int = 1000, num_val: int = 150,
-                      image_size: int = 192) -> dict[str, Path]:
+def write_shapes_yolo(
+    out_dir: str | Path, seed: int = 0, num_train: int = 1000, num_val: int = 150, image_size: int = 192
+) -> dict[str, Path]:
     """Write the shapes in the YOLO layout under out_dir; the same arguments give the same bytes. Class ids follow
     CATEGORIES' order (circle 0, square 1, triangle 2, star 3). Returns the root and the data.yaml path."""
     root = Path(out_dir)
@@ -28,10 +29,16 @@ def write_shapes_yolo(out_dir: str | Path, seed: int = 0, num_train: int = 1000,
             lines = []
             for obj in objects:
                 x, y, w, h = obj["bbox"]
-                lines.append(f"{class_of[obj['category_id']]} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} "
-                             f"{w / width:.6f} {h / height:.6f}")
+                lines.append(
+                    f"{class_of[obj['category_id']]} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} "
+                    f"{w / width:.6f} {h / height:.6f}"
+                )
             (label_dir / f"{index:06d}.txt").write_text("".join(line + "\n" for line in lines))
-    data = {"path": ".", "train": "images/train", "val": "images/val",
-            "names": {index: category["name"] for index, category in enumerate(CATEGORIES)}}
+    data = {
+        "path": ".",
+        "train": "images/train",
+        "val": "images/val",
+        "names": {index: category["name"] for index, category in enumerate(CATEGORIES)},
+    }
     (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return {"root": root, "data": root / "data.yaml"}

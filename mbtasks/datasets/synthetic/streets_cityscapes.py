@@ -95,8 +95,9 @@ class StreetScene:
     photo: np.ndarray
 
 
-def street_scenes(seed: int, counts: dict[str, int], size: tuple[int, int], max_cars: int,
-                  max_persons: int) -> Iterator[StreetScene]:
+def street_scenes(
+    seed: int, counts: dict[str, int], size: tuple[int, int], max_cars: int, max_persons: int
+) -> Iterator[StreetScene]:
     """The scenes of each split ({"train": N, "val": M}), each from a generator of its own: a scene does not depend on
     how many others are drawn."""
     height, width = size
@@ -105,17 +106,26 @@ def street_scenes(seed: int, counts: dict[str, int], size: tuple[int, int], max_
         for index in range(counts[split]):
             rng = np.random.default_rng([seed, split_index, index])
             objects = _street_scene(rng, height, width, max_cars, max_persons)
-            polygons = json.dumps({  # no indent: the C encoder, several times faster
-                "imgHeight": height,
-                "imgWidth": width,
-                "objects": [{"label": obj["label"], "polygon": obj["polygon"]} for obj in objects],
-            })
+            polygons = json.dumps(
+                {  # no indent: the C encoder, several times faster
+                    "imgHeight": height,
+                    "imgWidth": width,
+                    "objects": [{"label": obj["label"], "polygon": obj["polygon"]} for obj in objects],
+                }
+            )
             annotation = Annotation()
             annotation.fromJsonText(polygons)
             label_ids = np.asarray(createLabelImage(annotation, "ids"))
             city = cities[index % len(cities)]
-            yield StreetScene(split, city, f"{city}_{index:06d}_000019", polygons, annotation, label_ids,
-                              _render(objects, label_ids, rng, height, width))
+            yield StreetScene(
+                split,
+                city,
+                f"{city}_{index:06d}_000019",
+                polygons,
+                annotation,
+                label_ids,
+                _render(objects, label_ids, rng, height, width),
+            )
 
 
 def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int) -> tuple[int, int, int]:

@@ -17,8 +17,15 @@ from mbtasks.datasets.synthetic.streets_cityscapes import PRESENT_CLASSES, stree
 IGNORE_INDEX = 255
 
 
-def write_streets_folder(out_dir: str | os.PathLike, seed: int = 0, num_train: int = 300, num_val: int = 60,
-                         size: tuple[int, int] = (128, 256), max_cars: int = 4, max_persons: int = 3) -> dict[str, Any]:
+def write_streets_folder(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    num_train: int = 300,
+    num_val: int = 60,
+    size: tuple[int, int] = (128, 256),
+    max_cars: int = 4,
+    max_persons: int = 3,
+) -> dict[str, Any]:
     """Write street scenes as `images/{train,val}/*.jpg`, `masks/{train,val}/*.png` and `classes.yaml` (the options
     are write_streets_cityscapes's).
 
@@ -33,10 +40,19 @@ def write_streets_folder(out_dir: str | os.PathLike, seed: int = 0, num_train: i
         for folder in ("images", "masks"):
             (root / folder / scene.split).mkdir(parents=True, exist_ok=True)
         Image.fromarray(scene.photo).save(root / "images" / scene.split / f"{scene.stem}.jpg", quality=95)
-        Image.fromarray(class_of[scene.label_ids]).save(root / "masks" / scene.split / f"{scene.stem}.png",
-                                                       compress_level=1)
-    classes = {"classes": list(PRESENT_CLASSES), "ignore_index": IGNORE_INDEX,
-               "palette": [list(name2label[name].color) for name in PRESENT_CLASSES]}
+        Image.fromarray(class_of[scene.label_ids]).save(
+            root / "masks" / scene.split / f"{scene.stem}.png", compress_level=1
+        )
+    classes = {
+        "classes": list(PRESENT_CLASSES),
+        "ignore_index": IGNORE_INDEX,
+        "palette": [list(name2label[name].color) for name in PRESENT_CLASSES],
+    }
     (root / "classes.yaml").write_text(yaml.safe_dump(classes, sort_keys=False, default_flow_style=None))
-    return {"root": str(root), "size": tuple(size), "num_images": counts, "classes": list(PRESENT_CLASSES),
-            "seed": seed}
+    return {
+        "root": str(root),
+        "size": tuple(size),
+        "num_images": counts,
+        "classes": list(PRESENT_CLASSES),
+        "seed": seed,
+    }
