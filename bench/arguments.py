@@ -23,3 +23,14 @@ def positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value} is not above 0")
     return value
+
+
+def height_by_width(text: str) -> tuple[int, int]:
+    """An argparse type: an image size written HxW (1024x2048), both at least 1."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1x1, got {text!r}")
+    return height, width

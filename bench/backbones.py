@@ -4,6 +4,8 @@ mbtasks is timed as built (eager) and as its inference path runs it (batch norm 
 channels-last weights: `mbtasks.layers.fusion.for_inference`).
 
     python bench/backbones.py [--runs 200] [--resolution 224] [--threads N]
+
+Toy size, as tests/test_bench.py runs it: --runs 1 --resolution 32 --threads 1.
 """
 
 import statistics
@@ -57,9 +59,10 @@ def main() -> None:
             ours = build_model(name, weights=Path(tmp) / "mb.pth").eval()
             tv, mb, fold = interleaved_latency([reference, ours, for_inference(ours)], x, args.runs)
             tv_ms, mb_ms, fold_ms = map(statistics.median, (tv, mb, fold))
+            # a space before each column: on a slow machine a value wider than its column stays apart
             print(
-                f"{name:<22}{spread(tv):>22}{spread(mb):>22}{mb_ms / tv_ms:>8.3f}{spread(fold):>22}"
-                f"{fold_ms / tv_ms:>8.3f}"
+                f"{name:<22} {spread(tv):>21} {spread(mb):>21} {mb_ms / tv_ms:>7.3f} {spread(fold):>21}"
+                f" {fold_ms / tv_ms:>7.3f}"
             )
 
 

@@ -17,7 +17,9 @@ The three run in alternation, --repeats times; images/s is printed best, and min
 with the ratios of each repeat. Then the mbtasks loaders with 1, 2, 4 and 8 worker processes (up to --workers),
 and the cores each pipeline needs to feed a training step of the recipes' size in --step-time seconds.
 
-    python bench/data.py [--repeats 3] [--workers N] [--step-time 0.25]
+    python bench/data.py [--repeats 3] [--workers N] [--det-images 96] [--seg-images 8] [--step-time 0.25]
+
+Toy size, as tests/test_bench.py runs it: --repeats 1 --workers 1 --det-images 24 --seg-images 4 (one batch each).
 """
 
 from __future__ import annotations

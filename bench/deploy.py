@@ -1,6 +1,6 @@
 """Deployment speed, one run: torchvision's eager models against mbtasks' PyTorch and ONNX Runtime paths.
 
-    python bench/deploy.py [--runs 20] [--threads 2] [--calibration 8]
+    python bench/deploy.py [--runs 20] [--threads 2] [--calibration 8] [--seg-size 1024x2048]
 
 Two models, each torchvision's with random weights and mbtasks' holding the same weights (the same setup as
 bench/detection.py and bench/segmentation.py), timed at batch 1 in rotating order: each repeat runs every path once,
@@ -12,13 +12,15 @@ each repeat (int8 / fp32 and each path / torchvision) reported the same way:
   and predict run); `mbtasks export` fp32 and int8 in ONNX Runtime (one graph: resize, network, selection, NMS). The
   weights are made to act like trained ones (trained_like): with plain random weights all 291,000 class scores pass
   the 0.001 threshold and post-processing would be all that is timed.
-- lraspp_mobilenet_v3_large at 1024x2048, a normalised batch in and logits at full resolution out.
+- lraspp_mobilenet_v3_large at 1024x2048 (--seg-size), a normalised batch in and logits at full resolution out.
 
 int8 models are calibrated on embedded images (shapes for the detector, street scenes for the segmenter) and quantised
 the way `mbtasks export --int8` chose by timing its candidates here (its line is printed); what int8 costs in accuracy
 is held by tests/test_export.py on the demo recipes. Targets, on medians: ONNX Runtime fp32 at
 most 0.30x torchvision for SSDLite end to end (0.35x for LR-ASPP), mbtasks' PyTorch inference copy at most 0.75x;
 int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2048.
+
+Toy size, as tests/test_bench.py runs it: --runs 7 --threads 1 --calibration 1 --seg-size 128x256.
 """
 
 import collections
@@ -33,6 +35,7 @@ import torch
 import torchvision
 
 from mbtasks.config import load_config
+from mbtasks.errors import MbtasksError
 from mbtasks.export import export_onnx
 from mbtasks.export.int8 import rotating_times as int8_rotating_times
 from mbtasks.io.records import Record
@@ -43,7 +46,7 @@ from mbtasks.tasks.segmentation import SegmentationDataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
+from arguments import BenchParser, at_least, height_by_width  # bench/arguments.py, beside this script
 from detection import NAME as DETECTOR  # noqa: E402  (the same setup as those benches)
 from detection import models as detection_models
 from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser)
@@ -82,10 +85,25 @@ def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int
     wrappers = []
     for int8 in (False, True):
         path = os.path.join(tmp, f"{task}_{'int8' if int8 else 'fp32'}.onnx")
-        report = export_onnx(for_inference(model), record, data, path, int8=int8, calibration=calibration, samples=1)
-        print(f"  exported {Path(path).name}: {report.size_bytes / 1e6:.1f} MB, {report.summary()}")
-        if int8:
-            print(f"  {report.choice_summary()}")
+        try:
+            report = export_onnx(
+                for_inference(model), record, data, path, int8=int8, calibration=calibration, samples=1
+            )
+        except MbtasksError as error:
+            # The bench times the file, which export keeps. Its random "trained-like" detector has thousands of
+            # near-tied scores: on some CPUs the last bit flips which of two NMS keeps, and the fp32 1e-4 check
+            # (held on trained models by tests/test_export.py) refuses it.
+            if "fails the check against pytorch" not in str(error):
+                raise
+            summary = str(error).split("): ", 1)[1].removesuffix("; the file is kept for inspection")
+            print(
+                f"  exported {Path(path).name}: {os.path.getsize(path) / 1e6:.1f} MB, {summary}, above export's "
+                "1e-4 check on these random weights (timed all the same)"
+            )
+        else:
+            print(f"  exported {Path(path).name}: {report.size_bytes / 1e6:.1f} MB, {report.summary()}")
+            if int8:
+                print(f"  {report.choice_summary()}")
         wrappers.append(load_onnx_model(path)[0])
     return tuple(wrappers)
 
@@ -153,19 +171,19 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
     ), (candidates, detections)
 
 
-def segmentation(tmp: str, runs: int, calibration: int) -> dict[str, list[float]]:
+def segmentation(tmp: str, runs: int, calibration: int, size: tuple[int, int]) -> dict[str, list[float]]:
     reference, ours = segmentation_models(tmp)
     config = load_config(
         None,
         [
             f"data.synth_dir={tmp}/streets",
             "data.num_workers=0",
-            f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, size: [1024, 2048]}}",
+            f"data.synth={{seed: 0, num_train: {calibration}, num_val: 1, size: [{size[0]}, {size[1]}]}}",
         ],
         task="seg",
     )
     fp32, int8 = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration)
-    x = torch.randn(1, 3, 1024, 2048, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     where_the_time_goes(tmp, "seg", {"images": x.numpy()})
     fast = for_inference(ours)
     return rotating_times(
@@ -209,6 +227,12 @@ def main() -> None:
     parser.add_argument("--runs", type=at_least(7), default=20, help="timed repeats (at least 7)")
     parser.add_argument("--threads", type=at_least(1), default=2, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--calibration", type=at_least(1), default=8, help="int8 calibration images")
+    parser.add_argument(
+        "--seg-size",
+        type=height_by_width,
+        default=(1024, 2048),
+        help="LR-ASPP's input, HEIGHTxWIDTH (default 1024x2048)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's thread count
     import onnxruntime
@@ -227,10 +251,11 @@ def main() -> None:
             ms,
         )
         print("\nlraspp_mobilenet_v3_large: exporting")
+        height, width = args.seg_size
         report(
-            f"lraspp_mobilenet_v3_large, 1024x2048 -> logits, batch 1, {args.runs} repeats",
+            f"lraspp_mobilenet_v3_large, {height}x{width} -> logits, batch 1, {args.runs} repeats",
             "seg",
-            segmentation(tmp, args.runs, args.calibration),
+            segmentation(tmp, args.runs, args.calibration, args.seg_size),
         )
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 

@@ -1,19 +1,26 @@
 """SSDLite320 v3-Large: mbtasks against torchvision with the same weights, measured in one run.
 
-    python bench/detection.py [--runs 50] [--train-steps 5] [--threads 2]
+    python bench/detection.py [--runs 50] [--train-steps 5] [--train-batch 32] [--threads 2]
                               [--eval-images 5000] [--eval-detections 100] [--eval-repeats 3] [--scoring-only]
 
 Prints inference latency at batch 1 (eager, and mbtasks' inference path: batch norm folded, channels-last),
 training throughput at batch 32, peak memory of each (each in a fresh process, so one does not inflate the other),
-evaluation time against plain pycocotools (bench/coco_eval.py), and the scoring of one validation epoch: what the
-detection task does once the network has answered (validation_step's COCO results of each image, gathered, checked
-and scored by coco_metrics) against pycocotools alone on the same detections, min / median / max over
---eval-repeats, with the peak memory of each in a fresh process.
+evaluation time against plain pycocotools (bench/coco_eval.py on --eval-images x --eval-detections, one repeat), and
+the scoring of one validation epoch: what the detection task does once the network has answered, against
+pycocotools alone on the same detections, min / median / max over --eval-repeats, with the peak memory of each in a
+fresh process. The validation is the one `mbtasks evaluate` runs: the task's data module on a COCO-format folder
+(the annotation file and a JPEG of each image's size), its LightningModule, Lightning's validation loop; only the
+network is replaced, by stored outputs. What is timed is the task's own part (each validation_step's conversion to
+COCO results, and the epoch's end: results gathered, every image checked, coco_metrics), not reading the images.
+
+Toy size, as tests/test_bench.py runs it: --runs 2 --train-steps 1 --train-batch 2 --threads 1 --eval-images 8
+--eval-detections 5 --eval-repeats 1.
 """
 
 import contextlib
 import io
 import json
+import logging
 import multiprocessing
 import resource
 import statistics
@@ -21,10 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import torch
 import torchvision
@@ -36,7 +44,6 @@ from coco_eval import (
     spread,
     synthetic_detections,
     synthetic_ground_truth,
-    timed_in_turn,
 )
 from pycocotools.coco import COCO
 
@@ -45,7 +52,6 @@ from mbtasks.config import load_config
 from mbtasks.evaluation.coco import STAT_NAMES
 from mbtasks.layers.fusion import for_inference
 from mbtasks.models.importers import import_weights
-from mbtasks.tasks import TASKS
 
 NAME = "ssdlite320_mobilenet_v3_large"
 
@@ -110,34 +116,52 @@ def train_throughput(model: torch.nn.Module, steps: int, batch_size: int = 32) -
     return [batch_size / d for d in durations]
 
 
-def _child(which: str, steps: int, threads: int, queue) -> None:
+def _child(which: str, steps: int, batch_size: int, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         reference, ours = models(tmp)
     model = reference if which == "torchvision" else ours
-    throughput = train_throughput(model, steps)
+    throughput = train_throughput(model, steps, batch_size)
     queue.put((which, throughput, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
+def task_classes() -> tuple[type, type]:
+    """(data module, LightningModule) of the det task: the bench's one use of the task registry."""
+    from mbtasks.tasks import TASKS  # imported here: the fresh processes that time no task skip Lightning's import
+
+    task = TASKS.get("det")
+    return task.data_module, task
+
+
 class StoredAnswers(torch.nn.Module):
-    """Stands for the network in validation_step: given image ids as the images, their stored outputs."""
+    """Stands for the network in validation: answers each image with the next stored output, in the validation
+    set's order (the order its loader gives in one process), starting over after the last; an image of another size
+    than the stored output's is refused, so answers out of step with the images fail instead of scoring wrong."""
 
-    def __init__(self, outputs: dict[int, dict]):
+    def __init__(self, outputs: list[tuple[tuple[int, int], dict]]):
         super().__init__()
-        self.outputs = outputs
+        self.outputs, self.next = outputs, 0
 
-    def forward(self, images: list[int]) -> list[dict]:
-        return [self.outputs[image_id] for image_id in images]
+    def forward(self, images: list[torch.Tensor]) -> list[dict]:
+        answers = []
+        for image in images:
+            size, output = self.outputs[self.next]
+            if tuple(image.shape[-2:]) != size:
+                raise RuntimeError(
+                    f"image {self.next} of the validation set is {tuple(image.shape[-2:])}, its stored "
+                    f"output is for {size}: the answers are out of step with the loader"
+                )
+            answers.append(output)
+            self.next = (self.next + 1) % len(self.outputs)
+        return answers
 
 
-def write_validation_set(folder: Path, images: int, per_image: int, seed: int = 0) -> tuple[Path, dict[int, dict]]:
-    """A COCO-like validation annotation file (bench/coco_eval.py's) under folder, and a detector's outputs per
-    image as validation_step gets them from the network: boxes (xyxy, float32), scores, labels 1..K."""
+def validation_set(images: int, per_image: int, seed: int = 0) -> tuple[dict, list[tuple[tuple[int, int], dict]]]:
+    """A COCO-like validation set's annotations (bench/coco_eval.py's make-up), and a detector's outputs for its
+    images in id order as validation_step gets them from the network: boxes (xyxy, float32), scores, labels 1..K."""
     generator = np.random.default_rng(seed)
     gt = synthetic_ground_truth(images, generator)
-    path = folder / "instances_val2017.json"
-    path.write_text(json.dumps(gt))
-    label_of = {c["id"]: label for label, c in enumerate(gt["categories"], 1)}
+    label_of = {c["id"]: label for label, c in enumerate(sorted(gt["categories"], key=lambda c: c["id"]), 1)}
     outputs = {image["id"]: {"boxes": [], "scores": [], "labels": []} for image in gt["images"]}
     for r in synthetic_detections(gt, per_image, generator):
         x, y, w, h = r["bbox"]
@@ -145,43 +169,105 @@ def write_validation_set(folder: Path, images: int, per_image: int, seed: int = 
         output["boxes"].append([x, y, x + w, y + h])
         output["scores"].append(r["score"])
         output["labels"].append(label_of[r["category_id"]])
-    return path, {
-        image_id: {
-            "boxes": torch.tensor(o["boxes"], dtype=torch.float32).reshape(-1, 4),
-            "scores": torch.tensor(o["scores"], dtype=torch.float32),
-            "labels": torch.tensor(o["labels"], dtype=torch.int64),
-        }
-        for image_id, o in outputs.items()
-    }
+    sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
+    return gt, [
+        (
+            sizes[image_id],
+            {
+                "boxes": torch.tensor(o["boxes"], dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(o["scores"], dtype=torch.float32),
+                "labels": torch.tensor(o["labels"], dtype=torch.int64),
+            },
+        )
+        for image_id, o in sorted(outputs.items())
+    ]
 
 
-def detection_task(annotation_file: Path, outputs: dict[int, dict]):
-    """The detection task on the set's classes, its network answering with `outputs`, attached to what its
-    validation reads of a trainer and data module (one process)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(annotation_file))
-    category_ids = [0, *sorted(gt.cats)]
-    class_names = ["__background__", *(gt.cats[c]["name"] for c in category_ids[1:])]
-    config = load_config(
-        None, ["model.name=ssdlite320_mobilenet_v3_small", "model.options={width_mult: 0.25}"], task="det"
-    )
-    task = TASKS.get("det")(config.to_dict(), class_names, category_ids)
-    task.model = StoredAnswers(outputs)
-    data = SimpleNamespace(val_annotation_file=annotation_file, category_ids=category_ids, val_set=range(len(outputs)))
-    task.trainer = SimpleNamespace(world_size=1, global_rank=0, sanity_checking=False, datamodule=data)
-    return task
+def write_validation_set(folder: Path, gt: dict) -> Path:
+    """The set in COCO's layout under folder: annotations/instances_val2017.json and val2017/ with a grey JPEG of
+    each image's size; returns the annotation file."""
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    (folder / "val2017").mkdir(exist_ok=True)
+    path = folder / "annotations" / "instances_val2017.json"
+    path.write_text(json.dumps(gt))
+    encoded = {}
+    for image in gt["images"]:
+        size = (image["height"], image["width"])
+        if size not in encoded:
+            encoded[size] = cv2.imencode(".jpg", np.full((*size, 3), 114, np.uint8))[1].tobytes()
+        (folder / "val2017" / image["file_name"]).write_bytes(encoded[size])
+    return path
 
 
-def scored_epoch(task, batch_size: int = 32) -> list[float]:
-    """What a validation epoch does once the network has answered: validation_step's COCO results per image, then
-    the epoch's end (results gathered, every image checked there, coco_metrics)."""
-    image_ids = sorted(task.model.outputs)
-    task.on_validation_epoch_start()
-    for index in range(0, len(image_ids), batch_size):
-        ids = image_ids[index : index + batch_size]
-        task.validation_step((ids, [{"image_id": i} for i in ids]), index // batch_size)
-    _, metrics = task.scored_results()
-    return [metrics[name] for name in STAT_NAMES]
+def task_timer():
+    """A Lightning callback whose `seconds` are what the task spends in a validation epoch once each batch of images
+    is loaded: every validation_step (the stored answers looked up, converted to COCO results) and the epoch's end
+    (results gathered, every image checked, coco_metrics, the figures logged). Reading the images is not counted."""
+    import pytorch_lightning as pl
+
+    class TaskTime(pl.Callback):
+        def __init__(self):
+            self.seconds, self.start = 0.0, 0.0
+
+        def on_validation_epoch_start(self, trainer, module) -> None:
+            self.seconds = 0.0
+
+        def on_validation_batch_start(self, *args) -> None:
+            self.start = time.perf_counter()
+
+        def on_validation_batch_end(self, *args) -> None:
+            self.seconds += time.perf_counter() - self.start
+
+        def on_validation_epoch_end(self, trainer, module) -> None:  # Lightning calls it before the module's own
+            self.start = time.perf_counter()
+
+        def on_validation_end(self, trainer, module) -> None:
+            self.seconds += time.perf_counter() - self.start
+
+    return TaskTime()
+
+
+class ValidationRun:
+    """The detection task validated as `mbtasks evaluate` validates it (the task's data module on the COCO folder,
+    its LightningModule, Lightning's validation loop through mbtasks' trainer), the network answering with
+    `outputs`. Calling it runs one validation: (seconds of the task's own part, task_timer's; the 12 figures it
+    logged). `task.results` holds the last run's COCO results."""
+
+    def __init__(self, folder: Path, outputs: list):
+        from mbtasks.tasks.trainer import build_trainer
+
+        for name in ("pytorch_lightning", "lightning", "lightning_fabric"):  # their banners, as mbtasks' commands
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")  # inside Lightning
+        # One image a batch: the images held are left out of the peak memory, which is the scoring's.
+        config = load_config(
+            None,
+            [
+                f"data.root={folder}",
+                "data.num_workers=0",
+                "data.val_batch_size=1",
+                "model.name=ssdlite320_mobilenet_v3_small",
+                "model.options={width_mult: 0.25}",
+                "train.accelerator=cpu",
+                "train.progress_bar=false",
+                f"train.out_dir={folder}/run",
+            ],
+            task="det",
+        )
+        data_module, task_module = task_classes()
+        self.data = data_module(config)
+        self.data.setup("validate")
+        self.task = task_module(config.to_dict(), self.data.class_names, self.data.category_ids)
+        self.task.model = StoredAnswers(outputs)
+        self.images, self.timer = len(outputs), task_timer()
+        self.trainer = build_trainer(config, "", for_fit=False)
+        self.trainer.callbacks.append(self.timer)
+
+    def __call__(self) -> tuple[float, list[float]]:
+        self.trainer.validate(self.task, datamodule=self.data, verbose=False)
+        if self.task.evaluated_images != self.images:
+            raise RuntimeError(f"validation scored {self.task.evaluated_images} of {self.images} images")
+        return self.timer.seconds, [self.task.metrics[name] for name in STAT_NAMES]
 
 
 def pycocotools_alone(annotation_file: Path, results: list[dict]) -> list[float]:
@@ -197,48 +283,52 @@ def gathered_results(task) -> list[dict]:
 
 
 def _epoch_setup(folder: str, images: int, per_image: int) -> Callable:
-    task = detection_task(*write_validation_set(Path(folder), images, per_image))
-    return lambda: scored_epoch(task)
+    return ValidationRun(Path(folder), validation_set(images, per_image)[1])
 
 
 def _pycocotools_setup(folder: str, images: int, per_image: int) -> Callable:
-    annotation_file, outputs = write_validation_set(Path(folder), images, per_image)
-    task = detection_task(annotation_file, outputs)
-    scored_epoch(task)
-    results = gathered_results(task)
-    return lambda: pycocotools_alone(annotation_file, results)
+    results = json.loads((Path(folder) / "results.json").read_text())
+    return lambda: pycocotools_alone(Path(folder) / "annotations" / "instances_val2017.json", results)
 
 
 def validation_scoring(images: int, per_image: int, repeats: int) -> None:
     """Print the scoring of one validation epoch against pycocotools alone (seconds, speed-up, memory)."""
     with tempfile.TemporaryDirectory() as folder:
-        annotation_file, outputs = write_validation_set(Path(folder), images, per_image)
-        task = detection_task(annotation_file, outputs)
-        scored_epoch(task)
-        results = gathered_results(task)
+        gt, outputs = validation_set(images, per_image)
+        annotation_file = write_validation_set(Path(folder), gt)
+        validate = ValidationRun(Path(folder), outputs)
+        validate()  # the first run warms up Lightning's loop; its results are pycocotools' input
+        results = gathered_results(validate.task)
+        (Path(folder) / "results.json").write_text(json.dumps(results))  # for the fresh process of the memory run
         anchor, ours = "pycocotools alone (file, loadRes, COCOeval)", "mbtasks validation epoch scoring"
-        runs = {anchor: lambda: pycocotools_alone(annotation_file, results), ours: lambda: scored_epoch(task)}
-        seconds, figures = timed_in_turn(runs, repeats)
+        seconds, figures = {anchor: [], ours: []}, {}
+        for _ in range(repeats):  # in turn, so that machine noise falls on both alike
+            start = time.perf_counter()
+            figures[anchor] = pycocotools_alone(annotation_file, results)
+            seconds[anchor].append(time.perf_counter() - start)
+            took, figures[ours] = validate()
+            seconds[ours].append(took)
         print(
             f"scoring one validation epoch, {images} images x {per_image} detections ({len(results)} results), "
             f"seconds over {repeats} repeats in turn, min / median / max:"
         )
-        for name in runs:
+        for name in (anchor, ours):
             speedup = [a / b for a, b in zip(seconds[anchor], seconds[name])]
             print(
                 f"  {name:<45} {spread(seconds[name], ' s')}   speed-up {spread(speedup, 'x')}   "
                 f"{figures_against(figures[name], figures[anchor])}"
             )
         print("  peak memory above the data (peak RSS, one run each in a fresh process):")
-        for name, setup in ((anchor, _pycocotools_setup), (ours, _epoch_setup)):
+        for name, setup, what in ((anchor, _pycocotools_setup, ""), (ours, _epoch_setup, ", reading the images too")):
             took, megabytes = peak_memory(setup, folder, images, per_image)
-            print(f"  {name:<45} {megabytes:7.0f} MB  (that run {took:.2f} s)")
+            print(f"  {name:<45} {megabytes:7.0f} MB  (that run {took:.2f} s{what})")
 
 
 def main() -> None:
     parser = BenchParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=at_least(1), default=50)
     parser.add_argument("--train-steps", type=at_least(1), default=5)
+    parser.add_argument("--train-batch", type=at_least(1), default=32, help="images per training step")
     parser.add_argument("--threads", type=at_least(1), default=torch.get_num_threads())
     parser.add_argument(
         "--eval-images", type=at_least(1), default=5000, help="validation images whose scoring is timed"
@@ -265,7 +355,7 @@ def main() -> None:
     results = {}
     for which in ("torchvision", "mbtasks"):
         queue = context.Queue()
-        process = context.Process(target=_child, args=(which, args.train_steps, args.threads, queue))
+        process = context.Process(target=_child, args=(which, args.train_steps, args.train_batch, args.threads, queue))
         process.start()
         name, throughput, peak = queue.get()
         process.join()
@@ -273,13 +363,26 @@ def main() -> None:
     (tv_steps, tv_mb), (mb_steps, mb_mb) = results["torchvision"], results["mbtasks"]
     tv_ips, mb_ips = statistics.median(tv_steps), statistics.median(mb_steps)
     print(
-        f"training, batch 32, {args.train_steps} steps, images/s min / median / max: torchvision "
+        f"training, batch {args.train_batch}, {args.train_steps} steps, images/s min / median / max: torchvision "
         f"{spread(tv_steps, '', 1)}, mbtasks {spread(mb_steps, '', 1)} (ratio of medians {mb_ips / tv_ips:.3f}); "
         f"peak memory torchvision {tv_mb:.0f} MB, mbtasks {mb_mb:.0f} MB (ratio {mb_mb / tv_mb:.3f})"
     )
 
     print("evaluation against plain pycocotools (bench/coco_eval.py):")
-    subprocess.run([sys.executable, str(Path(__file__).with_name("coco_eval.py")), "--repeats", "1"], check=True)
+    sys.stdout.flush()  # its lines after this process's own
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("coco_eval.py")),
+            "--images",
+            str(args.eval_images),
+            "--detections",
+            str(args.eval_detections),
+            "--repeats",
+            "1",
+        ],
+        check=True,
+    )
     validation_scoring(args.eval_images, args.eval_detections, args.eval_repeats)
 
 

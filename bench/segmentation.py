@@ -3,13 +3,15 @@
 1. Latency: torchvision's lraspp_mobilenet_v3_large (random weights, batch-norm statistics randomised) and mbtasks'
    lraspp_mobilenet_v3_large holding the same weights (`mbtasks weights import --from torchvision`), eager and as
    evaluate runs it (BN folded, channels-last), checked to give the same logits, timed at batch 1 on 512x1024 and
-   1024x2048 inputs. Runs rotate between the models and the median of each is compared, so load on the machine
-   falls on all alike; CPU time is printed beside
+   1024x2048 inputs (--sizes). Runs rotate between the models and the median of each is compared, so load on the
+   machine falls on all alike; CPU time is printed beside
    wall-clock time because on a busy machine it leaves out the time other processes take.
 2. Evaluation: N street scenes at 1024x2048 with perturbed predictions (bench/segmentation_eval.py writes them);
    mbtasks' evaluate_cityscapes_folders and cityscapesscripts' evalPixelLevelSemanticLabeling score the same PNGs.
 
-    python bench/segmentation.py [--runs 10] [--images 10] [--threads N]
+    python bench/segmentation.py [--runs 10] [--images 10] [--repeats 3] [--threads N] [--sizes 512x1024,1024x2048]
+
+Toy size, as tests/test_bench.py runs it: --runs 1 --images 1 --repeats 1 --threads 1 --sizes 64x128.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from mbtasks.models.importers import import_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
-from arguments import BenchParser, at_least  # bench/arguments.py, beside this script
+from arguments import BenchParser, at_least, height_by_width  # bench/arguments.py, beside this script
 from helpers import randomised  # noqa: E402  (the tests' batch-norm randomiser: features that differ by place)
 from segmentation_eval import SIZE, write_predictions  # noqa: E402  (the perturbed predictions of that bench)
 
@@ -68,14 +70,14 @@ def models(tmp: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return reference, build_model("lraspp_mobilenet_v3_large", weights=os.path.join(tmp, "mbtasks.pth")).eval()
 
 
-def latency(runs: int, tmp: str) -> list[tuple[str, dict, dict]]:
+def latency(runs: int, tmp: str, sizes=RESOLUTIONS) -> list[tuple[str, dict, dict]]:
     """Per resolution: resolution, then wall-clock and CPU ms of each batch-1 run per model (MODELS), taken in
     rotating order. "mbtasks inference" is what evaluate runs (for_inference: BN folded, channels-last). CPU time
     leaves out the time other processes hold the cores."""
     reference, ours = models(tmp)
     fast = for_inference(ours)
     rows = []
-    for height, width in RESOLUTIONS:
+    for height, width in sizes:
         x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
         run = {
             "torchvision": lambda: reference(x)["out"],
@@ -130,6 +132,11 @@ def evaluation(images: int, tmp: str, repeats: int = 3) -> tuple[list[float], li
     return ours_times, official_times, same
 
 
+def sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """An argparse type: HEIGHTxWIDTH sizes, comma-separated."""
+    return tuple(height_by_width(size) for size in text.split(","))
+
+
 def spread(values: list[float], digits: int = 1) -> str:
     """median (min-max)"""
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
@@ -141,6 +148,9 @@ def main() -> None:
     parser.add_argument("--images", type=at_least(1), default=10, help="1024x2048 images for the evaluation timing")
     parser.add_argument("--repeats", type=at_least(1), default=3, help="evaluation runs of each (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument(
+        "--sizes", type=sizes, default=RESOLUTIONS, help="latency inputs, HEIGHTxWIDTH,... (default 512x1024,1024x2048)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,7 +164,7 @@ def main() -> None:
             "(min-max), ratio of medians to torchvision"
         )
         print(f"{'':<25}" + "".join(f"{name:>32}" for name in MODELS))
-        for resolution, wall, cpu in latency(args.runs, tmp):
+        for resolution, wall, cpu in latency(args.runs, tmp, args.sizes):
             for kind, times in (("wall-clock", wall), ("CPU", cpu)):
                 base = statistics.median(times["torchvision"])
                 print(

@@ -7,6 +7,8 @@ temporary folder, then times (a) decoding the ground-truth labelIds and instance
 ratios of medians. Each runs --repeats times (min / median / max printed).
 
     python bench/segmentation_eval.py [--images 20] [--repeats 3]
+
+Toy size, as tests/test_bench.py runs it: --images 1 --repeats 1.
 """
 
 from __future__ import annotations

@@ -67,8 +67,7 @@ def _scales(text: str) -> list[float]:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from .models import build_model
-    from .models.detectors import DETECTORS
+    from .models import MODELS, build_model
     from .profiling import example_input, profile
     from .reference import reference_rows
 
@@ -86,13 +85,11 @@ def cmd_profile(args: argparse.Namespace) -> None:
     options = dict(args.option or [])
     if args.width is not None:
         options["width_mult"] = args.width
-    resolution = args.resolution
-    if args.model in DETECTORS and resolution is not None:
+    resolution, entry = args.resolution, MODELS.get(args.model)
+    if entry.kind == "detector" and resolution is not None:
         options.setdefault("size", resolution)  # a detector resizes its input to its own size
-    resolution = resolution or options.get("size") or (224 if args.model not in DETECTORS else None)
+    resolution = resolution or options.get("size") or entry.size
     model = build_model(args.model, **options)
-    if resolution is None:
-        resolution = tuple(model.transform.fixed_size[::-1])  # torchvision keeps (width, height)
     figures = profile(model, example_input(resolution), args.runs)
     if args.json:
         print(json.dumps(figures))
@@ -350,38 +347,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .layers.fusion import for_inference
 
     _, data, task = _task_of_record(args, record, args.checkpoint)
+    options = dict(int8=args.int8, calibration=args.calibration, samples=args.samples)
     if args.format == "executorch":
         from .export.executorch import export_executorch
 
-        report = export_executorch(
-            for_inference(task.model),
-            record,
-            data,
-            args.out,
-            int8=args.int8,
-            calibration=args.calibration,
-            samples=args.samples,
-        )
-        kind = (
-            f"int8 (XNNPACK symmetric, calibrated on {report.calibration_images} training images)"
-            if args.int8
-            else "fp32"
-        )
+        report = export_executorch(for_inference(task.model), record, data, args.out, **options)
+        how = "XNNPACK symmetric"
     else:
-        report = export_onnx(
-            for_inference(task.model),
-            record,
-            data,
-            args.out,
-            int8=args.int8,
-            calibration=args.calibration,
-            samples=args.samples,
-        )
-        kind = (
-            f"int8 ({report.int8_choice['chosen']}, calibrated on {report.calibration_images} training images)"
-            if args.int8
-            else "fp32"
-        )
+        report = export_onnx(for_inference(task.model), record, data, args.out, **options)
+        how = report.int8_choice["chosen"] if args.int8 else ""
+    kind = f"int8 ({how}, calibrated on {report.calibration_images} training images)" if args.int8 else "fp32"
     print(f"wrote {report.path}: {report.size_bytes / 1e6:.2f} MB, {record.task} {record.model}, {kind}")
     print(report.summary())
     if args.format == "executorch":
@@ -398,12 +373,15 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
+    from .datasets.formats import data_format
     from .datasets.synthetic import write_synthetic_once
     from .tasks import TASKS
 
+    data = TASKS.get(args.task).data_module
+    written = data_format(data.format_kind, args.format or data.default_format, args.out)
     # As training writes it: never into a folder of other files, complete or not at all.
-    write_synthetic_once(args.out, TASKS.get(args.task).data_module.write_synthetic, {"seed": args.seed})
-    print(f"wrote the embedded {args.task} data set to {args.out} (seed {args.seed})")
+    write_synthetic_once(args.out, written.synthetic_writer(), {"seed": args.seed})
+    print(f"wrote the embedded {args.task} data set to {args.out} in the {written.name} format (seed {args.seed})")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
@@ -441,7 +419,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help="task: det, seg, attr, embed or cls (default: the config's)")
+    p.add_argument("--task", help="task: det, seg, attr, embed, cls or a plugin's (default: the config's)")
     p.add_argument("--config", help="YAML recipe")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
@@ -456,7 +434,10 @@ PREDICT_OUTPUTS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="mbtasks", description="Vision tasks on MobileNet backbones.")
+    parser.add_argument("--version", action="version", version=f"mbtasks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("profile", help="parameters, multiply-adds and CPU latency")
@@ -506,10 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="training checkpoint")
     p.add_argument("--annotations", help="det: COCO ground-truth json (with --detections: no model)")
     p.add_argument("--detections", help="det: COCO results json")
-    p.add_argument("--gt", help="seg: Cityscapes root with gtFine/ (with --predictions: no model)")
-    p.add_argument("--predictions", help="seg: folder of labelId PNGs")
+    p.add_argument(
+        "--gt",
+        help="seg: data root (Cityscapes with gtFine/, VOC, a folder of masks) whose ground truth "
+        "--predictions are scored against, as its format scores them (no model)",
+    )
+    p.add_argument(
+        "--predictions",
+        help="seg: folder of saved predictions (Cityscapes: labelId PNGs; others: class-"
+        "index PNGs, as --save-predictions writes them)",
+    )
     p.add_argument("--split", default="val", help="seg: split of --gt to score (default val)")
-    p.add_argument("--save-predictions", help="seg: write labelId and colour PNGs in the official layout here")
+    p.add_argument(
+        "--save-predictions",
+        help="seg: write the predictions here in the data format's results layout "
+        "(Cityscapes: labelId and colour PNGs; others: class-index PNGs)",
+    )
     p.add_argument("--scales", type=_scales, help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
     p.add_argument(
@@ -520,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        help="onnxruntime: an ONNX file, executorch: a .pte program, written by `mbtasks export` "
-        "(its data config inside)",
+        help="onnxruntime: an ONNX file, executorch: a .pte program, written by `mbtasks export` (its data config "
+        "inside)",
     )
     p.add_argument(
         "--coco-backend",
@@ -546,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="onnx",
         choices=["onnx", "executorch"],
-        help="onnx (default), or executorch: a .pte program lowered to XNNPACK for phones (the mobile "
-        "extra); det keeps its NMS inside, in fixed-size operators",
+        help="onnx (default), or executorch: a .pte program lowered to XNNPACK for phones (the mobile extra); det "
+        "keeps its NMS inside, in fixed-size operators",
     )
     p.add_argument(
         "--int8",
@@ -570,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "predict",
-        help="apply a checkpoint or an exported ONNX file to photos (every task)",
+        help="apply a checkpoint, an exported ONNX file or an ExecuTorch program to photos (every task)",
         description=PREDICT_OUTPUTS,
     )
     p.add_argument(
@@ -605,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "info",
-        help="what a checkpoint, weights file or exported ONNX file holds",
+        help="what a checkpoint, weights file, exported ONNX file or ExecuTorch program holds",
         description="Task, model, options, classes, the recipe it was trained with, the last validation metrics, "
         "parameters, multiply-adds (at the recipe's input size; a detector's own), file size and sha256.",
     )
@@ -620,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write an embedded data set in its real format")
     p.add_argument("--task", required=True)
+    p.add_argument("--format", help="the data format to write it in (default: the task's own, e.g. cityscapes)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(func=cmd_data_synth)
@@ -627,12 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "ablate",
         help="train, evaluate and profile versions x widths x resolutions of a task",
-        description="Every combination trained and evaluated on the task's config (default: its demo config in "
-        "configs/demo/ of the source tree), or only profiled; runs finished with the same settings are "
-        "skipped on a rerun, one finished with other settings is kept (the new run gets a folder of its "
-        "own, or replaces it with --overwrite), a failed run is recorded and the rest go on. Writes "
-        "results.csv, results.md and PNG plots (metric against multiply-adds and latency; profile-only: "
-        "latency against multiply-adds) in --out.",
+        description="Every combination trained and evaluated on the task's config (default: its demo config, in "
+        "configs/demo/ of the source tree or a plugin's own), or only profiled; runs finished with the "
+        "same settings are skipped on a rerun, one finished with other settings is kept (the new run gets "
+        "a folder of its own, or replaces it with --overwrite), a failed run is recorded and the rest go "
+        "on. Writes results.csv, results.md and PNG plots (metric against multiply-adds and latency; "
+        "profile-only: latency against multiply-adds) in --out.",
     )
     _add_config_arguments(p)
     p.add_argument("--backbones", default="v1,v2,v3_large,v3_small", help="versions, e.g. v1,v3_large (default: all)")

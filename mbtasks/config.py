@@ -1,7 +1,9 @@
-"""YAML -> typed config; `--set key=value` overrides; unknown keys are errors."""
+"""YAML -> typed config; `--set key=value` overrides; unknown keys and values out of their allowed set or range are
+errors when the recipe is loaded (with the closest valid name for a typo), before anything is written."""
 
 import copy
 import dataclasses
+import difflib
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,10 +14,71 @@ import yaml
 
 from .errors import MbtasksError
 
+# The allowed names, defined here once: the trainer and the optimiser read them from here.
+SCHEDULES = ("cosine", "poly", "step", "constant")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+# train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
+LOGGERS = {
+    "csv": ("CSVLogger", None),
+    "tensorboard": ("TensorBoardLogger", "tensorboard"),
+    "wandb": ("WandbLogger", "wandb"),
+    "mlflow": ("MLFlowLogger", "mlflow"),
+}
+# Lightning's own sets, written out so that loading a recipe needs no torch (seconds of imports); a test keeps them
+# equal to the installed Lightning's (precision: its _PRECISION_INPUT; accelerators and strategies: its registries).
+PRECISIONS = (
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "32",
+    "16",
+    "bf16",
+    "64",
+    32,
+    16,
+    64,
+)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true",
+    "ddp_spawn_find_unused_parameters_false",
+    "ddp_spawn_find_unused_parameters_true",
+    "ddp_fork_find_unused_parameters_false",
+    "ddp_fork_find_unused_parameters_true",
+    "ddp_notebook_find_unused_parameters_false",
+    "ddp_notebook_find_unused_parameters_true",
+    "deepspeed",
+    "deepspeed_stage_1",
+    "deepspeed_stage_2",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme",
+    "fsdp",
+    "fsdp_cpu_offload",
+    "single_device",
+    "single_xla",
+    "xla_debug",
+    "xla",
+    "single_tpu",
+)
 
-def _check(rule: str, test: Callable[[Any], bool]) -> dict:
-    """Field metadata: a value that fails `test` is an error "KEY RULE, got VALUE" (None passes where allowed)."""
-    return {"rule": rule, "test": test}
+
+def _check(rule: str, test: Callable[[Any], bool], names: tuple = ()) -> dict:
+    """Field metadata: a value that fails `test` is an error "KEY RULE, got VALUE" (None passes where allowed), with
+    the closest of `names` to a mistyped name."""
+    return {"rule": rule, "test": test, "names": names}
 
 
 def _at_least(low: int) -> dict:
@@ -30,12 +93,55 @@ def _between(low: float, high: float) -> dict:
     return _check(f"must be between {low} and {high}", lambda value: low <= value <= high)
 
 
+def _one_of(*names, listed: str | None = None) -> dict:
+    """The value is one of `names`; the message lists `listed`, else every name (32 and "32" once)."""
+    listed = listed or ", ".join(dict.fromkeys(str(name) for name in names))
+    return _check(f"must be one of {listed}", lambda value: value in names, names)
+
+
+def _each_of(*names) -> dict:
+    """A list of `names`, each at most once."""
+    return _check(
+        f"must be a list of {', '.join(names)} (each at most once)",
+        lambda value: all(isinstance(v, str) and v in names for v in value) and len(set(value)) == len(value),
+        names,
+    )
+
+
+def _is_count(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def _is_size(value: Any) -> bool:
     """None (the model's own), N, or [H, W]: positive integers."""
     if value is None:
         return True
     values = value if isinstance(value, (list, tuple)) and len(value) == 2 else [value]
-    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    return all(_is_count(v, 1) for v in values)
+
+
+def _is_devices(value: Any) -> bool:
+    """As Lightning's Trainer(devices=...) takes them: "auto", a count (-1: every device), a list of device indices,
+    or those written as a string ("2", "-1", "0,1")."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("auto", "-1"):
+            return True
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts or not all(part.isdigit() for part in parts):
+            return False
+        value = [int(part) for part in parts] if "," in text else int(parts[0])
+    if isinstance(value, list):
+        return bool(value) and all(_is_count(v, 0) for v in value) and len(set(value)) == len(value)
+    return _is_count(value, 1) or _is_count(value, -1) and value == -1
+
+
+def _batch_limit() -> dict:
+    """Lightning's limit_*_batches: a number of batches, or a fraction of them."""
+    return _check(
+        "must be a number of batches (0 or more) or a fraction of them from 0.0 to 1.0",
+        lambda value: _is_count(value, 0) or isinstance(value, float) and 0 <= value <= 1,
+    )
 
 
 @dataclass
@@ -53,6 +159,7 @@ class DataConfig:
     """Where the data set lives (None: the embedded synthetic set) and how batches are made."""
 
     root: str | None = None
+    format: str = ""  # a data format's name (datasets/formats.py); empty: recognised from root's layout
     synth_dir: str = "data/synth"  # where the embedded set is written when root is None
     synth: dict = field(default_factory=dict)  # options of the synthetic writer (seed, sizes, counts)
     train_split: str = ""  # empty: the format's own name (train2017, train, ...)
@@ -70,38 +177,55 @@ class TrainConfig:
     """The optimisation recipe and the Lightning trainer's settings."""
 
     epochs: int = field(default=10, metadata=_at_least(1))
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = field(default="sgd", metadata=_one_of(*OPTIMIZERS))
     lr: float = field(default=0.1, metadata=_positive())
     momentum: float = field(default=0.9, metadata=_between(0, 1))
     weight_decay: float = field(default=4e-5, metadata=_at_least(0))
-    nesterov: bool = False
+    nesterov: bool = False  # SGD's Nesterov momentum (needs train.momentum above 0)
     warmup_epochs: float = field(default=0.0, metadata=_at_least(0))
-    schedule: str = "cosine"  # cosine | poly | step | constant
+    schedule: str = field(default="cosine", metadata=_one_of(*SCHEDULES))
     poly_power: float = field(default=0.9, metadata=_positive())
     # schedule "step": multiply by lr_gamma every this many epochs
     lr_step_epochs: float = field(default=2.0, metadata=_positive())
     lr_gamma: float = field(default=0.973, metadata=_positive())
     label_smoothing: float = field(default=0.0, metadata=_between(0, 1))
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: Any = 1
+    precision: str | int = field(default="32-true", metadata=_one_of(*PRECISIONS))
+    accelerator: str = field(default="auto", metadata=_one_of(*ACCELERATORS))
+    devices: Any = field(
+        default=1,
+        metadata=_check("must be auto, a number of devices (-1: all of them) or a list of device indices", _is_devices),
+    )
     num_nodes: int = field(default=1, metadata=_at_least(1))
-    strategy: str = "auto"
+    # the message lists the strategies, not each variant of them (ddp_fork, deepspeed_stage_2, ...)
+    strategy: str = field(
+        default="auto",
+        metadata=_one_of(
+            *STRATEGIES, listed=", ".join([*(name for name in STRATEGIES if "_" not in name), "ddp_spawn", "..."])
+        ),
+    )
     seed: int = field(default=0, metadata=_between(0, 2**32 - 1))  # numpy's seed range
     out_dir: str = "runs/default"
     val_every: int = field(default=1, metadata=_at_least(1))
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
+    limit_train_batches: Any = field(default=None, metadata=_batch_limit())
+    limit_val_batches: Any = field(default=None, metadata=_batch_limit())
     gradient_clip: float | None = field(default=None, metadata=_positive())
     log_every: int = field(default=10, metadata=_at_least(1))
     progress_bar: bool = True
-    warmup_factor: float = 0.001  # the warm-up's first learning rate, a factor of train.lr (torchvision's detection)
+    # the warm-up's first learning rate, a factor of train.lr (torchvision's detection); torch's LinearLR takes (0, 1]
+    warmup_factor: float = field(
+        default=0.001, metadata=_check("must be above 0 and at most 1", lambda value: 0 < value <= 1)
+    )
     sync_batchnorm: bool = False  # batch-norm statistics over all processes (Lightning's SyncBN)
-    accumulate_grad_batches: int = 1
-    ema_decay: float | None = None  # an exponential moving average of the weights: validated, saved, evaluated
-    checkpoint_every_steps: int | None = None  # also write last.ckpt every this many optimiser steps
-    keep_every_epochs: int | None = None  # also keep checkpoints/epoch{N}.ckpt every this many epochs
-    loggers: list = field(default_factory=lambda: ["csv", "tensorboard"])  # csv, tensorboard, wandb, mlflow
+    accumulate_grad_batches: int = field(default=1, metadata=_at_least(1))
+    # an exponential moving average of the weights: validated, saved, evaluated
+    ema_decay: float | None = field(
+        default=None, metadata=_check("must be between 0 and 1 (exclusive)", lambda value: 0 < value < 1)
+    )
+    # also write last.ckpt every this many optimiser steps
+    checkpoint_every_steps: int | None = field(default=None, metadata=_at_least(1))
+    # also keep checkpoints/epoch{N}.ckpt every this many epochs
+    keep_every_epochs: int | None = field(default=None, metadata=_at_least(1))
+    loggers: list = field(default_factory=lambda: ["csv", "tensorboard"], metadata=_each_of(*LOGGERS))
 
 
 @dataclass
@@ -120,15 +244,16 @@ class Config:
 def _build(cls, values: dict, where: str, source: str):
     if not isinstance(values, dict):
         raise MbtasksError(f"{where or 'the config'} must be a mapping, got {type(values).__name__}", source)
+    prefix = f"{where}." if where else ""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in values if k not in known]
     if unknown:
-        raise MbtasksError(
-            f"unknown key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(known)})", source
-        )
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(known)}"
+        raise MbtasksError(f"unknown key {prefix}{unknown[0]} ({hint})", source)
     kwargs = {}
     for name, value in values.items():
-        key = f"{where + '.' if where else ''}{name}"
+        key = f"{prefix}{name}"
         sub = known[name].default_factory if dataclasses.is_dataclass(known[name].default_factory) else None
         if sub is not None and dataclasses.is_dataclass(sub):
             kwargs[name] = _build(sub, value or {}, key, source)
@@ -136,8 +261,32 @@ def _build(cls, values: dict, where: str, source: str):
             kwargs[name] = _typed(value, known[name].type, key, source)
             check = known[name].metadata
             if check and kwargs[name] is not None and not check["test"](kwargs[name]):
-                raise MbtasksError(f"{key} {check['rule']}, got {value!r}", source)
+                raise MbtasksError(
+                    f"{key} {check['rule']}, got {value!r}{_did_you_mean(value, check['names'])}", source
+                )
     return cls(**kwargs)
+
+
+def _did_you_mean(value: Any, names: tuple) -> str:
+    """ " (did you mean 'cosine'?)" for a mistyped name (or the first one in a list) close to one of `names`."""
+    by_lower = {}  # "SGD" is a typo of sgd too; of "32" and 32, the first named
+    for name in names:
+        by_lower.setdefault(str(name).lower(), name)
+    for word in value if isinstance(value, list) else [value]:
+        if isinstance(word, str) and word not in names:
+            close = difflib.get_close_matches(word.lower(), by_lower, n=1)
+            return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+    return ""
+
+
+def _check_together(config: Config, source: str) -> None:
+    """The rules that tie two settings."""
+    train = config.train
+    if train.optimizer == "sgd" and train.nesterov and train.momentum <= 0:
+        # torch's SGD refuses it, but only when training starts, after the output folder is made.
+        raise MbtasksError(
+            f"train.nesterov needs train.momentum above 0 (Nesterov momentum), got momentum {train.momentum}", source
+        )
 
 
 def _typed(value: Any, annotation: Any, key: str, source: str) -> Any:
@@ -157,6 +306,7 @@ def _typed(value: Any, annotation: Any, key: str, source: str) -> Any:
 def config_from_dict(values: dict, source: str = "<config>") -> Config:
     """Check and type a nested dict."""
     config = _build(Config, values, "", source)
+    _check_together(config, source)
     if not config.task:
         raise MbtasksError("names no task (set task: in the config or give --task)", source)
     return config

@@ -13,8 +13,6 @@ from .io.executorch_runtime import open_program, operator_counts
 from .io.onnx_runtime import create_session, read_metadata
 from .io.records import Record, read_record
 from .models import MODELS
-from .models.detectors import DETECTORS
-from .models.segmenters import SEGMENTERS
 from .profiling import count_madds, count_parameters, example_input
 from .tasks import TASKS
 
@@ -59,15 +57,15 @@ def describe(path: str | Path) -> dict:
 
 
 def _profile_resolution(record: Record, network) -> int | tuple[int, int]:
-    """The input multiply-adds are counted at: a detector's own size; else the recipe's input size; else 224 (520
-    for segmenters, the size torchvision's segmentation metadata counts at)."""
-    if record.model in DETECTORS:
+    """The input multiply-adds are counted at: a detector's own size; else the recipe's input size; else the model's
+    default size (224, 520 for segmenters: the size torchvision's segmentation metadata counts at)."""
+    if MODELS.get(record.model).kind == "detector":
         return tuple(network.transform.fixed_size[::-1])  # torchvision keeps (width, height)
     if record.config and record.task in TASKS:
         size = TASKS.get(record.task).data_module.input_size(config_from_dict(record.config))
         if size is not None:
             return size if isinstance(size, int) else (int(size[0]), int(size[1]))
-    return 520 if record.model in SEGMENTERS else 224
+    return MODELS.get(record.model).size
 
 
 def _sha256(path: Path) -> str:
@@ -91,12 +89,11 @@ def format_info(info: dict) -> str:
     names = info["categories"]
     shown = ", ".join(names if len(names) <= 12 else [*names[:10], "..."])
     export = info["export"]
-    kind = KINDS[info["kind"]] + (
-        f" ({'int8' if export['int8'] else 'fp32'}, "
-        f"{export['backend'] if 'backend' in export else 'opset ' + str(export['opset'])})"
-        if export
-        else ""
-    )
+    if export:  # an ONNX file names its opset, an ExecuTorch program its backend
+        runs_on = export["backend"] if "backend" in export else f"opset {export['opset']}"
+        kind = KINDS[info["kind"]] + f" ({'int8' if export['int8'] else 'fp32'}, {runs_on})"
+    else:
+        kind = KINDS[info["kind"]]
     h, w = info["input_size"]
     scalars = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     lines = [
@@ -120,9 +117,8 @@ def format_info(info: dict) -> str:
         lines.insert(1, f"operators      delegated: {delegated}; outside the delegates: {outside}")
         lines.insert(1, f"export         {export['recipe']}")
         size = f", {'x'.join(map(str, export['input_size']))}" if export.get("input_size") else ""
-        lines.insert(
-            1, "input          " + ", ".join(f"{key} {value}" for key, value in export["preprocessing"].items()) + size
-        )
+        preprocessing = ", ".join(f"{key} {value}" for key, value in export["preprocessing"].items())
+        lines.insert(1, f"input          {preprocessing}{size}")
     choice = (export or {}).get("int8_choice")
     if choice:  # what the export measured when it chose how to quantise (mbtasks.export.int8.choose)
         ms = choice["ms"]

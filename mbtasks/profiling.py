@@ -6,6 +6,8 @@ import time
 import torch
 from torch import nn
 
+from .sizes import height_width
+
 
 def count_parameters(model: nn.Module) -> int:
     """Number of learnable parameters."""
@@ -67,5 +69,5 @@ def profile(model: nn.Module, example: object, runs: int = 30) -> dict:
 
 def example_input(resolution: int | tuple[int, int]) -> torch.Tensor:
     """A batch-1 input of the given resolution (square for an int)."""
-    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    h, w = height_width(resolution)
     return torch.rand(1, 3, h, w)

@@ -1,8 +1,11 @@
-"""Real photos (scikit-image's) in the COCO and Cityscapes layouts, for the pipeline tests and bench/data.py.
+"""Real photos (scikit-image's) in the COCO, Cityscapes, folder and YOLO layouts, for the pipeline and format tests
+and bench/data.py.
 
 COCO: JPEGs at COCO's 640x480 with boxes drawn by hand around what the photos show, under COCO's own category
 ids; one iscrowd region in RLE, as COCO stores crowds. Cityscapes: 2048x1024 PNGs tiled from the photos, each
-with a labelIds PNG whose ids follow the photo's content (bands of its blurred grey levels).
+with a labelIds PNG whose ids follow the photo's content (bands of its blurred grey levels). Folder: the photos at
+half size with masks drawn by hand (rectangles and ellipses of classes, bands of the ignore index). YOLO: the COCO
+boxes as normalised label lines, with Ultralytics' data.yaml.
 """
 
 from __future__ import annotations
@@ -142,3 +145,94 @@ def _write_cityscapes_split(root: Path, split: str, city: str, tiles: list[np.nd
         # (Cityscapes' own: about 2 MB, of less busy scenes)
         Image.fromarray(scene).save(image_dir / f"{name}_leftImg8bit.png")
         Image.fromarray(label_ids).save(label_dir / f"{name}_gtFine_labelIds.png")
+
+
+# ---- the folder segmentation format ----
+
+FOLDER_CLASSES = ["background", "person", "cat", "cup"]
+FOLDER_IGNORE = 200  # not 255: the reader maps the file's own ignore index to 255
+FOLDER_PALETTE = [[0, 0, 0], [220, 20, 60], [255, 160, 0], [70, 130, 180]]
+# split -> (photo, file suffix, mask as a palette PNG?)
+FOLDER_SPLITS = {
+    "train": [("astronaut", ".png", False), ("chelsea", ".jpg", False), ("camera", ".jpg", True)],
+    "val": [("coffee", ".jpg", True), ("chelsea", ".jpg", False)],
+}
+
+
+def folder_photo(name: str) -> np.ndarray:
+    """A photo at half its size, as the folder set stores it."""
+    image = photo(name)
+    return cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def folder_mask(name: str) -> np.ndarray:
+    """The mask drawn by hand for a photo at half size: class indices, FOLDER_IGNORE where no class is given."""
+    height, width = folder_photo(name).shape[:2]
+    rows, cols = np.mgrid[0:height, 0:width]
+    mask = np.zeros((height, width), np.uint8)
+    if name == "astronaut":
+        mask[15:, 10:225] = 1  # the astronaut
+        mask[:5] = FOLDER_IGNORE  # the top rows, left unlabelled
+    elif name == "camera":
+        mask[30:230, 50:170] = 1  # the cameraman
+    elif name == "chelsea":
+        mask[((rows - 80) / 70) ** 2 + ((cols - 112) / 100) ** 2 <= 1] = 2  # the cat
+    elif name == "coffee":
+        distance = np.hypot(rows - 95, cols - 140)
+        mask[distance <= 75] = 3  # the cup
+        mask[(distance > 75) & (distance <= 78)] = FOLDER_IGNORE  # its outline, as VOC's boundaries
+    return mask
+
+
+def write_folder_photos(root: Path) -> Path:
+    """`root/images/{train,val}/`, `root/masks/{train,val}/` (grey or palette PNGs) and `root/classes.json`."""
+    for split, photos in FOLDER_SPLITS.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for name, suffix, palette in photos:
+            Image.fromarray(folder_photo(name)).save(root / "images" / split / f"{name}{suffix}", quality=90)
+            mask = Image.fromarray(folder_mask(name))
+            if palette:  # all 256 entries: PIL writes a palette of 4 as 2-bit pixels, which cannot hold the 200
+                mask.putpalette([v for colour in FOLDER_PALETTE for v in colour] + [255] * 3 * 252)
+            mask.save(root / "masks" / split / f"{name}.png")
+    (root / "classes.json").write_text(
+        json.dumps({"classes": FOLDER_CLASSES, "ignore_index": FOLDER_IGNORE, "palette": FOLDER_PALETTE})
+    )
+    return root
+
+
+# ---- the YOLO detection format ----
+
+YOLO_CLASSES = list(CATEGORIES.values())  # class id = position: COCO's category ids in order
+# split -> photos; rocket has no label file (an image without boxes)
+YOLO_SPLITS = {"train": ["astronaut", "coffee", "chelsea"], "val": ["motorcycle", "camera", "rocket"]}
+
+
+def yolo_boxes(name: str) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(class id, (x0, y0, x1, y1) in the 640x480 photo's pixels) of BOXES' boxes of a photo."""
+    class_of = {category: index for index, category in enumerate(CATEGORIES)}
+    return [(class_of[category], (x, y, x + w, y + h)) for (x, y, w, h), category in BOXES.get(name, [])]
+
+
+def write_yolo_photos(root: Path) -> Path:
+    """`root/images/{train,val}/` (640x480 JPEGs, chelsea a PNG), `root/labels/{train,val}/*.txt` (BOXES, normalised)
+    and Ultralytics' `root/data.yaml` (names by class id)."""
+    height, width = COCO_SIZE
+    for split, names in YOLO_SPLITS.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            pixels = cv2.resize(photo(name), (width, height), interpolation=cv2.INTER_AREA)
+            Image.fromarray(pixels).save(
+                root / "images" / split / f"{name}{'.png' if name == 'chelsea' else '.jpg'}", quality=90
+            )
+            if name in BOXES:
+                lines = [
+                    f"{c} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {(x1 - x0) / width:.6f} "
+                    f"{(y1 - y0) / height:.6f}"
+                    for c, (x0, y0, x1, y1) in yolo_boxes(name)
+                ]
+                (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    names = "\n".join(f"  {index}: {name}" for index, name in enumerate(YOLO_CLASSES))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    return root

@@ -25,6 +25,14 @@ def test_profile_non_square_resolution(capsys):
     assert json.loads(capsys.readouterr().out)["madds"] < square
 
 
+def test_version_is_the_package_version(capsys):
+    import mbtasks
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"mbtasks {mbtasks.__version__}"
+
+
 def test_console_script_prints_one_line_error():
     result = subprocess.run(
         [sys.executable, "-m", "mbtasks.cli", "profile", "--model", "resnet50"], capture_output=True, text=True

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from mbtasks import MbtasksError, build_model
+from mbtasks import MbtasksError, build_model, list_models
 from mbtasks.cli import main
-from mbtasks.models.detectors import DETECTORS
 from mbtasks.profiling import count_madds, count_parameters, example_input
 from mbtasks.reference import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, DETECTOR_TORCHVISION_FIGURES
 
@@ -97,7 +96,7 @@ SIZES = [320, 300, 512, (256, 384)]
 
 
 # Width 0.25 and 5 classes keep this fast; the code paths are those of every width (the widths test builds 1.0).
-@pytest.mark.parametrize("name", sorted(DETECTORS))
+@pytest.mark.parametrize("name", list_models(kind="detector"))
 def test_any_size_detects_in_input_pixels_and_trains(name):
     for size in SIZES:
         h, w = (size, size) if isinstance(size, int) else size
@@ -141,7 +140,7 @@ def test_boxes_scale_back_to_the_input_image():
     assert torch.allclose(scaled["boxes"][:20], at_size["boxes"][:20] * torch.tensor([3.0, 2.0, 3.0, 2.0]), atol=1.0)
 
 
-@pytest.mark.parametrize("name", sorted(DETECTORS))
+@pytest.mark.parametrize("name", list_models(kind="detector"))
 def test_width_carries_through_extra_layers_and_heads(name):
     full, half = build_model(name), build_model(name, width_mult=0.5)
     assert full.backbone.out_channels[2:] == [512, 256, 256, 128]

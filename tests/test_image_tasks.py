@@ -299,7 +299,7 @@ def test_synthetic_set_is_written_once_and_empty_leftovers_are_replaced(tmp_path
     assert data.class_names == ["circle", "square"] and data.category_ids == []
     write_synthetic_once(
         tmp_path / "shapes",
-        data.write_synthetic,
+        data.format.write_synthetic,
         {"num_classes": 3, "train_per_class": 1, "val_per_class": 1, "size": 16},
     )
     assert len(list((tmp_path / "shapes/train").iterdir())) == 3  # other options: rewritten

@@ -193,7 +193,7 @@ def test_torchvision_ssdlite_coco_weights_scored_on_a_coco_val_folder(torch_cach
     for image_id, truth, found in zip((1, 2, 3), truths, founds):
         # torchvision's four best boxes of real categories (not "N/A") are the ground truth
         for box, label in [
-            (b, l) for b, l in zip(truth["boxes"].tolist(), truth["labels"].tolist()) if names[l] != "N/A"
+            (b, c) for b, c in zip(truth["boxes"].tolist(), truth["labels"].tolist()) if names[c] != "N/A"
         ][:4]:
             x0, y0, x1, y1 = box
             annotations.append(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import coco_category_names, write_coco_folder, write_voc_folder
+from photo_sets import write_folder_photos, write_yolo_photos
 
 from mbtasks.cli import main
 from mbtasks.config import load_config
@@ -42,6 +43,10 @@ def _write_data(kind: str, root: Path) -> Path:
         write_streets_cityscapes(root, seed=0, num_train=2, num_val=2, size=(256, 512))
     elif kind == "voc":
         write_voc_folder(root / "VOC2012", count=6, size=(120, 160))
+    elif kind == "folder":
+        write_folder_photos(root)
+    elif kind == "yolo":
+        write_yolo_photos(root)
     elif kind == "celeba":
         write_celeba_faces(root, seed=0, num_images=20)
     elif kind == "lfw":
@@ -74,6 +79,8 @@ def data_root(tmp_path_factory):
 
 
 def _kind(config) -> str:
+    if config.data.format:
+        return config.data.format
     if config.task == "seg":
         return "voc" if "voc" in str(config.data.root).lower() else "cityscapes"
     return {"det": "coco", "attr": "celeba", "embed": "lfw", "cls": "imagefolder"}[config.task]
@@ -114,7 +121,7 @@ def test_every_recipe_trains_a_step_and_validates_on_its_data_format(
         if config.task in ("det", "seg", "cls")
         else f"{'attributes' if config.task == 'attr' else 'embedding'}_{config.model.name}"
     )
-    if config.task == "det":  # COCO's 80 categories + background, labelled 1..80 in id order
+    if _kind(config) == "coco":  # COCO's 80 categories + background, labelled 1..80 in id order
         assert record["options"]["num_classes"] == 81 and record["category_ids"] == [0, *COCO_IDS]
 
 

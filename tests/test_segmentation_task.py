@@ -232,7 +232,7 @@ def test_configs_build_their_models(path):
     with torch.no_grad():
         assert task.model.eval()(torch.zeros(1, 3, 64, 96)).shape == (1, classes, 64, 96)
     if config.data.root is None:
-        assert SegmentationDataModule(config).format == "cityscapes"
+        assert SegmentationDataModule(config).format.name == "cityscapes" == config.data.format
 
 
 # ---- scoring a prediction folder with bad input: one line naming the file, exit 2 ----

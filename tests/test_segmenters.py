@@ -5,12 +5,11 @@ import torch
 import torchvision
 from helpers import randomised
 
-from mbtasks import MbtasksError, build_model
+from mbtasks import MbtasksError, build_model, list_models
 from mbtasks.cli import main
 from mbtasks.heads.lraspp import paper_pool_geometry
 from mbtasks.io.records import read_weights
 from mbtasks.models.importers import import_weights
-from mbtasks.models.segmenters import SEGMENTERS
 from mbtasks.profiling import count_madds, count_parameters
 from mbtasks.reference import SEGMENTER_PAPER_FIGURES
 
@@ -103,7 +102,7 @@ def test_mobile_deeplabv3_matches_the_v2_paper():
         assert abs(madds / paper_madds - 1) < (0.01 if not dict(options)["aspp"] else 0.1)
 
 
-@pytest.mark.parametrize("name", list(SEGMENTERS))
+@pytest.mark.parametrize("name", list_models(kind="segmenter"))
 def test_every_model_gives_logits_at_the_input_resolution(name):
     x = torch.rand(1, 3, 72, 100)
     for output_stride in (8, 16, 32):

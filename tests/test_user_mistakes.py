@@ -105,7 +105,10 @@ CASES = {
     "epochs_negative": ("train.epochs must be at least 1, got -1", TRAIN + _sets("train.epochs=-1")),
     "lr_zero": ("train.lr must be above 0, got 0", TRAIN + _sets("train.lr=0")),
     # train: Lightning's own refusals
-    "devices_zero": ("Lightning refuses the train settings: `Trainer(devices=0)`", TRAIN + _sets("train.devices=0")),
+    "devices_zero": (
+        "train.devices must be auto, a number of devices (-1: all of them) or a list of device indices, got 0",
+        TRAIN + _sets("train.devices=0"),
+    ),
     "devices_more_than_cpus": (
         f"starts {(os.cpu_count() or 1) + 1} processes on this machine",
         TRAIN + _sets(f"train.devices={(os.cpu_count() or 1) + 1}"),
@@ -123,7 +126,7 @@ CASES = {
         "{in}/user/notes.txt: a config must be a YAML mapping",
         ["train", "--config", "{in}/user/notes.txt"],
     ),
-    "config_unknown_key": ("unknown key train.lrr", TRAIN + _sets("train.lrr=1")),
+    "config_unknown_key": ("unknown key train.lrr (did you mean train.lr?)", TRAIN + _sets("train.lrr=1")),
     # evaluate
     "checkpoint_not_torch": (
         "{in}/user/notes.txt: not a PyTorch weights file",
@@ -277,11 +280,13 @@ MORE_CASES = {
         ["profile", "--model", "mobilenet_v1", "--option", "depth=3", "--runs", "1"],
     ),
     "strategy": (
-        "unknown train.strategy 'warp'; Lightning's strategies: auto, ddp",
+        "train.strategy must be one of auto, ddp, deepspeed, fsdp, xla, ddp_spawn, ..., got 'warp'",
         TRAIN + _sets("train.strategy=warp"),
     ),
     "precision": (
-        "Lightning refuses the train settings: Precision '13-mixed' is invalid",
+        "train.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, "
+        "transformer-engine, transformer-engine-float16, 32, 16, bf16, 64, got '13-mixed' (did you mean "
+        "'16-mixed'?)",
         TRAIN + _sets("train.precision=13-mixed"),
     ),
     "width_negative_in_config": (
@@ -297,7 +302,8 @@ MORE_CASES = {
         TRAIN + _sets("data.root=null", "data.synth_dir={out}/synth", "data.synth.max_cars=2"),
     ),
     "limit_batches": (
-        "Lightning refuses the train settings: You have passed invalid value -1 for limit_train_batches",
+        "train.limit_train_batches must be a number of batches (0 or more) or a fraction of them from "
+        "0.0 to 1.0, got -1",
         TRAIN + _sets("train.limit_train_batches=-1"),
     ),
     "root_missing": (
@@ -313,7 +319,7 @@ MORE_CASES = {
         TRAIN + ["--resume", "{in}/user/notes.txt"],
     ),
     "unknown_task": (
-        "task must be one of det, seg, attr, embed, cls, got 'pose'",
+        "unknown task 'pose'; known: det, seg, attr, embed, cls",
         ["train", "--task", "pose", *_sets("train.out_dir={out}/run")],
     ),
     "synth_unknown_task": ("unknown task 'pose'", ["data", "synth", "--task", "pose", "--out", "{out}/s"]),

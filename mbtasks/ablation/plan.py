@@ -6,6 +6,7 @@ from pathlib import Path
 from ..backbones import BACKBONES
 from ..config import Config, load_config
 from ..errors import MbtasksError
+from ..sizes import height_width
 from ..tasks import TASKS
 
 Resolution = int | tuple[int, int]
@@ -91,10 +92,11 @@ def parse_resolutions(text: str) -> list[Resolution]:
 
 
 def default_config(task: str) -> Path:
-    """The task's demo config, from the source tree the package sits in."""
+    """The task's demo config: its `demo_recipe` in configs/demo/ of the source tree the package sits in, or, where
+    that is an absolute path (a plugin's recipe beside its module), that file."""
     path = Path(__file__).resolve().parents[2] / "configs" / "demo" / TASKS.get(task).demo_recipe
     if not path.is_file():
-        raise MbtasksError(f"no demo config for {task} next to the package ({path}): pass --config")
+        raise MbtasksError(f"no demo config for {task} ({path}): pass --config")
     return path
 
 
@@ -103,7 +105,7 @@ def config_resolution(config: Config) -> Resolution:
     size = TASKS.get(config.task).data_module.input_size(config)
     if size is None:
         raise MbtasksError("the config sets no data.size: pass --resolutions")
-    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    size = height_width(size)
     return size[0] if size[0] == size[1] else size
 
 

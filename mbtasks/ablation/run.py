@@ -1,7 +1,6 @@
 """Running the grid: each run trained and evaluated in child processes, then profiled; finished runs are skipped, and
 no run folder is removed but the same run's unfinished one, or one of other settings that --overwrite replaces."""
 
-import inspect
 import json
 import os
 import shlex
@@ -17,9 +16,9 @@ from ..io.outputs import write_text_atomically
 from ..io.records import Record, read_checkpoint
 from ..layers.fusion import for_inference
 from ..models import MODELS
-from ..models.detectors import DETECTORS, build_ssd
 from ..profiling import count_madds, count_parameters, example_input, measure_latency
 from ..reference import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, PAPER_FIGURES, SEGMENTER_PAPER_FIGURES
+from ..sizes import height_width
 from ..tasks import TASKS
 from .plan import Resolution, Run, resolution_text
 
@@ -44,18 +43,17 @@ def profile_network(model: torch.nn.Module, resolution: Resolution, runs: int) -
 
 def paper_figures(model: str, options: dict, resolution: Resolution) -> tuple[float, float] | None:
     """The papers' (params, multiply-adds) of this network where mbtasks.reference lists it, else None."""
-    builder = build_ssd if model in DETECTORS else MODELS.get(model).build
-    defaults = {k: p.default for k, p in inspect.signature(builder).parameters.items() if p.default is not p.empty}
+    entry = MODELS.get(model)
 
     def built_with(wanted: dict) -> bool:
-        return all(options.get(k, defaults.get(k, v)) == v for k, v in wanted.items())
+        return all(options.get(k, entry.defaults.get(k, v)) == v for k, v in wanted.items())
 
     width = float(options.get("width_mult", 1.0))
-    hw = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    hw = height_width(resolution)
     if model in BACKBONES and hw[0] == hw[1]:
         if built_with({"num_classes": 1000, "reduced_tail": False, "output_stride": 32}):
             return PAPER_FIGURES.get((model, width, hw[0]))
-    elif model in DETECTORS and hw[0] == hw[1]:
+    elif entry.kind == "detector" and hw[0] == hw[1]:
         if built_with({"num_classes": 91, **DETECTOR_PAPER_OPTIONS.get(model, {})}):
             return DETECTOR_PAPER_FIGURES.get((model, width, hw[0]))
     elif width == 1.0:

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbtasks.datasets.formats import FORMATS, DataFormat
 from mbtasks.datasets.imagefolder import apply_transform
+from mbtasks.datasets.synthetic.faces import write_celeba_faces
 from mbtasks.errors import MbtasksError
 from mbtasks.io.images import read_rgb_image
 
@@ -109,3 +111,19 @@ def _read_lines(path: str | Path) -> list[tuple[int, str]]:
         raise MbtasksError("file not found", path) from None
     except UnicodeDecodeError:
         raise MbtasksError("not a text file", path) from None
+
+
+@FORMATS.register("celeba")
+class CelebAFormat(DataFormat):
+    """CelebA's layout, the attributes task's format; its embedded set is the synthetic faces."""
+
+    kind = "attributes"
+    layout = f"{IMAGE_FOLDER}/, {ATTRIBUTE_FILE} and {PARTITION_FILE}"
+    write_synthetic = staticmethod(write_celeba_faces)
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return (root / ATTRIBUTE_FILE).is_file()
+
+    def dataset(self, split: str, transform: Callable | None) -> CelebA:
+        return CelebA(self.root, split, transform)

@@ -1,10 +1,12 @@
-"""Cityscapes fine annotations as a map-style dataset: RGB image and train-id mask (255 ignored), with file paths."""
+"""Cityscapes fine annotations as a map-style dataset (RGB image and train-id mask, 255 ignored, with file paths), and
+the Cityscapes format: the official evaluation on label ids, predictions saved as the official script reads them."""
 
 from __future__ import annotations
 
 import glob
 import os
 from collections.abc import Callable
+from pathlib import Path, PurePath
 from typing import Any
 
 import cv2
@@ -12,9 +14,14 @@ import numpy as np
 import torch
 from cityscapesscripts.helpers.labels import labels
 
+from mbtasks.datasets.formats import FORMATS, SegmentationFormat
+from mbtasks.datasets.mapped import Mapped
 from mbtasks.datasets.segmentation_transforms import segmentation_item
+from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
+from mbtasks.drawing import write_png
 from mbtasks.errors import MbtasksError
-from mbtasks.io.images import read_image_and_label
+from mbtasks.evaluation.segmentation import CityscapesEvaluator, evaluate_cityscapes_folders, format_cityscapes_table
+from mbtasks.io.images import read_image_and_label, read_label_png
 
 IGNORE_INDEX = 255
 _EVALUATED = sorted((label for label in labels if 0 <= label.trainId < IGNORE_INDEX), key=lambda label: label.trainId)
@@ -98,3 +105,88 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
         # cv2.LUT: 10-20x faster than numpy's fancy indexing over a 2048x1024 label map
         mask = cv2.LUT(label_ids, _LUT_256) if label_ids.dtype == np.uint8 else _LABEL_TO_TRAIN[label_ids]
         return segmentation_item(self.transform, image, mask, image_path, label_path)
+
+
+def with_official_targets(item: dict) -> dict:
+    """A Cityscapes item plus the ground truth the official evaluation reads: label ids and instance ids (HxW)."""
+    label_path = item["label_path"]
+    item["label_ids"] = read_label_png(label_path)
+    item["instance_ids"] = read_label_png(label_path[: -len("labelIds.png")] + "instanceIds.png")
+    return item
+
+
+@FORMATS.register("cityscapes")
+class CityscapesFormat(SegmentationFormat):
+    """Cityscapes: leftImg8bit/ and gtFine/, the 19 train ids; validation scores label ids with the official
+    evaluation (IoU and iIoU, per class and per category), and predictions are saved as labelIds/ PNGs (what the
+    official script reads) and color/ PNGs, under <city>/<image name>."""
+
+    layout = "leftImg8bit/ and gtFine/"
+    default_crop = (512, 1024)  # mmseg's
+    fixed_classes = CLASS_NAMES
+    write_synthetic = staticmethod(write_streets_cityscapes)
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return (root / "leftImg8bit").is_dir() or (root / "gtFine").is_dir()  # photos, or the ground truth alone
+
+    def dataset(self, split: str, transform: Callable | None) -> CityscapesSegmentation:
+        return CityscapesSegmentation(self.root, split, transform)
+
+    def validation_set(self, split: str, transform: Callable | None) -> Mapped:
+        return Mapped(self.dataset(split, transform), with_official_targets)
+
+    def palette(self) -> np.ndarray:
+        return TRAIN_ID_COLORS
+
+    def counts(self, class_names: list[str]) -> CityscapesEvaluator:
+        return CityscapesEvaluator()
+
+    def image_counts(self, prediction: np.ndarray, item: dict, class_names: list[str]) -> CityscapesEvaluator:
+        counts = CityscapesEvaluator()
+        counts.update(train_ids_to_label_ids(prediction), item["label_ids"], item["instance_ids"])
+        return counts
+
+    def metrics(self, counts: CityscapesEvaluator) -> dict:
+        return _without_matrix(counts.result())
+
+    def figures(self, metrics: dict) -> dict[str, float]:
+        return {
+            "val/mIoU": metrics["mean_class_iou"],
+            "val/iIoU": metrics["mean_class_iiou"],
+            "val/category_IoU": metrics["mean_category_iou"],
+            "val/category_iIoU": metrics["mean_category_iiou"],
+        }
+
+    def metrics_table(self, metrics: dict) -> str:
+        """The official script's class and category tables."""
+        return format_cityscapes_table(metrics)
+
+    def saved_name(self, image_path: str) -> PurePath:
+        path = Path(image_path)
+        return PurePath(path.parent.name, path.name)
+
+    def prediction_files(self, name: PurePath) -> list[PurePath]:
+        return [PurePath("labelIds", name), PurePath("color", name)]
+
+    def write_prediction(self, out: Path, name: PurePath, prediction: np.ndarray) -> None:
+        for file, image in zip(
+            self.prediction_files(name), [train_ids_to_label_ids(prediction), TRAIN_ID_COLORS[prediction]], strict=True
+        ):
+            write_png(out / file, image)
+
+    def earlier_predictions(self, folder: Path) -> list[Path]:
+        return [p for sub in ("labelIds", "color") for p in sorted((folder / sub).rglob("*")) if p.is_file()]
+
+    def saved_what(self, folder: Path) -> str:
+        return f"labelId PNGs to {folder / 'labelIds'} and colour PNGs to {folder / 'color'}"
+
+    def score_folders(self, predictions: Path, split: str) -> tuple[dict, str, int]:
+        """A folder of labelId PNGs against this root, as the official script scores them."""
+        result = evaluate_cityscapes_folders(self.root, predictions, split=split)
+        return _without_matrix(result), format_cityscapes_table(result), result["num_images"]
+
+
+def _without_matrix(result: dict) -> dict:
+    """The official figures without the confusion matrix (35 x 35 counts): what is logged, printed and saved."""
+    return {k: v for k, v in result.items() if k != "confusion_matrix"}

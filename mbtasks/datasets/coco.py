@@ -1,11 +1,8 @@
-"""COCO detection: the annotation file read and checked through pycocotools, one image and its boxes per item."""
+"""COCO detection: the annotation file read and checked through pycocotools, one image and its boxes per item; and
+the COCO format (`annotations/instances_{split}.json`, `{split}/` images), the detection task's default."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,54 +12,11 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from mbtasks.datasets.formats import FORMATS, DetectionFormat
+from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.errors import MbtasksError
+from mbtasks.evaluation.coco import load_coco_json
 from mbtasks.io.images import read_rgb_image
-
-
-def load_coco_json(annotation_file: str | Path) -> COCO:
-    """Read a COCO annotation file into pycocotools' COCO, quietly, after checking its structure."""
-    path = Path(annotation_file)
-    try:
-        with open(path, encoding="utf-8") as f:
-            dataset = json.load(f)
-    except FileNotFoundError:
-        raise MbtasksError("annotation file not found", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MbtasksError(f"not a JSON file ({e})", path) from None
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(dataset, dict) or k not in dataset]
-    if missing:
-        raise MbtasksError(f"not a COCO annotation file: no {', '.join(repr(k) for k in missing)}", path)
-    _check_structure(dataset, path)
-    coco = COCO()
-    coco.dataset = dataset
-    # pycocotools prints its progress; a library should not.
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def _check_structure(dataset: dict, path: Path) -> None:
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(dataset[key], list):
-            raise MbtasksError(f"not a COCO annotation file: {key!r} is not a list", path)
-    for key, fields in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name"))):
-        for i, entry in enumerate(dataset[key]):
-            if not isinstance(entry, dict) or any(f not in entry for f in fields):
-                raise MbtasksError(f"{key}[{i}] lacks one of {', '.join(fields)}", path)
-    image_ids = {im["id"] for im in dataset["images"]}
-    category_ids = {c["id"] for c in dataset["categories"]}
-    for i, ann in enumerate(dataset["annotations"]):
-        if not isinstance(ann, dict) or any(f not in ann for f in ("id", "image_id", "category_id", "bbox")):
-            raise MbtasksError(f"annotations[{i}] lacks one of id, image_id, category_id, bbox", path)
-        if ann["category_id"] not in category_ids:
-            raise MbtasksError(f"annotation {ann['id']} has unknown category id {ann['category_id']}", path)
-        if ann["image_id"] not in image_ids:
-            raise MbtasksError(f"annotation {ann['id']} refers to unknown image id {ann['image_id']}", path)
-        box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise MbtasksError(f"annotation {ann['id']} has a bbox that is not 4 numbers [x, y, w, h]", path)
-        if not all(math.isfinite(v) for v in box):
-            raise MbtasksError(f"annotation {ann['id']} has a bbox that is not finite", path)
 
 
 def coco_labels(
@@ -102,6 +56,10 @@ class CocoDetection(torch.utils.data.Dataset):
     Without transforms an item is (HWC uint8 RGB numpy image, target); with them, whatever the transforms make
     of the image (a CHW float tensor in [0, 1] for detection_transforms). Target: boxes (float32 xyxy pixels),
     labels (int64), iscrowd (int64), image_id (int), orig_size ((h, w) of the file).
+
+    `coco`: the ground truth already in memory (another format's, read into COCO's form), which `annotation_file`
+    then only names in messages (that format's labels). `ground_truth` is what COCOeval scores the images against.
+    `exif_upright`: the boxes refer to the images as shown (EXIF orientation applied, as YOLO's do), not as stored.
     """
 
     def __init__(
@@ -113,12 +71,16 @@ class CocoDetection(torch.utils.data.Dataset):
         train: bool,
         num_classes: int | None = None,
         names_by_id: Sequence[str] = (),
+        coco: COCO | None = None,
+        exif_upright: bool = False,
     ):
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         self.transforms = transforms
         self.train = train
-        self.coco = load_coco_json(self.annotation_file)
+        self.coco = load_coco_json(self.annotation_file) if coco is None else coco
+        self.ground_truth: Path | COCO = self.annotation_file if coco is None else coco
+        self.exif_upright = exif_upright
         # label -> COCO category id (0 stands for background) and label -> name
         self.category_ids, self.class_names = coco_labels(self.coco, num_classes, names_by_id, self.annotation_file)
         self.image_ids: list[int] = sorted(self.coco.imgs)
@@ -178,7 +140,8 @@ class CocoDetection(torch.utils.data.Dataset):
     def load_image(self, image_id: int) -> np.ndarray:
         """The image as HWC uint8 RGB, checked against the size the annotation file gives."""
         path = self.image_path(image_id)
-        image = read_rgb_image(path)  # the stored pixels, which COCO's boxes refer to (EXIF orientation ignored)
+        # COCO's boxes refer to the stored pixels (EXIF orientation ignored)
+        image = read_rgb_image(path, exif_upright=self.exif_upright)
         info = self.coco.imgs[image_id]
         if image.shape[:2] != (info["height"], info["width"]):
             raise MbtasksError(
@@ -203,3 +166,35 @@ class CocoDetection(torch.utils.data.Dataset):
             "orig_size": (self.coco.imgs[image_id]["height"], self.coco.imgs[image_id]["width"]),
         }
         return image, target
+
+
+@FORMATS.register("coco")
+class CocoFormat(DetectionFormat):
+    """COCO: `annotations/instances_{split}.json` and the `{split}/` images it lists (splits train2017, val2017);
+    its embedded set is the synthetic shapes."""
+
+    layout = "annotations/instances_{split}.json and {split}/ images"
+    splits = ("train2017", "val2017")
+    write_synthetic = staticmethod(write_shapes_coco)
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return (root / "annotations").is_dir()
+
+    def dataset(
+        self,
+        split: str,
+        transforms: Callable | None,
+        *,
+        train: bool,
+        num_classes: int | None = None,
+        names_by_id: Sequence[str] = (),
+    ) -> CocoDetection:
+        return CocoDetection(
+            self.root / split,
+            self.root / "annotations" / f"instances_{split}.json",
+            transforms,
+            train=train,
+            num_classes=num_classes,
+            names_by_id=names_by_id,
+        )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
+from ..sizes import height_width
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -23,7 +25,7 @@ def train_transform(
     seed: int | None = None,
 ) -> A.Compose:
     """Random resized crop to `size` (int or (height, width)), optional flip, colour jitter, normalise."""
-    height, width = _height_width(size)
+    height, width = height_width(size)
     steps = [A.RandomResizedCrop(size=(height, width), scale=scale, ratio=ratio)]
     # Flipping suits faces and most classes; turn it off where left and right carry meaning.
     if hflip:
@@ -37,7 +39,7 @@ def train_transform(
 
 def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.875) -> A.Compose:
     """Resize the short side to size / crop_fraction and centre-crop `size`; None resizes the whole image."""
-    height, width = _height_width(size)
+    height, width = height_width(size)
     if crop_fraction is None:
         steps = [A.Resize(height=height, width=width)]
     else:
@@ -46,7 +48,3 @@ def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.
         short_side = round(max(height, width) / crop_fraction)
         steps = [A.SmallestMaxSize(max_size=short_side), A.CenterCrop(height=height, width=width)]
     return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
-
-
-def _height_width(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

@@ -1,4 +1,5 @@
-"""ImageFolder: `<folder>/<class>/*.jpg|png`, class ids from the sorted class names (torchvision's layout)."""
+"""ImageFolder: `<folder>/<class>/*.jpg|png`, class ids from the sorted class names (torchvision's layout); the
+classification task's format."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
+from mbtasks.datasets.formats import FORMATS, DataFormat
+from mbtasks.datasets.synthetic.faces import write_shape_imagefolder
 from mbtasks.errors import MbtasksError
 from mbtasks.io.images import read_rgb_image
 
@@ -66,3 +69,28 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray | torch.Tensor, int]:
         path, label = self.samples[index]
         return apply_transform(self.transform, read_rgb_image(path)), label
+
+
+@FORMATS.register("imagefolder")
+class ImageFolderFormat(DataFormat):
+    """An ImageFolder per split (`train/<class>/`, `val/<class>/`), the classification task's format; the classes are
+    the training folder's class folders (the validation folder's where there is none); its embedded set is the
+    synthetic shapes."""
+
+    kind = "classification"
+    layout = "train/<class>/ and val/<class>/ images"
+    write_synthetic = staticmethod(write_shape_imagefolder)
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return any((root / split).is_dir() for split in cls.splits)
+
+    def dataset(self, split: str, transform: Callable | None, classes: Sequence[str] | None = None) -> ImageFolder:
+        return ImageFolder(self.root / split, transform, classes=classes)
+
+    def classes_of(self, split: str) -> list[str] | None:
+        """The class folders of `split` (None where it has none, or is not there)."""
+        folder = self.root / split
+        if not folder.is_dir():
+            return None
+        return sorted(entry.name for entry in folder.iterdir() if entry.is_dir()) or None

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbtasks.datasets.formats import FORMATS, DataFormat
 from mbtasks.datasets.imagefolder import ImageFolder, apply_transform
+from mbtasks.datasets.synthetic.faces import write_lfw_identities
 from mbtasks.errors import MbtasksError
 from mbtasks.io.images import read_rgb_image
 
@@ -148,3 +150,24 @@ class LFWIdentities(ImageFolder):
     def identities(self) -> list[str]:
         """Identity names; position = identity id."""
         return self.classes
+
+
+@FORMATS.register("lfw")
+class LFWFormat(DataFormat):
+    """Identity folders for training and LFW's images and pairs file for verification, the embeddings task's format;
+    its splits are the identity folder's name and the pairs file's; its embedded set is the synthetic identities."""
+
+    kind = "embeddings"
+    layout = "train/<identity>/ images, lfw/<name>/ images and pairs.txt"
+    splits = ("train", "pairs.txt")
+    write_synthetic = staticmethod(write_lfw_identities)
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return (root / "lfw").is_dir()
+
+    def identities(self, split: str, transform: Callable | None) -> LFWIdentities:
+        return LFWIdentities(self.root / split, transform)
+
+    def pairs(self, pairs_file: str, transform: Callable | None) -> LFWPairs:
+        return LFWPairs(self.root, transform, pairs_file=pairs_file)

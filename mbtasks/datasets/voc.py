@@ -1,14 +1,17 @@
-"""PASCAL VOC 2012 segmentation as a map-style dataset: RGB image and class mask (21 classes, 255 ignored)."""
+"""PASCAL VOC 2012 segmentation as a map-style dataset (RGB image and class mask, 21 classes, 255 ignored), and the
+VOC format: confusion-matrix mIoU, predictions saved as palette PNGs (the devkit's results format)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mbtasks.datasets.formats import FORMATS, SegmentationFormat
 from mbtasks.datasets.segmentation_transforms import segmentation_item
 from mbtasks.errors import MbtasksError
 from mbtasks.io.images import read_image_and_label
@@ -50,13 +53,21 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
-def _find_voc_root(root: str) -> str:
+def _voc_root(root: str) -> str | None:
+    """The VOC 2012 folder at `root`, in VOC2012/ or VOCdevkit/VOC2012/ (the one holding ImageSets/Segmentation)."""
     for candidate in (root, os.path.join(root, "VOC2012"), os.path.join(root, "VOCdevkit", "VOC2012")):
         if os.path.isdir(os.path.join(candidate, "ImageSets", "Segmentation")):
             return candidate
-    raise MbtasksError(
-        "not a VOC 2012 folder (no ImageSets/Segmentation here, in VOC2012/ or VOCdevkit/VOC2012/)", root
-    )
+    return None
+
+
+def _find_voc_root(root: str) -> str:
+    found = _voc_root(root)
+    if found is None:
+        raise MbtasksError(
+            "not a VOC 2012 folder (no ImageSets/Segmentation here, in VOC2012/ or VOCdevkit/VOC2012/)", root
+        )
+    return found
 
 
 class VOCSegmentation(torch.utils.data.Dataset):
@@ -106,3 +117,22 @@ class VOCSegmentation(torch.utils.data.Dataset):
             )
         mask = mask.astype(np.uint8)
         return segmentation_item(self.transform, image, mask, image_path, label_path)
+
+
+@FORMATS.register("voc")
+class VOCFormat(SegmentationFormat):
+    """PASCAL VOC 2012: ImageSets/Segmentation/<split>.txt, JPEGImages/, SegmentationClass/ palette PNGs (here, in
+    VOC2012/ or in VOCdevkit/VOC2012/), the 21 classes; no embedded set."""
+
+    layout = "ImageSets/Segmentation/, JPEGImages/, SegmentationClass/ (here, in VOC2012/ or VOCdevkit/VOC2012/)"
+    fixed_classes = CLASS_NAMES
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return _voc_root(os.fspath(root)) is not None
+
+    def dataset(self, split: str, transform: Callable | None) -> VOCSegmentation:
+        return VOCSegmentation(self.root, split, transform)
+
+    def palette(self) -> np.ndarray:
+        return voc_palette()

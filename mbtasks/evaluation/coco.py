@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
 
-from mbtasks.datasets.coco import load_coco_json
 from mbtasks.errors import MbtasksError
 
 # COCOeval.stats in its own order.
@@ -38,6 +38,57 @@ _STAT_LAYOUT = (
 )
 
 
+def load_coco_json(annotation_file: str | Path) -> COCO:
+    """Read a COCO annotation file into pycocotools' COCO, quietly, after checking its structure."""
+    path = Path(annotation_file)
+    try:
+        with open(path, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except FileNotFoundError:
+        raise MbtasksError("annotation file not found", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MbtasksError(f"not a JSON file ({e})", path) from None
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(dataset, dict) or k not in dataset]
+    if missing:
+        raise MbtasksError(f"not a COCO annotation file: no {', '.join(repr(k) for k in missing)}", path)
+    _check_structure(dataset, path)
+    return coco_index(dataset)
+
+
+def coco_index(dataset: dict) -> COCO:
+    """pycocotools' COCO of a ground truth held in memory (a dict as an annotation file holds it), built quietly."""
+    coco = COCO()
+    coco.dataset = dataset
+    # pycocotools prints its progress; a library should not.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _check_structure(dataset: dict, path: Path) -> None:
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset[key], list):
+            raise MbtasksError(f"not a COCO annotation file: {key!r} is not a list", path)
+    for key, fields in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name"))):
+        for i, entry in enumerate(dataset[key]):
+            if not isinstance(entry, dict) or any(f not in entry for f in fields):
+                raise MbtasksError(f"{key}[{i}] lacks one of {', '.join(fields)}", path)
+    image_ids = {im["id"] for im in dataset["images"]}
+    category_ids = {c["id"] for c in dataset["categories"]}
+    for i, ann in enumerate(dataset["annotations"]):
+        if not isinstance(ann, dict) or any(f not in ann for f in ("id", "image_id", "category_id", "bbox")):
+            raise MbtasksError(f"annotations[{i}] lacks one of id, image_id, category_id, bbox", path)
+        if ann["category_id"] not in category_ids:
+            raise MbtasksError(f"annotation {ann['id']} has unknown category id {ann['category_id']}", path)
+        if ann["image_id"] not in image_ids:
+            raise MbtasksError(f"annotation {ann['id']} refers to unknown image id {ann['image_id']}", path)
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise MbtasksError(f"annotation {ann['id']} has a bbox that is not 4 numbers [x, y, w, h]", path)
+        if not all(math.isfinite(v) for v in box):
+            raise MbtasksError(f"annotation {ann['id']} has a bbox that is not finite", path)
+
+
 # The default backend: faster-coco-eval's C++ COCOeval, several times pycocotools' speed (bench/coco_eval.py). Its 12
 # figures are pycocotools' within 1e-12 (tests; the differences seen are below 1e-16), not always to the last bit:
 # pycocotools divides by tp + fp + np.spacing(1), which makes a precision of exactly 1 at a curve's first detection
@@ -53,7 +104,8 @@ def coco_metrics(
     backend: str | None = None,
     image_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """COCOeval's 12 box figures (AP, AP50, ..., ARl) for detections (a results list or json file) against gt.
+    """COCOeval's 12 box figures (AP, AP50, ..., ARl) for detections (a results list or json file) against gt (an
+    annotation file, or a COCO held in memory: another format's ground truth, coco_index).
 
     No detections give 0.0 everywhere (pycocotools fails on an empty list). `backend`: "faster-coco-eval" (None, the
     default) or "pycocotools". `image_ids` restricts the evaluation to those images (COCOeval's params.imgIds).

@@ -23,7 +23,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -35,7 +34,7 @@ from ..io.outputs import output_file, replaced_atomically
 from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS, BaseTask
 from .channel_padding import padded_expansions
-from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize
+from .int8 import CHOICE_RUNS, calibration_reader, choose, prepare, quantize, saturating_int8_kernels
 
 OPSET = 17
 # ONNX Runtime against PyTorch, fp32: probabilities, logits and embeddings in their own units, boxes as a fraction of
@@ -131,6 +130,7 @@ def export_onnx(
                 "runs": CHOICE_RUNS,
                 "threads": torch.get_num_threads(),
                 "input": list(images[0].shape[-2:]),
+                "weight_bits": 7 if saturating_int8_kernels() else 8,
             }
             settings["int8_choice"] = choice
             if chosen.disabled_optimizers:

@@ -26,7 +26,8 @@ def normal_init(module: nn.Module, std: float = 0.03) -> None:
 
 
 def extra_block(in_channels: int, out_channels: int, depthwise: bool, norm: Callable[..., nn.Module]) -> nn.Sequential:
-    """1x1 to out/2, then a stride-2 3x3: depthwise + 1x1 to out (SSDLite, torchvision's layout) or a full conv (SSD)."""
+    """1x1 to out/2, then a stride-2 3x3: depthwise + 1x1 to out (SSDLite, torchvision's layout) or a full conv
+    (SSD)."""
     mid = out_channels // 2
     layers = [Conv2dNormActivation(in_channels, mid, 1, norm_layer=norm, activation_layer=nn.ReLU6)]
     if depthwise:

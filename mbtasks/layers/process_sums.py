@@ -19,7 +19,8 @@ def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
 
 def share_of_global_mean(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     """This process's `total` (a sum over its batch) as its share of the mean over every process's `count`s: after
-    DDP averages the gradients over W processes, W * total / (sum of counts, at least 1) gives the whole batch's mean."""
+    DDP averages the gradients over W processes,
+    W * total / (sum of counts, at least 1) gives the whole batch's mean."""
     world = _world_size()
     count = torch.as_tensor(count, dtype=total.dtype, device=total.device).detach()
     if world > 1:

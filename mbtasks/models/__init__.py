@@ -1,6 +1,7 @@
 """build_model(name, **options): every network by name (MODELS), with weights from mbtasks files, records, or
 pretrained weights by name (`torchvision:<Enum>.<NAME>`, `timm:<name>`)."""
 
+import inspect
 from pathlib import Path
 
 from torch import nn
@@ -9,18 +10,27 @@ from ..backbones import BACKBONES, Backbone
 from ..errors import MbtasksError
 from ..io.records import Record, load_into
 from . import classifiers, detectors, segmenters  # noqa: F401  (each registers its networks in MODELS)
-from .classifiers import BACKBONE_OPTIONS
 from .pretrained import load_weights
-from .registry import MODELS
+from .registry import KINDS, MODELS, ModelEntry, check_num_classes, list_models, register_model
+
+__all__ = [
+    "KINDS",
+    "MODELS",
+    "ModelEntry",
+    "build_backbone",
+    "build_configured_model",
+    "build_from_record",
+    "build_model",
+    "check_num_classes",
+    "find_backbone",
+    "list_models",
+    "register_model",
+    "weights_defaults",
+]
 
 # A weights file's options that its backbone needs to give the same outputs: a model built on its backbone takes them
 # as defaults (a timm v3 needs batch-norm eps 1e-5, torchvision's 1e-3).
 WEIGHTS_BACKBONE_OPTIONS = ("width_mult", "bn_eps")
-
-
-def list_models() -> list[str]:
-    """Every registered network name."""
-    return MODELS.names()
 
 
 def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:
@@ -45,9 +55,11 @@ def build_backbone(name: str, weights: str | Path | None = None, **options) -> B
     saved = load_weights(weights)
     if saved.backbone != name:
         raise MbtasksError(f"holds a {saved.backbone} backbone, not {name}", weights)
-    # The saved model's backbone options (width, tail, eps) are the defaults; a detector's own defaults are not
-    # recorded, so e.g. a v3 SSDLite backbone needs reduced_tail=True.
-    saved_options = {k: v for k, v in saved.options.items() if k in BACKBONE_OPTIONS}
+    # The saved model's backbone options are the defaults, over its builder's own (a v3 SSDLite's reduced tail).
+    model_defaults = MODELS.get(saved.model).defaults if saved.model in MODELS else {}
+    saved_options = {
+        k: v for k, v in {**model_defaults, **saved.options}.items() if k in inspect.signature(build).parameters
+    }
     backbone = build(**{**saved_options, **options})
     load_into(backbone, backbone_state(saved.state_dict, weights), weights)
     return backbone

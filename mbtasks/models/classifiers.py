@@ -9,14 +9,12 @@ import torch
 from torch import nn
 
 from ..backbones import BACKBONES, Backbone
-from ..errors import MbtasksError
 from ..heads.image import AttributeHead, ClassifierHead, EmbeddingHead
 from ..layers.blocks import make_divisible
-from .registry import register_model
+from .registry import model_builder, register_model
 
 # v3's hidden classifier layer; like v2's last layer it keeps its width for width < 1 (v3 paper, tables 1 and 2).
 CLASSIFIER_HIDDEN = {"mobilenet_v3_large": 1280, "mobilenet_v3_small": 1024}
-BACKBONE_OPTIONS = ("width_mult", "output_stride", "reduced_tail", "bn_eps")
 
 
 class ImageClassifier(nn.Module):
@@ -31,58 +29,87 @@ class ImageClassifier(nn.Module):
         return self.head(self.backbone.forward_last(x))
 
 
-def reject_unknown(options: dict, name: str) -> None:
-    """One error naming the options a builder does not take."""
-    if options:
-        raise MbtasksError(f"unknown option(s) for {name}: {', '.join(sorted(options))}")
+def build_classifier(
+    version: str,
+    *,
+    num_classes: int = 1000,
+    dropout: float = 0.2,
+    width_mult: float = 1.0,
+    reduced_tail: bool = False,
+    **backbone_options,
+) -> ImageClassifier:
+    """The ImageNet-style classifier on the MobileNet `version`; the options are ARGS' and the backbone's."""
+    backbone = BACKBONES.get(version)(width_mult=width_mult, reduced_tail=reduced_tail, **backbone_options)
+    hidden = CLASSIFIER_HIDDEN.get(version)
+    if hidden:
+        hidden //= 2 if reduced_tail else 1
+        hidden = make_divisible(hidden * max(1.0, width_mult))
+    return ImageClassifier(backbone, ClassifierHead(backbone.num_features, num_classes, hidden, dropout))
 
 
-def _backbone(version: str, options: dict) -> Backbone:
-    return BACKBONES.get(version)(**{k: options.pop(k) for k in BACKBONE_OPTIONS if k in options})
+def build_attributes(
+    version: str,
+    *,
+    num_attributes: int = 40,
+    hidden_channels: int | None = None,
+    dropout: float = 0.0,
+    **backbone_options,
+) -> ImageClassifier:
+    """The face-attribute network on the MobileNet `version`; the options are ARGS' and the backbone's."""
+    backbone = BACKBONES.get(version)(**backbone_options)
+    return ImageClassifier(backbone, AttributeHead(backbone.num_features, num_attributes, hidden_channels, dropout))
 
 
-def _classifier(version: str) -> Callable[..., ImageClassifier]:
-    def build(num_classes: int = 1000, dropout: float = 0.2, **options) -> ImageClassifier:
-        reduced, width = options.get("reduced_tail"), options.get("width_mult", 1.0)
-        backbone = _backbone(version, options)
-        reject_unknown(options, version)
-        hidden = CLASSIFIER_HIDDEN.get(version)
-        if hidden:
-            hidden //= 2 if reduced else 1
-            hidden = make_divisible(hidden * max(1.0, width))
-        return ImageClassifier(backbone, ClassifierHead(backbone.num_features, num_classes, hidden, dropout))
-
-    build.__doc__ = f"{version} ImageNet-style classifier; options num_classes, dropout, {', '.join(BACKBONE_OPTIONS)}"
-    return build
+def build_embedding(
+    version: str, *, embedding_dim: int = 128, dropout: float = 0.0, **backbone_options
+) -> ImageClassifier:
+    """The face-embedding network on the MobileNet `version`; the options are ARGS' and the backbone's."""
+    backbone = BACKBONES.get(version)(**backbone_options)
+    return ImageClassifier(backbone, EmbeddingHead(backbone.num_features, embedding_dim, dropout))
 
 
-def _attributes(version: str) -> Callable[..., ImageClassifier]:
-    name = f"attributes_{version}"
+ARGS = {
+    "num_classes": "classes of the last linear layer (ImageNet's 1000 by default).",
+    "dropout": "dropout before the last linear layer.",
+    "num_attributes": "binary attributes, one logit each (CelebA's 40 by default).",
+    "hidden_channels": "a hidden linear layer with h-swish before the logits (None: none).",
+    "embedding_dim": "length of the L2-normalised embedding (128, FaceNet's).",
+}
+# head family -> (name prefix, family builder, what the docstring says of it)
+FAMILIES = {
+    "classifier": (
+        "",
+        build_classifier,
+        "The ImageNet classifier of the backbone's paper (torchvision's layer "
+        "names; v3's hidden layer keeps 1280 / 1024 channels for width < 1)",
+    ),
+    "attributes": (
+        "attributes_",
+        build_attributes,
+        "Face attributes, as the MobileNets paper's CelebA network "
+        "(arXiv:1704.04861, table 12): one binary logit per attribute",
+    ),
+    "embedding": (
+        "embedding_",
+        build_embedding,
+        "Face embeddings, as the MobileNets paper's FaceNet distillation "
+        "(arXiv:1704.04861, table 14): an L2-normalised vector",
+    ),
+}
+SIZE = 224  # the input size the papers count image-level networks at
 
-    def build(
-        num_attributes: int = 40, hidden_channels: int | None = None, dropout: float = 0.0, **options
-    ) -> ImageClassifier:
-        backbone = _backbone(version, options)
-        reject_unknown(options, name)
-        return ImageClassifier(backbone, AttributeHead(backbone.num_features, num_attributes, hidden_channels, dropout))
 
-    build.__doc__ = f"{version} with one binary logit per attribute (CelebA's 40 by default)."
-    return build
-
-
-def _embedding(version: str) -> Callable[..., ImageClassifier]:
-    name = f"embedding_{version}"
-
-    def build(embedding_dim: int = 128, dropout: float = 0.0, **options) -> ImageClassifier:
-        backbone = _backbone(version, options)
-        reject_unknown(options, name)
-        return ImageClassifier(backbone, EmbeddingHead(backbone.num_features, embedding_dim, dropout))
-
-    build.__doc__ = f"{version} with an L2-normalised embedding (128-d by default; v1 paper, table 14: FaceNet's)."
-    return build
+def _register(version: str) -> tuple[Callable[..., ImageClassifier], ...]:
+    """The classifier, attribute and embedding networks on `version`, registered (each one's kind is its family)."""
+    builders = []
+    for head, (prefix, build, summary) in FAMILIES.items():
+        name = f"{prefix}{version}"
+        builder = model_builder(name, build, version, summary=f"{summary}, on {version}.", args_doc=ARGS)
+        builders.append(register_model(name, backbone=version, kind=head, size=SIZE, head=head)(builder))
+    return tuple(builders)
 
 
-for _version in BACKBONES:
-    register_model(_version, _version)(_classifier(_version))
-    register_model(f"attributes_{_version}", _version)(_attributes(_version))
-    register_model(f"embedding_{_version}", _version)(_embedding(_version))
+mobilenet_v1, attributes_mobilenet_v1, embedding_mobilenet_v1 = _register("mobilenet_v1")
+mobilenet_v2, attributes_mobilenet_v2, embedding_mobilenet_v2 = _register("mobilenet_v2")
+mobilenet_v3_large, attributes_mobilenet_v3_large, embedding_mobilenet_v3_large = _register("mobilenet_v3_large")
+mobilenet_v3_small, attributes_mobilenet_v3_small, embedding_mobilenet_v3_small = _register("mobilenet_v3_small")

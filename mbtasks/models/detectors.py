@@ -1,6 +1,5 @@
 """SSDLite (v1, v2, v3-Large, v3-Small) and SSD300 (v1) detectors on torchvision's SSD: anchors, loss, NMS."""
 
-import inspect
 from collections.abc import Callable
 from functools import partial
 
@@ -9,10 +8,10 @@ from torch import nn
 from torchvision.models.detection.ssd import SSD
 
 from ..backbones import BACKBONES
-from ..errors import MbtasksError
 from ..heads.ssdlite import SSDFeatures, default_boxes, extra_layers, normal_init, ssd_head
 from ..layers.process_sums import share_of_global_mean
-from .registry import register_model
+from ..sizes import height_width
+from .registry import model_builder, register_model
 
 # The stride-16 expansion (v1: the stride-16 map itself) and the last map, as the v2 and v3 papers tap them.
 TAPS = ("C4_expand", "C5")
@@ -37,8 +36,6 @@ def build_ssd(
     num_classes: int = 91,
     width_mult: float = 1.0,
     size: int | tuple[int, int] = 320,
-    reduced_tail: bool = False,
-    bn_eps: float | None = None,
     head_kernel: int = 3,
     reduce_boxes_in_lowest_layer: bool = False,
     score_thresh: float = 0.001,
@@ -48,16 +45,11 @@ def build_ssd(
     iou_thresh: float = 0.5,
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    **backbone_options,
 ) -> SSD:
-    """SSD(Lite) on a MobileNet backbone; `size` is N or (height, width); inputs [0, 1] are scaled to [-1, 1].
-
-    `head_kernel` (SSD only) and `reduce_boxes_in_lowest_layer` default to the issue's / torchvision's network;
-    1 and True give the papers' (TF object detection API's) networks and their parameter and multiply-add counts.
-    """
-    height, width = (size, size) if isinstance(size, int) else size
-    backbone = BACKBONES.get(version)(
-        width_mult=width_mult, reduced_tail=reduced_tail, **({} if bn_eps is None else {"bn_eps": bn_eps})
-    )
+    """SSD (`lite`: SSDLite) on the MobileNet `version`; the options are ARGS' and the backbone's."""
+    height, width = height_width(size)
+    backbone = BACKBONES.get(version)(width_mult=width_mult, **backbone_options)
     normal_init(backbone)
     norm = partial(nn.BatchNorm2d, eps=BN_EPS)
     extra = extra_layers(backbone.out_channels[TAPS[-1]], width_mult, depthwise=lite, norm=norm)
@@ -85,31 +77,54 @@ def build_ssd(
     return model
 
 
-OPTIONS = [name for name, p in inspect.signature(build_ssd).parameters.items() if p.kind is p.KEYWORD_ONLY]
-
-
-def _detector(name: str, version: str, lite: bool, **defaults) -> Callable[..., SSD]:
-    allowed = [o for o in OPTIONS if not (lite and o == "head_kernel")]  # SSDLite's heads are always 3x3 depthwise
-
-    def build(**options) -> SSD:
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise MbtasksError(f"unknown option(s) for {name}: {', '.join(unknown)}")
-        return build_ssd(version, lite, **{**defaults, **options})
-
-    build.__name__ = name
-    build.__doc__ = f"{'SSDLite' if lite else 'SSD'} on {version}; options: {', '.join(allowed)}; defaults {defaults}."
-    return build
-
-
-# name -> (backbone version, SSDLite or SSD, defaults). The v3 paper's detectors halve the channels after C4
-# ("reduced tail"), as torchvision's from-scratch model.
-DETECTORS = {
-    "ssdlite320_mobilenet_v3_large": ("mobilenet_v3_large", True, {"size": 320, "reduced_tail": True}),
-    "ssdlite320_mobilenet_v3_small": ("mobilenet_v3_small", True, {"size": 320, "reduced_tail": True}),
-    "ssdlite320_mobilenet_v2": ("mobilenet_v2", True, {"size": 320}),
-    "ssdlite320_mobilenet_v1": ("mobilenet_v1", True, {"size": 320}),
-    "ssd300_mobilenet_v1": ("mobilenet_v1", False, {"size": 300}),
+ARGS = {
+    "num_classes": "classes the network tells apart, background included (COCO's 91 category ids by default).",
+    "width_mult": "width multiplier of the backbone, the extra layers and the heads (the papers' alpha), > 0.",
+    "size": "the input size, N or (height, width): every image is resized to it, boxes come back in its pixels.",
+    "head_kernel": "kernel of the box and class convs: 3 (torchvision's), or 1 as the v1 paper's SSD300.",
+    "reduce_boxes_in_lowest_layer": "3 default boxes on the lowest map, as the papers' (TF object detection API's) "
+    "networks; False: torchvision's 6 on every map.",
+    "score_thresh": "detections scoring below it are dropped before non-maximum suppression.",
+    "nms_thresh": "IoU above which non-maximum suppression drops the lower-scoring box.",
+    "detections_per_img": "most detections kept per image.",
+    "topk_candidates": "best-scoring boxes per class that enter non-maximum suppression.",
+    "iou_thresh": "IoU of an anchor with a ground-truth box that makes it a positive in training.",
+    "image_mean": "subtracted from the [0, 1] image (0.5: scaled to [-1, 1]).",
+    "image_std": "the image is divided by it after the mean.",
 }
-for _name, (_version, _lite, _defaults) in DETECTORS.items():
-    register_model(_name, _version)(_detector(_name, _version, _lite, **_defaults))
+SSD_PAPER = "SSD (Liu et al. 2016, arXiv:1512.02325)"
+
+
+def _register(name: str, version: str, lite: bool, size: int, **defaults) -> Callable[..., SSD]:
+    """The SSD(Lite) `name` on `version` at its own `size`, registered; SSDLite's heads are always 3x3 depthwise."""
+    summary = (
+        f"SSDLite{size}: {SSD_PAPER} with the depthwise heads and extra layers of the MobileNetV2 paper "
+        f"(arXiv:1801.04381), on {version}."
+        if lite
+        else f"SSD{size}: {SSD_PAPER} on {version}, as the MobileNet paper's COCO detector (arXiv:1704.04861)."
+    )
+    builder = model_builder(
+        name,
+        build_ssd,
+        version,
+        lite,
+        summary=summary,
+        args_doc=ARGS,
+        drop=("output_stride", *(("head_kernel",) if lite else ())),
+        size=size,
+        **defaults,
+    )
+    head = "ssdlite" if lite else "ssd"
+    return register_model(name, backbone=version, kind="detector", size=size, head=head)(builder)
+
+
+# The v3 paper's detectors halve the channels after C4 ("reduced tail"), as torchvision's from-scratch model.
+ssdlite320_mobilenet_v3_large = _register(
+    "ssdlite320_mobilenet_v3_large", "mobilenet_v3_large", True, 320, reduced_tail=True
+)
+ssdlite320_mobilenet_v3_small = _register(
+    "ssdlite320_mobilenet_v3_small", "mobilenet_v3_small", True, 320, reduced_tail=True
+)
+ssdlite320_mobilenet_v2 = _register("ssdlite320_mobilenet_v2", "mobilenet_v2", True, 320)
+ssdlite320_mobilenet_v1 = _register("ssdlite320_mobilenet_v1", "mobilenet_v1", True, 320)
+ssd300_mobilenet_v1 = _register("ssd300_mobilenet_v1", "mobilenet_v1", False, 300)

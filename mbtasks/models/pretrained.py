@@ -12,7 +12,6 @@ from urllib.parse import urlparse
 
 from ..errors import MbtasksError
 from ..io.records import Record, read_weights, save_weights
-from .detectors import DETECTORS
 from .importers import SOURCES, TIMM_NETWORKS, convert_state_dict, import_weights
 
 PREFIXES = ("torchvision:", "timm:")
@@ -82,7 +81,7 @@ def _torchvision_weights(name: str, spec: str) -> Record:
     state = _fetched(fetch, spec, f"cannot download {weights.url}", file, folder)
     record = convert_state_dict("torchvision", state, model, spec)
     record.class_names = list(weights.meta.get("categories") or [])
-    if model in DETECTORS:
+    if type(weights).__module__.startswith("torchvision.models.detection."):
         # torchvision's COCO detectors predict the COCO category id itself (its list holds "N/A" at unused ids).
         record.category_ids = list(range(len(record.class_names)))
     return record

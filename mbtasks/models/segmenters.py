@@ -24,10 +24,9 @@ from ..errors import MbtasksError
 from ..heads.deeplabv3 import DeepLabV3Head, FCNHead
 from ..heads.lraspp import POOLINGS, LRASPPHead
 from ..layers.process_sums import share_of_global_mean
-from .registry import register_model
+from .registry import model_builder, register_model
 
 LOW_TAP = "low"  # the first layer at stride 8
-BACKBONE_OPTIONS = ("width_mult", "bn_eps")
 # ASPP rates at output stride 16, scaled by 16 / output_stride: torchvision's for v3-Large, the DeepLabv3 and v2
 # papers' for v1/v2 (with the papers' head: no 3x3 conv after ASPP, which torchvision adds).
 TORCHVISION_RATES, PAPER_RATES = (12, 24, 36), (6, 12, 18)
@@ -82,10 +81,7 @@ def _resize(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _backbone(version: str, output_stride: int, reduced_tail: bool, options: dict, name: str) -> Backbone:
-    unknown = sorted(set(options) - set(BACKBONE_OPTIONS))
-    if unknown:
-        raise MbtasksError(f"unknown option(s) for {name}: {', '.join(unknown)}")
+def _backbone(version: str, output_stride: int, reduced_tail: bool, options: dict) -> Backbone:
     backbone = BACKBONES.get(version)(output_stride=output_stride, reduced_tail=reduced_tail, **options)
     if version == "mobilenet_v2":
         _drop_last_conv(backbone)
@@ -104,70 +100,81 @@ def _aux_head(backbone: Backbone, aux: bool, num_classes: int) -> nn.Module | No
     return FCNHead(backbone.out_channels[LOW_TAP], num_classes) if aux else None
 
 
-def _lraspp_builder(version: str) -> Callable[..., Segmenter]:
-    name = f"lraspp_{version}"
-
-    def build(
-        num_classes: int = 21,
-        output_stride: int = 16,
-        reduced_tail: bool = False,
-        pooling: str = "global",
-        channels: int = 128,
-        aux: bool = False,
-        aux_loss_weight: float = 0.5,
-        **options,
-    ) -> Segmenter:
-        if pooling not in POOLINGS:
-            raise MbtasksError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        backbone = _backbone(version, output_stride, reduced_tail, options, name)
-        head = LRASPPHead(backbone.out_channels[LOW_TAP], backbone.out_channels["C5"], num_classes, channels, pooling)
-        return Segmenter(
-            backbone, head, (LOW_TAP, "C5"), _aux_head(backbone, aux, num_classes), aux_loss_weight=aux_loss_weight
-        )
-
-    build.__doc__ = (
-        f"{version} + Lite R-ASPP; pooling 'global' (torchvision) or 'paper' (49x49, stride (16, 20) "
-        "at 1024x2048, scaled with the input)."
+def build_lraspp(
+    version: str,
+    *,
+    num_classes: int = 21,
+    output_stride: int = 16,
+    reduced_tail: bool = False,
+    pooling: str = "global",
+    channels: int = 128,
+    aux: bool = False,
+    aux_loss_weight: float = 0.5,
+    **backbone_options,
+) -> Segmenter:
+    """Lite R-ASPP on the MobileNet `version`; the options are ARGS' and the backbone's."""
+    if pooling not in POOLINGS:
+        raise MbtasksError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    backbone = _backbone(version, output_stride, reduced_tail, backbone_options)
+    head = LRASPPHead(backbone.out_channels[LOW_TAP], backbone.out_channels["C5"], num_classes, channels, pooling)
+    return Segmenter(
+        backbone, head, (LOW_TAP, "C5"), _aux_head(backbone, aux, num_classes), aux_loss_weight=aux_loss_weight
     )
-    return build
 
 
-def _deeplabv3_builder(version: str) -> Callable[..., Segmenter]:
-    name = f"deeplabv3_{version}"
+def build_deeplabv3(
+    version: str,
+    *,
+    num_classes: int = 21,
+    output_stride: int = 16,
+    reduced_tail: bool = False,
+    aspp: bool = True,
+    aux: bool = False,
+    aux_loss_weight: float = 0.5,
+    **backbone_options,
+) -> Segmenter:
+    """DeepLabv3 on the MobileNet `version` (torchvision's head on v3-Large, the v2 paper's on v1 and v2); the
+    options are ARGS' and the backbone's."""
     torchvision_head = version == "mobilenet_v3_large"
-
-    def build(
-        num_classes: int = 21,
-        output_stride: int = 16,
-        reduced_tail: bool = False,
-        aspp: bool = True,
-        aux: bool = False,
-        aux_loss_weight: float = 0.5,
-        **options,
-    ) -> Segmenter:
-        backbone = _backbone(version, output_stride, reduced_tail, options, name)
-        rates = TORCHVISION_RATES if torchvision_head else PAPER_RATES
-        rates = tuple(rate * 16 // output_stride for rate in rates) if aspp else ()
-        head = DeepLabV3Head(backbone.out_channels["C5"], num_classes, rates, refine=torchvision_head)
-        return Segmenter(
-            backbone, head, ("C5",), _aux_head(backbone, aux, num_classes), aux_loss_weight=aux_loss_weight
-        )
-
-    build.__doc__ = (
-        f"{version} + DeepLabv3 ({'torchvision' if torchvision_head else 'the v2 paper'}'s head); "
-        "aspp=False keeps only the 1x1 and image-pooling branches."
-    )
-    return build
+    backbone = _backbone(version, output_stride, reduced_tail, backbone_options)
+    rates = TORCHVISION_RATES if torchvision_head else PAPER_RATES
+    rates = tuple(rate * 16 // output_stride for rate in rates) if aspp else ()
+    head = DeepLabV3Head(backbone.out_channels["C5"], num_classes, rates, refine=torchvision_head)
+    return Segmenter(backbone, head, ("C5",), _aux_head(backbone, aux, num_classes), aux_loss_weight=aux_loss_weight)
 
 
-# name -> backbone version
-SEGMENTERS = {
-    "lraspp_mobilenet_v3_large": "mobilenet_v3_large",
-    "lraspp_mobilenet_v3_small": "mobilenet_v3_small",
-    "lraspp_mobilenet_v2": "mobilenet_v2",
-    "deeplabv3_mobilenet_v3_large": "mobilenet_v3_large",
-    "deeplabv3_mobilenet_v2": "mobilenet_v2",
-    "deeplabv3_mobilenet_v1": "mobilenet_v1",
+ARGS = {
+    "num_classes": "classes labelled per pixel (VOC's 21 by default).",
+    "output_stride": "8, 16 or 32: the backbone's layers past it are dilated instead of strided (16, as the papers).",
+    "pooling": "'global' (torchvision's), or 'paper': the v3 paper's 49x49 average pooling, stride (16, 20) at "
+    "1024x2048, scaled with the input.",
+    "channels": "channels of the Lite R-ASPP branches (128, as the v3 paper).",
+    "aspp": "the atrous branches; False keeps only the 1x1 and image-pooling branches (the v2 paper's smaller head).",
+    "aux": "an auxiliary FCN head on the stride-8 map, for the training loss (torchvision's).",
+    "aux_loss_weight": "weight of the auxiliary head's loss.",
 }
-for _name, _version in SEGMENTERS.items():
-    register_model(_name, _version)((_lraspp_builder if _name.startswith("lraspp") else _deeplabv3_builder)(_version))
+# head family -> (family builder, what the docstring says of it)
+FAMILIES = {
+    "lraspp": (build_lraspp, "Lite R-ASPP, the segmentation head of Searching for MobileNetV3 (arXiv:1905.02244)"),
+    "deeplabv3": (
+        build_deeplabv3,
+        "DeepLabv3 (Chen et al. 2017, arXiv:1706.05587), mobile as in the MobileNetV2 paper (arXiv:1801.04381)",
+    ),
+}
+SIZE = 520  # the default input size: the one torchvision's segmentation weights count their operations at
+
+
+def _register(head: str, version: str) -> Callable[..., Segmenter]:
+    """`{head}_{version}`, registered."""
+    build, summary = FAMILIES[head]
+    name = f"{head}_{version}"
+    builder = model_builder(name, build, version, summary=f"{summary}, on {version}.", args_doc=ARGS)
+    return register_model(name, backbone=version, kind="segmenter", size=SIZE, head=head)(builder)
+
+
+lraspp_mobilenet_v3_large = _register("lraspp", "mobilenet_v3_large")
+lraspp_mobilenet_v3_small = _register("lraspp", "mobilenet_v3_small")
+lraspp_mobilenet_v2 = _register("lraspp", "mobilenet_v2")
+deeplabv3_mobilenet_v3_large = _register("deeplabv3", "mobilenet_v3_large")
+deeplabv3_mobilenet_v2 = _register("deeplabv3", "mobilenet_v2")
+deeplabv3_mobilenet_v1 = _register("deeplabv3", "mobilenet_v1")

@@ -1,5 +1,6 @@
-"""A trained model (a checkpoint, or an exported ONNX file or ExecuTorch program) applied to photos: Lightning's predict loop streams them
-from the DataLoader onto the device, and the task writes each answer as it comes (a BasePredictionWriter)."""
+"""A trained model (a checkpoint, or an exported ONNX file or ExecuTorch program) applied to photos: Lightning's
+predict loop streams them from the DataLoader onto the device, and the task writes each answer as it comes (a
+BasePredictionWriter)."""
 
 import re
 import sys

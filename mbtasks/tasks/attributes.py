@@ -7,8 +7,7 @@ import numpy as np
 from torch import nn
 
 from ..backbones import BACKBONES
-from ..datasets.celeba import CelebA
-from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES, write_celeba_faces
+from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES
 from ..drawing import write_png, write_text
 from ..errors import MbtasksError
 from ..evaluation.attributes import attribute_metrics
@@ -19,18 +18,21 @@ from .registry import TASKS
 
 
 class AttributesDataModule(ImageDataModule):
-    """CelebA layout under data.root (img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt), or the
-    embedded faces; splits train / val / test (data.train_split, data.val_split). Items: (index, image, 0/1 targets)."""
+    """Data in an attributes format under data.root (CelebA: img_align_celeba/, list_attr_celeba.txt,
+    list_eval_partition.txt), or the embedded faces; splits train / val / test (data.train_split, data.val_split).
+    Items: (index, image, 0/1 targets)."""
 
-    write_synthetic = staticmethod(write_celeba_faces)
+    format_kind, default_format = "attributes", "celeba"
     default_size, default_augmentation = 224, "face"
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            self.val_set = Indexed(CelebA(self.root, self.config.data.val_split or "val", self.transform(False)))
+            split = self.config.data.val_split or self.format.splits[1]
+            self.val_set = Indexed(self.format.dataset(split, self.transform(False)))
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = self.transform(True)
-            self.train_set = Indexed(CelebA(self.root, self.config.data.train_split or "train", self.train_transform))
+            split = self.config.data.train_split or self.format.splits[0]
+            self.train_set = Indexed(self.format.dataset(split, self.train_transform))
 
     @property
     def class_names(self) -> list[str]:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import Config, config_from_dict
+from ..datasets.formats import data_format, recognised_format
 from ..datasets.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
@@ -30,14 +31,18 @@ from .optimizer import configure_optimizer
 
 
 class BaseDataModule(pl.LightningDataModule):
-    """A task's data: `data.root` in its data set's own layout, or the embedded set written to `data.synth_dir`.
+    """A task's data: `data.root` in a data format of the task's kind, or the embedded set written to
+    `data.synth_dir`. `self.format` reads it: the format `data.format` names, else the embedded set's
+    (`default_format`) or the one that recognises the root; its name goes into the recipe, so that a checkpoint's
+    evaluate, predict and export read the data as training did.
 
-    A subclass sets `write_synthetic` (folder, **options) and builds in setup `val_set` and, for "fit", `train_set`
-    with its random augmentation `train_transform` (an albumentations pipeline, or one with its call and
-    `set_random_seed`).
+    A subclass sets `format_kind` and `default_format` and builds in setup, through `self.format`, `val_set` and, for
+    "fit", `train_set` with its random augmentation `train_transform` (an albumentations pipeline, or one with its
+    call and `set_random_seed`).
     """
 
-    write_synthetic: ClassVar[Callable]
+    format_kind: ClassVar[str]  # the kind of data format the task reads (datasets/formats.py)
+    default_format: ClassVar[str]  # the format of its embedded set
     graph_input: ClassVar[Callable] = itemgetter(0)  # an item -> its image (picklable for loader workers)
     train_collate: ClassVar[Callable | None] = None
     val_collate: ClassVar[Callable | None] = None
@@ -47,6 +52,13 @@ class BaseDataModule(pl.LightningDataModule):
         self.config = config
         data = config.data
         self.root = Path(data.root if data.root is not None else data.synth_dir)
+        name = data.format or (
+            self.default_format
+            if data.root is None
+            else recognised_format(self.format_kind, self.root, self.default_format)
+        )
+        self.format = data_format(self.format_kind, name, self.root)
+        data.format = name
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.train_transform = None
@@ -65,7 +77,7 @@ class BaseDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.config.data.root is None:
-            write_synthetic_once(self.root, type(self).write_synthetic, dict(self.config.data.synth))
+            write_synthetic_once(self.root, self.format.synthetic_writer(), dict(self.config.data.synth))
 
     @property
     def class_names(self) -> list[str]:
@@ -176,9 +188,9 @@ class BaseTask(pl.LightningModule):
     """A task's network, loss, metrics and optimiser, built from (recipe, class names, category ids).
 
     A subclass gives `network` (the registered model and its options for these classes), `build_loss` or its own
-    `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the DistributedSampler
-    repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values) and
-    `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
+    `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the
+    DistributedSampler repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values)
+    and `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
     where the network's output is not what it needs, `predict_inputs`.
     """
 
@@ -187,7 +199,7 @@ class BaseTask(pl.LightningModule):
     data_module: ClassVar[type[BaseDataModule]]  # built from a Config: the data root or the embedded set, loaders
     monitor: ClassVar[str] = ""  # the logged validation metric that picks best.ckpt (higher is better)
     default_model: ClassVar[str] = ""  # model.name when the recipe names none
-    demo_recipe: ClassVar[str] = ""  # its recipe on the embedded data set (a file in configs/demo/)
+    demo_recipe: ClassVar[str] = ""  # its recipe on the embedded data set: a file in configs/demo/ or an absolute path
     headline_metrics: ClassVar[tuple[str, ...]] = ()  # keys of `evaluate --json`; the first one present is the figure
     profile_classes: ClassVar[int] = 0  # the class count of its usual data set, for profile-only ablations
     graph_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # output names of its exported ONNX graph

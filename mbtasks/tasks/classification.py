@@ -6,41 +6,36 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..backbones import BACKBONES
 from ..config import Config
-from ..datasets.imagefolder import ImageFolder
-from ..datasets.synthetic.faces import write_shape_imagefolder
 from ..drawing import write_png, write_text
 from ..errors import MbtasksError
 from ..evaluation.classification import classification_accuracy
+from ..models import check_num_classes, list_models
 from .base import BaseTask
 from .image_data import ImageDataModule, Indexed
 from .registry import TASKS
 
 
 class ClassificationDataModule(ImageDataModule):
-    """ImageFolder layout under data.root (`train/<class>/*`, `val/<class>/*`), or the embedded shapes.
-    Classes are the training folder's class folders (the validation folder's when there is no training folder)."""
+    """Data in a classification format under data.root (ImageFolder: `train/<class>/*`, `val/<class>/*`), or the
+    embedded shapes. Classes are the training folder's class folders (the validation folder's when there is no
+    training folder)."""
 
-    write_synthetic = staticmethod(write_shape_imagefolder)
+    format_kind, default_format = "classification", "imagefolder"
     default_size, default_augmentation = 224, "imagenet"
 
     def __init__(self, config: Config):
         super().__init__(config)
-        self.train_dir = self.root / (config.data.train_split or "train")
-        self.val_dir = self.root / (config.data.val_split or "val")
+        self.train_split = config.data.train_split or self.format.splits[0]
+        self.val_split = config.data.val_split or self.format.splits[1]
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            self.val_set = Indexed(ImageFolder(self.val_dir, self.transform(False), classes=self._classes()))
+            classes = self.format.classes_of(self.train_split)
+            self.val_set = Indexed(self.format.dataset(self.val_split, self.transform(False), classes))
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = self.transform(True)
-            self.train_set = Indexed(ImageFolder(self.train_dir, self.train_transform, classes=self.class_names))
-
-    def _classes(self) -> list[str] | None:
-        if not self.train_dir.is_dir():
-            return None
-        return sorted(entry.name for entry in self.train_dir.iterdir() if entry.is_dir()) or None
+            self.train_set = Indexed(self.format.dataset(self.train_split, self.train_transform, self.class_names))
 
     @property
     def class_names(self) -> list[str]:
@@ -59,13 +54,10 @@ class ClassificationTask(BaseTask):
     prediction_file = "classes.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
-        if name not in BACKBONES:
-            raise MbtasksError(f"model.name for cls must be a classifier ({', '.join(BACKBONES)}), got {name!r}")
-        given = options.get("num_classes", len(self.class_names))
-        if given != len(self.class_names):
-            raise MbtasksError(
-                f"model.options.num_classes is {given} but the data set has {len(self.class_names)} classes"
-            )
+        classifiers = list_models(kind="classifier")
+        if name not in classifiers:
+            raise MbtasksError(f"model.name for cls must be a classifier ({', '.join(classifiers)}), got {name!r}")
+        check_num_classes(options, len(self.class_names))
         return name, {**options, "num_classes": len(self.class_names)}
 
     def build_loss(self) -> nn.Module:

@@ -1,27 +1,28 @@
-"""Detection: COCO-format data, SSD/SSDLite models, COCO mAP every validation epoch; boxes drawn on photos."""
+"""Detection: data in a detection format (COCO json, YOLO txt), SSD/SSDLite models, COCO mAP every validation epoch;
+boxes drawn on photos."""
 
 import copy
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from torchvision.utils import draw_bounding_boxes
 
 from ..config import Config
-from ..datasets.coco import CocoDetection
-from ..datasets.synthetic.shapes_coco import write_shapes_coco
 from ..datasets.transforms import collate_training, detection_transforms, images_to_float
 from ..drawing import write_png
 from ..errors import MbtasksError
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..io.executorch_runtime import ExecutorchDetector
 from ..io.onnx_runtime import OnnxDetector
+from ..models import MODELS, check_num_classes
 from ..models.detection_graph import DetectionGraph
 from ..models.fixed_size_selection import FixedSizeDetectionGraph
 from ..models.pretrained import load_weights
+from ..sizes import height_width
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
 
@@ -30,12 +31,9 @@ MIN_SIDE, MAX_SIDE = 16, 4096
 
 
 def detection_input_size(config: Config) -> tuple[int, int]:
-    """data.size, else the model's `size` option, else the size in its name (ssdlite320_... -> 320)."""
-    size = config.data.size or config.model.options.get("size")
-    if size is None:
-        match = re.match(r"[a-z]+(\d+)_", config.model.name)
-        size = int(match.group(1)) if match else 320
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    """data.size, else the model's `size` option, else its registered default size."""
+    size = config.data.size or config.model.options.get("size") or MODELS.get(config.model.name).size
+    return height_width(size)
 
 
 def augmentation_preset(config: Config) -> str:
@@ -63,16 +61,17 @@ def collate(batch: list) -> tuple:
 
 
 class DetectionDataModule(BaseDataModule):
-    """COCO layout under data.root (`annotations/instances_{split}.json`, `{split}/*.jpg`), or the embedded set."""
+    """Data in a detection format under data.root (COCO: `annotations/instances_{split}.json`, `{split}/*.jpg`; YOLO:
+    `images/`, `labels/`), or the embedded shapes; whichever it is, a CocoDetection, scored by COCOeval."""
 
-    write_synthetic = staticmethod(write_shapes_coco)
+    format_kind, default_format = "detection", "coco"
     train_collate = staticmethod(collate_training)
     val_collate = staticmethod(collate)
 
     def __init__(self, config: Config):
         super().__init__(config)
-        self.train_split = config.data.train_split or "train2017"
-        self.val_split = config.data.val_split or "val2017"
+        self.train_split = config.data.train_split or self.format.splits[0]
+        self.val_split = config.data.val_split or self.format.splits[1]
         self.size = detection_input_size(config)
 
     @staticmethod
@@ -87,41 +86,24 @@ class DetectionDataModule(BaseDataModule):
         """Training images arrive as one NHWC uint8 tensor and become NCHW floats here, on the device."""
         return images_to_float(batch, self.model_dtype())
 
-    def unaugmented_train_set(self) -> CocoDetection:
+    def unaugmented_train_set(self) -> Dataset:
         images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ
         images.transforms = self.val_set.transforms
         return images
-
-    def annotation_file(self, split: str):
-        return self.root / "annotations" / f"instances_{split}.json"
-
-    @property
-    def val_annotation_file(self):
-        return self.annotation_file(self.val_split)
 
     def setup(self, stage: str | None = None) -> None:
         preset = augmentation_preset(self.config)
         labels = detector_classes(self.config)
         if self.val_set is None:
-            self.val_set = CocoDetection(
-                self.root / self.val_split,
-                self.val_annotation_file,
-                detection_transforms(preset, self.size, train=False),
-                train=False,
-                **labels,
+            self.val_set = self.format.dataset(
+                self.val_split, detection_transforms(preset, self.size, train=False), train=False, **labels
             )
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = detection_transforms(preset, self.size, train=True, seed=self.config.train.seed)
-            self.train_set = CocoDetection(
-                self.root / self.train_split,
-                self.annotation_file(self.train_split),
-                self.train_transform,
-                train=True,
-                **labels,
-            )
+            self.train_set = self.format.dataset(self.train_split, self.train_transform, train=True, **labels)
             if self.train_set.category_ids != self.val_set.category_ids:
                 raise MbtasksError(
-                    f"has other categories than {self.val_annotation_file.name}", self.annotation_file(self.train_split)
+                    f"has other categories than {self.val_set.annotation_file.name}", self.train_set.annotation_file
                 )
 
     @property
@@ -146,11 +128,7 @@ class DetectionTask(BaseTask):
     prediction_file = "detections.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
-        given = options.get("num_classes", len(self.class_names))
-        if given != len(self.class_names):
-            raise MbtasksError(
-                f"model.options.num_classes is {given} but the data set gives {len(self.class_names)} labels"
-            )
+        check_num_classes(options, len(self.class_names), "labels")
         return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)), **options}
 
     def __init__(self, config: dict, class_names: list[str], category_ids: list):
@@ -180,16 +158,13 @@ class DetectionTask(BaseTask):
             )
 
     def score(self, merged: dict) -> dict:
-        data = self.trainer.datamodule
+        val_set = self.trainer.datamodule.val_set
         # A model labelling by category id answers in ids the data set lacks too ("N/A" among torchvision's 91):
         # COCOeval scores the ground truth's categories only, so the others are left out, as it would.
-        known = set(data.val_set.coco.cats)
+        known = set(val_set.coco.cats)
         results = [d for image_id in sorted(merged) for d in merged[image_id] if d["category_id"] in known]
         return coco_metrics(
-            data.val_annotation_file,
-            results,
-            image_ids=sorted(merged),
-            backend=self.evaluation_options.get("coco_backend"),
+            val_set.ground_truth, results, image_ids=sorted(merged), backend=self.evaluation_options.get("coco_backend")
         )
 
     def figures(self, metrics: dict) -> dict:
@@ -236,10 +211,8 @@ class DetectionTask(BaseTask):
 
     @classmethod
     def graph_settings(cls, graph: nn.Module) -> dict:
-        return {
-            "postprocess": graph.postprocess,
-            **({"selection": graph.selection} if hasattr(graph, "selection") else {}),
-        }
+        selection = {"selection": graph.selection} if hasattr(graph, "selection") else {}
+        return {"postprocess": graph.postprocess, **selection}
 
     @classmethod
     def graph_dynamic_axes(cls, size: dict[int, str]) -> dict:

@@ -12,8 +12,7 @@ from torch.utils.data import Dataset
 
 from ..backbones import BACKBONES
 from ..datasets.imagefolder import apply_transform
-from ..datasets.lfw import LFWIdentities, LFWPairs, image_path
-from ..datasets.synthetic.faces import write_lfw_identities
+from ..datasets.lfw import LFWPairs, image_path
 from ..errors import MbtasksError
 from ..evaluation.verification import best_threshold, lfw_protocol
 from ..io.images import read_rgb_image
@@ -43,22 +42,22 @@ class PairImages(Dataset):
 
 
 class EmbeddingsDataModule(ImageDataModule):
-    """Identity folders `<root>/train/<name>/*.jpg` for training and LFW (`<root>/lfw/`, `<root>/pairs.txt`) for
-    verification, or the embedded faces. data.train_split names the identity folder, data.val_split the pairs file.
-    Training items: (index, image, identity); validation items: (index, image) over the distinct pair images."""
+    """Data in an embeddings format under data.root (LFW's: identity folders `<root>/train/<name>/*.jpg` for training,
+    `<root>/lfw/` and `<root>/pairs.txt` for verification), or the embedded faces. data.train_split names the identity
+    folder, data.val_split the pairs file. Training items: (index, image, identity); validation items: (index, image)
+    over the distinct pair images."""
 
-    write_synthetic = staticmethod(write_lfw_identities)
+    format_kind, default_format = "embeddings", "lfw"
     default_size, default_augmentation = 160, "face"
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            pairs = LFWPairs(self.root, self.transform(False), pairs_file=self.config.data.val_split or "pairs.txt")
-            self.val_set = PairImages(pairs)
+            pairs_file = self.config.data.val_split or self.format.splits[1]
+            self.val_set = PairImages(self.format.pairs(pairs_file, self.transform(False)))
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = self.transform(True)
-            self.train_set = Indexed(
-                LFWIdentities(self.root / (self.config.data.train_split or "train"), self.train_transform)
-            )
+            split = self.config.data.train_split or self.format.splits[0]
+            self.train_set = Indexed(self.format.identities(split, self.train_transform))
 
     @property
     def class_names(self) -> list[str]:
@@ -193,7 +192,8 @@ class EmbeddingsTask(BaseTask):
         folds = " ".join(f"{a:.3f}" for a in m["fold_accuracies"])
         return "\n".join(
             [
-                f"pairs                  : {m['num_pairs']} ({len(m['fold_accuracies'])} folds, {m['num_images']} images)",
+                f"pairs                  : {m['num_pairs']} "
+                f"({len(m['fold_accuracies'])} folds, {m['num_images']} images)",
                 f"verification accuracy  : {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f}",
                 f"accuracy per fold      : {folds}",
                 f"TAR @ FAR={m['far']:g}        : {shown(m['tar'])}",

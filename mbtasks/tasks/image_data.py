@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from ..config import Config
 from ..datasets.image_transforms import eval_transform, train_transform
 from ..errors import MbtasksError
+from ..sizes import height_width
 from .base import BaseDataModule
 
 # data.augmentation -> training crop and colour settings, and the evaluation crop (None: the whole image, resized)
@@ -47,7 +48,7 @@ class ImageDataModule(BaseDataModule):
         super().__init__(config)
         data = config.data
         size = self.input_size(config)
-        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.size = height_width(size)
         preset = self.default_augmentation if data.augmentation == "default" else data.augmentation
         if preset not in AUGMENTATIONS:
             raise MbtasksError(

@@ -1,7 +1,6 @@
 """The Lightning trainer every command runs: checkpoints (last, best, every K epochs or steps, written atomically),
 the loggers named in the recipe, EMA of the weights, SyncBN, precision and gradient accumulation."""
 
-import difflib
 import importlib
 import os
 import random
@@ -11,23 +10,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins import LayerSync, TorchSyncBatchNorm
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.strategies import StrategyRegistry
 
-from ..config import Config, TrainConfig
+from ..config import LOGGERS, Config, TrainConfig
 from ..errors import MbtasksError
 from ..io.outputs import output_folder
 from ..layers.sync_batchnorm import convert_batchnorm
-
-# train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
-LOGGERS = {
-    "csv": ("CSVLogger", None),
-    "tensorboard": ("TensorBoardLogger", "tensorboard"),
-    "wandb": ("WandbLogger", "wandb"),
-    "mlflow": ("MLFlowLogger", "mlflow"),
-}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -111,37 +102,46 @@ def layer_sync(train: TrainConfig) -> list[LayerSync]:
 
 
 def check_train_settings(train: TrainConfig) -> None:
-    """The recipe's training settings that Lightning would take without a word, or fail on late."""
-    if train.ema_decay is not None and not 0 < train.ema_decay < 1:
-        raise MbtasksError(f"train.ema_decay must be between 0 and 1 (exclusive), got {train.ema_decay}")
-    if train.accumulate_grad_batches < 1:
-        raise MbtasksError(f"train.accumulate_grad_batches must be 1 or more, got {train.accumulate_grad_batches}")
-    for key in ("checkpoint_every_steps", "keep_every_epochs"):
-        value = getattr(train, key)
-        if value is not None and value < 1:
-            raise MbtasksError(f"train.{key} must be 1 or more, got {value}")
-    on_cpu = train.accelerator == "cpu" or (train.accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and type(train.devices) is int and train.devices > (os.cpu_count() or 1):
-        # Lightning would start them all, one process per device: past the core count that only thrashes the machine.
+    """The training settings that depend on this machine, checked before any folder is made (the recipe's own
+    values and ranges were checked when it was loaded: config.py): the accelerator is there, the devices fit it, the
+    loggers' packages are installed, and Lightning takes them together."""
+    if train.accelerator != "auto" and not _accelerator_available(train.accelerator):
         raise MbtasksError(
-            f"train.devices={train.devices} on the CPU starts {train.devices} processes on this "
-            f"machine, which has {os.cpu_count()} CPUs"
+            f"train.accelerator={train.accelerator}, but this machine has no {train.accelerator} "
+            "device: set train.accelerator=cpu (or auto)"
         )
-    strategies = ["auto", *StrategyRegistry.available_strategies()]
-    if isinstance(train.strategy, str) and train.strategy not in strategies:
-        close = difflib.get_close_matches(train.strategy, strategies, n=3)
-        raise MbtasksError(
-            f"unknown train.strategy {train.strategy!r}"
-            f"{f' (did you mean {close[0]!r}?)' if close else ''}; Lightning's strategies: "
-            f"{', '.join(s for s in strategies if '_' not in s or s == 'ddp_spawn')}, ..."
-        )
-    unknown = [name for name in train.loggers if name not in LOGGERS]
-    if unknown:
-        raise MbtasksError(f"unknown logger {unknown[0]!r} in train.loggers; known: {', '.join(LOGGERS)}")
+    on_cpu = train.accelerator == "cpu" or (train.accelerator == "auto" and not _accelerator_available("gpu"))
+    if on_cpu:
+        devices = train.devices
+        if isinstance(devices, str) and devices.strip().isdigit():
+            devices = int(devices)
+        if devices == -1 or not (devices == "auto" or type(devices) is int):
+            # Lightning counts processes on the CPU: device indices and -1 (every GPU) are a GPU's.
+            raise MbtasksError(
+                f"train.devices={train.devices} names GPUs, but training runs on the CPU: give the "
+                "number of processes (e.g. 1)"
+            )
+        if type(devices) is int and devices > (os.cpu_count() or 1):
+            # Lightning would start them all, one process per device: past the core count that only thrashes the
+            # machine.
+            raise MbtasksError(
+                f"train.devices={devices} on the CPU starts {devices} processes on this machine, "
+                f"which has {os.cpu_count()} CPUs"
+            )
     for name in train.loggers:
         package = LOGGERS[name][1]
         if package is not None and importlib.util.find_spec(package) is None:
             raise MbtasksError(f"train.loggers names {name}, which needs the {package} package: pip install {package}")
+    # Lightning's own checks of the combination (a strategy's package or accelerator, a precision's package): a
+    # trainer built and dropped, which makes no folder; the run builds its own after the data and the model.
+    _lightning_trainer(train, [], False, for_fit=False)
+
+
+def _accelerator_available(name: str) -> bool:
+    """Whether this machine has the accelerator (Lightning's "gpu": CUDA or Apple's MPS)."""
+    if name == "gpu":
+        return CUDAAccelerator.is_available() or MPSAccelerator.is_available()
+    return AcceleratorRegistry[name]["accelerator"].is_available()
 
 
 def build_loggers(names: list[str], out: Path) -> list:
@@ -191,37 +191,39 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
             # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
             callbacks.append(EMAWeightAveraging(decay=train.ema_decay))
         loggers = build_loggers(train.loggers, out)
-    extra = {}
-    if train.limit_train_batches is not None:
-        extra["limit_train_batches"] = train.limit_train_batches
-    if train.limit_val_batches is not None:
-        extra["limit_val_batches"] = train.limit_val_batches
+    return _lightning_trainer(train, callbacks, loggers, for_fit)
+
+
+def _lightning_trainer(train: TrainConfig, callbacks: list, loggers, for_fit: bool) -> pl.Trainer:
+    """Lightning's trainer of the settings (it makes no folder until it runs), or its refusal in one line."""
+    limits = {
+        key: getattr(train, key)
+        for key in ("limit_train_batches", "limit_val_batches")
+        if getattr(train, key) is not None
+    }
     try:
-        return _trainer(train, out, callbacks, loggers, for_fit, extra)
-    except (MisconfigurationException, ValueError, TypeError) as error:
-        # Lightning checks these settings itself (devices, strategy, precision, ...): its refusal is the user's mistake.
+        return pl.Trainer(
+            max_epochs=train.epochs,
+            accelerator=train.accelerator,
+            devices=train.devices,
+            num_nodes=train.num_nodes,
+            strategy=train.strategy,
+            precision=train.precision,
+            accumulate_grad_batches=train.accumulate_grad_batches,
+            check_val_every_n_epoch=train.val_every,
+            gradient_clip_val=train.gradient_clip,
+            log_every_n_steps=train.log_every,
+            callbacks=callbacks,
+            logger=loggers,
+            plugins=[AtomicCheckpointIO(), *layer_sync(train)],
+            # The data modules give each process its share of every epoch's one seeded order (samplers.py).
+            use_distributed_sampler=False,
+            enable_progress_bar=train.progress_bar,
+            enable_model_summary=for_fit,
+            default_root_dir=train.out_dir,
+            **limits,
+        )
+    except (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError) as error:
+        # Lightning checks these settings itself (a strategy's accelerator, a package a strategy or precision needs):
+        # its refusal is the user's mistake.
         raise MbtasksError(f"Lightning refuses the train settings: {' '.join(str(error).split())}") from None
-
-
-def _trainer(train: TrainConfig, out: Path, callbacks: list, loggers, for_fit: bool, extra: dict) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=train.epochs,
-        accelerator=train.accelerator,
-        devices=train.devices,
-        num_nodes=train.num_nodes,
-        strategy=train.strategy,
-        precision=train.precision,
-        accumulate_grad_batches=train.accumulate_grad_batches,
-        check_val_every_n_epoch=train.val_every,
-        gradient_clip_val=train.gradient_clip,
-        log_every_n_steps=train.log_every,
-        callbacks=callbacks,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO(), *layer_sync(train)],
-        # The data modules give each process its share of every epoch's one seeded order (samplers.py).
-        use_distributed_sampler=False,
-        enable_progress_bar=train.progress_bar,
-        enable_model_summary=for_fit,
-        default_root_dir=out,
-        **extra,
-    )

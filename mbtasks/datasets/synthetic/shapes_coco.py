@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ _FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}
 _EMPTY_EVERY, _EMPTY_AT = 20, 3  # 5% of images have no annotations
 _CROWD_EVERY = {"train": 30, "val": 12}  # a crowd region in 3% / 8% of images
 _CROWD_AT = 5
-_JPEG_OPTIONS = {"quality": 95, "subsampling": 0, "optimize": False}
+JPEG_OPTIONS = {"quality": 95, "subsampling": 0, "optimize": False}
 
 
 def write_shapes_coco(
@@ -44,15 +45,10 @@ def write_shapes_coco(
         image_dir = out_dir / f"{split}2017"
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for index in range(count):
-            # One generator per image: a split's images do not depend on the other split's size.
-            rng = np.random.default_rng([seed, _SPLITS[split], index])
+        for index, pixels, objects in shape_images(seed, split, count, image_size):
             image_id = _FIRST_IMAGE_ID[split] + index
-            empty = index % _EMPTY_EVERY == _EMPTY_AT
-            crowd = index % _CROWD_EVERY[split] == _CROWD_AT
-            pixels, objects = _draw_image(rng, image_size, empty, crowd)
             file_name = f"{image_id:012d}.jpg"
-            Image.fromarray(pixels).save(image_dir / file_name, **_JPEG_OPTIONS)
+            Image.fromarray(pixels).save(image_dir / file_name, **JPEG_OPTIONS)
             height, width = pixels.shape[:2]
             images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
             for obj in objects:
@@ -70,6 +66,18 @@ def write_shapes_coco(
         paths[f"{split}_images"] = image_dir
         paths[f"{split}_annotations"] = ann_file
     return paths
+
+
+def shape_images(
+    seed: int, split: str, count: int, image_size: int, crowds: bool = True
+) -> Iterator[tuple[int, np.ndarray, list[dict]]]:
+    """(index, HWC uint8 pixels, COCO annotations without ids) of each image of a split. Each image has a generator
+    of its own: a split's images do not depend on the other split's size. `crowds`: a crowd region (RLE) in some."""
+    for index in range(count):
+        rng = np.random.default_rng([seed, _SPLITS[split], index])
+        empty = index % _EMPTY_EVERY == _EMPTY_AT
+        crowd = crowds and index % _CROWD_EVERY[split] == _CROWD_AT
+        yield (index, *_draw_image(rng, image_size, empty, crowd))
 
 
 def _draw_image(rng: np.random.Generator, image_size: int, empty: bool, crowd: bool) -> tuple[np.ndarray, list[dict]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,53 +59,73 @@ def write_streets_cityscapes(
 
     Returns a summary: root, size, num_images per split, the evaluated classes present, seed."""
     root = Path(out_dir)
-    height, width = size
     counts = {"train": num_train, "val": num_val}
-    for split_index, split in enumerate(("train", "val")):
-        cities = CITIES[split]
-        for index in range(counts[split]):
-            # one generator per image: an image does not depend on how many others are written
-            rng = np.random.default_rng([seed, split_index, index])
-            city = cities[index % len(cities)]
-            stem = f"{city}_{index:06d}_000019"
-            objects = _street_scene(rng, height, width, max_cars, max_persons)
-            _write_image(root, split, city, stem, objects, rng, height, width)
+    for scene in street_scenes(seed, counts, size, max_cars, max_persons):
+        gt_dir = root / "gtFine" / scene.split / scene.city
+        image_dir = root / "leftImg8bit" / scene.split / scene.city
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        image_dir.mkdir(parents=True, exist_ok=True)
+        (gt_dir / f"{scene.stem}_gtFine_polygons.json").write_text(scene.polygons)
+        instance_ids = np.asarray(createInstanceImage(scene.annotation, "ids")).astype(np.uint16)
+        # compression level 1: PNG encoding dominated the generation time at the default level
+        Image.fromarray(scene.label_ids).save(gt_dir / f"{scene.stem}_gtFine_labelIds.png", compress_level=1)
+        Image.fromarray(instance_ids).save(gt_dir / f"{scene.stem}_gtFine_instanceIds.png", compress_level=1)
+        createLabelImage(scene.annotation, "color").save(gt_dir / f"{scene.stem}_gtFine_color.png", compress_level=1)
+        Image.fromarray(scene.photo).save(image_dir / f"{scene.stem}_leftImg8bit.png", compress_level=1)
     return {
         "root": str(root),
-        "size": (height, width),
+        "size": tuple(size),
         "num_images": dict(counts),
         "classes": list(PRESENT_CLASSES),
         "seed": seed,
     }
 
 
-def _write_image(
-    root: Path, split: str, city: str, stem: str, objects: list[dict], rng: np.random.Generator, height: int, width: int
-) -> None:
-    polygons = {
-        "imgHeight": height,
-        "imgWidth": width,
-        "objects": [{"label": obj["label"], "polygon": obj["polygon"]} for obj in objects],
-    }
-    text = json.dumps(polygons)  # no indent: the C encoder, several times faster
-    # the label images come from cityscapesscripts' own rasteriser, so they agree with the polygons exactly
-    annotation = Annotation()
-    annotation.fromJsonText(text)
-    label_ids = createLabelImage(annotation, "ids")
-    instance_ids = np.asarray(createInstanceImage(annotation, "ids")).astype(np.uint16)
-    color = createLabelImage(annotation, "color")
+@dataclass(frozen=True)
+class StreetScene:
+    """One scene: its split, city and file stem, its polygons (cityscapesscripts' JSON text and Annotation), its label
+    ids (HxW uint8, cityscapesscripts' own rasterisation, so they agree with the polygons exactly) and its photo."""
 
-    gt_dir = root / "gtFine" / split / city
-    image_dir = root / "leftImg8bit" / split / city
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    (gt_dir / f"{stem}_gtFine_polygons.json").write_text(text)
-    # compression level 1: PNG encoding dominated the generation time at the default level
-    label_ids.save(gt_dir / f"{stem}_gtFine_labelIds.png", compress_level=1)
-    Image.fromarray(instance_ids).save(gt_dir / f"{stem}_gtFine_instanceIds.png", compress_level=1)
-    color.save(gt_dir / f"{stem}_gtFine_color.png", compress_level=1)
-    image = _render(objects, np.asarray(label_ids), rng, height, width)
-    Image.fromarray(image).save(image_dir / f"{stem}_leftImg8bit.png", compress_level=1)
+    split: str
+    city: str
+    stem: str
+    polygons: str
+    annotation: Annotation
+    label_ids: np.ndarray
+    photo: np.ndarray
+
+
+def street_scenes(
+    seed: int, counts: dict[str, int], size: tuple[int, int], max_cars: int, max_persons: int
+) -> Iterator[StreetScene]:
+    """The scenes of each split ({"train": N, "val": M}), each from a generator of its own: a scene does not depend on
+    how many others are drawn."""
+    height, width = size
+    for split_index, split in enumerate(("train", "val")):
+        cities = CITIES[split]
+        for index in range(counts[split]):
+            rng = np.random.default_rng([seed, split_index, index])
+            objects = _street_scene(rng, height, width, max_cars, max_persons)
+            polygons = json.dumps(
+                {  # no indent: the C encoder, several times faster
+                    "imgHeight": height,
+                    "imgWidth": width,
+                    "objects": [{"label": obj["label"], "polygon": obj["polygon"]} for obj in objects],
+                }
+            )
+            annotation = Annotation()
+            annotation.fromJsonText(polygons)
+            label_ids = np.asarray(createLabelImage(annotation, "ids"))
+            city = cities[index % len(cities)]
+            yield StreetScene(
+                split,
+                city,
+                f"{city}_{index:06d}_000019",
+                polygons,
+                annotation,
+                label_ids,
+                _render(objects, label_ids, rng, height, width),
+            )
 
 
 def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
