@@ -58,8 +58,8 @@ class ExecutorchReport(ExportReport):
         """One line: how many XNNPACK subgraphs, and every operator left outside them."""
         left = ", ".join(f"{name} x{count}" for name, count in sorted(self.outside.items()))
         return (
-            f"XNNPACK: {self.delegates} delegated subgraph{'s' * (self.delegates != 1)}; outside the delegate: "
-            f"{left or 'nothing'}"
+            f"XNNPACK: {self.delegates} delegated subgraph{'s' * (self.delegates != 1)}; outside the "
+            f"delegate{'s' * (self.delegates != 1)}: {left or 'nothing'}"
         )
 
 

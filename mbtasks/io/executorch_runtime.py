@@ -98,7 +98,8 @@ def open_program(path: str | Path, task: str | None = None, threads: int | None 
     loader = runtime()
     set_threads(threads)
     try:
-        program = loader.load_program(Path(path))
+        with native_logs_hidden():  # the runtime logs its reasons in C++ too: the error below says them once
+            program = loader.load_program(Path(path))
     except Exception as error:  # the runtime raises RuntimeError (and logs) for a file that is not a program
         raise MbtasksError(
             f"not an ExecuTorch program the runtime can load ({str(error).splitlines()[0][:200]})", path

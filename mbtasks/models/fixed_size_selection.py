@@ -39,22 +39,27 @@ def greedy_keep(
     threshold = float_below(iou_threshold)
     # batched_nms's coordinate trick: each class moved past the largest coordinate of the valid boxes.
     largest = torch.where(valid > 0, boxes.amax(1), torch.zeros_like(valid)).amax()
-    moved = boxes + (classes * (largest + 1))[:, None]
-    x1, y1, x2, y2 = moved.unbind(1)
+    moved = boxes + (classes * (largest + 1.0)).reshape(-1, 1)
+    # Columns (M, 1) and rows (1, M) by slicing and reshaping, operators XNNPACK takes (not unsqueeze or unbind).
+    x1, y1, x2, y2 = (moved[:, i : i + 1] for i in range(4))
+    x1_, y1_, x2_, y2_ = (c.reshape(1, -1) for c in (x1, y1, x2, y2))
     areas = (x2 - x1) * (y2 - y1)
     # As torchvision's CPU kernel, in float32: overlap = inter / ((area_i + area_j) - inter); 0 / 0 would be NaN
     # (never above the threshold): the union is held off zero, which gives 0 instead.
-    width = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
-    height = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
+    width = (torch.minimum(x2, x2_) - torch.maximum(x1, x1_)).clamp(min=0.0)
+    height = (torch.minimum(y2, y2_) - torch.maximum(y1, y1_)).clamp(min=0.0)
     inter = width * height
-    overlap = inter / ((areas[:, None] + areas[None]) - inter).clamp(min=SMALLEST_NORMAL)
+    overlap = inter / ((areas + areas.reshape(1, -1)) - inter).clamp(min=SMALLEST_NORMAL)
     position = torch.arange(boxes.shape[0], dtype=boxes.dtype, device=boxes.device)
-    before = (position[None] - position[:, None]).clamp(0, 1)  # [j, i] = 1 where j precedes i
-    suppresses = torch.ceil((overlap - threshold).clamp(0, 1)) * before  # 0 or 1, in float operations
-    kept = valid
+    before = (position.reshape(1, -1) - position.reshape(-1, 1)).clamp(0.0, 1.0)  # [j, i] = 1 where j precedes i
+    suppresses = torch.ceil((overlap - threshold).clamp(0.0, 1.0)) * before  # 0 or 1, in float operations
+    # Kept as a (1, 1, M) row and multiplied by bmm throughout: no reshapes between the steps, which would each cut
+    # the loop out of XNNPACK's delegate.
+    valid_row, suppresses = valid.reshape(1, 1, -1), suppresses.reshape(1, *suppresses.shape)
+    kept = valid_row
     for _ in range(iterations):
-        kept = valid * torch.relu(1 - torch.bmm(kept[None, None], suppresses[None])[0, 0])
-    return kept
+        kept = valid_row * torch.relu(1.0 - torch.bmm(kept, suppresses))
+    return kept.reshape(-1)
 
 
 def greedy_nms(
