@@ -1,4 +1,4 @@
-"""Deployment speed, one run: torchvision's eager models against mbtasks' PyTorch and ONNX Runtime paths.
+"""Deployment speed, one run: torchvision's eager models against mbtasks' PyTorch, ONNX Runtime and ExecuTorch paths.
 
     python bench/deploy.py [--runs 20] [--threads 2] [--calibration 8] [--seg-size 1024x2048]
 
@@ -9,16 +9,22 @@ each repeat (int8 / fp32 and each path / torchvision) reported the same way:
 
 - ssdlite320_mobilenet_v3_large end to end, a 480x640 image in and detections out: torchvision's model (resize,
   network, post-processing); mbtasks eager; mbtasks' inference copy (batch norm folded, channels-last, what evaluate
-  and predict run); `mbtasks export` fp32 and int8 in ONNX Runtime (one graph: resize, network, selection, NMS). The
-  weights are made to act like trained ones (trained_like): with plain random weights all 291,000 class scores pass
-  the 0.001 threshold and post-processing would be all that is timed.
+  and predict run); `mbtasks export` fp32 and int8 in ONNX Runtime (one graph: resize, network, selection, NMS); and
+  `mbtasks export --format executorch` fp32 and int8 in ExecuTorch with XNNPACK (one program: resize, network,
+  selection, NMS in fixed-size operators). The weights are made to act like trained ones (trained_like): with plain
+  random weights all 291,000 class scores pass the 0.001 threshold and post-processing would be all that is timed.
 - lraspp_mobilenet_v3_large at 1024x2048 (--seg-size), a normalised batch in and logits at full resolution out.
+
+ExecuTorch runs on the same threads as torch and ONNX Runtime (--threads), in the same process and the same rotation;
+without the mobile extra (`pip install 'mbtasks[mobile]'`) its rows are left out, with a line saying so.
 
 int8 models are calibrated on embedded images (shapes for the detector, street scenes for the segmenter) and quantised
 the way `mbtasks export --int8` chose by timing its candidates here (its line is printed); what int8 costs in accuracy
 is held by tests/test_export.py on the demo recipes. Targets, on medians: ONNX Runtime fp32 at
 most 0.30x torchvision for SSDLite end to end (0.35x for LR-ASPP), mbtasks' PyTorch inference copy at most 0.75x;
-int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2048.
+int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2048; ExecuTorch int8 at most 0.45x of
+ONNX Runtime fp32 and 0.65x of ExecuTorch fp32 for SSDLite end to end, 0.60x of ONNX Runtime fp32 for LR-ASPP at
+1024x2048.
 
 Toy size, as tests/test_bench.py runs it: --runs 7 --threads 1 --calibration 1 --seg-size 128x256.
 """
@@ -41,7 +47,7 @@ from mbtasks.export.int8 import rotating_times as int8_rotating_times
 from mbtasks.io.records import Record
 from mbtasks.layers.fusion import for_inference
 from mbtasks.tasks.detection import DetectionDataModule
-from mbtasks.tasks.runtime import load_onnx_model
+from mbtasks.tasks.runtime import load_executorch_model, load_onnx_model
 from mbtasks.tasks.segmentation import SegmentationDataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,6 +66,11 @@ TARGETS = {
     "seg": {"mbtasks inference": 0.75, "onnxruntime fp32": 0.35},
 }
 INT8_TARGETS = {"det": 0.70, "seg": 0.65}
+# ExecuTorch int8 against (the path named): the issue's targets on medians.
+EXECUTORCH_TARGETS = {
+    "det": {"onnxruntime fp32": 0.45, "executorch fp32": 0.65},
+    "seg": {"onnxruntime fp32": 0.60},
+}
 
 
 def trained_like(detector: torch.nn.Module) -> None:
@@ -79,16 +90,32 @@ def rotating_times(calls: dict, runs: int) -> dict[str, list[float]]:
         return int8_rotating_times(calls, runs, pause=0.05)
 
 
-def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int) -> tuple:
-    """ONNX Runtime wrappers of `mbtasks export`'s fp32 and int8 files of `model`."""
+def executorch_export():
+    """mbtasks.export.executorch's export, or None without the mobile extra (the ExecuTorch rows are left out)."""
+    try:
+        from mbtasks.export.executorch import executorch_modules, export_executorch
+
+        executorch_modules()
+    except (ImportError, MbtasksError) as error:
+        print(f"  ExecuTorch rows left out: {error}")
+        return None
+    return export_executorch
+
+
+def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int, runtime: str = "onnxruntime"):
+    """ONNX Runtime (or ExecuTorch) wrappers of `mbtasks export`'s (`--format executorch`'s) fp32 and int8 files of
+    `model`."""
     record = Record("bench", "bench", task=task, config=data.config.to_dict())
+    export, load, suffix = export_onnx, load_onnx_model, "onnx"
+    if runtime == "executorch":
+        export, load, suffix = executorch_export(), load_executorch_model, "pte"
+        if export is None:
+            return None
     wrappers = []
     for int8 in (False, True):
-        path = os.path.join(tmp, f"{task}_{'int8' if int8 else 'fp32'}.onnx")
+        path = os.path.join(tmp, f"{task}_{'int8' if int8 else 'fp32'}.{suffix}")
         try:
-            report = export_onnx(
-                for_inference(model), record, data, path, int8=int8, calibration=calibration, samples=1
-            )
+            report = export(for_inference(model), record, data, path, int8=int8, calibration=calibration, samples=1)
         except MbtasksError as error:
             # The bench times the file, which export keeps. Its random "trained-like" detector has thousands of
             # near-tied scores: on some CPUs the last bit flips which of two NMS keeps, and the fp32 1e-4 check
@@ -102,10 +129,20 @@ def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int
             )
         else:
             print(f"  exported {Path(path).name}: {report.size_bytes / 1e6:.1f} MB, {report.summary()}")
-            if int8:
+            if int8 and runtime == "onnxruntime":
                 print(f"  {report.choice_summary()}")
-        wrappers.append(load_onnx_model(path)[0])
+            if runtime == "executorch":
+                print(f"  {report.delegation()}")
+        wrappers.append(load(path)[0])
     return tuple(wrappers)
+
+
+def executorch_calls(programs: tuple | None, *inputs) -> dict:
+    """The ExecuTorch rows of a rotation (none without the mobile extra)."""
+    if programs is None:
+        return {}
+    fp32, int8 = programs
+    return {"executorch fp32": lambda: fp32(*inputs), "executorch int8": lambda: int8(*inputs)}
 
 
 def kernel_times(path: str, feed: dict, runs: int = 10) -> collections.Counter:
@@ -151,6 +188,7 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
         task="det",
     )
     fp32, int8 = exported(ours, "det", DetectionDataModule(config), tmp, calibration)
+    programs = exported(ours, "det", DetectionDataModule(config), tmp, calibration, runtime="executorch")
     image = [torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(1))]
     fast = for_inference(ours)
     where_the_time_goes(tmp, "det", {"images": image[0][None].numpy()})
@@ -166,6 +204,7 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
             "mbtasks inference": lambda: fast(image),
             "onnxruntime fp32": lambda: fp32(image),
             "onnxruntime int8": lambda: int8(image),
+            **executorch_calls(programs, image),
         },
         runs,
     ), (candidates, detections)
@@ -183,6 +222,7 @@ def segmentation(tmp: str, runs: int, calibration: int, size: tuple[int, int]) -
         task="seg",
     )
     fp32, int8 = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration)
+    programs = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration, runtime="executorch")
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     where_the_time_goes(tmp, "seg", {"images": x.numpy()})
     fast = for_inference(ours)
@@ -193,6 +233,7 @@ def segmentation(tmp: str, runs: int, calibration: int, size: tuple[int, int]) -
             "mbtasks inference": lambda: fast(x),
             "onnxruntime fp32": lambda: fp32(x),
             "onnxruntime int8": lambda: int8(x),
+            **executorch_calls(programs, x),
         },
         runs,
     )
@@ -220,6 +261,15 @@ def report(title: str, task: str, times: dict[str, list[float]]) -> None:
         f"int8 / fp32 in ONNX Runtime, within each repeat: {spread(int8)}, median {'<=' if median <= target else '>'} "
         f"{target} target{'' if median <= target else ': not met here'}"
     )
+    if "executorch int8" not in times:
+        return
+    for name, target in EXECUTORCH_TARGETS[task].items():
+        ratios = [a / b for a, b in zip(times["executorch int8"], times[name])]
+        median = statistics.median(ratios)
+        print(
+            f"executorch int8 / {name}, within each repeat: {spread(ratios)}, median "
+            f"{'<=' if median <= target else '>'} {target} target{'' if median <= target else ': not met here'}"
+        )
 
 
 def main() -> None:
@@ -237,9 +287,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's thread count
     import onnxruntime
 
+    try:
+        from importlib.metadata import version
+
+        executorch = f", executorch {version('executorch')}"
+    except ImportError:
+        executorch = ""
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime {onnxruntime.__version__}, "
-        f"{os.cpu_count()} CPUs, {args.threads} threads, load average {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} CPUs, {args.threads} threads, load average {os.getloadavg()[0]:.1f}{executorch}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         print(f"\n{DETECTOR}: exporting")

@@ -169,6 +169,22 @@ TOY = {
 }
 
 
+# Lines a toy run is checked for that the README does not quote yet: the ExecuTorch rows of bench/deploy.py, until
+# the README quotes a run of it on an idle machine (then they move into TOY).
+NOT_YET_QUOTED = {
+    "deploy.py": [
+        *(
+            f"  exported {name}.pte: # MB, largest |executorch - pytorch| difference: #"
+            for name in ("det_fp32", "seg_fp32")
+        ),
+        "  XNNPACK: 1 delegated subgraph; outside the delegate: ",
+        *(f"{name} # # # #x (#-#)" for name in ("executorch fp32", "executorch int8")),
+        "executorch int8 / onnxruntime fp32, within each repeat: #x (#-#), median ",
+        "executorch int8 / executorch fp32, within each repeat: #x (#-#), median ",
+    ]
+}
+
+
 def pattern(label: str) -> re.Pattern:
     """A label as a regular expression matching the start of a line."""
     parts = re.split(r"(#|\*|\{agree\}| +)", label)
@@ -244,7 +260,7 @@ def test_the_labels_are_those_of_the_readmes_quoted_run(script):
 @pytest.mark.parametrize("script", sorted(TOY))
 def test_bench_at_toy_size_runs_and_prints_what_the_readme_quotes(script):
     args, labels = TOY[script]
-    assert bench_problems(script, args, labels) == []
+    assert bench_problems(script, args, labels + NOT_YET_QUOTED.get(script, [])) == []
 
 
 def test_a_bench_whose_timed_function_raises_is_caught(tmp_path):

@@ -16,6 +16,7 @@ operators for).
 """
 
 import copy
+import functools
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -175,12 +176,10 @@ def _quantised(exported, task: type[BaseTask], images, count: int, example: torc
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    config, quantizer = get_symmetric_quantization_config(is_per_channel=True), XNNPACKQuantizer()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     modules = task.executorch_quantised_modules()
-    for name in modules:
-        quantizer.set_module_name(name, config)
-    if not modules:
-        quantizer.set_global(config)
+    if modules:
+        quantizer.set_filter_function(functools.partial(_inside, modules=set(modules)))
     # Spread over the whole set (which may be sorted by class), as the ONNX int8 export reads it.
     indices = np.unique(np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)).tolist()
     with warnings.catch_warnings(), torch.no_grad():
@@ -190,6 +189,15 @@ def _quantised(exported, task: type[BaseTask], images, count: int, example: torc
             prepared(images[index][None].float().contiguous())
         converted = convert_pt2e(prepared)
     return _export(converted, example, dynamic), len(indices)
+
+
+def _inside(node, modules: set[str]) -> bool:
+    """Whether a node of the graph belongs to one of the top-level `modules`. Weights and biases (get_attr nodes) carry
+    no module stack and pass: the quantiser asks about a convolution's weight too (set_module_name refuses every
+    convolution for that)."""
+    if node.op == "get_attr":
+        return True
+    return any(name.split(".")[0] in modules for name, _ in node.meta.get("nn_module_stack", {}).values())
 
 
 def _compare(task: type[BaseTask], graph: nn.Module, path: Path, inputs: list[torch.Tensor]) -> dict[str, float]:

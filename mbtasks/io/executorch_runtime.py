@@ -14,6 +14,7 @@ The program carries, beside `forward`, a method `mbtasks_meta` that returns one 
 
 import contextlib
 import importlib
+import io
 import json
 import logging
 import os
@@ -58,9 +59,9 @@ def native_logs_hidden():
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as devnull:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(io.StringIO()):
             os.dup2(devnull.fileno(), 2)
-        yield
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -67,6 +67,8 @@ def greedy_nms(
 ) -> torch.Tensor:
     """torchvision.ops.batched_nms's answer (indices of the kept boxes, best first) by `greedy_keep`: equal scores are
     taken in index order."""
+    if scores.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     valid = torch.ones_like(scores)
     kept = greedy_keep(boxes[order], idxs[order].to(boxes.dtype), valid, iou_threshold, iterations)
@@ -118,7 +120,8 @@ class FixedSizeSelection(nn.Module):
         return (
             candidate_boxes.index_select(0, chosen),
             values.index_select(0, chosen),
-            labels.index_select(0, chosen) + 1,
+            # int64 again: the int8 quantiser makes the constant 1 a float tensor
+            (labels.index_select(0, chosen) + 1).to(torch.int64),
         )
 
 
