@@ -174,10 +174,10 @@ TOY = {
 NOT_YET_QUOTED = {
     "deploy.py": [
         *(
-            f"  exported {name}.pte: # MB, largest |executorch - pytorch| difference: #"
-            for name in ("det_fp32", "seg_fp32")
+            f"  exported {name}.pte: # MB, largest |executorch - pytorch| difference: "
+            for name in ("det_fp32", "det_int8", "seg_fp32", "seg_int8")
         ),
-        "  XNNPACK: 1 delegated subgraph; outside the delegate: ",
+        "  XNNPACK: # delegated subgraph",
         *(f"{name} # # # #x (#-#)" for name in ("executorch fp32", "executorch int8")),
         "executorch int8 / onnxruntime fp32, within each repeat: #x (#-#), median ",
         "executorch int8 / executorch fp32, within each repeat: #x (#-#), median ",

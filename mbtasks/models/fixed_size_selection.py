@@ -120,8 +120,9 @@ class FixedSizeSelection(nn.Module):
         return (
             candidate_boxes.index_select(0, chosen),
             values.index_select(0, chosen),
-            # int64 again: the int8 quantiser makes the constant 1 a float tensor
-            (labels.index_select(0, chosen) + 1).to(torch.int64),
+            # Labels from 1 by a table, not `+ 1`: XNNPACK's int8 quantiser makes every constant of an addition a
+            # float tensor, and the labels would come out as floats.
+            torch.arange(1, classes + 1, device=flat.device).index_select(0, labels.index_select(0, chosen)),
         )
 
 
