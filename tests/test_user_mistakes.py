@@ -184,7 +184,7 @@ CASES = {
         ["evaluate", "--task", "det", "--annotations", "{in}/user/data.json", "--detections", "{in}/user/data.json"],
     ),
     "gt_without_cityscapes": (
-        "{in}/user: no ground truth found",
+        "{in}/user: in no segmentation format known (cityscapes: leftImg8bit/ and gtFine/; voc: ",
         ["evaluate", "--task", "seg", "--gt", "{in}/user", "--predictions", "{in}/cityscapes/gtFine/val"],
     ),
     # export
