@@ -4,7 +4,6 @@ written by hand in that layout is read with its classes and pixels, recognised f
 step on it through the console script; nothing in mbtasks changes."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from helpers import MBTASKS
+from helpers import MBTASKS, install_plugin
 from PIL import Image, ImageDraw
 from skimage import data as photos
 
@@ -96,19 +95,6 @@ CLASSES = {"sky": (40, 120, 250), "animal": (250, 180, 20), "ground": (30, 160, 
 SIZE = (64, 96)  # height, width
 
 
-def _install(folder: Path) -> dict:
-    """The plugin's one file and a `colour-masks-0.1.dist-info` naming it in `mbtasks.formats`, as pip would install
-    them; the environment that puts the folder on the path."""
-    folder.mkdir()
-    (folder / "colour_masks.py").write_text(PLUGIN)
-    info = folder / "colour_masks-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: colour-masks\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[mbtasks.formats]\ncolour_masks = colour_masks\n")
-    path = [str(folder), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
-
-
 def _write_photo_set(root: Path) -> dict[str, np.ndarray]:
     """Real photos with masks drawn by hand in the classes' colours (a stripe of sky, an animal, ground; the rest
     left black: no class); the class indices each mask stands for, by mask file."""
@@ -136,7 +122,13 @@ def _write_photo_set(root: Path) -> dict[str, np.ndarray]:
 
 
 def test_a_format_plugin_reads_hand_drawn_masks_and_trains_a_step_through_the_console_script(tmp_path):
-    env = _install(tmp_path / "site")
+    env = install_plugin(
+        tmp_path / "site",
+        "colour_masks",
+        {"colour_masks": PLUGIN},
+        "[mbtasks.formats]\ncolour_masks = colour_masks\n",
+        threads=1,
+    )
     expected = _write_photo_set(tmp_path / "photos")
     # read through the registry, as a data module does: the plugin is found by its entry point and the root sniffed
     read = subprocess.run(
@@ -187,8 +179,9 @@ def test_a_format_plugin_reads_hand_drawn_masks_and_trains_a_step_through_the_co
         "train.progress_bar=false",
         f"train.out_dir={tmp_path / 'run'}",
     ]
+    sets = [a for s in settings for a in ("--set", s)]
     train = subprocess.run(
-        [MBTASKS, "train", "--config", str(DEMO), *[a for s in settings for a in ("--set", s)]],
+        [MBTASKS, "train", "--config", str(DEMO), *sets],
         capture_output=True,
         text=True,
         timeout=600,
@@ -205,7 +198,7 @@ def test_a_format_plugin_reads_hand_drawn_masks_and_trains_a_step_through_the_co
             "train",
             "--config",
             str(DEMO),
-            *[a for s in settings for a in ("--set", s)],
+            *sets,
             "--set",
             "data.format=colour_masks",
         ],

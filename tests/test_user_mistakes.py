@@ -421,12 +421,17 @@ def _command_name(command: list[str]) -> str:
     return command[0] if command[0] not in ("weights", "data") else " ".join(command[:2])
 
 
-# The console script runs the first case of each command and those that need another environment; the rest run in
-# this process through the same entry point (most of a console run is starting Python and importing torch).
-THROUGH_THE_CONSOLE = {
-    *{_command_name(command): name for name, (_, command) in reversed(list(CASES.items()))}.values(),
-    *BLOCKED,
-}
+def _through_the_console() -> set[str]:
+    """The cases the console script runs: the first of each command, and those that need another environment; the
+    rest run in this process through the same entry point (most of a console run is starting Python and importing
+    torch)."""
+    first: dict[str, str] = {}
+    for name, (_, command) in CASES.items():
+        first.setdefault(_command_name(command), name)
+    return {*first.values(), *BLOCKED}
+
+
+THROUGH_THE_CONSOLE = _through_the_console()
 
 
 def _run_in_process(root: Path, scratch: Path, name: str) -> tuple[int, str]:
