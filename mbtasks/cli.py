@@ -144,7 +144,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume is not None:
         read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
     spec = TASKS.get(config.task)
-    config.model.name = config.model.name or spec.default_model
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     data = spec.data_module(config)
     data.prepare_data()

@@ -1,40 +1,53 @@
-"""Fixtures shared by test files: the demo recipes trained briefly, once a session (ONNX and ExecuTorch exports of
-them are held to what int8 may cost)."""
+"""Settings for the whole test run, and fixtures shared by test files.
+
+pytest-xdist runs the test files in one worker per core (pyproject's addopts): each worker, and every process it
+starts, computes on one thread, so that the workers fill the cores without spinning against each other. The demo
+recipes trained briefly (ONNX and ExecuTorch exports of them are held to what int8 may cost) are trained once a run,
+whichever worker asks first, and shared through a folder all workers see."""
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from mbtasks.cli import main
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def train_demo(recipe: str, root: Path, settings: list[str]) -> str:
-    """configs/demo/RECIPE trained with `settings` under root, torch on one thread (two threads on a shared 2-core
-    machine spin more than they work); its best checkpoint."""
-    settings = [
-        *settings,
-        f"data.synth_dir={root / 'data'}",
-        f"train.out_dir={root / 'run'}",
-        "train.progress_bar=false",
-    ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            assert (
-                main(
-                    ["train", "--config", str(CONFIGS / "demo" / recipe)] + [a for s in settings for a in ("--set", s)]
-                )
-                == 0
-            )
-    finally:
-        torch.set_num_threads(threads)
-    return str(root / "run" / "checkpoints" / "best.ckpt")
+def train_demo(tmp_path_factory, name: str, recipe: str, settings: list[str]) -> str:
+    """configs/demo/RECIPE trained with `settings` once a test run, torch on one thread; its best checkpoint."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    root = shared / name
+    best = root / "run" / "checkpoints" / "best.ckpt"
+    with FileLock(str(root) + ".lock"):
+        if best.is_file():
+            return str(best)
+        settings = [
+            *settings,
+            f"data.synth_dir={root / 'data'}",
+            f"train.out_dir={root / 'run'}",
+            "train.progress_bar=false",
+        ]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                command = ["train", "--config", str(CONFIGS / "demo" / recipe)]
+                assert main(command + [a for s in settings for a in ("--set", s)]) == 0
+        finally:
+            torch.set_num_threads(threads)
+    return str(best)
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +55,9 @@ def demo_segmenter(tmp_path_factory) -> str:
     """The demo segmenter's recipe (configs/demo: LR-ASPP v3-Large on the embedded street scenes) trained for 8
     epochs on 64 scenes at 64x128: a model that segments (class mIoU 0.59), as the demo's does, in a test's time."""
     return train_demo(
+        tmp_path_factory,
+        "seg_demo",
         "seg_cityscapes_synth.yaml",
-        tmp_path_factory.mktemp("seg_demo"),
         ["data.synth={seed: 0, num_train: 64, num_val: 12, size: [64, 128]}", "data.size=[64, 128]", "train.epochs=8"],
     )
 
@@ -59,8 +73,9 @@ def demo_detector(tmp_path_factory) -> str:
     # steps over more images generalise better (at width 0.5, 640 images for 8 epochs: 0.53; 320 for 16: 0.40).
     # Validated once, after the last epoch: best.ckpt is the trained model.
     return train_demo(
+        tmp_path_factory,
+        "det_demo",
         "det_shapes.yaml",
-        tmp_path_factory.mktemp("det_demo"),
         [
             "data.synth={seed: 0, num_train: 512, num_val: 100, image_size: 128}",
             "data.size=128",

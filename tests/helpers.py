@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,17 @@ def spy_on_coco_backends(monkeypatch) -> list[str]:
             coco.BACKENDS, name, lambda *args, name=name, backend=backend: calls.append(name) or backend(*args)
         )
     return calls
+
+
+def install_plugin(folder: Path, distribution: str, modules: dict[str, str], entry_points: str, threads: int) -> dict:
+    """`modules` and a `<distribution>-0.1.dist-info` with `entry_points` in `folder`, as pip would install them;
+    the environment that puts `folder` on the path, torch on `threads` threads."""
+    folder.mkdir()
+    for module, text in modules.items():
+        (folder / f"{module}.py").write_text(text)
+    info = folder / f"{distribution}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+    path = [str(folder), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": str(threads)}

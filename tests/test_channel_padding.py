@@ -17,6 +17,12 @@ def _depthwise_widths(model: torch.nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
 
 
+def _head_outputs(graph: DetectionGraph, x: torch.Tensor) -> list[torch.Tensor]:
+    """The SSD head's box regression and class logits of the normalised image `x`."""
+    outputs = graph.head(list(graph.backbone((x - graph.mean) / graph.std).values()))
+    return [outputs["bbox_regression"], outputs["cls_logits"]]
+
+
 @pytest.mark.parametrize(
     "name, size",
     [
@@ -34,8 +40,10 @@ def test_padded_network_computes_the_same_function_with_depthwise_widths_of_16(n
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if name.startswith("ssdlite"):
-            for want, got in zip(DetectionGraph(model)(x), DetectionGraph(padded)(x)):
-                assert want.shape == got.shape and torch.allclose(want.float(), got.float(), atol=1e-5)
+            # the head's outputs: the detections after NMS of random weights have near-ties, whose order the
+            # rounding of another channel count may swap
+            for want, got in zip(_head_outputs(DetectionGraph(model), x), _head_outputs(DetectionGraph(padded), x)):
+                assert want.shape == got.shape and torch.allclose(want, got, atol=1e-5)
         else:
             assert torch.allclose(model(x), padded(x), atol=1e-5)
 

@@ -84,7 +84,7 @@ CASES = {
     "key_section": (["modle.name=mobilenet_v1"], "unknown key modle (did you mean model?)"),
     "key_unrelated": (
         ["data.colour=red"],
-        "unknown key data.colour (known: root, synth_dir, synth, train_split, "
+        "unknown key data.colour (known: root, format, synth_dir, synth, train_split, "
         "val_split, size, augmentation, batch_size, val_batch_size, num_workers)",
     ),
     "section_not_a_mapping": (["train=5"], "train must be a mapping, got int"),

@@ -2,12 +2,10 @@
 trained one step and profiled through the console script; a broken model plugin is one warning line naming it."""
 
 import json
-import os
 import subprocess
-import textwrap
 from pathlib import Path
 
-from helpers import MBTASKS, TINY_IMAGE_DATA
+from helpers import MBTASKS, TINY_IMAGE_DATA, install_plugin
 
 from mbtasks.io.records import read_record
 
@@ -37,26 +35,12 @@ def mlp_mobilenet_v3_small(*, num_classes: int = 10, hidden: int = 32, width_mul
 '''
 
 
-def _install(folder: Path, distribution: str, modules: dict[str, str], entry_points: str) -> dict:
-    """`modules` and a `<distribution>-0.1.dist-info` with `entry_points` in `folder`, as pip would install them;
-    the environment that puts `folder` on the path."""
-    folder.mkdir()
-    for module, text in modules.items():
-        (folder / f"{module}.py").write_text(text)
-    info = folder / f"{distribution}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-    path = [str(folder), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "2"}
-
-
 def _mbtasks(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([MBTASKS, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_a_plugin_model_trains_one_step_and_profiles_through_the_console_script(tmp_path):
-    env = _install(
+    env = install_plugin(
         tmp_path / "site",
         "mbtasks_mlp_plugin",
         {"mlp_models": PLUGIN},
@@ -64,6 +48,7 @@ def test_a_plugin_model_trains_one_step_and_profiles_through_the_console_script(
         [mbtasks.models]
         mlp_mobilenet_v3_small = mlp_models:mlp_mobilenet_v3_small
         """,
+        threads=2,
     )
     settings = [
         "model.name=mlp_mobilenet_v3_small",
@@ -89,7 +74,7 @@ def test_a_plugin_model_trains_one_step_and_profiles_through_the_console_script(
 
 
 def test_a_broken_model_plugin_is_one_line_naming_it_and_the_built_in_models_work(tmp_path):
-    env = _install(
+    env = install_plugin(
         tmp_path / "site",
         "mbtasks_broken_plugin",
         {"broken_models": 'raise ImportError("needs a library that is not installed")\n'},
@@ -97,6 +82,7 @@ def test_a_broken_model_plugin_is_one_line_naming_it_and_the_built_in_models_wor
         [mbtasks.models]
         broken_model = broken_models
         """,
+        threads=2,
     )
     help_text = _mbtasks(env, "--help")
     assert help_text.returncode == 0 and help_text.stderr == ""  # plugins load on the first lookup, not before

@@ -121,8 +121,8 @@ def quantize(prepared: Path, out: Path, reader, candidate: Candidate = CANDIDATE
         or (node.op_type == "Resize" and node.output[0] in outputs)
         or (candidate.float_depthwise and _depthwise(node))
     ]
-    # uint8 activations, int8 weights: ONNX Runtime's fast path on x86 (int8 activations were 2.6x slower here);
-    # MinMax ranges cost the demos 0.01 points or less.
+    # uint8 activations, int8 weights: ONNX Runtime's fast path on x86 (int8 activations measured slower,
+    # bench/deploy.py); MinMax ranges cost the demos little (tests/test_export.py holds the loss).
     # ONNX Runtime warns of each integer tensor it leaves alone (shapes, in QOperator): expected, not news.
     logging.disable(logging.WARNING)
     try:
@@ -166,9 +166,8 @@ def choose(
     falls on all alike, with ONNX Runtime's threads not spinning. Candidate i is written to
     `scratch`/candidate{i}.onnx."""
     candidates = [c for c in candidates if padded is not None or not c.padded]
-    # Timed without spinning threads: with several sessions in turn, spinning made a third of the runs 2x slower at
-    # random on a 2-core machine (some sessions in all 5), and the choice with them; without, the medians of four
-    # trials agreed within 10% and ranked the candidates alike.
+    # Timed without spinning threads: with several sessions in turn, spinning made runs slower at random on a small
+    # machine, and the choice with them; without, repeated trials ranked the candidates alike.
     sessions = {"fp32": create_session(fp32, spinning=False)}
     for index, candidate in enumerate(candidates):
         path = scratch / f"candidate{index}.onnx"
@@ -186,7 +185,7 @@ def choose(
 def rotating_times(calls: dict, runs: int, pause: float = 0.02) -> dict[str, list[float]]:
     """ms of each call in each of `runs` rounds, the calls taken in rotating order after one warm-up round. The pause
     before each call lets the previous call's worker threads (ONNX Runtime's and OpenMP's spin after a run) go idle:
-    without it the call after ONNX Runtime ran up to 2x slower (bench/deploy.py)."""
+    without it the call after ONNX Runtime ran slower (bench/deploy.py)."""
     names, times = list(calls), {name: [] for name in calls}
     for index in range(runs + 1):
         shift = index % len(names)
@@ -235,7 +234,7 @@ def _drop_unused_initializers(graph) -> None:
 def shapes_of_quantised_tensors(model) -> int:
     """Let each Shape node that reads a dequantised tensor read the quantised one (the same shape); returns how many.
     Otherwise ONNX Runtime keeps a float copy of the tensor for the Shape alone: a segmenter's Resize to the input
-    size asks the input's shape, and that copy of a 1024x2048 image cost 1.8 ms of LR-ASPP's 154 (2 threads)."""
+    size asks the input's shape, and that copy of a full-size image costs a copy per run (bench/deploy.py)."""
     producers = {output: node for node in model.graph.node for output in node.output}
     rewired = 0
     for node in model.graph.node:

@@ -31,27 +31,26 @@ def read_rgb_image(path: str | os.PathLike, exif_upright: bool = False) -> np.nd
     if not data:
         raise MbtasksError("cannot decode image (empty file)", path)
     if not exif_upright and _png_kind(data) == (8, 2):
-        # 8-bit RGB PNGs (Cityscapes' photos): libspng decodes them 1.4x faster than cv2's libpng (2048x1024, best of
-        # repeats, one core: 37 ms vs 52 ms), the same pixels (tests/test_pipelines.py); on any failure cv2 and PIL
-        # below decode the file or say why not
+        # 8-bit RGB PNGs (Cityscapes' photos): libspng decodes them faster than cv2's libpng (bench/data.py), the
+        # same pixels (tests/test_pipelines.py); on any failure cv2 and PIL below decode the file or say why not
         try:
             return pyspng.load(data)
         except Exception:  # noqa: BLE001  (pyspng raises bare Exceptions)
             pass
     jpeg_without_end = data.startswith(_JPEG_START) and not data.endswith(_JPEG_END)
     if not exif_upright and data.startswith(_JPEG_START) and not jpeg_without_end:
-        # JPEGs (COCO's photos): simplejpeg's libjpeg-turbo decodes a 640x480 photo in 0.93 ms against cv2's 1.09 (one
-        # core, median of repeats), the same pixels (tests/test_pipelines.py), and the training pipeline is mostly the
-        # decoding; what it refuses goes on to cv2 and PIL below
+        # JPEGs (COCO's photos): simplejpeg's libjpeg-turbo decodes them faster than cv2 (bench/data.py), the same
+        # pixels (tests/test_pipelines.py), and the training pipeline is mostly the decoding; what it refuses goes on
+        # to cv2 and PIL below
         try:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError:
             pass
-    # cv2 rather than PIL: faster (best of repeats, one core: 640x480 JPEG 1.04 ms vs 1.25-1.35 ms, 2048x1024 PNG
-    # 49.5 ms vs 66-71 ms) under the same rules (grey, palette, LA, RGBA without alpha, CMYK, 16 bits as v >> 8,
-    # EXIF only on request). But cv2.imread returns a truncated JPEG with its missing rows grey and no error
-    # (imdecode's handling varies by version), so a JPEG lacking its end marker (truncated, or with bytes after
-    # the end) goes to PIL, which raises or decodes it; PIL also gives the reason when cv2 refuses a file.
+    # cv2 rather than PIL: faster for JPEGs and PNGs alike (bench/data.py), under the same rules (grey, palette, LA,
+    # RGBA without alpha, CMYK, 16 bits as v >> 8, EXIF only on request). But cv2.imread returns a truncated JPEG
+    # with its missing rows grey and no error (imdecode's handling varies by version), so a JPEG lacking its end
+    # marker (truncated, or with bytes after the end) goes to PIL, which raises or decodes it; PIL also gives the
+    # reason when cv2 refuses a file.
     if not jpeg_without_end:
         flags = cv2.IMREAD_COLOR_RGB if exif_upright else cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
         array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -87,8 +86,8 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
             path,
         )
     if colour_type == 0 and bit_depth in (8, 16):
-        # 8-bit: libspng decodes them 1.3x faster than cv2 (a 2048x1024 label PNG: 3.8 ms vs 4.9 ms), and cv2
-        # (16-bit) 1.2-1.5x faster than PIL (measured at 1024x2048); both release the GIL
+        # 8-bit: libspng decodes them faster than cv2, and cv2 (16-bit) faster than PIL (bench/data.py); both
+        # release the GIL
         array = _spng_grey(data) if bit_depth == 8 else None
         if array is None:
             array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -81,9 +81,9 @@ class SelectDetections(nn.Module):
         k = min(self.topk_candidates, scores.shape[1])
         # torchvision runs NMS on each class's top k candidates. Greedy NMS over all of them keeps the same boxes
         # among those k (a box is only suppressed by a better one, which is among them too), so the top-k rule can
-        # wait until after NMS, on the few survivors: masking the whole score matrix cost 0.6 ms of ONNX Runtime's
-        # 15. Only a class with more than k candidates has a k-th score to meet (TopK over every class cost 4 ms).
-        # Counted in float (exact up to 2^24 anchors): ONNX Runtime's int64 ReduceSum took 1.3 ms here, float 0.4.
+        # wait until after NMS, on the few survivors (masking the whole score matrix measured slower). Only a class
+        # with more than k candidates has a k-th score to meet (TopK over every class measured slower). Counted in
+        # float (exact up to 2^24 anchors): ONNX Runtime's int64 ReduceSum measured slower. bench/deploy.py
         crowded = ((scores > self.score_thresh).to(scores.dtype).sum(1) > k).nonzero()[:, 0]
         kth = torch.zeros_like(scores[:, 0]).index_put((crowded,), scores[crowded].topk(k, dim=1).values[:, -1])
         kept = ClassNMS.apply(boxes, scores[None], self.nms_thresh, self.score_thresh)

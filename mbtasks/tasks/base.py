@@ -28,6 +28,7 @@ from ..io.outputs import write_text_atomically
 from ..io.records import RECORD_KEY, Record, load_into
 from ..models import MODELS, build_configured_model, weights_defaults
 from .optimizer import configure_optimizer
+from .registry import TASKS
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -50,6 +51,8 @@ class BaseDataModule(pl.LightningDataModule):
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
+        # a recipe that names no model trains the task's default, whoever builds the data module (CLI or Python)
+        config.model.name = config.model.name or TASKS.get(config.task).default_model
         data = config.data
         self.root = Path(data.root if data.root is not None else data.synth_dir)
         name = data.format or (

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from mbtasks.backbones import BACKBONES
 from mbtasks.config import Config
+from mbtasks.datasets.formats import FORMATS, DataFormat
 from mbtasks.datasets.imagefolder import apply_transform
 from mbtasks.drawing import write_png, write_text
 from mbtasks.errors import MbtasksError
@@ -114,11 +115,27 @@ class ShapeCounts(Dataset):
         return apply_transform(self.transform, read_rgb_image(self.folder / name)), torch.from_numpy(counts)
 
 
+@FORMATS.register("shape_counts")
+class ShapeCountsFormat(DataFormat):
+    """The count task's format: train/ and val/ of PNGs, each with its counts.csv; its embedded set is drawn."""
+
+    kind = "count"
+    layout = "train/ and val/ with counts.csv"
+    write_synthetic = staticmethod(write_shape_counts)
+
+    @classmethod
+    def sniff(cls, root: Path) -> bool:
+        return any((root / split / "counts.csv").is_file() for split in cls.splits)
+
+    def dataset(self, split: str, transform) -> ShapeCounts:
+        return ShapeCounts(self.root / split, transform)
+
+
 class ShapeCountDataModule(ImageDataModule):
     """Splits train/ and val/ (data.train_split, data.val_split) of PNGs with their counts.csv under data.root, or the
     embedded set. Images are resized whole: a random crop would cut shapes off and change the counts."""
 
-    write_synthetic = staticmethod(write_shape_counts)
+    format_kind, default_format = "count", "shape_counts"
     default_size, default_augmentation = 64, "none"
 
     def __init__(self, config: Config):
@@ -131,14 +148,12 @@ class ShapeCountDataModule(ImageDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            self.val_set = Indexed(
-                ShapeCounts(self.root / (self.config.data.val_split or "val"), self.transform(False))
-            )
+            split = self.config.data.val_split or self.format.splits[1]
+            self.val_set = Indexed(self.format.dataset(split, self.transform(False)))
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = self.transform(True)
-            self.train_set = Indexed(
-                ShapeCounts(self.root / (self.config.data.train_split or "train"), self.train_transform)
-            )
+            split = self.config.data.train_split or self.format.splits[0]
+            self.train_set = Indexed(self.format.dataset(split, self.train_transform))
 
     @property
     def class_names(self) -> list[str]:
