@@ -473,7 +473,7 @@ def test_user_mistakes_are_one_line_errors(exported, tmp_path, capsys):
         "not an ONNX model": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "text.onnx")],
         "without mbtasks metadata": ["evaluate", "--runtime", "onnxruntime", "--model", str(tmp_path / "bare.onnx")],
         "--runtime onnxruntime evaluates --model": ["evaluate", "--runtime", "onnxruntime", "--checkpoint", checkpoint],
-        "--model is an ONNX file for --runtime onnxruntime": ["evaluate", "--model", str(det_onnx)],
+        "--model is an exported file for --runtime onnxruntime or executorch": ["evaluate", "--model", str(det_onnx)],
         "is an ONNX model of a det model, not seg": [
             "evaluate",
             "--task",
