@@ -26,7 +26,9 @@ int8 at most 0.70x of ONNX Runtime fp32 for SSDLite, 0.65x for LR-ASPP at 1024x2
 ONNX Runtime fp32 and 0.65x of ExecuTorch fp32 for SSDLite end to end, 0.60x of ONNX Runtime fp32 for LR-ASPP at
 1024x2048.
 
-Toy size, as tests/test_bench.py runs it: --runs 7 --threads 1 --calibration 1 --seg-size 128x256.
+Toy size, as tests/test_bench.py runs it: --runs 7 --threads 1 --calibration 1 --seg-size 128x256 --no-executorch
+(lowering the four ExecuTorch programs, the same export that tests/test_executorch.py runs on every task, would take
+five minutes of the suite's fifteen).
 """
 
 import collections
@@ -90,8 +92,12 @@ def rotating_times(calls: dict, runs: int) -> dict[str, list[float]]:
         return int8_rotating_times(calls, runs, pause=0.05)
 
 
-def executorch_export():
-    """mbtasks.export.executorch's export, or None without the mobile extra (the ExecuTorch rows are left out)."""
+def executorch_export(wanted: bool):
+    """mbtasks.export.executorch's export, or None without the mobile extra or with --no-executorch (the ExecuTorch
+    rows are left out)."""
+    if not wanted:
+        print("  ExecuTorch rows left out: --no-executorch")
+        return None
     try:
         from mbtasks.export.executorch import executorch_modules, export_executorch
 
@@ -102,13 +108,15 @@ def executorch_export():
     return export_executorch
 
 
-def exported(model: torch.nn.Module, task: str, data, tmp: str, calibration: int, runtime: str = "onnxruntime"):
+def exported(
+    model: torch.nn.Module, task: str, data, tmp: str, calibration: int, runtime: str = "onnxruntime", wanted=True
+):
     """ONNX Runtime (or ExecuTorch) wrappers of `mbtasks export`'s (`--format executorch`'s) fp32 and int8 files of
     `model`."""
     record = Record("bench", "bench", task=task, config=data.config.to_dict())
     export, load, suffix = export_onnx, load_onnx_model, "onnx"
     if runtime == "executorch":
-        export, load, suffix = executorch_export(), load_executorch_model, "pte"
+        export, load, suffix = executorch_export(wanted), load_executorch_model, "pte"
         if export is None:
             return None
     wrappers = []
@@ -173,7 +181,9 @@ def where_the_time_goes(tmp: str, task: str, feed: dict) -> None:
         print(f"  ONNX Runtime {kind} kernels, ms per run: {sum(times.values()):.1f} in all; {top}")
 
 
-def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[float]], tuple[int, int]]:
+def detection(
+    tmp: str, runs: int, calibration: int, executorch: bool
+) -> tuple[dict[str, list[float]], tuple[int, int]]:
     reference, ours = detection_models(tmp, prepare=trained_like)
     reference.eval()
     ours.eval()
@@ -188,7 +198,7 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
         task="det",
     )
     fp32, int8 = exported(ours, "det", DetectionDataModule(config), tmp, calibration)
-    programs = exported(ours, "det", DetectionDataModule(config), tmp, calibration, runtime="executorch")
+    programs = exported(ours, "det", DetectionDataModule(config), tmp, calibration, "executorch", executorch)
     image = [torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(1))]
     fast = for_inference(ours)
     where_the_time_goes(tmp, "det", {"images": image[0][None].numpy()})
@@ -210,7 +220,9 @@ def detection(tmp: str, runs: int, calibration: int) -> tuple[dict[str, list[flo
     ), (candidates, detections)
 
 
-def segmentation(tmp: str, runs: int, calibration: int, size: tuple[int, int]) -> dict[str, list[float]]:
+def segmentation(
+    tmp: str, runs: int, calibration: int, size: tuple[int, int], executorch: bool
+) -> dict[str, list[float]]:
     reference, ours = segmentation_models(tmp)
     config = load_config(
         None,
@@ -222,7 +234,7 @@ def segmentation(tmp: str, runs: int, calibration: int, size: tuple[int, int]) -
         task="seg",
     )
     fp32, int8 = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration)
-    programs = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration, runtime="executorch")
+    programs = exported(ours, "seg", SegmentationDataModule(config), tmp, calibration, "executorch", executorch)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     where_the_time_goes(tmp, "seg", {"images": x.numpy()})
     fast = for_inference(ours)
@@ -283,6 +295,12 @@ def main() -> None:
         default=(1024, 2048),
         help="LR-ASPP's input, HEIGHTxWIDTH (default 1024x2048)",
     )
+    parser.add_argument(
+        "--no-executorch",
+        dest="executorch",
+        action="store_false",
+        help="leave out the ExecuTorch rows (lowering their four programs takes minutes)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's thread count
     import onnxruntime
@@ -299,7 +317,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         print(f"\n{DETECTOR}: exporting")
-        ms, (candidates, detections) = detection(tmp, args.runs, args.calibration)
+        ms, (candidates, detections) = detection(tmp, args.runs, args.calibration, args.executorch)
         report(
             f"{DETECTOR}, 480x640 image -> detections ({candidates} scores above the threshold, {detections} "
             f"kept), batch 1, {args.runs} repeats",
@@ -311,7 +329,7 @@ def main() -> None:
         report(
             f"lraspp_mobilenet_v3_large, {height}x{width} -> logits, batch 1, {args.runs} repeats",
             "seg",
-            segmentation(tmp, args.runs, args.calibration, args.seg_size),
+            segmentation(tmp, args.runs, args.calibration, args.seg_size, args.executorch),
         )
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 

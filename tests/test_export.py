@@ -3,7 +3,6 @@ int8, torchvision's detection post-processing reproduced, and one-line errors.""
 
 import json
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import onnx
@@ -345,41 +344,6 @@ def test_int8_quantises_the_image_itself_where_one_mean_and_std_normalise_it(mea
         dequantise = next(node for node in model.graph.node if node.input[0] == quantise.output[0])
         scale, zero_point = initializers[dequantise.input[1]], initializers[dequantise.input[2]]
         assert abs((quantised.astype(float) - zero_point) * scale - (image.numpy() - 0.5) / 0.5).max() <= 1 / 254
-
-
-def _pytorch_and_int8(checkpoint: str, folder: Path, metric: str) -> tuple[float, float]:
-    """`metric` of the checkpoint evaluated in PyTorch, and of its int8 export evaluated in ONNX Runtime."""
-    common = ["--set", "train.progress_bar=false"]
-    _run(["evaluate", "--checkpoint", checkpoint, "--json", str(folder / "torch.json"), *common])
-    _run(["export", "--checkpoint", checkpoint, "--out", str(folder / "int8.onnx"), "--int8", "--calibration", "32"])
-    _run(
-        [
-            "evaluate",
-            "--runtime",
-            "onnxruntime",
-            "--model",
-            str(folder / "int8.onnx"),
-            "--json",
-            str(folder / "int8.json"),
-            *common,
-        ]
-    )
-    fp32, int8 = (json.loads((folder / f"{name}.json").read_text())[metric] for name in ("torch", "int8"))
-    return fp32, int8
-
-
-def test_int8_costs_the_demo_segmenter_at_most_1_point_of_miou(demo_segmenter, tmp_path):
-    """What the README's int8 table says of the demo segmenter (class mIoU, int8 against PyTorch)."""
-    fp32, int8 = _pytorch_and_int8(demo_segmenter, tmp_path, "mean_class_iou")
-    assert fp32 > 0.5  # it segments: a loss of a point means something
-    assert fp32 - int8 <= 0.01, (fp32, int8)
-
-
-def test_int8_costs_the_demo_detector_at_most_1_point_of_map(demo_detector, tmp_path):
-    """What the README's int8 table says of the demo detector (COCO mAP, int8 against PyTorch)."""
-    fp32, int8 = _pytorch_and_int8(demo_detector, tmp_path, "AP")
-    assert fp32 > 0.3  # it detects: a loss of a point means something
-    assert fp32 - int8 <= 0.01, (fp32, int8)
 
 
 @pytest.mark.parametrize("task", list(SETTINGS))

@@ -356,7 +356,7 @@ def test_exported_onnx_file_predicts_as_its_checkpoint(photos, tmp_path, capsys)
             {t["class"]: t["probability"] for t in b["top5"]}, abs=2e-4
         )
     assert _predict(tmp_path / "cls.onnx", [photos], tmp_path / "gpu", "--device", "cuda") == 2
-    assert "ONNX Runtime on the CPU" in capsys.readouterr().err
+    assert "an exported file runs in onnxruntime on the CPU" in capsys.readouterr().err
 
 
 def test_user_mistakes_are_one_line_errors(photos, checkpoints, tmp_path, capsys):
