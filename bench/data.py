@@ -10,8 +10,8 @@ collate function, batch by batch), in one process on one thread (torch and OpenC
   (RandomIoUCrop, RandomHorizontalFlip, then Resize to 320x320, which torchvision's model does itself, ToDtype
   float, SanitizeBoundingBoxes) and segmentation's SegmentationPresetTrain at Cityscapes' sizes (RandomResize of the
   short side 512..2048, RandomHorizontalFlip, pad and RandomCrop to 512x1024, PILToTensor, ToDtype, Normalize);
-- mbtasks: the training loader of the det and seg recipes (configs/det/ssdlite320_mobilenet_v3_large_coco.yaml,
-  configs/seg/lraspp_mobilenet_v3_large_cityscapes.yaml), with its seeded per-sample augmentation.
+- mbtasks: the training loader of the det and seg recipes (ssdlite320_mobilenet_v3_large_coco and
+  lraspp_mobilenet_v3_large_cityscapes in mbtasks/recipes/), with its seeded per-sample augmentation.
 
 The three run in alternation, --repeats times; images/s is printed best, and min / median / max over the repeats,
 with the ratios of each repeat. Then the mbtasks loaders with 1, 2, 4 and 8 worker processes (up to --workers),
@@ -50,11 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from arguments import BenchParser, at_least, positive  # bench/arguments.py, beside this script
 from photo_sets import write_cityscapes_photos, write_coco_photos  # noqa: E402  (the tests' real-photo sets)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = {
-    "det": CONFIGS / "det" / "ssdlite320_mobilenet_v3_large_coco.yaml",
-    "seg": CONFIGS / "seg" / "lraspp_mobilenet_v3_large_cityscapes.yaml",
-}
+RECIPES = {"det": "ssdlite320_mobilenet_v3_large_coco", "seg": "lraspp_mobilenet_v3_large_cityscapes"}  # packaged
 DEVICES = {"det": 8, "seg": 4}  # the recipes' devices: images per step = devices x batch_size
 PIPELINES = ("decode", "torchvision", "mbtasks")
 

@@ -121,17 +121,62 @@ def cmd_weights_import(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {saved.model} ({len(saved.state_dict)} tensors from {source}, options {saved.options})")
 
 
-def _config(args: argparse.Namespace, base: dict | None = None):
+def _config(
+    args: argparse.Namespace, base: dict | None = None, recipes: list[str] | None = None, check_task: bool = True
+):
+    """The typed recipe of --config (or `recipes`; several merged in order) over `base`, --set on top; its task
+    checked against the registered ones unless `check_task` is false."""
     from .config import load_config
 
-    config = load_config(args.config, args.set or [], task=args.task, base=base)
-    from .tasks import TASKS  # after the config's own checks: importing the tasks takes seconds
+    config = load_config(recipes or args.config, args.set or [], task=args.task, base=base)
+    if check_task:
+        from .tasks import TASKS  # after the config's own checks: importing the tasks takes seconds
 
-    TASKS.get(config.task)  # an unknown task is one line naming the closest
+        TASKS.get(config.task)  # an unknown task is one line naming the closest
     return config
 
 
+def _print_config(args: argparse.Namespace, recipes: list[str] | None = None) -> None:
+    """--print-config: the recipe the command would run, resolved (bases, every --config, --set), as YAML that
+    `--config FILE` reads back to the same config; a --checkpoint's own recipe where no --config is given."""
+    from .config import config_yaml
+
+    if getattr(args, "checkpoint", None) is not None:
+        from .io.records import read_checkpoint
+
+        config = _config_of_record(args, read_checkpoint(args.checkpoint, args.task))
+    else:
+        config = _config(args, recipes=recipes, check_task=False)  # a recipe read, nothing built: no tasks' imports
+    print(config_yaml(config), end="")
+
+
+def cmd_recipes(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from .recipe_files import recipe_listing
+
+    entries = [entry for entry in recipe_listing() if args.task in (None, entry.task)]
+    if args.json:
+        print(json.dumps([asdict(entry) for entry in entries], indent=1))
+        return
+    rows = [("name", "task", "model", "data", "description")] + [
+        (
+            entry.name + (" (base)" if entry.is_base else ""),
+            entry.task,
+            entry.model or "-",
+            (entry.data_root or "embedded") + (f" ({entry.data_format})" if entry.data_format else ""),
+            entry.description,
+        )
+        for entry in entries
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.print_config:
+        return _print_config(args)
     config = _config(args)
     _quiet_libraries()
     import pytorch_lightning as pl
@@ -154,12 +199,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     trainer = build_trainer(config, spec.monitor)
     trainer.fit(task, datamodule=data, ckpt_path=args.resume, weights_only=True)
     if trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_path
+        # Paths as the recipe gives train.out_dir (Lightning keeps the best one's as a whole path).
+        checkpoints = Path(config.train.out_dir) / "checkpoints"
+        name = Path(trainer.checkpoint_callback.best_model_path).name  # empty where no validation ran
+        best = checkpoints / name if name else ""
         print(f"best {spec.monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
-        print(f"last: {Path(config.train.out_dir) / 'checkpoints' / 'last.ckpt'}")
+        print(f"last: {checkpoints / 'last.ckpt'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.print_config:
+        return _print_config(args)
     from .io.outputs import output_file, output_folder
 
     if args.json:
@@ -261,13 +311,19 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
         _print_metrics(args, task.metrics, task.metrics_table())
 
 
-def _task_of_record(args: argparse.Namespace, record, source):
-    """(config, data module, task module) for a checkpoint's or an exported model's record: its own recipe unless a
-    config file is given, on the machine at hand (one device of the accelerator there; a recipe's 8 GPUs are the
-    training machine's), --set on top; the network is always the record's, with its weights (from_record)."""
+def _config_of_record(args: argparse.Namespace, record):
+    """The config to evaluate or export a checkpoint's or an exported model's record with: its own recipe unless
+    --config is given, on the machine at hand (one device of the accelerator there; a recipe's 8 GPUs are the
+    training machine's), --set on top."""
     at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1"]
     args = argparse.Namespace(**{**vars(args), "set": at_hand + (args.set or [])})
-    config = _config(args, base=record.config if args.config is None else None)
+    return _config(args, base=record.config if args.config is None else None)
+
+
+def _task_of_record(args: argparse.Namespace, record, source):
+    """(config, data module, task module) for a record (_config_of_record); the network is always the record's,
+    with its weights (from_record)."""
+    config = _config_of_record(args, record)
     from .tasks import TASKS  # after the config's checks, as in _config
 
     spec = TASKS.get(config.task)
@@ -333,6 +389,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.print_config:
+        return _print_config(args)
     from .io.outputs import output_file
     from .io.records import read_checkpoint
 
@@ -403,15 +461,20 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         from .tasks import TASKS
 
         TASKS.get(args.task)  # an unknown task is a one-line error
-    config_path = args.config or default_config(args.task)
-    task = args.task or load_config(config_path).task
+    recipes = args.config or [default_config(args.task)]
+    if args.print_config:
+        return _print_config(args, recipes)
+    if args.out is None:
+        raise MbtasksError("ablate needs --out, the folder for its results")
+    task = args.task or load_config(recipes).task
     versions = parse_versions(args.backbones)
     widths = parse_widths(args.widths or [], versions)
     resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
-    runs = plan_runs(task, config_path, args.set or [], versions, widths, resolutions)  # the whole grid checked first
-    print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {config_path} in {args.out}")
+    runs = plan_runs(task, recipes, args.set or [], versions, widths, resolutions)  # the whole grid checked first
+    shown = ", ".join(str(recipe) for recipe in recipes)  # as given, else the demo recipe's whole path
+    print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {shown} in {args.out}")
     output_folder(args.out)
-    rows = run_ablation(runs, config_path, args.out, args.profile_only, args.runs, overwrite=args.overwrite)
+    rows = run_ablation(runs, recipes, args.out, args.profile_only, args.runs, overwrite=args.overwrite)
     written = write_outputs(rows, args.out, args.profile_only, args.runs)
     failed = sum(row["status"] != "ok" for row in rows)
     print(f"{len(rows) - failed} runs done, {failed} failed; wrote {', '.join(str(path) for path in written)}")
@@ -419,8 +482,21 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="task: det, seg, attr, embed, cls or a plugin's (default: the config's)")
-    p.add_argument("--config", help="YAML recipe")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="RECIPE",
+        help="a recipe: a YAML file, or the name of one the package ships (`mbtasks recipes`); repeatable: merged "
+        "in order, the later over the earlier (mappings key by key)",
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key, after the recipes (repeatable)"
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved recipe (bases, every --config, --set) as YAML that --config reads back, and exit",
+    )
 
 
 OVERWRITE = "replace existing output files"
@@ -437,9 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="mbtasks", description="Vision tasks on MobileNet backbones.")
     parser.add_argument("--version", action="version", version=f"mbtasks {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
-    p = commands.add_parser("profile", help="parameters, multiply-adds and CPU latency")
+    p = commands.add_parser(
+        "profile",
+        help="parameters, multiply-adds and CPU latency",
+        description="Parameters, multiply-adds and median CPU latency at batch 1 of one model, or a table of the "
+        "whole MobileNet family beside the papers' figures.",
+    )
     p.add_argument("--model", help="model name (default: a table of the whole MobileNet family)")
     p.add_argument("--width", type=float, help="width multiplier")
     p.add_argument("--resolution", type=_resolution, help="N or HxW (default 224; a detector's own size)")
@@ -454,10 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object: params, madds, latency_ms")
     p.set_defaults(func=cmd_profile)
 
-    p = commands.add_parser("weights", help="import checkpoints from torchvision or timm")
-    weights = p.add_subparsers(dest="weights_command", required=True)
+    p = commands.add_parser(
+        "weights",
+        help="import checkpoints from torchvision or timm",
+        description="Weights from elsewhere turned into mbtasks weights files (for model.weights and "
+        "model.backbone_weights).",
+    )
+    weights = p.add_subparsers(dest="weights_command", required=True, metavar="COMMAND", help="what to do")
     p = weights.add_parser(
-        "import", help="convert torchvision / timm weights (a state-dict file, or by name) to mbtasks' layout"
+        "import",
+        help="convert torchvision / timm weights (a state-dict file, or by name) to mbtasks' layout",
+        description="Convert torchvision or timm weights (a state-dict file, or weights by name from their caches) "
+        "to an mbtasks weights file, checked against the mbtasks model's layout.",
     )
     p.add_argument("--from", dest="source", choices=["torchvision", "timm"], help="a state-dict file's library")
     p.add_argument(
@@ -471,7 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_weights_import)
 
-    p = commands.add_parser("train", help="train a model (Lightning)")
+    p = commands.add_parser(
+        "train",
+        help="train a model (Lightning)",
+        description="Train a task's model on a recipe (--config: a file or a packaged recipe's name; --set on top) "
+        "with Lightning; checkpoints, logs and the recipe go to train.out_dir.",
+    )
     _add_config_arguments(p)
     p.add_argument("--resume", help="checkpoint to resume from (e.g. OUT/checkpoints/last.ckpt)")
     p.add_argument(
@@ -481,7 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("evaluate", help="official metric of a checkpoint, or of a saved results file")
+    p = commands.add_parser(
+        "evaluate",
+        help="official metric of a checkpoint, or of a saved results file",
+        description="The data set's official metric of a checkpoint (its recipe's validation data, or --config's), "
+        "of an exported model (--runtime), of whole-model weights (model.weights), or of saved predictions "
+        "without a model (det: --annotations with --detections; seg: --gt with --predictions).",
+    )
     _add_config_arguments(p)
     p.add_argument("--checkpoint", help="training checkpoint")
     p.add_argument("--annotations", help="det: COCO ground-truth json (with --detections: no model)")
@@ -608,24 +708,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print it all as one JSON object")
     p.set_defaults(func=cmd_info)
 
-    p = commands.add_parser("data", help="embedded data sets")
-    data = p.add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("synth", help="write an embedded data set in its real format")
-    p.add_argument("--task", required=True)
+    p = commands.add_parser(
+        "data",
+        help="embedded data sets",
+        description="The embedded data sets, generated from a seed, that recipes with data.root: null train on.",
+    )
+    data = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND", help="what to do")
+    p = data.add_parser(
+        "synth",
+        help="write an embedded data set in its real format",
+        description="Write a task's embedded data set to a new folder, in the layout of a real data set's format.",
+    )
+    p.add_argument("--task", required=True, help="whose data set: det, seg, attr, embed, cls or a plugin's")
     p.add_argument("--format", help="the data format to write it in (default: the task's own, e.g. cityscapes)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--out", required=True, help="folder to write it to (new, or empty)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="the set's seed (default 0)")
     p.set_defaults(func=cmd_data_synth)
 
     p = commands.add_parser(
         "ablate",
         help="train, evaluate and profile versions x widths x resolutions of a task",
-        description="Every combination trained and evaluated on the task's config (default: its demo config, in "
-        "configs/demo/ of the source tree or a plugin's own), or only profiled; runs finished with the "
-        "same settings are skipped on a rerun, one finished with other settings is kept (the new run gets "
-        "a folder of its own, or replaces it with --overwrite), a failed run is recorded and the rest go "
-        "on. Writes results.csv, results.md and PNG plots (metric against multiply-adds and latency; "
-        "profile-only: latency against multiply-adds) in --out.",
+        description="Every combination trained and evaluated on the task's recipe (default: its demo recipe, "
+        "a packaged one or a plugin's own), or only profiled; runs finished with the same settings are "
+        "skipped on a rerun, one finished with other settings is kept (the new run gets a folder of its own, "
+        "or replaces it with --overwrite), a failed run is recorded and the rest go on. Writes results.csv, "
+        "results.md and PNG plots (metric against multiply-adds and latency; profile-only: latency against "
+        "multiply-adds) in --out.",
     )
     _add_config_arguments(p)
     p.add_argument("--backbones", default="v1,v2,v3_large,v3_small", help="versions, e.g. v1,v3_large (default: all)")
@@ -654,8 +762,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run finished before with other settings is replaced (default: kept, the new one runs in "
         "RUN-2, RUN-3, ...)",
     )
-    p.add_argument("--out", required=True, help="folder for results.csv, results.md, the plots and runs/")
+    p.add_argument("--out", help="folder for results.csv, results.md, the plots and runs/ (required)")
     p.set_defaults(func=cmd_ablate)
+
+    p = commands.add_parser(
+        "recipes",
+        help="the recipes the package ships, by name",
+        description="The recipes shipped with mbtasks, each addressed by its name (`--config NAME`): task, model, "
+        "data (root, or the embedded set; format where the recipe names one) and what it reproduces. A base "
+        "holds settings its recipes share (`base: NAME`).",
+    )
+    p.add_argument("--task", help="only this task's recipes")
+    p.add_argument("--json", action="store_true", help="print them as a JSON list, one object a recipe")
+    p.set_defaults(func=cmd_recipes)
     return parser
 
 

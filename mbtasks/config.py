@@ -1,11 +1,12 @@
-"""YAML -> typed config; `--set key=value` overrides; unknown keys and values out of their allowed set or range are
-errors when the recipe is loaded (with the closest valid name for a typo), before anything is written."""
+"""Recipes (YAML, by file or packaged name, with their bases: recipe_files.py) -> typed config; several recipes merged
+in order, `--set key=value` overrides on top; unknown keys and values out of their allowed set or range are errors
+when the recipe is loaded (with the closest valid name for a typo), before anything is written."""
 
 import copy
 import dataclasses
 import difflib
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import MbtasksError
+from .recipe_files import merged, read_recipe
 
 # The allowed names, defined here once: the trainer and the optimiser read them from here.
 SCHEDULES = ("cosine", "poly", "step", "constant")
@@ -233,6 +235,7 @@ class Config:
     """A whole recipe: task, model, data and training."""
 
     task: str = ""
+    description: str = ""  # one line: what the recipe reproduces (`mbtasks recipes` lists it)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -330,23 +333,19 @@ def apply_override(values: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
+Recipes = str | Path | Sequence[str | Path] | None
+
+
 def load_config(
-    path: str | Path | None, overrides: list[str] = (), task: str | None = None, base: dict | None = None
+    path_or_name: Recipes, overrides: Sequence[str] = (), task: str | None = None, base: dict | None = None
 ) -> Config:
-    """Read a YAML recipe (or start from `base`, or empty), apply `--set` overrides, and type-check the result."""
+    """The typed recipe: `base` (a dict, e.g. a checkpoint's recipe) under the recipe files or packaged names given
+    (one, or several merged in order, the later over the earlier), then the `--set` overrides, then `task`'s check."""
+    recipes = [] if path_or_name is None else [path_or_name] if isinstance(path_or_name, (str, Path)) else path_or_name
     values: dict = copy.deepcopy(base) if base else {}
-    source = str(path) if path else "<command line>"
-    if path is not None:
-        if not Path(path).is_file():
-            raise MbtasksError("no such config file", path)
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark else ""
-            raise MbtasksError(f"{where}not valid YAML ({getattr(error, 'problem', error)})", path) from None
-        if not isinstance(values, dict):
-            raise MbtasksError("a config must be a YAML mapping", path)
+    for recipe in recipes:
+        values = merged(values, read_recipe(recipe))
+    source = " + ".join(str(recipe) for recipe in recipes) or "<command line>"
     for assignment in overrides:
         apply_override(values, assignment)
     if task is not None:
@@ -354,3 +353,8 @@ def load_config(
             raise MbtasksError(f"is a {values.get('task')} config, not {task}", source)
         values["task"] = task
     return config_from_dict(values, source)
+
+
+def config_yaml(config: Config) -> str:
+    """The resolved recipe as YAML, every key written out: load_config of it gives the same Config."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False, width=10_000)

@@ -20,11 +20,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "mbtasks" / "recipes"
 
 
 def train_demo(tmp_path_factory, name: str, recipe: str, settings: list[str]) -> str:
-    """configs/demo/RECIPE trained with `settings` once a test run, torch on one thread; its best checkpoint."""
+    """The packaged demo RECIPE trained with `settings` once a test run, torch on one thread; its best checkpoint."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the run's folder, above each worker's own
@@ -52,7 +52,7 @@ def train_demo(tmp_path_factory, name: str, recipe: str, settings: list[str]) ->
 
 @pytest.fixture(scope="session")
 def demo_segmenter(tmp_path_factory) -> str:
-    """The demo segmenter's recipe (configs/demo: LR-ASPP v3-Large on the embedded street scenes) trained for 8
+    """The demo segmenter's recipe (LR-ASPP v3-Large on the embedded street scenes) trained for 8
     epochs on 64 scenes at 64x128: a model that segments (class mIoU 0.59), as the demo's does, in a test's time."""
     return train_demo(
         tmp_path_factory,
@@ -64,7 +64,7 @@ def demo_segmenter(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def demo_detector(tmp_path_factory) -> str:
-    """The demo detector's recipe (configs/demo: SSDLite320 v3-Small on the embedded shapes) trained for 8 epochs on
+    """The demo detector's recipe (SSDLite320 v3-Small on the embedded shapes) trained for 8 epochs on
     512 images at 128x128, batch 8, no warm-up: a model that detects (mAP 0.45), as the demo's does, in a test's time
     (about a minute)."""
     # From scratch a detector learns in steps, not epochs: the recipe's batches of 32 made 80 steps of 8 epochs on 320

@@ -121,9 +121,7 @@ def write_checkpoint(
     from mbtasks.tasks import TASKS
 
     spec = TASKS.get(task)
-    config = load_config(
-        Path(__file__).resolve().parents[1] / "configs/demo" / spec.demo_recipe, [*TINY_MODELS[task], *settings]
-    )
+    config = load_config(spec.demo_recipe, [*TINY_MODELS[task], *settings])
     module = spec(config.to_dict(), list(class_names), list(category_ids))
     randomised(module.model)
     module.metrics = metrics or {}

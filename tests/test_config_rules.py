@@ -30,7 +30,7 @@ from mbtasks.config import (
     load_config,
 )
 
-DEMO = Path(__file__).resolve().parents[1] / "configs/demo/det_shapes.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "mbtasks/recipes/demo/det_shapes.yaml"
 BATCHES = "must be a number of batches (0 or more) or a fraction of them from 0.0 to 1.0"
 DEVICES = "must be auto, a number of devices (-1: all of them) or a list of device indices"
 PRECISION = (

@@ -15,7 +15,7 @@ from helpers import MBTASKS, install_plugin
 from PIL import Image, ImageDraw
 from skimage import data as photos
 
-DEMO = Path(__file__).resolve().parents[1] / "configs/demo/seg_folder.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "mbtasks/recipes/demo/seg_folder.yaml"
 PLUGIN = '''\
 """Colour masks, the layout annotation tools export: each pixel of a mask is its class's colour.
 

@@ -35,7 +35,7 @@ from mbtasks.evaluation.coco import coco_metrics
 from mbtasks.tasks import TASKS
 from mbtasks.tasks.segmentation import SegmentationTask
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "mbtasks" / "recipes" / "demo"
 ON_THIS_CPU = [
     "data.num_workers=0",
     "train.epochs=1",

@@ -23,7 +23,7 @@ from mbtasks.tasks.attributes import AttributesDataModule, AttributesTask
 from mbtasks.tasks.classification import ClassificationDataModule, ClassificationTask
 from mbtasks.tasks.embeddings import EmbeddingsDataModule, EmbeddingsTask
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "mbtasks" / "recipes"
 COMMON = [
     "data.num_workers=0",
     "data.batch_size=8",

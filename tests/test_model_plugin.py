@@ -9,7 +9,7 @@ from helpers import MBTASKS, TINY_IMAGE_DATA, install_plugin
 
 from mbtasks.io.records import read_record
 
-DEMO = Path(__file__).resolve().parents[1] / "configs/demo/cls_shapes.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "mbtasks/recipes/demo/cls_shapes.yaml"
 PLUGIN = '''\
 """A third-party classifier: MobileNetV3-Small with a two-layer MLP head (mbtasks has none)."""
 from torch import nn

@@ -1,5 +1,5 @@
-"""Every recipe under configs/ runs: its data module on a small fixture in its data set's real format, its model,
-one training step and one validation step, on this CPU instead of the recipe's GPUs. And a detector's classes come
+"""Every packaged recipe runs: its data module on a small fixture in its data set's real format, its model, one
+training step and one validation step, on this CPU instead of the recipe's GPUs. And a detector's classes come
 from its data, except weights that label by COCO category id, which keep theirs through an explicit label map."""
 
 from pathlib import Path
@@ -16,9 +16,11 @@ from mbtasks.datasets.synthetic.faces import write_celeba_faces, write_lfw_ident
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.io.records import RECORD_KEY, Record, save_weights
 from mbtasks.models import MODELS, build_model
+from mbtasks.recipe_files import recipe_listing
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(CONFIGS.rglob("*.yaml"))
+CONFIGS = Path(__file__).resolve().parents[1] / "mbtasks" / "recipes"
+# A base (settings other recipes share, no model of its own) runs through the recipes that extend it.
+RECIPES = [Path(entry.path) for entry in recipe_listing() if not entry.is_base]
 COCO_IDS = [i for i, name in enumerate(coco_category_names()) if i and name != "N/A"]
 ON_THIS_CPU = [
     "data.batch_size=2",
@@ -102,7 +104,7 @@ def backbone_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_recipe_trains_a_step_and_validates_on_its_data_format(
     recipe, data_root, backbone_file, tmp_path, capsys
 ):

@@ -18,7 +18,7 @@ from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscap
 from mbtasks.errors import MbtasksError
 from mbtasks.tasks.segmentation import SegmentationDataModule, SegmentationTask
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "mbtasks" / "recipes"
 MEANS = ("mean_class_iou", "mean_class_iiou", "mean_category_iou", "mean_category_iiou")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..backbones import BACKBONES
 from ..config import Config, load_config
 from ..errors import MbtasksError
+from ..recipe_files import find_recipe
 from ..sizes import height_width
 from ..tasks import TASKS
 
@@ -92,12 +93,12 @@ def parse_resolutions(text: str) -> list[Resolution]:
 
 
 def default_config(task: str) -> Path:
-    """The task's demo config: its `demo_recipe` in configs/demo/ of the source tree the package sits in, or, where
-    that is an absolute path (a plugin's recipe beside its module), that file."""
-    path = Path(__file__).resolve().parents[2] / "configs" / "demo" / TASKS.get(task).demo_recipe
-    if not path.is_file():
-        raise MbtasksError(f"no demo config for {task} ({path}): pass --config")
-    return path
+    """The task's demo recipe (its `demo_recipe`: a packaged recipe's name, or a plugin's file beside its module)."""
+    recipe = TASKS.get(task).demo_recipe
+    try:
+        return find_recipe(recipe).absolute()
+    except MbtasksError:
+        raise MbtasksError(f"no demo config for {task} ({recipe or 'none named'}): pass --config") from None
 
 
 def config_resolution(config: Config) -> Resolution:
@@ -111,14 +112,15 @@ def config_resolution(config: Config) -> Resolution:
 
 def plan_runs(
     task: str,
-    config_path: str | Path,
+    recipes: list[str | Path],
     overrides: list[str],
     versions: list[str],
     widths: dict[str, list[float]],
     resolutions: list[Resolution] | None,
 ) -> list[Run]:
-    """Every combination, each config loaded and checked before any run starts."""
-    base = load_config(config_path, overrides, task)
+    """Every combination, each config loaded (the recipes merged in order, `overrides` on top) and checked before any
+    run starts."""
+    base = load_config(recipes, overrides, task)
     resolutions = resolutions or [config_resolution(base)]
     runs = []
     spec = TASKS.get(task)
@@ -130,6 +132,6 @@ def plan_runs(
                 grid = [f"model.name={model}", f"model.options.width_mult={width:g}", *spec.size_overrides(size)]
                 run_overrides = ["train.progress_bar=false", *overrides, *grid]
                 runs.append(
-                    Run(version, width, resolution, model, load_config(config_path, run_overrides, task), run_overrides)
+                    Run(version, width, resolution, model, load_config(recipes, run_overrides, task), run_overrides)
                 )
     return runs

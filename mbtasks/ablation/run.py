@@ -17,6 +17,7 @@ from ..io.records import Record, read_checkpoint
 from ..layers.fusion import for_inference
 from ..models import MODELS
 from ..profiling import count_madds, count_parameters, example_input, measure_latency
+from ..recipe_files import find_recipe
 from ..reference import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_OPTIONS, PAPER_FIGURES, SEGMENTER_PAPER_FIGURES
 from ..sizes import height_width
 from ..tasks import TASKS
@@ -63,8 +64,8 @@ def paper_figures(model: str, options: dict, resolution: Resolution) -> tuple[fl
     return None
 
 
-def _child_commands(run: Run, config_path: Path, run_dir: Path) -> dict[str, list[str]]:
-    train = ["train", "--config", str(config_path), "--task", run.config.task]
+def _child_commands(run: Run, recipes: list[Path], run_dir: Path) -> dict[str, list[str]]:
+    train = ["train", *(a for recipe in recipes for a in ("--config", str(recipe))), "--task", run.config.task]
     for assignment in [*run.overrides, f"train.out_dir={run_dir}"]:
         train += ["--set", assignment]
     evaluate = [
@@ -109,7 +110,7 @@ def headline_metric(task: str, metrics: dict) -> tuple[str, float | None]:
     return name, None if value is None else float(value)
 
 
-def run_one(run: Run, config_path: Path, run_dir: Path, profile_only: bool, latency_runs: int) -> dict:
+def run_one(run: Run, recipes: list[Path], run_dir: Path, profile_only: bool, latency_runs: int) -> dict:
     """Train and evaluate `run` in child processes (unless profile-only), then profile it: one results row."""
     task, spec = run.config.task, TASKS.get(run.config.task)
     row = {
@@ -134,7 +135,7 @@ def run_one(run: Run, config_path: Path, run_dir: Path, profile_only: bool, late
                 category_ids=list(range(1, class_count + 1)),
             )
         else:
-            commands = _child_commands(run, config_path, run_dir)
+            commands = _child_commands(run, recipes, run_dir)
             (run_dir / "commands.json").write_text(json.dumps(commands, indent=2))
             if _run_children(commands, run_dir / "log.txt") != 0:
                 return {**row, "status": "failed", "error": _last_line(run_dir / "log.txt")}
@@ -187,7 +188,7 @@ def run_folder(runs_dir: Path, name: str, settings: dict, overwrite: bool) -> Pa
 
 def run_ablation(
     runs: list[Run],
-    config_path: str | Path,
+    recipes: list[str | Path],
     out: str | Path,
     profile_only: bool = False,
     latency_runs: int = 10,
@@ -195,7 +196,7 @@ def run_ablation(
     overwrite: bool = False,
 ) -> list[dict]:
     """Run (or reuse) every run of the grid under OUT/runs/ (run_folder); returns the results rows in grid order."""
-    config_path = Path(config_path).resolve()
+    recipes = [find_recipe(recipe).resolve() for recipe in recipes]  # whole paths in the commands.json of each run
     rows = []
     for index, run in enumerate(runs, 1):
         settings = _settings(run, profile_only)
@@ -210,7 +211,7 @@ def run_ablation(
             run_dir.mkdir(parents=True, exist_ok=True)
             # Written first, so that an interrupted run's folder is known for ours; replaced whole, never half-written.
             write_text_atomically(run_dir / "result.json", json.dumps({"settings": settings, "row": None}))
-            row = run_one(run, config_path, run_dir, profile_only, latency_runs)
+            row = run_one(run, recipes, run_dir, profile_only, latency_runs)
             write_text_atomically(run_dir / "result.json", json.dumps({"settings": settings, "row": row}, indent=2))
             what = _summary(row)
         log(f"[{index}/{len(runs)}] {run_dir.name}: {what}")

@@ -54,7 +54,7 @@ class AttributesTask(BaseTask):
     """
 
     data_module = AttributesDataModule
-    monitor, default_model, demo_recipe = "val/mean_ap", "mobilenet_v1", "attr_faces.yaml"
+    monitor, default_model, demo_recipe = "val/mean_ap", "mobilenet_v1", "attr_faces"
     headline_metrics, profile_classes = ("mean_average_precision",), 40  # CelebA's 40 attributes
     progress_bar = ("val/mean_ap", "val/mean_accuracy")
     prediction_defaults = {"threshold": 0.5}

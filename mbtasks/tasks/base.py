@@ -202,7 +202,7 @@ class BaseTask(pl.LightningModule):
     data_module: ClassVar[type[BaseDataModule]]  # built from a Config: the data root or the embedded set, loaders
     monitor: ClassVar[str] = ""  # the logged validation metric that picks best.ckpt (higher is better)
     default_model: ClassVar[str] = ""  # model.name when the recipe names none
-    demo_recipe: ClassVar[str] = ""  # its recipe on the embedded data set: a file in configs/demo/ or an absolute path
+    demo_recipe: ClassVar[str] = ""  # its recipe on the embedded data set: a packaged recipe's name or a file
     headline_metrics: ClassVar[tuple[str, ...]] = ()  # keys of `evaluate --json`; the first one present is the figure
     profile_classes: ClassVar[int] = 0  # the class count of its usual data set, for profile-only ablations
     graph_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # output names of its exported ONNX graph

@@ -48,7 +48,7 @@ class ClassificationTask(BaseTask):
     with train.label_smoothing, and top-1 / top-5 over the whole validation set."""
 
     data_module = ClassificationDataModule
-    monitor, default_model, demo_recipe = "val/top1", "mobilenet_v3_large", "cls_shapes.yaml"
+    monitor, default_model, demo_recipe = "val/top1", "mobilenet_v3_large", "cls_shapes"
     headline_metrics, profile_classes = ("top1",), 1000  # ImageNet
     progress_bar = ("val/top1",)
     prediction_file = "classes.json"

@@ -120,7 +120,7 @@ class DetectionTask(BaseTask):
     """An SSD / SSDLite model, its MultiBox loss, and COCO mAP over the whole validation set each epoch."""
 
     data_module = DetectionDataModule
-    monitor, default_model, demo_recipe = "val/mAP", "ssdlite320_mobilenet_v3_large", "det_shapes.yaml"
+    monitor, default_model, demo_recipe = "val/mAP", "ssdlite320_mobilenet_v3_large", "det_shapes"
     headline_metrics, profile_classes = ("AP",), 91  # COCO's 91 category ids, as torchvision
     graph_outputs, ablation_head = ("boxes", "scores", "labels"), "ssdlite320"
     progress_bar = ("val/mAP",)

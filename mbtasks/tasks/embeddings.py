@@ -81,7 +81,7 @@ class EmbeddingsTask(BaseTask):
     """
 
     data_module = EmbeddingsDataModule
-    monitor, default_model, demo_recipe = "val/accuracy", "mobilenet_v1", "embed_faces.yaml"
+    monitor, default_model, demo_recipe = "val/accuracy", "mobilenet_v1", "embed_faces"
     headline_metrics, profile_classes, graph_outputs = ("accuracy_mean",), 0, ("embeddings",)
     progress_bar = ("val/accuracy",)
     prediction_defaults = {"threshold": None, "pairs": None}

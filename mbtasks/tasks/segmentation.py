@@ -97,7 +97,7 @@ class SegmentationTask(BaseTask):
     """A segmentation model, its cross-entropy (+ aux) loss, and its data format's metrics over the whole val set."""
 
     data_module = SegmentationDataModule
-    monitor, default_model, demo_recipe = "val/mIoU", "lraspp_mobilenet_v3_large", "seg_cityscapes_synth.yaml"
+    monitor, default_model, demo_recipe = "val/mIoU", "lraspp_mobilenet_v3_large", "seg_cityscapes_synth"
     headline_metrics, profile_classes = ("mean_class_iou", "mean_iou"), 19  # Cityscapes first, then the others
     ablation_head = "deeplabv3"
     progress_bar = ("val/mIoU",)

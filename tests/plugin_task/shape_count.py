@@ -167,7 +167,7 @@ class ShapeCountTask(BaseTask):
 
     data_module = ShapeCountDataModule
     monitor, default_model = "val/negative_mae", "mobilenet_v3_small"  # higher is better: the error's negative
-    demo_recipe = str(Path(__file__).with_name("shape_count.yaml"))  # beside this file, not in mbtasks' configs/
+    demo_recipe = str(Path(__file__).with_name("shape_count.yaml"))  # beside this file, not a packaged recipe
     headline_metrics, profile_classes = ("mean_absolute_error",), len(KINDS)
     graph_outputs = ("counts",)
     progress_bar = ("val/mae", "val/exact")
