@@ -134,29 +134,29 @@ def _config(args: argparse.Namespace, base: dict | None = None):
 def cmd_train(args: argparse.Namespace) -> None:
     config = _config(args)
     _quiet_libraries()
-    import pytorch_lightning as pl
-
     from .io.records import read_checkpoint
-    from .tasks import TASKS
+    from .tasks.build import build_task_and_data
     from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir
 
     check_train_settings(config.train)
     if args.resume is not None:
         read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
-    spec = TASKS.get(config.task)
-    pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    data = spec.data_module(config)
-    data.prepare_data()
-    data.setup("fit")
-    task = spec(config.to_dict(), data.class_names, data.category_ids)
+    task, data = build_task_and_data(config)
     # After the data and the model were built: a mistake in either leaves no output folder behind.
     claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
-    trainer = build_trainer(config, spec.monitor)
+    trainer = build_trainer(config, task.monitor)
     trainer.fit(task, datamodule=data, ckpt_path=args.resume, weights_only=True)
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path
-        print(f"best {spec.monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
+        score = float(trainer.checkpoint_callback.best_model_score or 0)
+        scored = "" if task.validated_whole_set else f" on {task.coverage_note()}{_limited(task, config)}"
+        print(f"best {task.monitor} {score:.4f}{scored}: {best}")
         print(f"last: {Path(config.train.out_dir) / 'checkpoints' / 'last.ckpt'}")
+
+
+def _limited(task, config) -> str:
+    """ " (train.limit_val_batches=1)" where the last validation scored part of the set."""
+    return "" if task.validated_whole_set else f" (train.limit_val_batches={config.train.limit_val_batches})"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -215,7 +215,7 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
     the classes the weights answer in (torchvision's COCO detectors: COCO category ids)."""
     from .layers.fusion import for_inference
     from .models.pretrained import load_weights
-    from .tasks import TASKS
+    from .tasks.build import build_task_and_data
 
     config = _config(args) if args.task or args.config else None
     if config is None or not config.model.weights:
@@ -226,11 +226,7 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
         )
     weights = load_weights(config.model.weights)
     config.model.name = config.model.name or weights.model
-    spec = TASKS.get(config.task)
-    data = spec.data_module(config)
-    data.prepare_data()
-    data.setup("validate")
-    task = spec(config.to_dict(), data.class_names, data.category_ids)
+    task, data = build_task_and_data(config, "validate")
     task.model = for_inference(task.model)
     _validate(args, config, data, task)
 
@@ -257,7 +253,7 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)
     if trainer.is_global_zero:
-        print(f"evaluated {task.evaluated_images} images")
+        print(f"evaluated {task.coverage_note()}{_limited(task, config)}")
         _print_metrics(args, task.metrics, task.metrics_table())
 
 
