@@ -159,6 +159,10 @@ def _limited(task, config) -> str:
     return "" if task.validated_whole_set else f" (train.limit_val_batches={config.train.limit_val_batches})"
 
 
+# Evaluation scores the whole set: the limits a recipe trained with do not apply (a --set given to evaluate does).
+WHOLE_SET = ["train.limit_train_batches=null", "train.limit_val_batches=null"]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .io.outputs import output_file, output_folder
 
@@ -217,7 +221,8 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
     from .models.pretrained import load_weights
     from .tasks.build import build_task_and_data
 
-    config = _config(args) if args.task or args.config else None
+    whole_set = argparse.Namespace(**{**vars(args), "set": WHOLE_SET + (args.set or [])})
+    config = _config(whole_set) if args.task or args.config else None
     if config is None or not config.model.weights:
         raise MbtasksError(
             "evaluate needs --checkpoint, or model.weights (a weights file, or weights by name such as "
@@ -261,7 +266,7 @@ def _task_of_record(args: argparse.Namespace, record, source):
     """(config, data module, task module) for a checkpoint's or an exported model's record: its own recipe unless a
     config file is given, on the machine at hand (one device of the accelerator there; a recipe's 8 GPUs are the
     training machine's), --set on top; the network is always the record's, with its weights (from_record)."""
-    at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1"]
+    at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1", *WHOLE_SET]
     args = argparse.Namespace(**{**vars(args), "set": at_hand + (args.set or [])})
     config = _config(args, base=record.config if args.config is None else None)
     from .tasks import TASKS  # after the config's checks, as in _config
