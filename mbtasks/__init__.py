@@ -2,7 +2,7 @@
 
 from .errors import MbtasksError
 
-__all__ = ["MbtasksError", "build_backbone", "build_model", "list_models"]
+__all__ = ["MbtasksError", "build_backbone", "build_model", "from_recipe", "list_models"]
 __version__ = "0.1.0"
 
 
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from . import models
 
         return getattr(models, name)
+    if name == "from_recipe":
+        from .tasks.build import from_recipe
+
+        return from_recipe
     raise AttributeError(f"module 'mbtasks' has no attribute {name!r}")

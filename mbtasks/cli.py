@@ -179,32 +179,36 @@ def cmd_train(args: argparse.Namespace) -> None:
         return _print_config(args)
     config = _config(args)
     _quiet_libraries()
-    import pytorch_lightning as pl
-
     from .io.records import read_checkpoint
-    from .tasks import TASKS
+    from .tasks.build import build_task_and_data
     from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir
 
     check_train_settings(config.train)
     if args.resume is not None:
         read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
-    spec = TASKS.get(config.task)
-    pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    data = spec.data_module(config)
-    data.prepare_data()
-    data.setup("fit")
-    task = spec(config.to_dict(), data.class_names, data.category_ids)
+    task, data = build_task_and_data(config)
     # After the data and the model were built: a mistake in either leaves no output folder behind.
     claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
-    trainer = build_trainer(config, spec.monitor)
+    trainer = build_trainer(config, task.monitor)
     trainer.fit(task, datamodule=data, ckpt_path=args.resume, weights_only=True)
     if trainer.is_global_zero:
         # Paths as the recipe gives train.out_dir (Lightning keeps the best one's as a whole path).
         checkpoints = Path(config.train.out_dir) / "checkpoints"
         name = Path(trainer.checkpoint_callback.best_model_path).name  # empty where no validation ran
         best = checkpoints / name if name else ""
-        print(f"best {spec.monitor} {float(trainer.checkpoint_callback.best_model_score or 0):.4f}: {best}")
+        score = float(trainer.checkpoint_callback.best_model_score or 0)
+        scored = "" if task.validated_whole_set else f" on {task.coverage_note()}{_limited(task, config)}"
+        print(f"best {task.monitor} {score:.4f}{scored}: {best}")
         print(f"last: {checkpoints / 'last.ckpt'}")
+
+
+def _limited(task, config) -> str:
+    """ " (train.limit_val_batches=1)" where the last validation scored part of the set."""
+    return "" if task.validated_whole_set else f" (train.limit_val_batches={config.train.limit_val_batches})"
+
+
+# Evaluation scores the whole set: the limits a recipe trained with do not apply (a --set given to evaluate does).
+WHOLE_SET = ["train.limit_train_batches=null", "train.limit_val_batches=null"]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -265,9 +269,10 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
     the classes the weights answer in (torchvision's COCO detectors: COCO category ids)."""
     from .layers.fusion import for_inference
     from .models.pretrained import load_weights
-    from .tasks import TASKS
+    from .tasks.build import build_task_and_data
 
-    config = _config(args) if args.task or args.config else None
+    whole_set = argparse.Namespace(**{**vars(args), "set": WHOLE_SET + (args.set or [])})
+    config = _config(whole_set) if args.task or args.config else None
     if config is None or not config.model.weights:
         raise MbtasksError(
             "evaluate needs --checkpoint, or model.weights (a weights file, or weights by name such as "
@@ -276,11 +281,7 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
         )
     weights = load_weights(config.model.weights)
     config.model.name = config.model.name or weights.model
-    spec = TASKS.get(config.task)
-    data = spec.data_module(config)
-    data.prepare_data()
-    data.setup("validate")
-    task = spec(config.to_dict(), data.class_names, data.category_ids)
+    task, data = build_task_and_data(config, "validate")
     task.model = for_inference(task.model)
     _validate(args, config, data, task)
 
@@ -307,15 +308,15 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
     trainer = build_trainer(config, "", for_fit=False)
     trainer.validate(task, datamodule=data, verbose=False)
     if trainer.is_global_zero:
-        print(f"evaluated {task.evaluated_images} images")
+        print(f"evaluated {task.coverage_note()}{_limited(task, config)}")
         _print_metrics(args, task.metrics, task.metrics_table())
 
 
 def _config_of_record(args: argparse.Namespace, record):
     """The config to evaluate or export a checkpoint's or an exported model's record with: its own recipe unless
     --config is given, on the machine at hand (one device of the accelerator there; a recipe's 8 GPUs are the
-    training machine's), --set on top."""
-    at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1"]
+    training machine's), the whole evaluation set (WHOLE_SET), --set on top."""
+    at_hand = ["train.accelerator=auto", "train.devices=1", "train.strategy=auto", "train.num_nodes=1", *WHOLE_SET]
     args = argparse.Namespace(**{**vars(args), "set": at_hand + (args.set or [])})
     return _config(args, base=record.config if args.config is None else None)
 

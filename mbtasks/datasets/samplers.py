@@ -31,8 +31,10 @@ class SeededAugmentation(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, int] | int):
+        # A plain index comes from a sampler Lightning put in EpochSampler's place (overfit_batches' sequential one):
+        # epoch 0's augmentation every epoch, the fixed batches overfitting asks for.
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         # A tuple of ints hashes the same in every process (only str and bytes hashes are salted).
         self.transform.set_random_seed(hash((self.seed, epoch, index)) % 2**32)
         return self.dataset[index]

@@ -27,12 +27,10 @@ class AttributesDataModule(ImageDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            split = self.config.data.val_split or self.format.splits[1]
-            self.val_set = Indexed(self.format.dataset(split, self.transform(False)))
+            self.val_set = Indexed(self.format.dataset(self.val_split, self.transform(False)))
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = self.transform(True)
-            split = self.config.data.train_split or self.format.splits[0]
-            self.train_set = Indexed(self.format.dataset(split, self.train_transform))
+            self.train_set = Indexed(self.format.dataset(self.train_split, self.train_transform))
 
     @property
     def class_names(self) -> list[str]:

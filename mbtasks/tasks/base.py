@@ -2,6 +2,7 @@
 built from the recipe, the optimiser and schedule, the checkpoint record, the end of validation (per-sample
 results gathered over processes -> scored -> logged), and prediction on photos (answers -> files)."""
 
+import copy
 import json
 from collections.abc import Callable
 from operator import itemgetter
@@ -31,6 +32,31 @@ from .optimizer import configure_optimizer
 from .registry import TASKS
 
 
+def task_recipe(config: dict | Config, owner: type) -> Config:
+    """A recipe as a Config: a Config as it is, a plain nested dict checked and typed, of the task of `owner` (a task
+    or data module class) where it names none. A recipe that names no model trains the task's default, whoever builds
+    the task or its data (the CLI, Python, LightningCLI)."""
+    # A Config that names no task was made elsewhere (LightningCLI's parser makes one of a YAML mapping): checked here.
+    values = dict(config) if not isinstance(config, Config) else config.to_dict() if not config.task else None
+    if values is not None:
+        values["task"] = values.get("task") or task_of(owner)
+        config = config_from_dict(values)
+    config.model.name = config.model.name or TASKS.get(config.task).default_model
+    return config
+
+
+def task_of(owner: type) -> str:
+    """The registered task of a task class (its `task`) or of a data module class (the task whose data module it is,
+    or derives from); "" for neither."""
+    if getattr(owner, "task", ""):
+        return owner.task
+    for klass in owner.__mro__:
+        for name, task in TASKS.items():
+            if task.data_module is klass:
+                return name
+    return ""
+
+
 class BaseDataModule(pl.LightningDataModule):
     """A task's data: `data.root` in a data format of the task's kind, or the embedded set written to
     `data.synth_dir`. `self.format` reads it: the format `data.format` names, else the embedded set's
@@ -48,11 +74,11 @@ class BaseDataModule(pl.LightningDataModule):
     train_collate: ClassVar[Callable | None] = None
     val_collate: ClassVar[Callable | None] = None
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config | dict):
+        """`config`: the recipe, a Config (its model.name and data.format are filled in where it leaves them
+        empty) or the same as a plain nested dict (`task:` may be left out: this data module's task)."""
         super().__init__()
-        self.config = config
-        # a recipe that names no model trains the task's default, whoever builds the data module (CLI or Python)
-        config.model.name = config.model.name or TASKS.get(config.task).default_model
+        self.config = config = task_recipe(config, type(self))
         data = config.data
         self.root = Path(data.root if data.root is not None else data.synth_dir)
         name = data.format or (
@@ -62,10 +88,15 @@ class BaseDataModule(pl.LightningDataModule):
         )
         self.format = data_format(self.format_kind, name, self.root)
         data.format = name
+        self.train_split = data.train_split or self.format.splits[0]
+        self.val_split = data.val_split or self.format.splits[1]
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.train_transform = None
         self.resumed_epoch = 0
+        # What rebuilds it (LightningDataModule.load_from_checkpoint, LightningCLI). Not sent to the loggers: the
+        # task's own hyper-parameters hold the same recipe, and Lightning refuses two different values of one key.
+        self.save_hyperparameters({"config": config.to_dict()}, logger=False)
 
     @staticmethod
     def input_size(config: Config) -> int | list | tuple | None:
@@ -188,7 +219,8 @@ def one_thread_opencv_with(workers: int) -> None:
 
 
 class BaseTask(pl.LightningModule):
-    """A task's network, loss, metrics and optimiser, built from (recipe, class names, category ids).
+    """A task's network, loss, metrics and optimiser, built from (recipe, class names, category ids), or from the
+    recipe alone and then for the classes of the data module a trainer runs it on (as LightningCLI makes it).
 
     A subclass gives `network` (the registered model and its options for these classes), `build_loss` or its own
     `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the
@@ -199,7 +231,7 @@ class BaseTask(pl.LightningModule):
 
     # ---- the task's facts (a subclass registered with `@TASKS.register(name)` sets them; `task` is the name) ----
     task: ClassVar[str] = ""
-    data_module: ClassVar[type[BaseDataModule]]  # built from a Config: the data root or the embedded set, loaders
+    data_module: ClassVar[type[BaseDataModule]]  # built from the recipe: the data root or the embedded set, loaders
     monitor: ClassVar[str] = ""  # the logged validation metric that picks best.ckpt (higher is better)
     default_model: ClassVar[str] = ""  # model.name when the recipe names none
     demo_recipe: ClassVar[str] = ""  # its recipe on the embedded data set: a packaged recipe's name or a file
@@ -213,10 +245,31 @@ class BaseTask(pl.LightningModule):
     prediction_file: ClassVar[str] = "predictions.json"
     loss_options: ClassVar[tuple[str, ...]] = ()  # model.options that set up the loss, not the network
 
-    def __init__(self, config: dict, class_names: list[str], category_ids: list):
+    def __init__(self, config: dict | Config, class_names: list[str] | None = None, category_ids: list | None = None):
+        """`config`: the recipe as a plain nested dict (`task:` may be left out) or a Config (copied). `class_names`
+        and `category_ids`: the data's (`category_ids` empty where the classes are the ids); left out (None), the
+        network is built when a trainer sets the task up, for the classes of the data module it runs on."""
         super().__init__()
-        self.save_hyperparameters()
-        self.config = config_from_dict(config)
+        self.config = task_recipe(config.to_dict() if isinstance(config, Config) else config, type(self))
+        self.class_names: list[str] | None = None
+        self.category_ids: list = []
+        self.model: nn.Module | None = None
+        self.evaluation_options: dict = {}
+        self.prediction_options: dict = dict(self.prediction_defaults)
+        self.metrics: dict = {}
+        self.evaluated_images = 0  # images the last validation scored
+        self.validation_images = 0  # images of the whole validation set it ran on
+        self.validated_whole_set = True  # whether it ran over all of them (not cut by a trainer's limits)
+        self.results: dict = {}
+        if class_names is not None:
+            self.build(class_names, category_ids or [])
+        else:
+            self.save_hyperparameters({"config": self.config.to_dict(), "class_names": None, "category_ids": None})
+
+    def build(self, class_names: list[str], category_ids: list) -> None:
+        """The network and the loss for these classes. The hyper-parameters then hold what rebuilds the same network
+        (Module.load_from_checkpoint): the recipe completed with what the weights files gave, less those files
+        (the checkpoint holds the trained weights: a rebuild reads no file, nor downloads weights named)."""
         self.class_names, self.category_ids = list(class_names), list(category_ids)
         model = self.config.model
         # The weights file's backbone options go into the recipe itself, so the checkpoint rebuilds the same network.
@@ -226,11 +279,15 @@ class BaseTask(pl.LightningModule):
         self.model_name, self.model_options = self.network(model.name, options)
         self.model = build_configured_model(self.model_name, self.model_options, model.weights, model.backbone_weights)
         self.loss = self.build_loss()
-        self.evaluation_options: dict = {}
-        self.prediction_options: dict = dict(self.prediction_defaults)
-        self.metrics: dict = {}
-        self.evaluated_images = 0
-        self.results: dict = {}
+        self.on_network_built()
+        rebuilt = self.config.to_dict()
+        rebuilt["model"].update(weights=None, backbone_weights=None)
+        self.save_hyperparameters(
+            {"config": rebuilt, "class_names": self.class_names, "category_ids": self.category_ids}
+        )
+
+    def on_network_built(self) -> None:
+        """What the task sets once its classes and network are known (det: the class count into the recipe)."""
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
         """(MODELS name, its options) for the recipe's model name and options (less `loss_options`) and this task's
@@ -243,8 +300,21 @@ class BaseTask(pl.LightningModule):
         return None
 
     def setup(self, stage: str) -> None:
+        if self.model is None:
+            self.build_for(self.trainer.datamodule)
         if stage == "fit":
             self.check_batch_statistics()
+
+    def build_for(self, data: pl.LightningDataModule | None) -> None:
+        """A task made without classes (as LightningCLI makes it) built for the data module it runs on: its classes,
+        and its data settings (input size, batch size), which are the ones the data module reads."""
+        if not isinstance(data, BaseDataModule):
+            raise MbtasksError(
+                f"{type(self).__name__} was made without class_names: give them, or train it with its data module "
+                f"({self.data_module.__name__}) as the trainer's datamodule"
+            )
+        self.config.data = copy.deepcopy(data.config.data)
+        self.build(data.class_names, data.category_ids)
 
     def check_batch_statistics(self) -> None:
         """A batch norm after global pooling (DeepLabv3's image pooling, the embedding head) needs two values per
@@ -283,11 +353,29 @@ class BaseTask(pl.LightningModule):
         self.results = {}
 
     def on_validation_epoch_end(self) -> None:
+        self.validated_whole_set, self.validation_images = self.validation_coverage()
         self.evaluated_images, self.metrics = self.scored_results()
-        for name, value in self.figures(self.metrics).items():
+        figures = {**self.figures(self.metrics), "val/images": self.evaluated_images}
+        for name, value in figures.items():
             # Every process holds the same merged figures; sync_dist averages equal values (and stops Lightning's
             # warning about logging without it).
             self.log(name, loggable(value), prog_bar=name in self.progress_bar, sync_dist=True)
+
+    def validation_coverage(self) -> tuple[bool, int]:
+        """(whether this validation runs over every batch of its loaders, the images of the whole set). Not under a
+        trainer's limit: its limit_val_batches (which fast_dev_run and overfit_batches set as well: Lightning's
+        trainer/setup.py), nor in the sanity check (num_sanity_val_steps batches)."""
+        trainer = self.trainer
+        loaders = trainer.val_dataloaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        images = sum(len(loader.dataset) for loader in loaders)
+        if trainer.sanity_checking:
+            return False, images
+        whole = all(
+            batches == float("inf") or batches >= len(loader)
+            for batches, loader in zip(trainer.num_val_batches, loaders)
+        )
+        return whole, images
 
     def scored_results(self) -> tuple[int, dict]:
         """(images scored, metrics) of this epoch's results of every process, on every process."""
@@ -303,13 +391,18 @@ class BaseTask(pl.LightningModule):
         return value
 
     def missing_images(self, merged: dict) -> str:
-        """Why a whole validation scored other than every image once ("" when it did not); a sanity check or
-        train.limit_val_batches scores part of the set on purpose."""
-        trainer = self.trainer
-        if trainer is None or trainer.sanity_checking or self.config.train.limit_val_batches is not None:
+        """Why a validation of the whole set scored other than every image once ("" when it did not). One on part of
+        the set (validation_coverage) scores the images it saw."""
+        if not self.validated_whole_set or len(merged) == self.validation_images:
             return ""
-        expected = len(trainer.datamodule.val_set)
-        return "" if len(merged) == expected else f"scored {len(merged)} of the {expected} validation images"
+        return f"scored {len(merged)} of the {self.validation_images} validation images"
+
+    def coverage_note(self) -> str:
+        """How many images the last validation scored, as the CLI prints it: "150 images", or "32 of the 150
+        images" for part of the set."""
+        if self.validated_whole_set:
+            return f"{self.evaluated_images} images"
+        return f"{self.evaluated_images} of the {self.validation_images} images"
 
     def score(self, merged: dict) -> dict:
         """The metrics of the merged per-sample results (key -> result, over all processes)."""

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..config import Config
 from ..drawing import write_png, write_text
 from ..errors import MbtasksError
 from ..evaluation.classification import classification_accuracy
@@ -23,11 +22,6 @@ class ClassificationDataModule(ImageDataModule):
 
     format_kind, default_format = "classification", "imagefolder"
     default_size, default_augmentation = 224, "imagenet"
-
-    def __init__(self, config: Config):
-        super().__init__(config)
-        self.train_split = config.data.train_split or self.format.splits[0]
-        self.val_split = config.data.val_split or self.format.splits[1]
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:

@@ -68,11 +68,9 @@ class DetectionDataModule(BaseDataModule):
     train_collate = staticmethod(collate_training)
     val_collate = staticmethod(collate)
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config | dict):
         super().__init__(config)
-        self.train_split = config.data.train_split or self.format.splits[0]
-        self.val_split = config.data.val_split or self.format.splits[1]
-        self.size = detection_input_size(config)
+        self.size = detection_input_size(self.config)
 
     @staticmethod
     def input_size(config: Config) -> tuple[int, int]:
@@ -131,8 +129,7 @@ class DetectionTask(BaseTask):
         check_num_classes(options, len(self.class_names), "labels")
         return name, {"num_classes": len(self.class_names), "size": list(detection_input_size(self.config)), **options}
 
-    def __init__(self, config: dict, class_names: list[str], category_ids: list):
-        super().__init__(config, class_names, category_ids)
+    def on_network_built(self) -> None:
         # The class count goes into the recipe, so a checkpoint's data module maps labels as training did (by
         # category id for a model of COCO's 91 ids) without the weights file.
         self.config.model.options["num_classes"] = len(self.class_names)

@@ -52,12 +52,10 @@ class EmbeddingsDataModule(ImageDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            pairs_file = self.config.data.val_split or self.format.splits[1]
-            self.val_set = PairImages(self.format.pairs(pairs_file, self.transform(False)))
+            self.val_set = PairImages(self.format.pairs(self.val_split, self.transform(False)))
         if stage in (None, "fit") and self.train_set is None:
             self.train_transform = self.transform(True)
-            split = self.config.data.train_split or self.format.splits[0]
-            self.train_set = Indexed(self.format.identities(split, self.train_transform))
+            self.train_set = Indexed(self.format.identities(self.train_split, self.train_transform))
 
     @property
     def class_names(self) -> list[str]:
@@ -119,16 +117,12 @@ class EmbeddingsTask(BaseTask):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage != "fit" or self.margin_loss is not None or self.distillation is not None:
+        if stage != "fit":
             return
         data = self.trainer.datamodule
-        if self.loss_name == "arcface":
-            self.margin_loss = ArcFaceLoss(
-                self.embedding_dim, data.num_identities, **self.loss_spec, seed=self.config.train.seed
-            )
-        elif self.loss_name == "triplet":
-            self.margin_loss = TripletLoss(**self.loss_spec)
-        if self.distillation_spec:
+        if self.margin_loss is None and self.loss_name != "none":
+            self.margin_loss = self.build_margin_loss(data.num_identities)
+        if self.distillation is None and self.distillation_spec:
             spec = dict(self.distillation_spec)
             if "teacher" not in spec or any(k not in ("teacher", "weight") for k in spec):
                 raise MbtasksError(
@@ -138,6 +132,19 @@ class EmbeddingsTask(BaseTask):
             self.distillation = DistillationLoss.from_file(
                 spec["teacher"], len(data.train_set), self.embedding_dim, float(spec.get("weight", 1.0))
             )
+
+    def build_margin_loss(self, identities: int) -> nn.Module:
+        """ArcFace over this many training identities, or the batch-hard triplet loss."""
+        if self.loss_name == "arcface":
+            return ArcFaceLoss(self.embedding_dim, identities, **self.loss_spec, seed=self.config.train.seed)
+        return TripletLoss(**self.loss_spec)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A module rebuilt from a checkpoint (load_from_checkpoint) builds the ArcFace loss its identity vectors
+        belong to before they load; training builds it in setup("fit"), from the data."""
+        identities = checkpoint.get("state_dict", {}).get("margin_loss.weight")
+        if self.margin_loss is None and self.loss_name == "arcface" and identities is not None:
+            self.margin_loss = self.build_margin_loss(len(identities))
 
     def training_step(self, batch: tuple, batch_index: int) -> torch.Tensor:
         indices, images, labels = batch

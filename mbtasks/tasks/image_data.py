@@ -44,10 +44,10 @@ class ImageDataModule(BaseDataModule):
     default_augmentation: ClassVar[str]  # the preset data.augmentation "default" means
     graph_input = itemgetter(1)  # items (index, image, ...)
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config | dict):
         super().__init__(config)
-        data = config.data
-        size = self.input_size(config)
+        data = self.config.data
+        size = self.input_size(self.config)
         self.size = height_width(size)
         preset = self.default_augmentation if data.augmentation == "default" else data.augmentation
         if preset not in AUGMENTATIONS:

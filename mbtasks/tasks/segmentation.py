@@ -51,11 +51,9 @@ class SegmentationDataModule(BaseDataModule):
     val_collate = staticmethod(keep_list)
     graph_input = itemgetter("image")
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config | dict):
         super().__init__(config)
-        data = config.data
-        self.train_split = data.train_split or self.format.splits[0]
-        self.val_split = data.val_split or self.format.splits[1]
+        data = self.config.data
         size = data.size or self.format.default_crop
         self.crop_size = height_width(size)
         if data.augmentation not in AUGMENTATIONS:
@@ -105,8 +103,7 @@ class SegmentationTask(BaseTask):
     prediction_file = "segmentation.json"
     legacy_format = "voc"  # what a checkpoint from before data.format was in, unless its classes are a format's own
 
-    def __init__(self, config: dict, class_names: list[str], category_ids: list):
-        super().__init__(config, class_names, category_ids)
+    def on_network_built(self) -> None:
         data = self.config.data
         # The recipe's format; the data module's, where there is one, takes its place in setup
         self.format: SegmentationFormat = data_format(
