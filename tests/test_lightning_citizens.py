@@ -19,7 +19,6 @@ from mbtasks.config import apply_override, load_config
 from mbtasks.tasks import TASKS
 from mbtasks.tasks.build import recipe_assignments
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 # Per task, the smallest network and data that train: `--set` settings, given to from_recipe as nested overrides.
 TINY = {
     "det": [
@@ -88,7 +87,7 @@ def built(tmp_path_factory):
     def get(task: str):
         if task not in made:
             folder = tmp_path_factory.mktemp(f"{task}_data")
-            made[task] = mbtasks.from_recipe(DEMO / TASKS.get(task).demo_recipe, **tiny_overrides(task, folder))
+            made[task] = mbtasks.from_recipe(TASKS.get(task).demo_recipe, **tiny_overrides(task, folder))
         return made[task]
 
     return get
@@ -211,7 +210,7 @@ def test_lightning_cli_makes_the_task_and_its_data_from_yaml(tmp_path):
 def test_from_recipe_overrides_are_the_set_assignments_of_the_command_line(tmp_path):
     overrides = {"data": {"batch_size": 8, "size": [64, 128], "synth_dir": tmp_path}, "train": {"lr": 1e-5}}
     assignments = recipe_assignments({**overrides, "model": {"options": {}}})
-    config = load_config(DEMO / "seg_cityscapes_synth.yaml", assignments)
+    config = load_config("seg_cityscapes_synth", assignments)
     assert (config.data.batch_size, config.data.size, config.data.synth_dir) == (8, [64, 128], str(tmp_path))
     assert config.train.lr == 1e-5 and config.model.options == {}
     assert config.data.synth["num_val"] == 60  # nested keys replace the recipe's one by one
