@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from PIL import Image
 
@@ -256,3 +257,24 @@ def install_plugin(folder: Path, distribution: str, modules: dict[str, str], ent
     (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
     path = [str(folder), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": str(threads)}
+
+
+# The commit a placed timm download claims (any 40 hex digits: the cache only needs refs/main to name it).
+HF_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def place_torchvision(cache: Path, weights, state: dict) -> Path:
+    """A state dict saved under the file name torchvision downloads the weights to."""
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / Path(weights.url).name
+    torch.save(state, path)
+    return path
+
+
+def place_timm(cache: Path, repo: str, state: dict) -> None:
+    """A state dict in the cache layout `hf download` writes (refs/main -> snapshots/<commit>/model.safetensors)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / HF_COMMIT).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs/main").write_text(HF_COMMIT)
+    safetensors.torch.save_file(state, folder / "snapshots" / HF_COMMIT / "model.safetensors")

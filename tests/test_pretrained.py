@@ -8,11 +8,10 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-import safetensors.torch
 import timm
 import torch
 import torchvision
-from helpers import randomised
+from helpers import place_timm, place_torchvision, randomised
 from PIL import Image
 from skimage import data
 from torchvision.models import MobileNet_V3_Small_Weights
@@ -28,7 +27,6 @@ from mbtasks.layers.fusion import for_inference
 
 SMALL = "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
 TIMM_SMALL = "timm:mobilenetv3_small_100.lamb_in1k"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture
@@ -44,23 +42,6 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return tmp_path / "hf"
-
-
-def place_torchvision(cache: Path, weights, state: dict) -> Path:
-    """A state dict saved under the file name torchvision downloads the weights to."""
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / Path(weights.url).name
-    torch.save(state, path)
-    return path
-
-
-def place_timm(cache: Path, repo: str, state: dict) -> None:
-    """A state dict in the cache layout `hf download` writes (refs/main -> snapshots/<commit>/model.safetensors)."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    (folder / "snapshots" / COMMIT).mkdir(parents=True)
-    (folder / "refs").mkdir()
-    (folder / "refs/main").write_text(COMMIT)
-    safetensors.torch.save_file(state, folder / "snapshots" / COMMIT / "model.safetensors")
 
 
 def test_torchvision_weights_by_name_load_through_its_cache(torch_cache, tmp_path, capsys):
