@@ -2,7 +2,7 @@
 
 from .errors import MbtasksError
 
-__all__ = ["MbtasksError", "build_backbone", "build_model", "list_models"]
+__all__ = ["MbtasksError", "build_backbone", "build_model", "list_models", "load"]
 __version__ = "0.1.0"
 
 
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from . import models
 
         return getattr(models, name)
+    if name == "load":
+        from .loading import load
+
+        return load
     raise AttributeError(f"module 'mbtasks' has no attribute {name!r}")
