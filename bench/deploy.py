@@ -241,10 +241,10 @@ def segmentation(
     return rotating_times(
         {
             "torchvision": lambda: reference(x)["out"],
-            "mbtasks eager": lambda: ours(x),
-            "mbtasks inference": lambda: fast(x),
-            "onnxruntime fp32": lambda: fp32(x),
-            "onnxruntime int8": lambda: int8(x),
+            "mbtasks eager": lambda: ours(x)["out"],
+            "mbtasks inference": lambda: fast(x)["out"],
+            "onnxruntime fp32": lambda: fp32(x)["out"],
+            "onnxruntime int8": lambda: int8(x)["out"],
             **executorch_calls(programs, x),
         },
         runs,

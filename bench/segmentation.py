@@ -81,8 +81,8 @@ def latency(runs: int, tmp: str, sizes=RESOLUTIONS) -> list[tuple[str, dict, dic
         x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
         run = {
             "torchvision": lambda: reference(x)["out"],
-            "mbtasks eager": lambda: ours(x),
-            "mbtasks inference": lambda: fast(x),
+            "mbtasks eager": lambda: ours(x)["out"],
+            "mbtasks inference": lambda: fast(x)["out"],
         }
         with torch.inference_mode():
             expected = run["torchvision"]()

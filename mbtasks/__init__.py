@@ -2,7 +2,7 @@
 
 from .errors import MbtasksError
 
-__all__ = ["MbtasksError", "build_backbone", "build_model", "from_recipe", "list_models"]
+__all__ = ["MbtasksError", "build_backbone", "build_model", "from_recipe", "list_models", "load"]
 __version__ = "0.1.0"
 
 
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .tasks.build import from_recipe
 
         return from_recipe
+    if name == "load":
+        from .loading import load
+
+        return load
     raise AttributeError(f"module 'mbtasks' has no attribute {name!r}")

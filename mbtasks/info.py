@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import yaml
+from torch import nn
 
 from .config import config_from_dict
 from .errors import MbtasksError
@@ -34,7 +35,6 @@ def describe(path: str | Path) -> dict:
     if record.model not in MODELS:
         raise MbtasksError(f"holds a model mbtasks does not know ({record.model!r})", path)
     network = MODELS.get(record.model).build(**record.options)
-    resolution = _profile_resolution(record, network)
     return {
         "file": str(path),
         "kind": kind,
@@ -48,15 +48,24 @@ def describe(path: str | Path) -> dict:
         "metrics": record.metrics,
         "export": export,
         "operators": operators,
-        "num_params": count_parameters(network),
-        "madds": count_madds(network, example_input(resolution)),
-        "input_size": list(resolution) if isinstance(resolution, tuple) else [resolution, resolution],
+        **network_figures(record, network),
         "file_size": path.stat().st_size,
         "sha256": _sha256(path),
     }
 
 
-def _profile_resolution(record: Record, network) -> int | tuple[int, int]:
+def network_figures(record: Record, network: nn.Module) -> dict:
+    """num_params and madds of the record's network (as built: a segmenter's aux head counted, as torchvision counts
+    it) and the input_size [height, width] they are counted at (`_profile_resolution`)."""
+    resolution = _profile_resolution(record, network)
+    return {
+        "num_params": count_parameters(network),
+        "madds": count_madds(network, example_input(resolution)),
+        "input_size": list(resolution) if isinstance(resolution, tuple) else [resolution, resolution],
+    }
+
+
+def _profile_resolution(record: Record, network: nn.Module) -> int | tuple[int, int]:
     """The input multiply-adds are counted at: a detector's own size; else the recipe's input size; else the model's
     default size (224, 520 for segmenters: the size torchvision's segmentation metadata counts at)."""
     if MODELS.get(record.model).kind == "detector":

@@ -56,8 +56,9 @@ def measure_latency(model: nn.Module, example: object, runs: int = 30, warmup: i
 
 
 def profile(model: nn.Module, example: object, runs: int = 30) -> dict:
-    """The three figures of `mbtasks profile`: params and madds of the model as built (batch norm counted, as
-    torchvision and the papers count), latency_ms of the copy that evaluate and predict run (for_inference)."""
+    """The three figures of `mbtasks profile`: params and madds of the model as built (batch norm counted, and a
+    segmenter's aux head, which its forward runs, as torchvision counts them), latency_ms of the copy that evaluate and
+    predict run (for_inference: batch norm folded, no aux head)."""
     from .layers.fusion import for_inference
 
     return {

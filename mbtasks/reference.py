@@ -45,7 +45,7 @@ SEGMENTER_PAPER_FIGURES = {
     ("deeplabv3_mobilenet_v2", (("aspp", False),), (513, 513)): (2.11e6, 2.75e9),
     ("deeplabv3_mobilenet_v2", (("aspp", True),), (513, 513)): (4.52e6, 5.8e9),
     # torchvision's weights `_meta` "num_params" and "_ops" (exact integer params; its ops include the aux head,
-    # which `model(x)` here does not run), of LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1 and
+    # which `model(x)` runs here too), of LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1 and
     # DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.
     ("lraspp_mobilenet_v3_large", (), (520, 520)): (3_221_538, 2.086e9),
     ("deeplabv3_mobilenet_v3_large", (("aux", True),), (520, 520)): (11_029_328, 10.452e9),

@@ -42,14 +42,16 @@ def _training_loss(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     if isinstance(model, SSD):
         targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([1])}] * len(images)
         return sum(model.train()(list(images), targets).values())
-    return model.train()(images).float().pow(2).mean()
+    output = model.train()(images)
+    return (output["out"] if isinstance(model, Segmenter) else output).float().pow(2).mean()
 
 
 @torch.no_grad()
 def _eval_output(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     if isinstance(model, SSD):
         return model.eval()(list(images))[0]["scores"]
-    return model.eval()(images)
+    output = model.eval()(images)
+    return output["out"] if isinstance(model, Segmenter) else output
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -8,6 +8,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import pytest
+import skimage
 import torch
 import torchvision
 from photo_sets import write_cityscapes_photos, write_coco_photos
@@ -18,9 +19,15 @@ from torchvision.transforms import v2
 from mbtasks.config import load_config
 from mbtasks.datasets.cityscapes import TRAIN_ID_COLORS, CityscapesSegmentation, label_ids_to_train_ids
 from mbtasks.datasets.coco import CocoDetection
+from mbtasks.datasets.image_transforms import eval_transform, train_transform
 from mbtasks.datasets.iou_crop import IoUCropFlipResize, RandomIoUCrop, sample_iou_crop
 from mbtasks.datasets.samplers import SeededAugmentation
-from mbtasks.datasets.segmentation_transforms import ScaleCropFlip, normalise_batch, segmentation_train_transforms
+from mbtasks.datasets.segmentation_transforms import (
+    ScaleCropFlip,
+    normalise_batch,
+    segmentation_eval_transforms,
+    segmentation_train_transforms,
+)
 from mbtasks.datasets.transforms import collate_training, detection_transforms, images_to_float
 from mbtasks.io.images import read_label_png, read_rgb_image
 from mbtasks.tasks.base import one_thread_opencv, one_thread_opencv_with
@@ -348,3 +355,30 @@ def test_loader_workers_run_opencv_on_one_thread(coco) -> None:
     data = DetectionDataModule(config)
     data.setup("fit")
     assert data.train_dataloader().worker_init_fn is data.val_dataloader().worker_init_fn is one_thread_opencv
+
+
+# ---- one call for every pipeline: albumentations' by name, torchvision's on one image ----
+
+NO_BOXES = {"bboxes": np.zeros((0, 4)), "labels": [], "iscrowd": []}
+
+
+@pytest.mark.parametrize(
+    "make, targets",
+    [
+        (lambda: detection_transforms("ssdlite", (96, 128), train=True, seed=0), NO_BOXES),
+        (lambda: detection_transforms("ssd", (96, 128), train=True, seed=0), NO_BOXES),
+        (lambda: detection_transforms("ssdlite", (96, 128), train=False), {}),
+        (lambda: segmentation_train_transforms((64, 96), seed=0), {"mask": np.zeros((120, 160), np.uint8)}),
+        (segmentation_eval_transforms, {}),
+        (lambda: train_transform(48, seed=0), {}),
+        (lambda: eval_transform(48), {}),
+    ],
+    ids=["ssdlite-train", "ssd-train", "det-eval", "seg-train", "seg-eval", "image-train", "image-eval"],
+)
+def test_every_pipeline_takes_one_image_as_torchvisions_transforms_do(make, targets):
+    image = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((160, 120)))
+    alone = make()(image)  # albumentations' own Compose raises KeyError here
+    by_name = make()(image=image, **targets)["image"]  # the data sets' call, seeded alike: the same draws
+    assert type(alone) is type(by_name) and np.array_equal(np.asarray(alone), np.asarray(by_name))
+    with pytest.raises(TypeError, match="takes one image"):
+        make()(image, mask=image[..., 0])

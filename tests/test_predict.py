@@ -135,7 +135,7 @@ def test_segmentation_writes_overlays_and_cityscapes_label_ids(photos, checkpoin
             )
             total = 0
             for flip in (False, True):
-                logits = network(half.flip(-1) if flip else half)
+                logits = network(half.flip(-1) if flip else half)["out"]
                 logits = logits.flip(-1) if flip else logits
                 total = total + torch.nn.functional.interpolate(
                     logits, size=photo.shape[:2], mode="bilinear", align_corners=False

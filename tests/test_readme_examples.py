@@ -1,7 +1,7 @@
 """Every Python example in the README runs: each ```python block, read from README.md at test time (not copied
 here), executed as a user would paste it, in an empty folder. What a block takes from the README's text around it is
 made here the way that text says: the weights file the shell lines before it write, the pretrained weights placed in
-torchvision's and timm's caches (no network)."""
+torchvision's and timm's caches (no network), the demo's checkpoint (a tiny untrained one) and a photo."""
 
 import re
 from pathlib import Path
@@ -10,7 +10,9 @@ import pytest
 import timm
 import torch
 import torchvision
-from helpers import place_timm, place_torchvision, randomised
+from helpers import place_timm, place_torchvision, randomised, write_checkpoint
+from PIL import Image
+from skimage import data
 from torchvision.models import MobileNet_V3_Large_Weights
 
 from mbtasks.cli import main
@@ -49,4 +51,9 @@ def test_python_example_runs(code, tmp_path, monkeypatch):
     if "timm:mobilenetv3_large_100.ra_in1k" in code:
         state = randomised(timm.create_model("mobilenetv3_large_100")).state_dict()
         place_timm(tmp_path / "hf", "timm/mobilenetv3_large_100.ra_in1k", state)
+    if "runs/det_shapes/checkpoints/best.ckpt" in code:  # what the README's first command trains, here untrained
+        Path("runs/det_shapes/checkpoints").mkdir(parents=True)
+        write_checkpoint(Path("runs/det_shapes/checkpoints/best.ckpt"), "det", ["circle", "square", "triangle"])
+    if "photo.jpg" in code:
+        Image.fromarray(data.astronaut()).save("photo.jpg")
     exec(compile(code, str(README), "exec"), {"__name__": "__main__"})

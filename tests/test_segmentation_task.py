@@ -230,7 +230,7 @@ def test_configs_build_their_models(path):
     classes = 21 if "voc" in path.name else 19
     task = SegmentationTask(config.to_dict(), [str(i) for i in range(classes)], [])
     with torch.no_grad():
-        assert task.model.eval()(torch.zeros(1, 3, 64, 96)).shape == (1, classes, 64, 96)
+        assert task.model.eval()(torch.zeros(1, 3, 64, 96))["out"].shape == (1, classes, 64, 96)
     if config.data.root is None:
         assert SegmentationDataModule(config).format.name == "cityscapes" == config.data.format
 

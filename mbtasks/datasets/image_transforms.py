@@ -1,6 +1,7 @@
 """albumentations pipelines for image-level tasks (attributes, face embeddings, classification).
 
-Both end in ImageNet normalisation and a CHW float tensor, the input the pretrained backbones expect.
+Both end in ImageNet normalisation and a CHW float tensor, the input the pretrained backbones expect; both are called
+as `t(image=hwc_uint8)` -> {"image": tensor} or `t(hwc_uint8)` -> tensor (datasets/pipeline.py).
 Face recipes use a light crop (scale near 1) and keep the whole face at evaluation (crop_fraction=None);
 ImageNet-style recipes use the defaults.
 """
@@ -11,6 +12,7 @@ import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
 from ..sizes import height_width
+from .pipeline import Pipeline
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,7 +25,7 @@ def train_transform(
     hflip: bool = True,
     color_jitter: float = 0.4,
     seed: int | None = None,
-) -> A.Compose:
+) -> Pipeline:
     """Random resized crop to `size` (int or (height, width)), optional flip, colour jitter, normalise."""
     height, width = height_width(size)
     steps = [A.RandomResizedCrop(size=(height, width), scale=scale, ratio=ratio)]
@@ -34,10 +36,10 @@ def train_transform(
         steps.append(
             A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0, p=0.8)
         )
-    return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()], seed=seed)
+    return Pipeline([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()], seed=seed)
 
 
-def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.875) -> A.Compose:
+def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.875) -> Pipeline:
     """Resize the short side to size / crop_fraction and centre-crop `size`; None resizes the whole image."""
     height, width = height_width(size)
     if crop_fraction is None:
@@ -47,4 +49,4 @@ def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.
             raise ValueError(f"crop_fraction must lie in (0, 1], got {crop_fraction}")
         short_side = round(max(height, width) / crop_fraction)
         steps = [A.SmallestMaxSize(max_size=short_side), A.CenterCrop(height=height, width=width)]
-    return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+    return Pipeline([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])

@@ -11,6 +11,8 @@ import numpy as np
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 
+from mbtasks.datasets.pipeline import ImageCall
+
 SAMPLER_OPTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 _EPSILON = 1e-7  # albumentations' tolerance in its box filter, kept so both pipelines drop the same boxes
 
@@ -140,13 +142,14 @@ class RandomIoUCrop(BaseCrop):
         return ("min_scale", "max_scale", "min_aspect_ratio", "max_aspect_ratio", "sampler_options", "trials")
 
 
-class IoUCropFlipResize:
+class IoUCropFlipResize(ImageCall):
     """SSDLite's training pipeline (torchvision's "ssdlite" preset, then the model's resize): IoU crop, horizontal
     flip (p=0.5), resize to size (height, width); boxes under a pixel wide or high dropped. Images come out as they
     went in, HWC uint8 arrays: collate_training copies them once into the batch, images_to_float makes floats of
     them on the device.
 
-    Called as albumentations pipelines are: `t(image=hwc_uint8, bboxes=xyxy_pixels, labels=..., iscrowd=...)`. It
+    Called as albumentations pipelines are, `t(image=hwc_uint8, bboxes=xyxy_pixels, labels=..., iscrowd=...)`, or
+    on the image alone, `t(hwc_uint8)` -> the image (datasets/pipeline.py). It
     gives the images and boxes of albumentations' RandomIoUCrop + HorizontalFlip + Resize with the same window and
     flip (tests/test_pipelines.py) in a quarter of their time: one resize reads the window in place, the flip and
     the boxes' arithmetic run on the small output, without albumentations' per-transform bookkeeping.
@@ -166,7 +169,9 @@ class IoUCropFlipResize:
         window = sample_iou_crop(self.rng, boxes, width, height, **self.crop_options)
         return window, bool(self.rng.random() < 0.5)
 
-    def __call__(self, image: np.ndarray, bboxes: Any = (), labels: Any = (), iscrowd: Any = ()) -> dict[str, Any]:
+    def transform_targets(
+        self, image: np.ndarray, bboxes: Any = (), labels: Any = (), iscrowd: Any = ()
+    ) -> dict[str, Any]:
         boxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
         window, flip = self.sample(boxes, *image.shape[:2])
         return self.apply(image, boxes, np.asarray(labels), np.asarray(iscrowd), window, flip)

@@ -12,6 +12,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from mbtasks.datasets.image_transforms import IMAGENET_MEAN, IMAGENET_STD
+from mbtasks.datasets.pipeline import ImageCall, Pipeline
 
 
 def _photometric_distortion() -> A.BasicTransform:
@@ -27,7 +28,7 @@ def _photometric_distortion() -> A.BasicTransform:
     )
 
 
-class ScaleCropFlip:
+class ScaleCropFlip(ImageCall):
     """mmseg's training geometry and photometric distortion: scale by a factor drawn from scale_range, a random
     crop_size (height, width) window (the scaled image padded at the bottom and right with 0 / ignore_index where it
     is smaller), a horizontal flip (p=0.5), then `photometric` (an albumentations pipeline) on the crop.
@@ -36,7 +37,8 @@ class ScaleCropFlip:
     scale 2) and copy it twice more; here one affine warp reads only the window's source pixels and writes the crop
     flipped, so its cost is the crop's size (tests/test_pipelines.py holds it to albumentations' output: the mask
     exactly, the image within one grey level). Images come
-    out as uint8 CHW tensors and masks as uint8 tensors: `normalise_batch` finishes them on the device.
+    out as uint8 CHW tensors and masks as uint8 tensors: `normalise_batch` finishes them on the device. Called as
+    `t(image=hwc_uint8, mask=hw_uint8)` -> {"image", "mask"}, or `t(hwc_uint8)` -> the image (datasets/pipeline.py).
     """
 
     def __init__(
@@ -71,10 +73,13 @@ class ScaleCropFlip:
         left = int((max(scaled_w, crop_w) - crop_w + 1) * w_start)
         return scale, top, left, bool(flip < 0.5)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    def transform_targets(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The image and its mask (None: an image alone) through the geometry, then the image through photometric."""
         scale, top, left, flip = self.sample(*image.shape[:2])
-        image, mask = self.apply(image, mask, scale, top, left, flip)
-        return {"image": self.photometric(image=image)["image"], "mask": mask}
+        labels = np.zeros(image.shape[:2], np.uint8) if mask is None else mask
+        image, labels = self.apply(image, labels, scale, top, left, flip)
+        image = self.photometric(image=image)["image"]
+        return {"image": image} if mask is None else {"image": image, "mask": labels}
 
     def apply(
         self, image: np.ndarray, mask: np.ndarray, scale: float, top: int, left: int, flip: bool
@@ -138,9 +143,9 @@ def normalise_batch(batch: dict, dtype: torch.dtype = torch.float32) -> dict:
     return batch
 
 
-def segmentation_eval_transforms() -> A.Compose:
+def segmentation_eval_transforms() -> Pipeline:
     """Normalise only: evaluation runs on the whole image at its own resolution."""
-    return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+    return Pipeline([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
 
 
 def segmentation_item(

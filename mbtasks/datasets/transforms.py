@@ -15,6 +15,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.pytorch import ToTensorV2
 
 from mbtasks.datasets.iou_crop import IoUCropFlipResize, RandomIoUCrop
+from mbtasks.datasets.pipeline import Pipeline
 from mbtasks.errors import MbtasksError
 
 # torchvision's references fill the zoom-out canvas with the ImageNet mean in pixels.
@@ -87,10 +88,11 @@ def detection_transforms(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     seed: int | None = None,
-) -> A.Compose | IoUCropFlipResize:
+) -> Pipeline | IoUCropFlipResize:
     """Training: the preset's augmentation, then resize to size (height, width); evaluation: no resize.
 
-    Call as `t(image=hwc_uint8, bboxes=xyxy_pixels, labels=..., iscrowd=...)`. Training images come out as HWC
+    Call as `t(image=hwc_uint8, bboxes=xyxy_pixels, labels=..., iscrowd=...)`, or `t(hwc_uint8)` for the image
+    alone (datasets/pipeline.py). Training images come out as HWC
     uint8 arrays (`collate_training` batches them, `images_to_float` makes floats of them where the batch lands, on
     the device); evaluation's as float CHW tensors in [0, 1]; with mean/std, normalised float CHW tensors in [0, 1]
     units ((0.5,)*3 -> [-1, 1]) in both.
@@ -115,12 +117,12 @@ def detection_transforms(
         steps += [A.ToFloat(max_value=255.0), ToTensorV2()]
     if not train:
         # Nothing here moves a box, and a box processor with no box transform only warns: boxes pass through.
-        return A.Compose(steps, seed=seed)
+        return Pipeline(steps, seed=seed)
     # Boxes under a pixel are dropped, as torchvision's SanitizeBoundingBoxes does after RandomIoUCrop.
     bbox_params = A.BboxParams(
         format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True, min_width=1.0, min_height=1.0
     )
-    return A.Compose(steps, bbox_params=bbox_params, seed=seed)
+    return Pipeline(steps, bbox_params=bbox_params, seed=seed)
 
 
 def collate_training(batch: list) -> tuple[torch.Tensor, tuple]:

@@ -1,8 +1,8 @@
 """ExecuTorch programs (`.pte`, from `mbtasks export --format executorch`) run by ExecuTorch's runtime, behind the same
 contract as the PyTorch models in eval mode.
 
-- `ExecutorchModel`: a normalised NCHW batch -> the network's output tensor (seg, attr, embed, cls), one image per run
-  at the size the program was exported for.
+- `ExecutorchModel`: a normalised NCHW batch -> the network's output tensor (attr, embed, cls; seg's task puts it
+  behind the segmenter's {"out": logits}), one image per run at the size the program was exported for.
 - `ExecutorchDetector`: a list of CHW float images in [0, 1] -> a list of dicts boxes / scores / labels in the pixels
   of each input image (det): the program holds all of it, selection and NMS included.
 Which wrapper a file gets is its task's choice (`BaseTask.runtime_model(..., runtime="executorch")`).

@@ -1,9 +1,11 @@
-"""The one reader of images: colour photos as RGB uint8, label PNGs as ids; each error names the file."""
+"""The one reader of images: colour photos as RGB uint8, label PNGs as ids; each error names the file. Images already
+in memory (PIL, arrays, tensors) become the same RGB uint8 arrays (`rgb_array`)."""
 
 from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 import cv2
 import numpy as np
@@ -130,3 +132,28 @@ def read_image_and_label(image_path: str | os.PathLike, label_path: str | os.Pat
             label_path,
         )
     return image, label
+
+
+def rgb_array(image: Any) -> np.ndarray:
+    """An image in memory as the HxWx3 uint8 RGB array `read_rgb_image` gives: a PIL image (turned upright by its EXIF
+    orientation, as `mbtasks predict` reads a file), an HxW(xC) array or a CxHxW tensor (torchvision's layout), uint8,
+    or floats in [0, 1] (torchvision's to_tensor: v / 255, rounded back to the 8-bit levels). Grey repeats to RGB,
+    an alpha channel is dropped."""
+    if isinstance(image, Image.Image):
+        return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+    if type(image).__module__.split(".")[0] == "torch":  # a tensor (torch is not imported for this check)
+        if image.ndim != 3:
+            raise MbtasksError(f"a tensor image is CxHxW (one image), got shape {tuple(image.shape)}")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
+    elif not isinstance(image, np.ndarray):
+        raise MbtasksError(f"an image is a PIL image, a numpy array or a tensor, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise MbtasksError(f"an image array is HxW or HxWx1/3/4 (a tensor CxHxW), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.floating):
+            raise MbtasksError(f"image values are uint8, or floats in [0, 1]; got {image.dtype}")
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    image = image[..., :3]
+    return np.ascontiguousarray(np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image)

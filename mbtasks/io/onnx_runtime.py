@@ -1,6 +1,7 @@
 """Exported models run by ONNX Runtime, behind the same contract as the PyTorch models in eval mode.
 
-- `OnnxModel`: a normalised NCHW batch -> the network's output tensor, as the task's model (seg, attr, embed, cls).
+- `OnnxModel`: a normalised NCHW batch -> the network's output tensor, as the task's model (attr, embed, cls; seg's
+  task puts it behind the segmenter's {"out": logits}).
 - `OnnxDetector`: a list of CHW float images in [0, 1] -> a list of dicts boxes / scores / labels in the pixels
   of each input image (det). The graph holds all of it (resizing, normalisation, network, box decoding, torchvision
   SSD's selection, the boxes scaled back): one image per run.

@@ -59,8 +59,8 @@ class ModelEntry:
 
 
 # Kinds of the built-in networks: an ImageNet-style classifier (logits), an attribute network (one binary logit per
-# attribute), an embedding network (unit vectors), a detector (torchvision's SSD contract), a segmenter (logits at
-# the input resolution).
+# attribute), an embedding network (unit vectors), a detector (torchvision's SSD contract), a segmenter
+# (torchvision's contract: {"out": logits at the input resolution, "aux" where it has an aux head}).
 KINDS = ("classifier", "attributes", "embedding", "detector", "segmenter")
 
 MODELS: Registry[ModelEntry] = Registry("model", group="mbtasks.models")
@@ -68,7 +68,8 @@ MODELS.__doc__ = """Networks by name. A registered object is a ModelEntry, its b
 with `@register_model(name, backbone=..., kind=..., size=..., head=...)`. The builder takes keyword options only
 (unknown ones are an MbtasksError naming them) and returns an untrained nn.Module holding one MobileNet Backbone: a
 classifier, attribute or embedding network (NCHW batch -> logits / unit embeddings), a detector (torchvision's SSD
-contract) or a segmenter (logits at the input resolution). Third-party packages add models through the entry-point
+contract) or a segmenter (torchvision's contract: {"out": logits at the input resolution, and "aux" where it has an
+aux head}). Third-party packages add models through the entry-point
 group `mbtasks.models`: an entry point names a module whose `@register_model` builders register as it is imported
 (or one such builder, the entry point named as its model), or a ModelEntry, registered under the entry point's name."""
 

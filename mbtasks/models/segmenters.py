@@ -1,11 +1,11 @@
 """Segmentation models by name: a MobileNet backbone with a Lite R-ASPP or DeepLabv3 head, and an optional aux head.
 
-Output contract, the same for every name and in training and eval alike:
-- `model(x)`: a normalised NCHW batch -> class logits (N, num_classes, H, W) at the input resolution.
-- `model.forward_with_aux(x)` -> {"out": logits, "aux": aux-head logits}, both at the input resolution; "aux" only
-  for a model built with `aux=True`. The training task calls it, then `model.loss(outputs, target)`.
-torchvision's models return a dict in both modes and compute "aux" even in eval; a model imported from torchvision
-gives the same "out" (and "aux") tensors.
+Output contract, torchvision's, the same for every name and in training and eval alike: `model(x)`, a normalised NCHW
+batch -> {"out": class logits (N, num_classes, H, W), "aux": the aux head's logits}, both at the input resolution;
+"aux" only for a model built with `aux=True`. A model imported from torchvision gives the same "out" (and "aux")
+tensors. The training task calls `model.loss(model(x), target)`; the inference copy (`layers.fusion.for_inference`)
+leaves the aux head out, which only trains, and returns {"out"} alone; the exported graph (`LogitsGraph`) is the
+"out" tensor.
 
 Taps (torchvision's): the head reads the last layer (C5) and, for LR-ASPP, the output of the FIRST layer at stride 8
 (torchvision's `stage_indices[-4]`); the aux head (torchvision's FCNHead) reads that same stride-8 map. v2 drops its
@@ -35,6 +35,8 @@ TORCHVISION_RATES, PAPER_RATES = (12, 24, 36), (6, 12, 18)
 class Segmenter(nn.Module):
     """A backbone, a head on named taps and an optional aux head; logits upsampled to the input resolution."""
 
+    training_only = ("aux_head",)  # what the inference copy leaves out (layers.fusion.for_inference)
+
     def __init__(
         self,
         backbone: Backbone,
@@ -53,13 +55,9 @@ class Segmenter(nn.Module):
         self.aux_tap = aux_tap
         self.aux_loss_weight = aux_loss_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits at the input resolution."""
-        features = self.backbone(x)
-        return _resize(self.head(*[features[name] for name in self.taps]), x)
-
-    def forward_with_aux(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{"out": logits, "aux": aux logits (only with an aux head)}, both at the input resolution."""
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"out": class logits, "aux": the aux head's (only with one)}, both at the input resolution, as
+        torchvision's segmentation models return them."""
         features = self.backbone(x)
         outputs = {"out": _resize(self.head(*[features[name] for name in self.taps]), x)}
         if self.aux_head is not None:
@@ -75,6 +73,30 @@ class Segmenter(nn.Module):
                 outputs["aux"], target, ignore_index=ignore_index, reduction="sum"
             )
         return share_of_global_mean(loss, (target != ignore_index).sum())
+
+
+class LogitsGraph(nn.Module):
+    """A segmenter as its exported graph: a normalised NCHW batch -> its "out" logits alone, one tensor (ONNX and
+    ExecuTorch outputs are tensors, not dicts)."""
+
+    def __init__(self, segmenter: nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(x)["out"]
+
+
+class GraphAsSegmenter(nn.Module):
+    """The other way: an exported graph run by ONNX Runtime or ExecuTorch (a batch -> logits) behind the segmenter
+    contract, {"out": logits}."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.graph(x)}
 
 
 def _resize(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
@@ -27,6 +28,7 @@ from ..datasets.segmentation_transforms import (
 from ..drawing import blend, write_png
 from ..errors import MbtasksError
 from ..models import check_num_classes
+from ..models.segmenters import GraphAsSegmenter, LogitsGraph
 from ..sizes import height_width
 from .base import BaseDataModule, BaseTask
 from .registry import TASKS
@@ -129,9 +131,19 @@ class SegmentationTask(BaseTask):
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
-        loss = self.model.loss(self.model.forward_with_aux(images), masks)
+        loss = self.model.loss(self.model(images), masks)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
+
+    # ---- export: the "out" logits as one tensor; the exported graph behind the segmenter contract again ----
+
+    @classmethod
+    def graph(cls, model: nn.Module) -> nn.Module:
+        return LogitsGraph(model)
+
+    @classmethod
+    def runtime_model(cls, session, settings: dict, path: str | Path, runtime: str = "onnxruntime") -> nn.Module:
+        return GraphAsSegmenter(super().runtime_model(session, settings, path, runtime))
 
     @classmethod
     def graph_dynamic_axes(cls, size: dict[int, str]) -> dict:
@@ -160,7 +172,7 @@ class SegmentationTask(BaseTask):
         """Class index per pixel (N, H, W) at the input resolution; multi-scale (`scales`) and flipped inference."""
         scales = scales or [1.0]
         if scales == [1.0] and not flip:
-            return self.model(images).argmax(1)
+            return self.model(images)["out"].argmax(1)
         size = images.shape[-2:]
         total = None
         for scale in scales:
@@ -173,7 +185,7 @@ class SegmentationTask(BaseTask):
             )
             for flipped in [False, True] if flip else [False]:
                 x = scaled.flip(-1) if flipped else scaled
-                logits = self.model(x)
+                logits = self.model(x)["out"]
                 logits = logits.flip(-1) if flipped else logits
                 if logits.shape[-2:] != size:
                     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
