@@ -157,6 +157,15 @@ def test_a_checkpoint_loads_back_into_the_module_and_data_module_that_saved_it(t
         want, got = trained.eval().predict_inputs(inputs), loaded.eval().predict_inputs(inputs)
     for a, b in zip(_outputs(want), _outputs(got), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+    # mbtasks.load of the same file: the same network and weights, so the same answers
+    by_load = mbtasks.load(tmp_path / "run.ckpt").model
+    assert by_load.state_dict().keys() == loaded.model.state_dict().keys()
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in by_load.state_dict().items())
+    with torch.no_grad():
+        direct = loaded.model(torch.stack(inputs)) if task != "det" else loaded.model(inputs)
+        through_load = by_load(torch.stack(inputs)) if task != "det" else by_load(inputs)
+    for a, b in zip(_outputs(direct), _outputs(through_load), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
 
     rebuilt = type(data).load_from_checkpoint(tmp_path / "run.ckpt", weights_only=True)
     assert rebuilt.config == data.config
