@@ -159,8 +159,9 @@ def test_a_checkpoint_loads_back_into_the_module_and_data_module_that_saved_it(t
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     # mbtasks.load of the same file: the same network and weights, so the same answers
     by_load = mbtasks.load(tmp_path / "run.ckpt").model
-    assert by_load.state_dict().keys() == loaded.model.state_dict().keys()
-    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in by_load.state_dict().items())
+    want_state, got_state = loaded.model.state_dict(), by_load.state_dict()
+    assert got_state.keys() == want_state.keys()
+    assert all(torch.equal(v, want_state[k]) for k, v in got_state.items())
     with torch.no_grad():
         direct = loaded.model(torch.stack(inputs)) if task != "det" else loaded.model(inputs)
         through_load = by_load(torch.stack(inputs)) if task != "det" else by_load(inputs)
