@@ -369,6 +369,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _quiet_libraries()
     given = {
         "score_threshold": args.score_threshold,
+        "keep_threshold": args.keep_threshold,
         "scales": args.scales,
         "flip": args.flip or None,
         "threshold": args.threshold,
@@ -385,6 +386,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         device=args.device,
         strict=args.strict,
         overwrite=args.overwrite,
+        picture_format=args.picture_format,
     ):
         print(line)
 
@@ -502,10 +504,12 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 OVERWRITE = "replace existing output files"
 PREDICT_OUTPUTS = (
-    "Each photo's answer under --out at its relative path (photos turned upright by EXIF): det drawn "
-    "boxes, detections.json; seg overlay/ and labels/ in the data set's results format; attr the "
-    "attributes at --threshold on the photo, attributes.json; embed embeddings.npy and .json "
-    "(--pairs: distances and verdicts); cls the top five on the photo and in classes.json."
+    "Each photo's answer under --out at its relative path (photos turned upright by EXIF; pictures in the photo's "
+    "format, JPEG or PNG, unless --picture-format): det boxes in a colour per class captioned 'name score' (those "
+    "at --score-threshold), detections.json (those at --keep-threshold), and a summary line; seg overlay/ (class "
+    "colours and a legend) and labels/ in the data set's results format; attr the attributes at --threshold on the "
+    "photo, attributes.json; embed embeddings.npy and .json (--pairs: distances and verdicts); cls the top five on "
+    "the photo and in classes.json."
 )
 
 
@@ -683,7 +687,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=at_least(0), default=2, help="DataLoader processes reading photos (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
     p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
-    p.add_argument("--score-threshold", type=_fraction, help="det: draw boxes scoring at least this (default 0.3)")
+    p.add_argument(
+        "--score-threshold",
+        type=_fraction,
+        help="det: draw the boxes scoring at least this (default 0.3); detections.json keeps more (--keep-threshold)",
+    )
+    p.add_argument(
+        "--keep-threshold",
+        type=_fraction,
+        help="det: detections.json keeps every detection scoring at least this (default 0.05, as torchvision's "
+        "box_score_thresh; never above --score-threshold)",
+    )
+    p.add_argument(
+        "--picture-format",
+        choices=["auto", "png", "jpg"],
+        default="auto",
+        help="format of the drawn pictures: auto keeps the photo's (JPEG in, JPEG out; others PNG) (default auto)",
+    )
     p.add_argument("--scales", type=_scales, help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
     p.add_argument(

@@ -431,9 +431,22 @@ class BaseTask(pl.LightningModule):
         """Check what the options need of the input files before any photo is read (embed: the --pairs file)."""
 
     def write_prediction(self, out: Path, item: dict, answer) -> dict:
-        """Write one photo's pictures under `out` (item: `file`, its output `name` (relative, .png), `photo`, the
-        upright HWC uint8 RGB image) and return its entry in the JSON file."""
+        """Write one photo's pictures under `out` (item: `file`, its output `name` (relative, ending in the
+        picture's format: .png or .jpg), `photo`, the upright HWC uint8 RGB image) and return its entry in the JSON
+        file. The picture is `draw_answer`'s."""
         raise NotImplementedError
+
+    def draw_answer(self, photo: np.ndarray, answer) -> np.ndarray:
+        """A new picture: the photo (HxWx3 uint8 RGB) with `answer` drawn on it (one photo's answer as
+        `predict_inputs` gives it, drawn with `prediction_options`). Ground truth is drawn by passing it in the
+        answer's own form (det: a dict of boxes and labels without scores, captioned without a score)."""
+        raise NotImplementedError(f"the {self.task} task draws no pictures")
+
+    def draw_sample(self, photo: np.ndarray, target) -> np.ndarray:
+        """A new picture: a data set's sample (its photo as the network sees it, before normalisation) with its
+        target (as the data module's `sample_for_drawing` gives it) drawn on it: by default as `draw_answer`
+        draws an answer of that form."""
+        return self.draw_answer(photo, target)
 
     def write_predictions(self, out: Path, entries: list[dict]) -> list[str]:
         """Write what covers all photos (the JSON file of the entries); return the lines that say what was written."""
