@@ -444,6 +444,27 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote the embedded {args.task} data set to {args.out} in the {written.name} format (seed {args.seed})")
 
 
+def cmd_data_show(args: argparse.Namespace) -> None:
+    if not args.config and args.task is None:
+        raise MbtasksError("data show needs --config (a recipe), or --task for its demo recipe")
+    from .io.outputs import output_folder
+    from .tasks import TASKS
+
+    recipes = args.config or [TASKS.get(args.task).demo_recipe]
+    if args.print_config:
+        return _print_config(args, recipes)
+    config = _config(args, recipes=recipes)
+    out = output_folder(args.out)
+    from .tasks.samples import SHEETS, show_samples
+
+    existing = [name for name in SHEETS if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise MbtasksError(f"holds {existing[0]}: pass --overwrite to replace it, or choose another --out", out)
+    _quiet_libraries()
+    for line in show_samples(config, args.n, out):
+        print(line)
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
 
     from .ablation import (
@@ -731,8 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "data",
-        help="embedded data sets",
-        description="The embedded data sets, generated from a seed, that recipes with data.root: null train on.",
+        help="embedded data sets, and a recipe's samples drawn",
+        description="The embedded data sets, generated from a seed, that recipes with data.root: null train on; a "
+        "recipe's samples drawn as training and evaluation see them.",
     )
     data = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND", help="what to do")
     p = data.add_parser(
@@ -745,6 +767,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write it to (new, or empty)")
     p.add_argument("--seed", type=at_least(0), default=0, help="the set's seed (default 0)")
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser(
+        "show",
+        help="draw a recipe's training samples after augmentation, and its validation samples",
+        description="Grids of a recipe's samples drawn with their boxes, masks or labels: train.png, the first "
+        "training samples of epoch 0 augmented as the training loop augments them; val.png, the first validation "
+        "samples as evaluation reads them. The first thing to look at when a label map or an augmentation is wrong.",
+    )
+    _add_config_arguments(p)
+    p.add_argument("--n", type=at_least(1), default=16, help="samples of each split (default 16)")
+    p.add_argument("--out", required=True, help="folder for train.png and val.png")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
+    p.set_defaults(func=cmd_data_show)
 
     p = commands.add_parser(
         "ablate",

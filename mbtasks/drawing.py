@@ -149,14 +149,17 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndar
     return cv2.addWeighted(colours, alpha, image, 1 - alpha, 0)
 
 
-def grid(pictures: list[np.ndarray], columns: int = 4, gap: int = 4) -> np.ndarray:
+def grid(pictures: list[np.ndarray], columns: int = 4, gap: int = 4, max_side: int | None = None) -> np.ndarray:
     """The pictures (RGB uint8, any sizes) in rows of `columns` on a dark ground, each scaled to fit a cell of the
-    largest one's size (aspect kept, never enlarged)."""
+    largest one's size, its longer side at most `max_side` (aspect kept, never enlarged)."""
     if not pictures:
         raise ValueError("no pictures to put in a grid")
     columns = min(columns, len(pictures))
     rows = -(-len(pictures) // columns)
     cell_height, cell_width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
+    if max_side is not None and max(cell_height, cell_width) > max_side:
+        scale = max_side / max(cell_height, cell_width)
+        cell_height, cell_width = max(1, round(cell_height * scale)), max(1, round(cell_width * scale))
     sheet = np.full(
         (rows * cell_height + (rows + 1) * gap, columns * cell_width + (columns + 1) * gap, 3), 32, np.uint8
     )

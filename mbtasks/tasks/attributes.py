@@ -145,8 +145,9 @@ class AttributesTask(BaseTask):
         return write_text(photo, written or [f"no attribute at {threshold:g} or above"])
 
     def draw_sample(self, photo: np.ndarray, target) -> np.ndarray:
-        """A sample's 0/1 targets as certain logits."""
-        return self.draw_answer(photo, np.where(np.asarray(target) > 0.5, np.inf, -np.inf))
+        """A sample's attributes (its targets of 1), written on it."""
+        present = [name for name, value in zip(self.class_names, np.asarray(target).tolist()) if value > 0.5]
+        return write_text(photo, present or ["no attribute"])
 
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
         """The probability of every attribute; on the photo, those at or above `threshold` (`draw_answer`)."""

@@ -4,7 +4,7 @@ results gathered over processes -> scored -> logged), and prediction on photos (
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar
@@ -135,6 +135,22 @@ class BaseDataModule(pl.LightningDataModule):
             raise ValueError(f"split must be train or val, got {split!r}")
         return Mapped(self.val_set if split == "val" else self.unaugmented_train_set(), type(self).graph_input)
 
+    def augmented_train_set(self) -> Dataset:
+        """The training set as the training loader reads it: items by (epoch, index) key, augmented from (seed,
+        epoch, index) (after setup("fit"))."""
+        return SeededAugmentation(self.train_set, self.train_transform, self.config.train.seed)
+
+    def training_order(self, epoch: int = 0) -> Iterator[tuple[int, int]]:
+        """The (epoch, index) keys of an epoch's training samples, in the order one process's loader takes them."""
+        seed = self.config.train.seed
+        return iter(EpochSampler(self.train_set, lambda: epoch, num_replicas=1, rank=0, shuffle=True, seed=seed))
+
+    def sample_for_drawing(self, item, zoom: int = 1) -> tuple[np.ndarray, object]:
+        """(picture, target) of an item of the augmented training set or of the validation set: its image as the
+        network sees it before normalisation (HxWx3 uint8 RGB), enlarged `zoom` times (each pixel a square: small
+        inputs drawn legibly), its target as the task's `draw_sample` takes it, in the enlarged picture's pixels."""
+        raise NotImplementedError
+
     def unaugmented_train_set(self) -> Dataset:
         """The training set with the evaluation pre-processing (no augmentation), items as the validation set's."""
         raise NotImplementedError
@@ -164,7 +180,7 @@ class BaseDataModule(pl.LightningDataModule):
         sampler = EpochSampler(
             self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True, seed=seed
         )
-        dataset = SeededAugmentation(self.train_set, self.train_transform, seed)
+        dataset = self.augmented_train_set()
         workers = self.config.data.num_workers
         one_thread_opencv_with(workers)
         return DataLoader(

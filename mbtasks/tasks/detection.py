@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import Config
+from ..datasets.image_transforms import displayable
 from ..datasets.transforms import collate_training, detection_transforms, images_to_float
 from ..drawing import class_colours, draw_boxes, write_picture
 from ..errors import MbtasksError
@@ -82,6 +83,12 @@ class DetectionDataModule(BaseDataModule):
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """Training images arrive as one NHWC uint8 tensor and become NCHW floats here, on the device."""
         return images_to_float(batch, self.model_dtype())
+
+    def sample_for_drawing(self, item: tuple, zoom: int = 1) -> tuple[np.ndarray, dict]:
+        """The image (training's HWC uint8, evaluation's [0, 1] floats) and its boxes and labels, no scores."""
+        image, target = item
+        picture = displayable(image, normalised=False, zoom=zoom)
+        return picture, {"boxes": np.asarray(target["boxes"]) * zoom, "labels": np.asarray(target["labels"])}
 
     def unaugmented_train_set(self) -> Dataset:
         images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ

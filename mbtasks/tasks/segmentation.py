@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from ..datasets.formats import FORMATS, SegmentationFormat, data_format, formats_of, recognised_format
+from ..datasets.image_transforms import displayable, enlarged
 from ..datasets.segmentation_transforms import (
     normalise_batch,
     segmentation_eval_transforms,
@@ -77,6 +78,12 @@ class SegmentationDataModule(BaseDataModule):
                 self.crop_size, scales, ignore_index=self.format.ignore_index, seed=self.config.train.seed
             )
             self.train_set = self.format.dataset(self.train_split, self.train_transform)
+
+    def sample_for_drawing(self, item: dict, zoom: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The image (training's HWC uint8, evaluation's normalised floats) and its mask of class indices."""
+        mask = item["mask"]
+        mask = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        return displayable(item["image"], normalised=True, zoom=zoom), enlarged(mask, zoom)
 
     def unaugmented_train_set(self) -> Dataset:
         images = copy.copy(self.train_set)
