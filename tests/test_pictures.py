@@ -2,12 +2,14 @@
 detector and segmenter (a colour per class, captions inside the image, a legend, JPEG kept JPEG), its detections
 JSON below the drawing threshold and its summary line."""
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage import data
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from mbtasks.cli import main
 from mbtasks.drawing import caption_rectangle, class_colours, font_size, line_width
@@ -106,3 +108,22 @@ def test_segmentation_labels_stay_png_when_the_overlay_is_jpeg(demo_segmenter, t
     assert main([*args, "--workers", "0", "--picture-format", "jpg"]) == 0
     assert (out / "overlay/coffee.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
     assert (out / "labels/labelIds/coffee.png").is_file() and (out / "labels/color/coffee.png").is_file()
+
+
+def test_demo_training_logs_validation_images_to_tensorboard(demo_detector, demo_segmenter):
+    """The demo recipes log 4 fixed validation images (log_images_every: 1), ground truth beside the answer, at
+    each validation's step: read back from the event files of the demo runs conftest trained."""
+    for checkpoint, validations in ((demo_detector, 1), (demo_segmenter, 8)):
+        events = sorted((Path(checkpoint).parents[1] / "tensorboard").rglob("events.out.tfevents.*"))
+        logged = EventAccumulator(str(events[-1].parent), size_guidance={IMAGES: 0}).Reload()
+        assert logged.Tags()["images"] == [f"val_images/{number}" for number in range(4)]
+        validated, differ = len(logged.Scalars("val/images")), []
+        for number in range(4):
+            images = logged.Images(f"val_images/{number}")
+            assert len(images) == validated == validations
+            picture = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)))
+            # two drawings of one validation image side by side, with the grid's 4-pixel gaps: truth, then answer
+            height, width = picture.shape[0] - 8, (picture.shape[1] - 12) // 2
+            truth, answer = picture[4 : 4 + height, 4 : 4 + width], picture[4 : 4 + height, 8 + width : 8 + 2 * width]
+            differ.append(not np.array_equal(truth, answer))  # equal where nothing is there, nor answered
+        assert any(differ)
