@@ -59,3 +59,10 @@ def test_the_samples_shown_are_the_training_loaders_first(tmp_path):
     picture, truth = data.sample_for_drawing((image, target), zoom=2)
     assert picture.shape == (2 * image.shape[0], 2 * image.shape[1], 3)
     assert np.allclose(truth["boxes"], 2 * target["boxes"].numpy())
+
+
+def test_data_show_without_a_recipe_is_a_one_line_error(tmp_path, capsys):
+    assert main(["data", "show", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mbtasks: error: data show needs --config (a recipe), or --task for its demo recipe"
+    ]
