@@ -369,6 +369,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _quiet_libraries()
     given = {
         "score_threshold": args.score_threshold,
+        "keep_threshold": args.keep_threshold,
         "scales": args.scales,
         "flip": args.flip or None,
         "threshold": args.threshold,
@@ -385,6 +386,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         device=args.device,
         strict=args.strict,
         overwrite=args.overwrite,
+        picture_format=args.picture_format,
     ):
         print(line)
 
@@ -440,6 +442,27 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     # As training writes it: never into a folder of other files, complete or not at all.
     write_synthetic_once(args.out, written.synthetic_writer(), {"seed": args.seed})
     print(f"wrote the embedded {args.task} data set to {args.out} in the {written.name} format (seed {args.seed})")
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    if not args.config and args.task is None:
+        raise MbtasksError("data show needs --config (a recipe), or --task for its demo recipe")
+    from .io.outputs import output_folder
+    from .tasks import TASKS
+
+    recipes = args.config or [TASKS.get(args.task).demo_recipe]
+    if args.print_config:
+        return _print_config(args, recipes)
+    config = _config(args, recipes=recipes)
+    out = output_folder(args.out)
+    from .tasks.samples import SHEETS, show_samples
+
+    existing = [name for name in SHEETS if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise MbtasksError(f"holds {existing[0]}: pass --overwrite to replace it, or choose another --out", out)
+    _quiet_libraries()
+    for line in show_samples(config, args.n, out):
+        print(line)
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
@@ -502,10 +525,12 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 OVERWRITE = "replace existing output files"
 PREDICT_OUTPUTS = (
-    "Each photo's answer under --out at its relative path (photos turned upright by EXIF): det drawn "
-    "boxes, detections.json; seg overlay/ and labels/ in the data set's results format; attr the "
-    "attributes at --threshold on the photo, attributes.json; embed embeddings.npy and .json "
-    "(--pairs: distances and verdicts); cls the top five on the photo and in classes.json."
+    "Each photo's answer under --out at its relative path (photos turned upright by EXIF; pictures in the photo's "
+    "format, JPEG or PNG, unless --picture-format): det boxes in a colour per class captioned 'name score' (those "
+    "at --score-threshold), detections.json (those at --keep-threshold), and a summary line; seg overlay/ (class "
+    "colours and a legend) and labels/ in the data set's results format; attr the attributes at --threshold on the "
+    "photo, attributes.json; embed embeddings.npy and .json (--pairs: distances and verdicts); cls the top five on "
+    "the photo and in classes.json."
 )
 
 
@@ -683,7 +708,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=at_least(0), default=2, help="DataLoader processes reading photos (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
     p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
-    p.add_argument("--score-threshold", type=_fraction, help="det: draw boxes scoring at least this (default 0.3)")
+    p.add_argument(
+        "--score-threshold",
+        type=_fraction,
+        help="det: draw the boxes scoring at least this (default 0.3); detections.json keeps more (--keep-threshold)",
+    )
+    p.add_argument(
+        "--keep-threshold",
+        type=_fraction,
+        help="det: detections.json keeps every detection scoring at least this (default 0.05, as torchvision's "
+        "box_score_thresh; never above --score-threshold)",
+    )
+    p.add_argument(
+        "--picture-format",
+        choices=["auto", "png", "jpg"],
+        default="auto",
+        help="format of the drawn pictures: auto keeps the photo's (JPEG in, JPEG out; others PNG) (default auto)",
+    )
     p.add_argument("--scales", type=_scales, help="seg: multi-scale inference, e.g. 0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="seg: add horizontally flipped inference")
     p.add_argument(
@@ -711,8 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "data",
-        help="embedded data sets",
-        description="The embedded data sets, generated from a seed, that recipes with data.root: null train on.",
+        help="embedded data sets, and a recipe's samples drawn",
+        description="The embedded data sets, generated from a seed, that recipes with data.root: null train on; a "
+        "recipe's samples drawn as training and evaluation see them.",
     )
     data = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND", help="what to do")
     p = data.add_parser(
@@ -725,6 +767,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write it to (new, or empty)")
     p.add_argument("--seed", type=at_least(0), default=0, help="the set's seed (default 0)")
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser(
+        "show",
+        help="draw a recipe's training samples after augmentation, and its validation samples",
+        description="Grids of a recipe's samples drawn with their boxes, masks or labels: train.png, the first "
+        "training samples of epoch 0 augmented as the training loop augments them; val.png, the first validation "
+        "samples as evaluation reads them. The first thing to look at when a label map or an augmentation is wrong.",
+    )
+    _add_config_arguments(p)
+    p.add_argument("--n", type=at_least(1), default=16, help="samples of each split (default 16)")
+    p.add_argument("--out", required=True, help="folder for train.png and val.png")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
+    p.set_defaults(func=cmd_data_show)
 
     p = commands.add_parser(
         "ablate",

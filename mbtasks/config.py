@@ -228,6 +228,10 @@ class TrainConfig:
     # also keep checkpoints/epoch{N}.ckpt every this many epochs
     keep_every_epochs: int | None = field(default=None, metadata=_at_least(1))
     loggers: list = field(default_factory=lambda: ["csv", "tensorboard"], metadata=_each_of(*LOGGERS))
+    # every this many validations, `log_images` fixed validation images with their ground truth and the model's
+    # answer drawn, to the loggers that take images (tensorboard, wandb, mlflow); null: never
+    log_images_every: int | None = field(default=None, metadata=_at_least(1))
+    log_images: int = field(default=4, metadata=_at_least(1))
 
 
 @dataclass

@@ -99,6 +99,8 @@ CASES = {
     "num_workers": (["data.num_workers=-1"], "data.num_workers must be at least 0, got -1"),
     # numbers out of range
     "epochs": (["train.epochs=0"], "train.epochs must be at least 1, got 0"),
+    "log_images_every": (["train.log_images_every=0"], "train.log_images_every must be at least 1, got 0"),
+    "log_images": (["train.log_images=0"], "train.log_images must be at least 1, got 0"),
     "epochs_word": (["train.epochs=ten"], "train.epochs must be int, got 'ten'"),
     "lr_zero": (["train.lr=0"], "train.lr must be above 0, got 0"),
     "lr_negative": (["train.lr=-0.1"], "train.lr must be above 0, got -0.1"),

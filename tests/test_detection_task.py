@@ -162,7 +162,7 @@ def test_predict_draws_and_writes_json(run, tmp_path, capsys):
     report = json.loads((tmp_path / "detections.json").read_text())
     assert report[0]["file"] == str(image) and len(report[0]["detections"]) > 0
     assert {"box_xyxy", "score", "label", "category_id"} <= set(report[0]["detections"][0])
-    assert (tmp_path / f"{image.stem}.png").is_file()
+    assert (tmp_path / image.name).read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG in, JPEG out
 
 
 def test_user_mistakes_are_one_line_errors(run, tmp_path, capsys):

@@ -31,11 +31,12 @@ CLASSES = {
 }
 # input size of each image task's tiny recipe (helpers.TINY_MODELS); their demo presets resize the whole photo
 SIZES = {"attr": (40, 32), "embed": (32, 32), "cls": (32, 32)}
-# the photos under photos/ by output name; chelsea twice with one stem, so that only the whole name tells them apart
+# the photos under photos/ by output name (JPEG in, JPEG out); chelsea twice with one stem, so that only the whole
+# name tells them apart
 PHOTOS = {
-    "people/astronaut.png": ("people/astronaut.jpg", ASTRONAUT),
+    "people/astronaut.jpg": ("people/astronaut.jpg", ASTRONAUT),
     "coffee.png": ("coffee.png", COFFEE),
-    "cats/chelsea.jpg.png": ("cats/chelsea.jpg", CHELSEA),
+    "cats/chelsea.jpg.jpg": ("cats/chelsea.jpg", CHELSEA),
     "cats/chelsea.png.png": ("cats/chelsea.png", CHELSEA),
 }
 
@@ -141,10 +142,10 @@ def test_segmentation_writes_overlays_and_cityscapes_label_ids(photos, checkpoin
                     logits, size=photo.shape[:2], mode="bilinear", align_corners=False
                 ).softmax(1)
         expected = total.argmax(1)[0].numpy().astype(np.uint8)
-        label_ids = read_label_png(tmp_path / "labels/labelIds" / name)
+        label_ids = read_label_png(tmp_path / "labels/labelIds" / Path(name).with_suffix(".png"))
         agree = (label_ids == train_ids_to_label_ids(expected)).mean()
         assert agree > 0.999, agree  # the inference copy (folded batch norm) may flip a pixel at a tie
-        assert np.asarray(Image.open(tmp_path / "labels/color" / name)).shape == photo.shape
+        assert np.asarray(Image.open(tmp_path / "labels/color" / Path(name).with_suffix(".png"))).shape == photo.shape
         overlay = np.asarray(Image.open(tmp_path / "overlay" / name))
         assert overlay.shape == photo.shape and not np.array_equal(overlay, photo)
         assert math.isclose(sum(report[file].values()), 1.0, abs_tol=1e-3)
@@ -220,15 +221,15 @@ def test_odd_formats_become_rgb_and_exif_turns_photos_upright(checkpoints, tmp_p
     assert _predict(checkpoints["seg"], [folder], tmp_path / "out") == 0
     assert len(json.loads((tmp_path / "out/segmentation.json").read_text())) == 4
     sizes = {
-        "rotated.png": COFFEE.shape[1::-1],
-        "cmyk.png": ASTRONAUT.shape[:2],
+        "rotated.jpg": COFFEE.shape[1::-1],
+        "cmyk.jpg": ASTRONAUT.shape[:2],
         "rgba.png": CHELSEA.shape[:2],
         "grey16.png": CHELSEA.shape[:2],
     }
     for name, size in sizes.items():
         assert np.asarray(Image.open(tmp_path / "out/overlay" / name)).shape == (*size, 3), name
     # the overlay is blended on the upright photo: its top left is the stored image's bottom left
-    overlay = np.asarray(Image.open(tmp_path / "out/overlay/rotated.png")).astype(int)
+    overlay = np.asarray(Image.open(tmp_path / "out/overlay/rotated.jpg")).astype(int)
     upright = np.rot90(COFFEE, -1).astype(int)
     assert np.abs(overlay - upright).mean() < np.abs(overlay - np.rot90(COFFEE, 1)).mean()
 
@@ -246,7 +247,7 @@ def test_an_earlier_runs_files_are_replaced_only_with_overwrite(photos, checkpoi
     )
     # 4 photos: overlay/, labels/labelIds/ and labels/color/ (Cityscapes classes), and segmentation.json
     assert _predict(checkpoints["seg"], [photos], out) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [refusal.format(out, 13, "overlay/cats/chelsea.jpg.png")]
+    assert capsys.readouterr().err.strip().splitlines() == [refusal.format(out, 13, "overlay/cats/chelsea.jpg.jpg")]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written
     stale = out / "labels/color/coffee.png"
     for path in written:
@@ -269,7 +270,7 @@ def test_an_earlier_runs_files_are_replaced_only_with_overwrite(photos, checkpoi
 def test_files_globs_and_folders_keep_relative_names(photos, checkpoints, tmp_path, monkeypatch):
     monkeypatch.chdir(photos)
     assert _predict(checkpoints["cls"], ["people/astronaut.jpg", "cats/*.jpg", "cats", "coffee.png"], tmp_path) == 0
-    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.*g"))
     assert written == sorted(PHOTOS)  # cats/chelsea.jpg matched twice is read once
     assert [e["file"] for e in json.loads((tmp_path / "classes.json").read_text())] == [
         "people/astronaut.jpg",

@@ -9,6 +9,8 @@ ImageNet-style recipes use the defaults.
 from __future__ import annotations
 
 import albumentations as A
+import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from ..sizes import height_width
@@ -50,3 +52,26 @@ def eval_transform(size: int | tuple[int, int], crop_fraction: float | None = 0.
         short_side = round(max(height, width) / crop_fraction)
         steps = [A.SmallestMaxSize(max_size=short_side), A.CenterCrop(height=height, width=width)]
     return Pipeline([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+
+
+def displayable(image: np.ndarray | torch.Tensor, normalised: bool, zoom: int = 1) -> np.ndarray:
+    """An image as a pipeline gives it (HWC uint8, or a CHW float tensor in [0, 1], or ImageNet-normalised where
+    `normalised`) as an HxWx3 uint8 RGB picture: what the network sees, before its normalisation; enlarged `zoom`
+    times, each pixel a square."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.dtype == torch.uint8:
+            picture = image.numpy()
+        else:
+            values = image.float().permute(1, 2, 0).numpy()
+            if normalised:
+                values = values * np.array(IMAGENET_STD, np.float32) + np.array(IMAGENET_MEAN, np.float32)
+            picture = np.clip(np.rint(values * 255), 0, 255).astype(np.uint8)
+    else:
+        picture = np.asarray(image)
+    return np.ascontiguousarray(enlarged(picture, zoom))
+
+
+def enlarged(array: np.ndarray, zoom: int) -> np.ndarray:
+    """An image or a label map (H x W [x C]) with each pixel repeated `zoom` times down and across."""
+    return array if zoom == 1 else array.repeat(zoom, axis=0).repeat(zoom, axis=1)

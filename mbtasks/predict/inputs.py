@@ -16,6 +16,8 @@ from ..io.images import read_rgb_image
 
 # what a folder is searched for (torchvision's ImageFolder list, and .gif which cv2 and PIL also read)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# the formats of the pictures predict draws: the input's (JPEG stays JPEG, the rest PNG), or one for all
+PICTURE_FORMATS = ("auto", "png", "jpg")
 
 
 def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -58,6 +60,20 @@ def _images_in(folder: Path) -> list[Path]:
     if not found:
         raise MbtasksError(f"holds no images ({', '.join(IMAGE_EXTENSIONS)})", folder)
     return found
+
+
+def picture_names(files: list[Path], names: list[str], picture_format: str = "auto") -> list[str]:
+    """The output `names` (as `output_names` gives them, in .png) with the suffix of the pictures' format: "png",
+    "jpg", or "auto", the input's (JPEG in, JPEG out: a drawing of a photo as PNG is ten times its size; others
+    PNG)."""
+    if picture_format not in PICTURE_FORMATS:
+        raise MbtasksError(f"--picture-format must be one of {', '.join(PICTURE_FORMATS)}, got {picture_format!r}")
+    return [
+        PurePath(name).with_suffix(".jpg").as_posix()
+        if picture_format == "jpg" or (picture_format == "auto" and Path(file).suffix.lower() in (".jpg", ".jpeg"))
+        else name
+        for file, name in zip(files, names, strict=True)
+    ]
 
 
 def output_names(relative: list[PurePath]) -> list[str]:

@@ -18,7 +18,7 @@ from ..layers.fusion import for_inference
 from ..tasks import TASKS
 from ..tasks.base import BaseTask
 from ..tasks.runtime import load_executorch_model, load_onnx_model
-from .inputs import PhotoFiles, find_images, keep_list
+from .inputs import PhotoFiles, find_images, keep_list, picture_names
 
 
 def load_predictor(model_file: str | Path, task: str | None = None) -> tuple[BaseTask, Record, str]:
@@ -115,12 +115,14 @@ def predict(
     strict: bool = False,
     overwrite: bool = False,
     progress_bar: bool = True,
+    picture_format: str = "auto",
 ) -> list[str]:
     """Apply a checkpoint or exported ONNX file to the photos of `inputs` (files, folders, globs), writing under
     `out` what its task writes (`BaseTask.write_prediction` / `write_predictions`); returns the lines to print.
 
-    `options` are the task's (`prediction_defaults`: det score_threshold; seg scales, flip; attr threshold; embed
-    threshold, pairs); a file that is not an image is skipped with a warning, or stops the run with `strict`. Files
+    `options` are the task's (`prediction_defaults`: det score_threshold, keep_threshold; seg scales, flip; attr
+    threshold; embed threshold, pairs); pictures are drawn in `picture_format` (auto: JPEG for JPEG photos, else
+    PNG; png; jpg). A file that is not an image is skipped with a warning, or stops the run with `strict`. Files
     of an earlier run under `out` are refused before any photo is read, or replaced with `overwrite`.
     """
     out = Path(out)
@@ -134,6 +136,7 @@ def predict(
             raise MbtasksError(f"--{key.replace('_', '-')} does not apply to a {record.task} model", model_file)
         module.prediction_options[key] = value
     files, names = find_images(inputs)
+    names = picture_names(files, names, picture_format)
     paths = module.prediction_paths(names)
     refuse_writing_over_inputs(files, paths, out)
     if not overwrite:

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..backbones import BACKBONES
 from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES
-from ..drawing import write_png, write_text
+from ..drawing import write_picture, write_text
 from ..errors import MbtasksError
 from ..evaluation.attributes import attribute_metrics
 from ..models.losses import AttributeLoss, attribute_pos_weight
@@ -132,16 +132,27 @@ class AttributesTask(BaseTask):
             )
         return "\n".join(lines)
 
-    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
-        """The probability of every attribute; on the photo, those at or above `threshold`, most likely first."""
-        probabilities = 1 / (1 + np.exp(-answer.astype(np.float64)))
+    def draw_answer(self, photo: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        """The attributes of probability at least `threshold` written on the photo, most likely first (`answer`: one
+        logit per attribute; ground truth as logits of +-inf, its attributes then at 1.00)."""
+        probabilities = 1 / (1 + np.exp(-np.asarray(answer, np.float64)))
         threshold = self.prediction_options["threshold"]
         written = [
             f"{self.class_names[i]} {probabilities[i]:.2f}"
             for i in np.argsort(-probabilities, kind="stable")
             if probabilities[i] >= threshold
         ]
-        write_png(out / item["name"], write_text(item["photo"], written or [f"no attribute at {threshold:g} or above"]))
+        return write_text(photo, written or [f"no attribute at {threshold:g} or above"])
+
+    def draw_sample(self, photo: np.ndarray, target) -> np.ndarray:
+        """A sample's attributes (its targets of 1), written on it."""
+        present = [name for name, value in zip(self.class_names, np.asarray(target).tolist()) if value > 0.5]
+        return write_text(photo, present or ["no attribute"])
+
+    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
+        """The probability of every attribute; on the photo, those at or above `threshold` (`draw_answer`)."""
+        probabilities = 1 / (1 + np.exp(-answer.astype(np.float64)))
+        write_picture(out / item["name"], self.draw_answer(item["photo"], answer))
         return {
             "file": item["file"],
             "attributes": {name: round(float(p), 4) for name, p in zip(self.class_names, probabilities)},

@@ -4,7 +4,7 @@ results gathered over processes -> scored -> logged), and prediction on photos (
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar
@@ -135,6 +135,22 @@ class BaseDataModule(pl.LightningDataModule):
             raise ValueError(f"split must be train or val, got {split!r}")
         return Mapped(self.val_set if split == "val" else self.unaugmented_train_set(), type(self).graph_input)
 
+    def augmented_train_set(self) -> Dataset:
+        """The training set as the training loader reads it: items by (epoch, index) key, augmented from (seed,
+        epoch, index) (after setup("fit"))."""
+        return SeededAugmentation(self.train_set, self.train_transform, self.config.train.seed)
+
+    def training_order(self, epoch: int = 0) -> Iterator[tuple[int, int]]:
+        """The (epoch, index) keys of an epoch's training samples, in the order one process's loader takes them."""
+        seed = self.config.train.seed
+        return iter(EpochSampler(self.train_set, lambda: epoch, num_replicas=1, rank=0, shuffle=True, seed=seed))
+
+    def sample_for_drawing(self, item, zoom: int = 1) -> tuple[np.ndarray, object]:
+        """(picture, target) of an item of the augmented training set or of the validation set: its image as the
+        network sees it before normalisation (HxWx3 uint8 RGB), enlarged `zoom` times (each pixel a square: small
+        inputs drawn legibly), its target as the task's `draw_sample` takes it, in the enlarged picture's pixels."""
+        raise NotImplementedError
+
     def unaugmented_train_set(self) -> Dataset:
         """The training set with the evaluation pre-processing (no augmentation), items as the validation set's."""
         raise NotImplementedError
@@ -164,7 +180,7 @@ class BaseDataModule(pl.LightningDataModule):
         sampler = EpochSampler(
             self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True, seed=seed
         )
-        dataset = SeededAugmentation(self.train_set, self.train_transform, seed)
+        dataset = self.augmented_train_set()
         workers = self.config.data.num_workers
         one_thread_opencv_with(workers)
         return DataLoader(
@@ -431,9 +447,22 @@ class BaseTask(pl.LightningModule):
         """Check what the options need of the input files before any photo is read (embed: the --pairs file)."""
 
     def write_prediction(self, out: Path, item: dict, answer) -> dict:
-        """Write one photo's pictures under `out` (item: `file`, its output `name` (relative, .png), `photo`, the
-        upright HWC uint8 RGB image) and return its entry in the JSON file."""
+        """Write one photo's pictures under `out` (item: `file`, its output `name` (relative, ending in the
+        picture's format: .png or .jpg), `photo`, the upright HWC uint8 RGB image) and return its entry in the JSON
+        file. The picture is `draw_answer`'s."""
         raise NotImplementedError
+
+    def draw_answer(self, photo: np.ndarray, answer) -> np.ndarray:
+        """A new picture: the photo (HxWx3 uint8 RGB) with `answer` drawn on it (one photo's answer as
+        `predict_inputs` gives it, drawn with `prediction_options`). Ground truth is drawn by passing it in the
+        answer's own form (det: a dict of boxes and labels without scores, captioned without a score)."""
+        raise NotImplementedError(f"the {self.task} task draws no pictures")
+
+    def draw_sample(self, photo: np.ndarray, target) -> np.ndarray:
+        """A new picture: a data set's sample (its photo as the network sees it, before normalisation) with its
+        target (as the data module's `sample_for_drawing` gives it) drawn on it: by default as `draw_answer`
+        draws an answer of that form."""
+        return self.draw_answer(photo, target)
 
     def write_predictions(self, out: Path, entries: list[dict]) -> list[str]:
         """Write what covers all photos (the JSON file of the entries); return the lines that say what was written."""

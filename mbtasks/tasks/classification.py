@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..drawing import write_png, write_text
+from ..drawing import write_picture, write_text
 from ..errors import MbtasksError
 from ..evaluation.classification import classification_accuracy
 from ..models import check_num_classes, list_models
@@ -86,11 +86,23 @@ class ClassificationTask(BaseTask):
             ]
         )
 
-    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
-        """The five most probable classes (softmax) with their probabilities, in the entry and on the photo."""
-        logits = answer.astype(np.float64)
+    def top_five(self, answer: np.ndarray) -> list[tuple[str, float]]:
+        """The five most probable classes (softmax of the logits `answer`) with their probabilities."""
+        logits = np.asarray(answer, np.float64)
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
-        top = [(self.class_names[i], float(probabilities[i])) for i in np.argsort(-probabilities, kind="stable")[:5]]
-        write_png(out / item["name"], write_text(item["photo"], [f"{name} {p:.2f}" for name, p in top]))
+        return [(self.class_names[i], float(probabilities[i])) for i in np.argsort(-probabilities, kind="stable")[:5]]
+
+    def draw_answer(self, photo: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        """The five most probable classes and their probabilities written on the photo."""
+        return write_text(photo, [f"{name} {p:.2f}" for name, p in self.top_five(answer)])
+
+    def draw_sample(self, photo: np.ndarray, target) -> np.ndarray:
+        """A sample's class index, written on the photo."""
+        return write_text(photo, [self.class_names[int(target)]])
+
+    def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
+        """The five most probable classes with their probabilities, in the entry and on the photo (`draw_answer`)."""
+        top = self.top_five(answer)
+        write_picture(out / item["name"], self.draw_answer(item["photo"], answer))
         return {"file": item["file"], "top5": [{"class": name, "probability": round(p, 4)} for name, p in top]}

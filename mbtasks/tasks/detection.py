@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.utils import draw_bounding_boxes
 
 from ..config import Config
+from ..datasets.image_transforms import displayable
 from ..datasets.transforms import collate_training, detection_transforms, images_to_float
-from ..drawing import write_png
+from ..drawing import class_colours, draw_boxes, write_picture
 from ..errors import MbtasksError
 from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
 from ..io.executorch_runtime import ExecutorchDetector
@@ -84,6 +84,12 @@ class DetectionDataModule(BaseDataModule):
         """Training images arrive as one NHWC uint8 tensor and become NCHW floats here, on the device."""
         return images_to_float(batch, self.model_dtype())
 
+    def sample_for_drawing(self, item: tuple, zoom: int = 1) -> tuple[np.ndarray, dict]:
+        """The image (training's HWC uint8, evaluation's [0, 1] floats) and its boxes and labels, no scores."""
+        image, target = item
+        picture = displayable(image, normalised=False, zoom=zoom)
+        return picture, {"boxes": np.asarray(target["boxes"]) * zoom, "labels": np.asarray(target["labels"])}
+
     def unaugmented_train_set(self) -> Dataset:
         images = copy.copy(self.train_set)  # shares the annotations already read; only the transforms differ
         images.transforms = self.val_set.transforms
@@ -122,7 +128,9 @@ class DetectionTask(BaseTask):
     headline_metrics, profile_classes = ("AP",), 91  # COCO's 91 category ids, as torchvision
     graph_outputs, ablation_head = ("boxes", "scores", "labels"), "ssdlite320"
     progress_bar = ("val/mAP",)
-    prediction_defaults = {"score_threshold": 0.3}
+    # score_threshold: what is drawn; keep_threshold: what detections.json keeps (low, as torchvision's
+    # box_score_thresh: a user choosing a threshold later, or computing a precision-recall curve, needs them)
+    prediction_defaults = {"score_threshold": 0.3, "keep_threshold": 0.05}
     prediction_file = "detections.json"
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
@@ -177,15 +185,34 @@ class DetectionTask(BaseTask):
         outputs = self.model([image.to(self.device) for image in inputs])
         return [{k: v.cpu() for k, v in output.items()} for output in outputs]
 
+    def prepare_predictions(self, files: list[Path]) -> None:
+        self.drawn: dict[str, int] = {}  # per photo, the detections drawn on it: the summary's
+
+    def draw_answer(self, photo: np.ndarray, answer: dict) -> np.ndarray:
+        """Boxes in their class's colour, captioned "name 0.87" (the name alone for ground truth, which has no
+        scores); detections scoring under `score_threshold` are not drawn, the best are drawn last (on top)."""
+        boxes = np.asarray(answer["boxes"], np.float64).reshape(-1, 4)
+        labels = np.asarray(answer["labels"]).astype(np.int64).reshape(-1)
+        scores = answer.get("scores")
+        if scores is None:
+            captions = [self.class_names[label] for label in labels]
+        else:
+            scores = np.asarray(scores, np.float64).reshape(-1)
+            order = [
+                i for i in np.argsort(scores, kind="stable") if scores[i] >= self.prediction_options["score_threshold"]
+            ]
+            boxes, labels = boxes[order], labels[order]
+            captions = [f"{self.class_names[label]} {scores[i]:.2f}" for label, i in zip(labels, order)]
+        return draw_boxes(photo, boxes, captions, class_colours(len(self.class_names))[labels])
+
     def write_prediction(self, out: Path, item: dict, answer: dict) -> dict:
-        """The photo with its boxes scoring at least `score_threshold`, class names and scores drawn."""
-        keep = answer["scores"] >= self.prediction_options["score_threshold"]
+        """The photo with its boxes scoring at least `score_threshold` drawn (`draw_answer`); the entry keeps every
+        detection scoring at least `keep_threshold` (at most `score_threshold`: all that are drawn)."""
+        options = self.prediction_options
+        write_picture(out / item["name"], self.draw_answer(item["photo"], answer))
+        self.drawn[item["file"]] = int((answer["scores"] >= options["score_threshold"]).sum())
+        keep = answer["scores"] >= min(options["keep_threshold"], options["score_threshold"])
         boxes, scores, labels = answer["boxes"][keep], answer["scores"][keep].tolist(), answer["labels"][keep].tolist()
-        captions = [f"{self.class_names[label]} {score:.2f}" for label, score in zip(labels, scores)]
-        photo = torch.from_numpy(item["photo"]).permute(2, 0, 1)
-        if len(boxes):  # torchvision warns when asked to draw no boxes
-            photo = draw_bounding_boxes(photo, boxes, captions, colors="red", width=2)
-        write_png(out / item["name"], photo.permute(1, 2, 0).numpy())
         ids = self.category_ids or list(range(len(self.class_names)))
         return {
             "file": item["file"],
@@ -199,6 +226,23 @@ class DetectionTask(BaseTask):
                 for box, score, label in zip(boxes.tolist(), scores, labels)
             ],
         }
+
+    def write_predictions(self, out: Path, entries: list[dict]) -> list[str]:
+        """detections.json, and the summary: detections drawn, photos with none drawn (the first few named)."""
+        options = self.prediction_options
+        kept = sum(len(entry["detections"]) for entry in entries)
+        lines = super().write_predictions(out, entries)
+        lines[-1] += (
+            f" ({kept} detections scoring {min(options['keep_threshold'], options['score_threshold']):g} or more)"
+        )
+        empty = [file for file, drawn in self.drawn.items() if drawn == 0]
+        named = f": {', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}" if empty else ""
+        drawn, threshold = sum(self.drawn.values()), options["score_threshold"]
+        lines.append(
+            f"{len(self.drawn)} images, {drawn} detections drawn (score {threshold:g} or more), {len(empty)} images "
+            f"with none above the threshold{named}"
+        )
+        return lines
 
     # ---- export: the whole detector in one graph, one [0, 1] image of any size -> boxes in its pixels ----
 

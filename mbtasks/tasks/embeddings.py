@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from ..backbones import BACKBONES
 from ..datasets.imagefolder import apply_transform
 from ..datasets.lfw import LFWPairs, image_path
+from ..drawing import write_text
 from ..errors import MbtasksError
 from ..evaluation.verification import best_threshold, lfw_protocol
 from ..io.images import read_rgb_image
@@ -232,6 +233,10 @@ class EmbeddingsTask(BaseTask):
 
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
         return {"file": item["file"], "embedding": answer}
+
+    def draw_sample(self, photo: np.ndarray, target) -> np.ndarray:
+        """A training face with its identity's index (validation faces have none: they are compared in pairs)."""
+        return photo.copy() if target is None else write_text(photo, [f"identity {int(target)}"])
 
     def prediction_paths(self, names: list[str]) -> list[str]:
         return ["embeddings.npy", self.prediction_file]  # no file per photo

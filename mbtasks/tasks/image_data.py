@@ -6,10 +6,11 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import ClassVar
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from ..config import Config
-from ..datasets.image_transforms import eval_transform, train_transform
+from ..datasets.image_transforms import displayable, eval_transform, train_transform
 from ..errors import MbtasksError
 from ..sizes import height_width
 from .base import BaseDataModule
@@ -59,6 +60,10 @@ class ImageDataModule(BaseDataModule):
     @classmethod
     def input_size(cls, config: Config) -> int | list:
         return config.data.size or cls.default_size
+
+    def sample_for_drawing(self, item: tuple, zoom: int = 1) -> tuple[np.ndarray, object]:
+        """The normalised image and its target (items (index, image, target); None where there is none)."""
+        return displayable(item[1], normalised=True, zoom=zoom), item[2] if len(item) > 2 else None
 
     def unaugmented_train_set(self) -> Dataset:
         images = copy.copy(self.train_set.dataset)  # the set under Indexed

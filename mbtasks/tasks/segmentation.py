@@ -20,12 +20,13 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from ..datasets.formats import FORMATS, SegmentationFormat, data_format, formats_of, recognised_format
+from ..datasets.image_transforms import displayable, enlarged
 from ..datasets.segmentation_transforms import (
     normalise_batch,
     segmentation_eval_transforms,
     segmentation_train_transforms,
 )
-from ..drawing import blend, write_png
+from ..drawing import blend, draw_legend, write_picture
 from ..errors import MbtasksError
 from ..models import check_num_classes
 from ..models.segmenters import GraphAsSegmenter, LogitsGraph
@@ -38,6 +39,11 @@ AUGMENTATIONS = {"default": (0.5, 2.0), "light": (0.75, 1.5), "fixed_scale": (1.
 # Validation stacks same-sized images up to this many pixels per forward pass (two 1024x2048 images), so a large
 # data.val_batch_size cannot run full-resolution inference out of memory.
 MAX_PIXELS_PER_FORWARD = 2 * 1024 * 2048
+
+
+def label_name(name: str) -> PurePath:
+    """A photo's label PNG name: its output name in .png whatever its picture's format (labels are ids, kept exact)."""
+    return PurePath(name).with_suffix(".png")
 
 
 def keep_list(batch: list) -> list:
@@ -72,6 +78,12 @@ class SegmentationDataModule(BaseDataModule):
                 self.crop_size, scales, ignore_index=self.format.ignore_index, seed=self.config.train.seed
             )
             self.train_set = self.format.dataset(self.train_split, self.train_transform)
+
+    def sample_for_drawing(self, item: dict, zoom: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The image (training's HWC uint8, evaluation's normalised floats) and its mask of class indices."""
+        mask = item["mask"]
+        mask = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        return displayable(item["image"], normalised=True, zoom=zoom), enlarged(mask, zoom)
 
     def unaugmented_train_set(self) -> Dataset:
         images = copy.copy(self.train_set)
@@ -230,11 +242,25 @@ class SegmentationTask(BaseTask):
     def predict_inputs(self, inputs: list[torch.Tensor]) -> list:
         return self._predict(inputs, self.prediction_options)
 
+    def draw_answer(self, photo: np.ndarray, answer: np.ndarray) -> np.ndarray:
+        """The class colours (the data format's palette) blended on the photo, and a legend of the classes present,
+        the largest first; pixels of no class (a ground truth's ignore index) keep the photo's colours."""
+        answer = np.asarray(answer).astype(np.int64)
+        classes = len(self.class_names)
+        colours = np.zeros((max(256, int(answer.max(initial=0)) + 1), 3), np.uint8)
+        colours[:classes] = self.format.palette()[:classes]
+        picture = blend(photo, colours[answer])
+        unlabelled = answer >= classes
+        picture[unlabelled] = photo[unlabelled]
+        counts = np.bincount(answer[~unlabelled].ravel(), minlength=classes)
+        present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i]]
+        return draw_legend(picture, [self.class_names[i] for i in present], colours[present])
+
     def write_prediction(self, out: Path, item: dict, answer: np.ndarray) -> dict:
-        """overlay/<name>: the class colours blended on the photo; labels/<name>: the label PNG in the data format's
-        results layout (as `evaluate --save-predictions`); the entry: the share of the pixels of each class."""
-        write_png(out / "overlay" / item["name"], blend(item["photo"], self.format.palette()[answer].astype(np.uint8)))
-        self.format.write_prediction(out / "labels", PurePath(item["name"]), answer)
+        """overlay/<name>: `draw_answer`'s picture; labels/<name as .png>: the label PNG in the data format's results
+        layout (as `evaluate --save-predictions`); the entry: the share of the pixels of each class."""
+        write_picture(out / "overlay" / item["name"], self.draw_answer(item["photo"], answer))
+        self.format.write_prediction(out / "labels", label_name(item["name"]), answer)
         counts = np.bincount(answer.ravel(), minlength=len(self.class_names))
         return {
             "file": item["file"],
@@ -244,7 +270,7 @@ class SegmentationTask(BaseTask):
     def prediction_paths(self, names: list[str]) -> list[str]:
         return [
             *(f"overlay/{name}" for name in names),
-            *(f"labels/{file.as_posix()}" for name in names for file in self.format.prediction_files(PurePath(name))),
+            *(f"labels/{file.as_posix()}" for name in names for file in self.format.prediction_files(label_name(name))),
             self.prediction_file,
         ]
 

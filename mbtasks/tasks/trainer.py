@@ -1,5 +1,6 @@
 """The Lightning trainer every command runs: checkpoints (last, best, every K epochs or steps, written atomically),
-the loggers named in the recipe, EMA of the weights, SyncBN, precision and gradient accumulation."""
+the loggers named in the recipe (and validation images drawn for them), EMA of the weights, SyncBN, precision and
+gradient accumulation."""
 
 import importlib
 import os
@@ -19,6 +20,7 @@ from ..config import LOGGERS, Config, TrainConfig
 from ..errors import MbtasksError
 from ..io.outputs import output_folder
 from ..layers.sync_batchnorm import convert_batchnorm
+from .validation_images import ValidationImages
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -191,6 +193,8 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
             # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
             callbacks.append(EMAWeightAveraging(decay=train.ema_decay))
         loggers = build_loggers(train.loggers, out)
+        if train.log_images_every is not None:
+            callbacks.append(ValidationImages(train.log_images_every, train.log_images))
     return _lightning_trainer(train, callbacks, loggers, for_fit)
 
 
