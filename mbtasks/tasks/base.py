@@ -23,6 +23,7 @@ from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
+from ..evaluation.report import Section, write_report
 from ..io.executorch_runtime import ExecutorchModel
 from ..io.onnx_runtime import OnnxModel
 from ..io.outputs import write_text_atomically
@@ -416,6 +417,38 @@ class BaseTask(pl.LightningModule):
         """The metrics as evaluate prints them."""
         raise NotImplementedError
 
+    # ---- the report of an evaluation: `mbtasks evaluate --report DIR` ----
+
+    def report_sections(self, data: BaseDataModule, folder: Path, worst: int) -> list[Section]:
+        """The task's parts of the report of its last validation (on `data`, whose per-sample results `self.results`
+        holds), their pictures written into `folder`; `worst`: how many of the worst-scored images to show."""
+        return []
+
+    def write_report(self, data: BaseDataModule, folder: Path, worst: int) -> Path:
+        """`folder`/index.html: the headline figures, the task's sections, the table evaluate prints."""
+        title = f"{self.task} evaluation: {self.model_name}, {self.coverage_note()}"
+        sections = self.report_sections(data, Path(folder), worst)
+        return write_report(
+            folder, title, report_headline(self.metrics, self.headline_metrics), self.metrics_table(), sections
+        )
+
+    @classmethod
+    def report_files(cls, options: dict, folder: Path, worst: int) -> list[Section]:
+        """The task's parts of the report of saved predictions scored without a model (`score_files`' options)."""
+        raise MbtasksError(f"--report of saved predictions is not available for {cls.task}: evaluate a --checkpoint")
+
+    @classmethod
+    def write_files_report(cls, options: dict, metrics: dict, table: str, folder: Path, worst: int) -> Path:
+        """`folder`/index.html of saved predictions scored without a model."""
+        sections = cls.report_files(options, Path(folder), worst)
+        return write_report(
+            folder,
+            f"{cls.task} evaluation of saved predictions",
+            report_headline(metrics, cls.headline_metrics),
+            table,
+            sections,
+        )
+
     # ---- prediction on photos: `mbtasks predict` ----
 
     def predict_step(self, batch: list[dict], batch_index: int) -> list:
@@ -429,6 +462,11 @@ class BaseTask(pl.LightningModule):
 
     def prepare_predictions(self, files: list[Path]) -> None:
         """Check what the options need of the input files before any photo is read (embed: the --pairs file)."""
+
+    def draw_answer(self, photo: np.ndarray, answer) -> np.ndarray:
+        """A new picture of the photo (HWC uint8 RGB) with an answer drawn on it: the network's (as `predict_inputs`
+        gives it) or the ground truth in the same form (det: boxes and labels, no scores)."""
+        raise NotImplementedError
 
     def write_prediction(self, out: Path, item: dict, answer) -> dict:
         """Write one photo's pictures under `out` (item: `file`, its output `name` (relative, .png), `photo`, the
@@ -600,6 +638,12 @@ def broadcast_from_first(value, module: pl.LightningModule):
     holder = [value]
     torch.distributed.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def report_headline(metrics: dict, first: tuple[str, ...]) -> dict[str, float]:
+    """A report's headline figures: the task's headline metric first, then every other single figure (COCO's 12, the
+    means, the accuracies)."""
+    return {k: metrics[k] for k in dict.fromkeys([*first, *metrics]) if isinstance(metrics.get(k), float)}
 
 
 def loggable(value: float | None) -> float:
