@@ -57,8 +57,9 @@ table { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+.pictures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .gallery-row { display: flex; gap: .6em; align-items: flex-start; }
-.gallery-row figure { margin: .3em 0; flex: 1; } .gallery-row img { width: 100%; }
+.gallery-row figure { margin: .3em 0; flex: 1; max-width: 560px; } .gallery-row img { width: 100%; }
 pre { background: #f8f8f8; padding: .8em; overflow-x: auto; font-size: .85em; }
 """
 
@@ -90,7 +91,7 @@ def write_report(
         body.append(f"<h2>{_text(section.title)}</h2>")
         if section.note:
             body.append(f"<p>{_text(section.note)}</p>")
-        body += [_part(part) for part in section.parts]
+        body += _parts(section.parts)
     if summary:
         body += ["<h2>As printed</h2>", f"<pre>{_text(summary)}</pre>"]
     page = "\n".join(
@@ -117,14 +118,27 @@ def write_report(
     return path
 
 
-def _part(part: Table | Picture | Gallery) -> str:
+def _parts(parts: list[Table | Picture | Gallery]) -> list[str]:
+    """The parts in order, pictures next to each other side by side (wrapping on a narrow window)."""
+    html_parts, pictures = [], []
+    for part in [*parts, None]:
+        if isinstance(part, Picture):
+            pictures.append(_figure(part))
+            continue
+        if pictures:
+            html_parts.append(f'<div class="pictures">{"".join(pictures)}</div>')
+            pictures = []
+        if part is not None:
+            html_parts.append(_part(part))
+    return html_parts
+
+
+def _part(part: Table | Gallery) -> str:
     if isinstance(part, Table):
         head = "".join(f"<th>{_text(c)}</th>" for c in part.columns)
         rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in part.rows)
         caption = f"<caption>{_text(part.caption)}</caption>" if part.caption else ""
         return f'<table class="per-class">{caption}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
-    if isinstance(part, Picture):
-        return _figure(part)
     return "\n".join(
         f'<p>{_text(caption)}</p><div class="gallery-row">{"".join(_figure(p) for p in pictures)}</div>'
         for caption, pictures in part.rows
