@@ -48,7 +48,7 @@ class Section:
 
 
 STYLE = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 .headline { display: flex; flex-wrap: wrap; gap: 1em; }
 .figure { border: 1px solid #ddd; border-radius: 6px; padding: .6em 1em; min-width: 8em; }

@@ -52,7 +52,7 @@ def curves(
     diagonal: bool = False,
 ) -> Path:
     """One line per label (x, y), in [0, 1] x [0, 1]; `diagonal`: the chance line (a ROC curve's)."""
-    figure = _figure(6, 4.5)
+    figure = _figure(5.4, 4.2)
     axes = figure.add_subplot()
     for label, (x, y) in lines.items():
         axes.plot(x, y, label=label, linewidth=1.4)
