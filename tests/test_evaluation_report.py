@@ -185,3 +185,7 @@ def test_image_task_reports(task: str, table: str, pictures: set, tmp_path: Path
     if task == "cls":  # images right over images of each class, weighted by the class sizes: top-1
         right = sum(r[1] * r[2] for r in rows["rows"])
         assert right / sum(r[1] for r in rows["rows"]) == pytest.approx(metrics["top1"])
+        (confusions,) = json.loads((report / "tables.json").read_text())["Confusion matrix"]
+        wrong = sum(r[1] for r in rows["rows"]) - right
+        assert all(r[0] != r[1] for r in confusions["rows"])
+        assert sum(r[2] for r in confusions["rows"]) == pytest.approx(wrong)

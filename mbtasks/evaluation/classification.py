@@ -53,4 +53,8 @@ def top_confusions(counts: np.ndarray, names: Sequence[str], n: int = 10) -> lis
     rows = counts.sum(1)
     order = np.argsort(-mistakes, axis=None, kind="stable")[:n]
     pairs = [divmod(int(i), counts.shape[1]) for i in order]
-    return [(names[t], names[p], int(counts[t, p]), float(counts[t, p] / rows[t])) for t, p in pairs if counts[t, p]]
+    return [
+        (names[t], names[p], int(counts[t, p]), float(counts[t, p] / rows[t]))
+        for t, p in pairs
+        if t != p and counts[t, p]
+    ]

@@ -226,8 +226,10 @@ class BaseTask(pl.LightningModule):
     A subclass gives `network` (the registered model and its options for these classes), `build_loss` or its own
     `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the
     DistributedSampler repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values)
-    and `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
-    where the network's output is not what it needs, `predict_inputs`.
+    and `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry),
+    `draw_answer` (an answer, or the ground truth in its form, drawn on a photo) and, where the network's output is not
+    what it needs, `predict_inputs`; for `evaluate --report`, `report_sections` (and `report_files` for saved
+    predictions).
     """
 
     # ---- the task's facts (a subclass registered with `@TASKS.register(name)` sets them; `task` is the name) ----
