@@ -220,6 +220,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         output_file(args.json, args.overwrite)  # a bad output path is told before the work, not after it
     if args.save_predictions:
         output_folder(args.save_predictions)
+    if args.report:
+        output_file(Path(args.report) / "index.html", args.overwrite)
     if args.coco_backend is not None:
         from .evaluation.coco import check_backend
 
@@ -310,6 +312,8 @@ def _validate(args: argparse.Namespace, config, data, task) -> None:
     if trainer.is_global_zero:
         print(f"evaluated {task.coverage_note()}{_limited(task, config)}")
         _print_metrics(args, task.metrics, task.metrics_table())
+        if args.report:
+            print(f"wrote {task.write_report(data, Path(args.report), args.report_worst)}")
 
 
 def _config_of_record(args: argparse.Namespace, record):
@@ -360,6 +364,11 @@ def _evaluate_files(args: argparse.Namespace) -> bool:
     if images is not None:
         print(f"evaluated {images} images")
     _print_metrics(args, metrics, table)
+    if args.report:
+        report = TASKS.get(args.task).write_files_report(
+            vars(args), metrics, table, Path(args.report), args.report_worst
+        )
+        print(f"wrote {report}")
     return True
 
 
@@ -648,7 +657,22 @@ def build_parser() -> argparse.ArgumentParser:
         "pycocotools (its figures to the last bit)",
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help=f"{OVERWRITE} (--json, --save-predictions)")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write a report to open in a browser: DIR/index.html with the headline figures, per-class tables "
+        "and charts (det: AP and COCO's precision-recall curves; seg: IoU and the confusion matrix; attr: AP per "
+        "attribute; embed: ROC and distance histograms; cls: confusion matrix), the worst images beside their "
+        "ground truth, PNGs beside it (works offline)",
+    )
+    p.add_argument(
+        "--report-worst",
+        type=at_least(0),
+        default=12,
+        metavar="N",
+        help="how many of the worst-scored images the report shows (default 12)",
+    )
+    p.add_argument("--overwrite", action="store_true", help=f"{OVERWRITE} (--json, --save-predictions, --report)")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser(

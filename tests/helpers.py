@@ -278,3 +278,11 @@ def place_timm(cache: Path, repo: str, state: dict) -> None:
     (folder / "refs").mkdir()
     (folder / "refs/main").write_text(HF_COMMIT)
     safetensors.torch.save_file(state, folder / "snapshots" / HF_COMMIT / "model.safetensors")
+
+
+def browser_dom(page: Path, timeout: float = 120) -> str:
+    """The page's DOM as headless Chromium (Debian's `chromium`, which .ci/run installs) shows it once loaded, its
+    scripts run: the page's own, nothing injected."""
+    command = ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", page.resolve().as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
+    return done.stdout

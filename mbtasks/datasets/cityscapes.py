@@ -4,6 +4,7 @@ the Cityscapes format: the official evaluation on label ids, predictions saved a
 from __future__ import annotations
 
 import glob
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path, PurePath
@@ -156,6 +157,17 @@ class CityscapesFormat(SegmentationFormat):
             "val/iIoU": metrics["mean_class_iiou"],
             "val/category_IoU": metrics["mean_category_iou"],
             "val/category_iIoU": metrics["mean_category_iiou"],
+        }
+
+    def class_figures(self, metrics: dict) -> dict[str, dict[str, float]]:
+        """IoU, iIoU (classes with instances) and accuracy per class."""
+        return {
+            name: {
+                "IoU": iou,
+                "iIoU": metrics["class_iiou"].get(name, math.nan),
+                "accuracy": metrics["class_accuracy"][name],
+            }
+            for name, iou in metrics["class_iou"].items()
         }
 
     def metrics_table(self, metrics: dict) -> str:

@@ -151,6 +151,10 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         return image
 
+    def boxes_of(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An image's ground truth as its items give it untransformed: boxes (xyxy pixels), labels, iscrowd."""
+        return self._targets[image_id]
+
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
         image_id = self.image_ids[index]
         image = self.load_image(image_id)

@@ -3,6 +3,7 @@ crop, colours, scoring, saved predictions, embedded set), so that no task switch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
@@ -110,7 +111,8 @@ class SegmentationFormat(DataFormat):
     # ---- scoring ----
 
     def counts(self, class_names: list[str]) -> Any:
-        """Empty counts, which `merge` others and give the metrics (`result`)."""
+        """Empty counts, which `merge` others and give the metrics (`result`) and the confusion over the classes
+        (`class_confusion`: counts with ground truth in rows, and the classes' names)."""
         return ConfusionMatrix(len(class_names), self.ignore_index, class_names)
 
     def image_counts(self, prediction: np.ndarray, item: dict, class_names: list[str]) -> Any:
@@ -127,12 +129,20 @@ class SegmentationFormat(DataFormat):
         """What is logged at the end of validation; the segmentation task's monitor, val/mIoU, among them."""
         return {"val/mIoU": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"]}
 
+    def class_figures(self, metrics: dict) -> dict[str, dict[str, float]]:
+        """Per class, its figures by name (a report's per-class table): IoU and accuracy."""
+        accuracy = metrics.get("class_accuracy", {})
+        return {name: {"IoU": iou, "accuracy": accuracy.get(name, math.nan)} for name, iou in metrics["iou"].items()}
+
     def metrics_table(self, metrics: dict) -> str:
-        """IoU per class, the mean and the pixel accuracy."""
-        lines = ["class            IoU", "-" * 21]
-        lines += [f"{name:<14}: {iou:>5.3f}" for name, iou in metrics["iou"].items()]
+        """IoU and accuracy per class, the mean IoU and the pixel accuracy."""
+        lines = ["class            IoU    acc", "-" * 28]
+        accuracy = metrics.get("class_accuracy", {})
         lines += [
-            "-" * 21,
+            f"{name:<14}: {iou:>5.3f}  {accuracy.get(name, math.nan):>5.3f}" for name, iou in metrics["iou"].items()
+        ]
+        lines += [
+            "-" * 28,
             f"mIoU          : {metrics['mean_iou']:5.3f}",
             f"pixel accuracy: {metrics['pixel_accuracy']:5.3f}",
         ]

@@ -1,4 +1,4 @@
-"""Top-k classification accuracy (ImageNet style top-1 / top-5)."""
+"""Top-k classification accuracy (ImageNet style top-1 / top-5), and the confusion of predicted and true classes."""
 
 from __future__ import annotations
 
@@ -38,3 +38,23 @@ def classification_accuracy(scores: np.ndarray, targets: np.ndarray, ks: Sequenc
             raise MbtasksError(f"top-k needs k >= 1, got {k}")
         result[f"top{k}"] = float((rank < min(k, num_classes)).mean())
     return result
+
+
+def confusion_counts(predicted: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class): rows ground truth, columns prediction."""
+    predicted, targets = np.asarray(predicted, np.int64).ravel(), np.asarray(targets, np.int64).ravel()
+    return np.bincount(targets * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def top_confusions(counts: np.ndarray, names: Sequence[str], n: int = 10) -> list[tuple[str, str, int, float]]:
+    """The n most frequent mistakes: (true class, predicted class, images, share of the true class's images)."""
+    mistakes = counts.astype(np.float64).copy()
+    np.fill_diagonal(mistakes, 0)
+    rows = counts.sum(1)
+    order = np.argsort(-mistakes, axis=None, kind="stable")[:n]
+    pairs = [divmod(int(i), counts.shape[1]) for i in order]
+    return [
+        (names[t], names[p], int(counts[t, p]), float(counts[t, p] / rows[t]))
+        for t, p in pairs
+        if t != p and counts[t, p]
+    ]

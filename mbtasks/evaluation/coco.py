@@ -1,5 +1,5 @@
 """COCO box mAP: COCOeval (faster-coco-eval's C++, or pycocotools') on checked inputs, quiet, with its 12 figures
-under names."""
+under names, and its accumulated precision for per-class AP and precision-recall curves."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,55 @@ def _check_structure(dataset: dict, path: Path) -> None:
 DEFAULT_BACKEND = "faster-coco-eval"
 
 
+@dataclass
+class CocoEvaluation:
+    """COCOeval's outcome: the 12 figures by name, and its accumulated precision, T x R x K x A x M (IoU thresholds x
+    recall thresholds x categories x area ranges x max detections; -1 where a category has no ground truth there),
+    with the category ids of its K axis (None: no detections, nothing accumulated)."""
+
+    metrics: dict[str, float]
+    precision: np.ndarray | None
+    category_ids: list[int]
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    area_names: list[str]
+    max_detections: list[int]
+
+    def class_ap(self, iou: float | None = None, area: str = "all") -> dict[int, float]:
+        """Per category id, its AP averaged as COCOeval.summarize averages AP (the valid entries, > -1, of precision
+        at the last max-detections setting, over recall and, without `iou`, over the IoU thresholds); nan where the
+        category has no ground truth there."""
+        if self.precision is None:
+            return {c: 0.0 for c in self.category_ids}
+        chosen = self._at(iou, area)
+        result = {}
+        for k, category in enumerate(self.category_ids):
+            values = chosen[:, :, k]
+            valid = values[values > -1]
+            result[int(category)] = float(valid.mean()) if valid.size else math.nan
+        return result
+
+    def curve(self, iou: float | None = None, area: str = "all") -> np.ndarray:
+        """Precision at each recall threshold averaged over the categories with ground truth (and, without `iou`,
+        over the IoU thresholds): COCO's precision-recall curve, whose mean is the AP of that IoU and area."""
+        if self.precision is None:
+            return np.zeros(len(self.recall_thresholds))
+        chosen = self._at(iou, area)  # T' x R x K
+        valid = chosen > -1
+        total, count = np.where(valid, chosen, 0).sum(axis=(0, 2)), valid.sum(axis=(0, 2))
+        return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+    def _at(self, iou: float | None, area: str) -> np.ndarray:
+        a = self.area_names.index(area)
+        precision = self.precision[:, :, :, a, -1]
+        if iou is None:
+            return precision
+        t = int(np.argmin(np.abs(self.iou_thresholds - iou)))
+        if abs(self.iou_thresholds[t] - iou) > 1e-9:
+            raise ValueError(f"IoU {iou} is not one of COCOeval's thresholds")
+        return precision[t : t + 1]
+
+
 def coco_metrics(
     gt: str | Path | COCO,
     detections: Sequence[Mapping[str, Any]] | str | Path,
@@ -110,16 +160,45 @@ def coco_metrics(
     No detections give 0.0 everywhere (pycocotools fails on an empty list). `backend`: "faster-coco-eval" (None, the
     default) or "pycocotools". `image_ids` restricts the evaluation to those images (COCOeval's params.imgIds).
     """
+    return coco_evaluation(gt, detections, verbose, backend, image_ids).metrics
+
+
+def coco_evaluation(
+    gt: str | Path | COCO,
+    detections: Sequence[Mapping[str, Any]] | str | Path,
+    verbose: bool = False,
+    backend: str | None = None,
+    image_ids: Sequence[int] | None = None,
+) -> CocoEvaluation:
+    """coco_metrics' evaluation with what COCOeval accumulated: per-category precision for per-class AP and the
+    precision-recall curves."""
     evaluate = BACKENDS[check_backend(backend or DEFAULT_BACKEND)]
     coco_gt = gt if isinstance(gt, COCO) else load_coco_json(gt)
     results, results_path = _read_results(detections)
     _check_ground_truth(coco_gt, None if isinstance(gt, COCO) else Path(gt))
     _check_results(results, coco_gt, results_path)
     if not results:
-        return dict.fromkeys(STAT_NAMES, 0.0)
+        return CocoEvaluation(
+            dict.fromkeys(STAT_NAMES, 0.0),
+            None,
+            sorted(coco_gt.cats),
+            np.linspace(0.5, 0.95, 10),
+            np.linspace(0.0, 1.0, 101),
+            ["all", "small", "medium", "large"],
+            [1, 10, 100],
+        )
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
-        stats = evaluate(coco_gt, results, verbose, image_ids)
-    return {name: float(value) for name, value in zip(STAT_NAMES, stats)}
+        evaluator = evaluate(coco_gt, results, verbose, image_ids)
+    params = evaluator.params
+    return CocoEvaluation(
+        {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[: len(STAT_NAMES)])},
+        np.asarray(evaluator.eval["precision"]),
+        [int(c) for c in params.catIds],
+        np.asarray(params.iouThrs, dtype=np.float64),
+        np.asarray(params.recThrs, dtype=np.float64),
+        list(params.areaRngLbl),
+        [int(m) for m in params.maxDets],
+    )
 
 
 def check_backend(backend: str) -> str:
@@ -129,7 +208,7 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def _faster_coco_eval(coco_gt: COCO, results: list, verbose: bool, image_ids: Sequence[int] | None) -> Sequence[float]:
+def _faster_coco_eval(coco_gt: COCO, results: list, verbose: bool, image_ids: Sequence[int] | None) -> Any:
     from faster_coco_eval import COCO as FastCOCO
     from faster_coco_eval import COCOeval_faster
 
@@ -161,10 +240,10 @@ def _faster_coco_eval(coco_gt: COCO, results: list, verbose: bool, image_ids: Se
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return evaluator.stats[: len(STAT_NAMES)]
+    return evaluator
 
 
-def _pycocotools(coco_gt: COCO, results: list, verbose: bool, image_ids: Sequence[int] | None) -> Sequence[float]:
+def _pycocotools(coco_gt: COCO, results: list, verbose: bool, image_ids: Sequence[int] | None) -> COCOeval:
     # loadRes writes area, id and iscrowd into the dicts it gets: give it copies.
     coco_dt = coco_gt.loadRes([dict(r) for r in results])
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
@@ -173,14 +252,15 @@ def _pycocotools(coco_gt: COCO, results: list, verbose: bool, image_ids: Sequenc
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return evaluator.stats
+    return evaluator
 
 
 def _silent(*args: Any) -> None:
     """faster-coco-eval's print_function when nothing is to be printed."""
 
 
-BACKENDS: dict[str, Callable[[COCO, list, bool, Sequence[int] | None], Sequence[float]]] = {
+# A backend: (ground truth, results, verbose, image ids) -> its COCOeval, evaluated, accumulated and summarised.
+BACKENDS: dict[str, Callable[[COCO, list, bool, Sequence[int] | None], Any]] = {
     "faster-coco-eval": _faster_coco_eval,
     "pycocotools": _pycocotools,
 }

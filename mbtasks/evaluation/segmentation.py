@@ -108,6 +108,7 @@ class CityscapesEvaluator:
         return {
             "class_iou": class_iou,
             "class_iiou": class_iiou,
+            "class_accuracy": dict(zip(class_iou, _row_shares(self.class_confusion()[0]).tolist())),
             "category_iou": category_iou,
             "category_iiou": category_iiou,
             "mean_class_iou": _mean(class_iou.values()),
@@ -117,6 +118,19 @@ class CityscapesEvaluator:
             "num_images": self.num_images,
             "confusion_matrix": confusion.tolist(),
         }
+
+    def class_confusion(self) -> tuple[np.ndarray, list[str]]:
+        """(confusion over the evaluated classes, rows ground truth; their names), in the official table's order.
+        Pixels predicted as a label id outside them (not a train id's) are left out of the rows."""
+        return self.confusion[np.ix_(_EVALUATED_IDS, _EVALUATED_IDS)], [label.name for label in _EVALUATED]
+
+
+def _row_shares(matrix: np.ndarray) -> np.ndarray:
+    """The diagonal over the row sums (per-class accuracy: the share of a class's pixels predicted as it); nan for a
+    class without pixels."""
+    rows = matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, np.diag(matrix) / rows, np.nan)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -350,7 +364,8 @@ class ConfusionMatrix:
         self.matrix[:] = 0
 
     def result(self) -> dict[str, Any]:
-        """Per-class IoU, mean IoU over classes seen in targets or predictions, and pixel accuracy."""
+        """Per-class IoU, mean IoU over classes seen in targets or predictions, pixel accuracy, and per-class accuracy
+        (the share of a class's pixels predicted as it)."""
         tp = np.diag(self.matrix).astype(np.float64)
         denominator = self.matrix.sum(0) + self.matrix.sum(1) - tp
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -360,4 +375,9 @@ class ConfusionMatrix:
             "iou": dict(zip(self.class_names, iou.tolist(), strict=True)),
             "mean_iou": _mean(iou.tolist()),
             "pixel_accuracy": float(tp.sum() / total) if total else math.nan,
+            "class_accuracy": dict(zip(self.class_names, _row_shares(self.matrix).tolist(), strict=True)),
         }
+
+    def class_confusion(self) -> tuple[np.ndarray, list[str]]:
+        """(the counts, rows ground truth; the class names)."""
+        return self.matrix, list(self.class_names)

@@ -79,6 +79,22 @@ def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> tuple[float,
     return float((positives > threshold).mean()), threshold
 
 
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(false accept rate, true accept rate) at every threshold, from accepting none to accepting all (tied scores
+    one step), and the area under that curve; nan rates where pairs of a kind are missing."""
+    scores, same = _check_pairs(scores, same)
+    order = np.argsort(-scores, kind="stable")
+    scores, same = scores[order], same[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    accepted_same = np.r_[0, np.cumsum(same)[last_of_run]].astype(np.float64)
+    accepted_different = np.r_[0, np.cumsum(~same)[last_of_run]].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tar = accepted_same / same.sum()
+        far = accepted_different / (~same).sum()
+    area = float(np.sum(np.diff(far) * (tar[1:] + tar[:-1]) / 2))
+    return far, tar, area
+
+
 def lfw_protocol(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, far: float = 1e-3) -> VerificationResult:
     """LFW: for each fold, the best threshold on the other folds, accuracy on it; mean, std (numpy, ddof 0).
 

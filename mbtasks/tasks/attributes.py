@@ -1,6 +1,7 @@
 """Face attributes: CelebA-format data, a backbone with one binary logit per attribute, mean AP every validation;
 the attributes written on photos."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from ..datasets.synthetic.faces import VISIBLE_ATTRIBUTES
 from ..drawing import write_picture, write_text
 from ..errors import MbtasksError
 from ..evaluation.attributes import attribute_metrics
+from ..evaluation.report import Picture, Section, Table
+from ..evaluation.report_charts import bar_chart
 from ..models.losses import AttributeLoss, attribute_pos_weight
 from .base import BaseTask, loggable, shown
 from .image_data import ImageDataModule, Indexed
@@ -131,6 +134,28 @@ class AttributesTask(BaseTask):
                 f"{visible['mean_accuracy']:>9.4f}{shown(visible['mean_average_precision']):>8}"
             )
         return "\n".join(lines)
+
+    def report_sections(self, data, folder: Path, worst: int) -> list[Section]:
+        """Accuracy and AP per attribute, with how many images show it, and AP as bars."""
+        if not self.metrics:
+            return []
+        positives = np.stack([self.results[i][1] for i in sorted(self.results)]).sum(0)
+        per = self.metrics["per_attribute"]
+        names = list(per)
+        ap = [math.nan if per[n]["average_precision"] is None else per[n]["average_precision"] for n in names]
+        table = Table(
+            ["attribute", "images with it", "accuracy", "AP"],
+            [[n, int(c), per[n]["accuracy"], a] for n, c, a in zip(names, positives, ap)],
+        )
+        bar_chart(folder / "attribute_ap.png", names, ap, "AP per attribute", "average precision")
+        return [
+            Section(
+                "Per-attribute figures",
+                [table, Picture("attribute_ap.png", "AP per attribute")],
+                "AP: the area under the attribute's precision-recall curve (n/a: no image shows it); accuracy at "
+                "logit 0 (probability 0.5).",
+            )
+        ]
 
     def draw_answer(self, photo: np.ndarray, answer: np.ndarray) -> np.ndarray:
         """The attributes of probability at least `threshold` written on the photo, most likely first (`answer`: one

@@ -23,6 +23,7 @@ from ..datasets.mapped import Mapped
 from ..datasets.samplers import EpochSampler, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
+from ..evaluation.report import Section, write_report
 from ..io.executorch_runtime import ExecutorchModel
 from ..io.onnx_runtime import OnnxModel
 from ..io.outputs import write_text_atomically
@@ -241,8 +242,10 @@ class BaseTask(pl.LightningModule):
     A subclass gives `network` (the registered model and its options for these classes), `build_loss` or its own
     `training_step`, `validation_step` (results kept per sample in `self.results`, keyed so that a sample the
     DistributedSampler repeats counts once), `score` (merged results -> metrics), `figures` (metrics -> logged values)
-    and `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry) and,
-    where the network's output is not what it needs, `predict_inputs`.
+    and `metrics_table`; for `mbtasks predict`, `write_prediction` (one photo's answer -> its files and JSON entry),
+    `draw_answer` (an answer, or the ground truth in its form, drawn on a photo) and, where the network's output is not
+    what it needs, `predict_inputs`; for `evaluate --report`, `report_sections` (and `report_files` for saved
+    predictions).
     """
 
     # ---- the task's facts (a subclass registered with `@TASKS.register(name)` sets them; `task` is the name) ----
@@ -431,6 +434,38 @@ class BaseTask(pl.LightningModule):
     def metrics_table(self) -> str:
         """The metrics as evaluate prints them."""
         raise NotImplementedError
+
+    # ---- the report of an evaluation: `mbtasks evaluate --report DIR` ----
+
+    def report_sections(self, data: BaseDataModule, folder: Path, worst: int) -> list[Section]:
+        """The task's parts of the report of its last validation (on `data`, whose per-sample results `self.results`
+        holds), their pictures written into `folder`; `worst`: how many of the worst-scored images to show."""
+        return []
+
+    def write_report(self, data: BaseDataModule, folder: Path, worst: int) -> Path:
+        """`folder`/index.html: the headline figures, the task's sections, the table evaluate prints."""
+        title = f"{self.task} evaluation: {self.model_name}, {self.coverage_note()}"
+        sections = self.report_sections(data, Path(folder), worst)
+        return write_report(
+            folder, title, report_headline(self.metrics, self.headline_metrics), self.metrics_table(), sections
+        )
+
+    @classmethod
+    def report_files(cls, options: dict, folder: Path, worst: int) -> list[Section]:
+        """The task's parts of the report of saved predictions scored without a model (`score_files`' options)."""
+        raise MbtasksError(f"--report of saved predictions is not available for {cls.task}: evaluate a --checkpoint")
+
+    @classmethod
+    def write_files_report(cls, options: dict, metrics: dict, table: str, folder: Path, worst: int) -> Path:
+        """`folder`/index.html of saved predictions scored without a model."""
+        sections = cls.report_files(options, Path(folder), worst)
+        return write_report(
+            folder,
+            f"{cls.task} evaluation of saved predictions",
+            report_headline(metrics, cls.headline_metrics),
+            table,
+            sections,
+        )
 
     # ---- prediction on photos: `mbtasks predict` ----
 
@@ -629,6 +664,12 @@ def broadcast_from_first(value, module: pl.LightningModule):
     holder = [value]
     torch.distributed.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def report_headline(metrics: dict, first: tuple[str, ...]) -> dict[str, float]:
+    """A report's headline figures: the task's headline metric first, then every other single figure (COCO's 12, the
+    means, the accuracies)."""
+    return {k: metrics[k] for k in dict.fromkeys([*first, *metrics]) if isinstance(metrics.get(k), float)}
 
 
 def loggable(value: float | None) -> float:

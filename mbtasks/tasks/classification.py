@@ -8,7 +8,9 @@ from torch import nn
 
 from ..drawing import write_picture, write_text
 from ..errors import MbtasksError
-from ..evaluation.classification import classification_accuracy
+from ..evaluation.classification import classification_accuracy, confusion_counts, top_confusions
+from ..evaluation.report import Picture, Section, Table
+from ..evaluation.report_charts import bar_chart, confusion_matrix
 from ..models import check_num_classes, list_models
 from .base import BaseTask
 from .image_data import ImageDataModule, Indexed
@@ -63,7 +65,8 @@ class ClassificationTask(BaseTask):
         # Per image, whether it is right at top-1 / top-5: small to gather, and exact (ties as the evaluator's).
         for row, index in enumerate(indices.tolist()):
             hits = classification_accuracy(scores[row : row + 1], labels[row : row + 1], ks=(1, 5))
-            self.results[index] = (hits["top1"], hits["top5"])
+            # and (predicted class, true class) for the report's confusion matrix
+            self.results[index] = (hits["top1"], hits["top5"], int(scores[row].argmax()), int(labels[row]))
 
     def score(self, merged: dict) -> dict:
         if not merged:
@@ -85,6 +88,33 @@ class ClassificationTask(BaseTask):
                 f"{top5} accuracy : {self.metrics['top5']:.4f}",
             ]
         )
+
+    def report_sections(self, data, folder: Path, worst: int) -> list[Section]:
+        """Accuracy per class, the row-normalised confusion matrix, and the most frequent confusions."""
+        if not self.results:
+            return []
+        rows = np.array([self.results[i] for i in sorted(self.results)])
+        names = self.class_names
+        counts = confusion_counts(rows[:, 2], rows[:, 3], len(names))
+        images = counts.sum(1)
+        accuracy = np.divide(np.diag(counts), images, out=np.full(len(names), np.nan), where=images > 0)
+        table = Table(
+            ["class", "images", "accuracy"], [[n, int(c), float(a)] for n, c, a in zip(names, images, accuracy)]
+        )
+        bar_chart(folder / "class_accuracy.png", names, accuracy, "Top-1 accuracy per class", "accuracy")
+        shares = np.divide(counts, images[:, None], out=np.zeros(counts.shape), where=images[:, None] > 0)
+        confusion_matrix(folder / "confusion_matrix.png", shares, names, "Images of each class (rows) predicted as")
+        confusions = Table(
+            ["true class", "predicted as", "images", "share of the class"], top_confusions(counts, names)
+        )
+        return [
+            Section("Per-class accuracy", [table, Picture("class_accuracy.png", "top-1 accuracy per class")]),
+            Section(
+                "Confusion matrix",
+                [Picture("confusion_matrix.png", "normalised over each true class (row)"), confusions],
+                "Top confusions: the most frequent (true, predicted) pairs of different classes.",
+            ),
+        ]
 
     def top_five(self, answer: np.ndarray) -> list[tuple[str, float]]:
         """The five most probable classes (softmax of the logits `answer`) with their probabilities."""

@@ -2,6 +2,8 @@
 boxes drawn on photos."""
 
 import copy
+import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,17 @@ from ..datasets.image_transforms import displayable
 from ..datasets.transforms import collate_training, detection_transforms, images_to_float
 from ..drawing import class_colours, draw_boxes, write_picture
 from ..errors import MbtasksError
-from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_coco_table
+from ..evaluation.coco import (
+    CocoEvaluation,
+    coco_evaluation,
+    coco_metrics,
+    detections_to_coco_results,
+    format_coco_table,
+    load_coco_json,
+)
+from ..evaluation.image_detections import match_image
+from ..evaluation.report import Gallery, Picture, Section, Table
+from ..evaluation.report_charts import bar_chart, curves
 from ..io.executorch_runtime import ExecutorchDetector
 from ..io.onnx_runtime import OnnxDetector
 from ..models import MODELS, check_num_classes
@@ -179,6 +191,72 @@ class DetectionTask(BaseTask):
         """The 12 COCO figures as pycocotools prints them."""
         return format_coco_table(self.metrics)
 
+    # ---- the report: per-class AP, COCO's precision-recall curves, the worst images ----
+
+    def report_sections(self, data: BaseDataModule, folder: Path, worst: int) -> list[Section]:
+        val_set = data.val_set
+        image_ids = sorted(self.results)
+        known = set(val_set.coco.cats)
+        results = [d for i in image_ids for d in self.results[i] if d["category_id"] in known]
+        evaluation = coco_evaluation(
+            val_set.ground_truth, results, image_ids=image_ids, backend=self.evaluation_options.get("coco_backend")
+        )
+        return [*coco_report_sections(evaluation, val_set.coco, image_ids, results, folder)] + [
+            self._worst_images(val_set, image_ids, folder, worst)
+        ]
+
+    def _worst_images(self, val_set, image_ids: list[int], folder: Path, worst: int) -> Section:
+        """The images of the lowest F1 at IoU 0.5 (detections scoring at least `score_threshold`), prediction beside
+        ground truth."""
+        threshold = self.prediction_options["score_threshold"]
+        label_of = {category: label for label, category in enumerate(self.category_ids) if label}
+        answers, matches = {}, {}
+        for image_id in image_ids:
+            detections = self.results[image_id]
+            boxes = np.array([d["bbox"] for d in detections], np.float64).reshape(-1, 4)
+            boxes[:, 2:] += boxes[:, :2]  # COCO's xywh -> xyxy
+            answer = {
+                "boxes": boxes,
+                "scores": np.array([d["score"] for d in detections], np.float64),
+                "labels": np.array([label_of.get(d["category_id"], 0) for d in detections], np.int64),
+            }
+            truth_boxes, truth_labels, crowd = val_set.boxes_of(image_id)
+            kept = answer["scores"] >= threshold
+            answers[image_id] = answer
+            matches[image_id] = match_image(
+                boxes[kept], answer["scores"][kept], answer["labels"][kept], truth_boxes, truth_labels, crowd
+            )
+        chosen = sorted(image_ids, key=lambda i: (matches[i].f1, -(matches[i].false + matches[i].missed), i))[:worst]
+        rows = []
+        for rank, image_id in enumerate(chosen, 1):
+            photo = val_set.load_image(image_id)
+            truth_boxes, truth_labels, crowd = val_set.boxes_of(image_id)
+            truth = {"boxes": truth_boxes[crowd == 0], "labels": truth_labels[crowd == 0]}
+            pictures = []
+            for kind, answer in (("prediction", answers[image_id]), ("ground truth", truth)):
+                file = f"worst/{rank:03d}_{kind.replace(' ', '_')}.png"
+                write_picture(folder / file, self.draw_answer(photo, answer))
+                pictures.append(Picture(file, kind))
+            m = matches[image_id]
+            name = val_set.coco.imgs[image_id]["file_name"]
+            rows.append(
+                (f"{rank}. {name}: F1 {m.f1:.3f} ({m.found} found, {m.false} false, {m.missed} missed)", pictures)
+            )
+        return Section(
+            f"The {len(chosen)} worst images",
+            [Gallery(rows)],
+            f"Ranked by F1 at IoU 0.5 of the detections scoring at least {threshold:g}, matched to the boxes of their "
+            "class as COCOeval matches them (crowd regions neither found nor missed); prediction beside ground truth.",
+        )
+
+    @classmethod
+    def report_files(cls, options: dict, folder: Path, worst: int) -> list[Section]:
+        """Per-class AP and the precision-recall curves of a results file (--detections) against --annotations."""
+        evaluation = coco_evaluation(options["annotations"], options["detections"], backend=options.get("coco_backend"))
+        coco = load_coco_json(options["annotations"])
+        results = json.loads(Path(options["detections"]).read_text())
+        return coco_report_sections(evaluation, coco, sorted(coco.imgs), results, folder)
+
     # ---- predict ----
 
     def predict_inputs(self, inputs: list[torch.Tensor]) -> list:
@@ -336,3 +414,62 @@ class DetectionTask(BaseTask):
             raise MbtasksError("scoring a results file needs both --annotations and --detections")
         metrics = coco_metrics(options["annotations"], options["detections"], backend=options.get("coco_backend"))
         return metrics, format_coco_table(metrics), None
+
+
+def coco_report_sections(
+    evaluation: CocoEvaluation, coco, image_ids: list[int], results: list[dict], folder: Path
+) -> list[Section]:
+    """Per-class AP (table and bars) of the categories with boxes or detections, and COCO's precision-recall curves per
+    IoU threshold and per object size, their charts written into `folder`."""
+    scored = set(image_ids)
+    boxes = Counter(
+        a["category_id"] for a in coco.dataset["annotations"] if a["image_id"] in scored and not a.get("iscrowd")
+    )
+    detections = Counter(r["category_id"] for r in results)
+    by_column = {
+        "AP": evaluation.class_ap(),
+        "AP50": evaluation.class_ap(0.5),
+        "AP75": evaluation.class_ap(0.75),
+        "APs": evaluation.class_ap(area="small"),
+        "APm": evaluation.class_ap(area="medium"),
+        "APl": evaluation.class_ap(area="large"),
+    }
+    shown = [c for c in evaluation.category_ids if boxes[c] or detections[c]]
+    names = [coco.cats[c]["name"] for c in shown]
+    table = Table(
+        ["class", "category id", "boxes", "detections", *by_column],
+        [
+            [name, c, boxes[c], detections[c], *(column[c] for column in by_column.values())]
+            for name, c in zip(names, shown)
+        ],
+    )
+    bar_chart(folder / "class_ap.png", names, [by_column["AP"][c] for c in shown], "AP per class", "AP @[.50:.95]")
+    per_iou = {
+        f"IoU {iou:.2f} (AP {np.nanmean(curve):.3f})": (evaluation.recall_thresholds, curve)
+        for iou in evaluation.iou_thresholds
+        if not np.isnan(curve := evaluation.curve(float(iou))).all()
+    }
+    per_area = {
+        f"{area} (AP {np.nanmean(curve):.3f})": (evaluation.recall_thresholds, curve)
+        for area in evaluation.area_names
+        if not np.isnan(curve := evaluation.curve(area=area)).all()
+    }
+    curves(folder / "pr_iou.png", per_iou, "Precision-recall per IoU threshold (all sizes)", "recall", "precision")
+    curves(folder / "pr_area.png", per_area, "Precision-recall per object size (IoU .50:.95)", "recall", "precision")
+    left_out = len(evaluation.category_ids) - len(shown)
+    return [
+        Section(
+            "Per-class AP",
+            [table, Picture("class_ap.png", "AP @[IoU .50:.95, all sizes, 100 detections] per class")],
+            "COCOeval's precision per category, averaged as its summary averages AP (n/a: no boxes of that class "
+            "or size)" + (f"; {left_out} categories without boxes or detections are left out." if left_out else "."),
+        ),
+        Section(
+            "Precision-recall curves",
+            [
+                Picture("pr_iou.png", "per IoU threshold, averaged over the classes"),
+                Picture("pr_area.png", "per object size, averaged over the classes and IoU thresholds"),
+            ],
+            "COCO's interpolated precision at 101 recall points, 100 detections per image.",
+        ),
+    ]

@@ -15,7 +15,9 @@ from ..datasets.imagefolder import apply_transform
 from ..datasets.lfw import LFWPairs, image_path
 from ..drawing import write_text
 from ..errors import MbtasksError
-from ..evaluation.verification import best_threshold, lfw_protocol
+from ..evaluation.report import Picture, Section, Table
+from ..evaluation.report_charts import curves, histograms
+from ..evaluation.verification import best_threshold, lfw_protocol, roc_curve
 from ..io.images import read_rgb_image
 from ..io.outputs import replaced_atomically, write_text_atomically
 from ..models.losses import ArcFaceLoss, DistillationLoss, TripletLoss
@@ -166,26 +168,57 @@ class EmbeddingsTask(BaseTask):
         for index, embedding in zip(indices.tolist(), self.model(images).float().cpu().numpy()):
             self.results[index] = embedding
 
-    def score(self, merged: dict) -> dict:
-        val_set = self.trainer.datamodule.val_set
+    def pair_scores(self, merged: dict, val_set: PairImages) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cosine similarity, same person, fold) of each pair whose two images were embedded (all of them, unless
+        limit_val_batches or the sanity check cut in)."""
         embedding = {key: merged[i] for i, key in enumerate(val_set.keys) if i in merged}
-        # Pairs whose two images were embedded (all of them, unless limit_val_batches or the sanity check cut in).
         pairs = [
             p for p in val_set.pairs.pairs if (p.name1, p.number1) in embedding and (p.name2, p.number2) in embedding
         ]
-        if len({p.fold for p in pairs}) < 2:
-            return {}
         # Embeddings are unit vectors: the dot product is the cosine similarity.
         scores = np.array([float(embedding[(p.name1, p.number1)] @ embedding[(p.name2, p.number2)]) for p in pairs])
-        same = np.array([p.same for p in pairs])
-        result = lfw_protocol(scores, same, np.array([p.fold for p in pairs]))
+        return scores, np.array([p.same for p in pairs], bool), np.array([p.fold for p in pairs])
+
+    def score(self, merged: dict) -> dict:
+        scores, same, folds = self.pair_scores(merged, self.trainer.datamodule.val_set)
+        if len(set(folds.tolist())) < 2:
+            return {}
+        result = lfw_protocol(scores, same, folds)
         # The similarity threshold for new pairs: the most accurate one over all validation pairs.
         return {
             **result.as_dict(),
             "threshold": best_threshold(scores, same)[0],
-            "num_pairs": len(pairs),
+            "num_pairs": len(scores),
             "num_images": len(merged),
         }
+
+    def report_sections(self, data, folder: Path, worst: int) -> list[Section]:
+        """The ROC curve, the distances of same and different pairs, and the accuracy of each fold."""
+        if not self.metrics:
+            return []
+        scores, same, _ = self.pair_scores(self.results, data.val_set)
+        far, tar, area = roc_curve(scores, same)
+        curves(folder / "roc.png", {f"ROC (area {area:.4f})": (far, tar)}, "Verification ROC", "false accept rate",
+               "true accept rate", diagonal=True)  # fmt: skip
+        distances = np.sqrt(np.clip(2 - 2 * scores, 0, None))  # between unit vectors
+        histograms(folder / "distances.png", {"same person": distances[same], "different people": distances[~same]},
+                   "Distances between the embeddings of a pair", "distance")  # fmt: skip
+        m = self.metrics
+        folds = Table(
+            ["fold", "accuracy", "threshold (cosine similarity)"],
+            [[i + 1, a, t] for i, (a, t) in enumerate(zip(m["fold_accuracies"], m["fold_thresholds"]))],
+        )
+        return [
+            Section(
+                "ROC and distances",
+                [
+                    Picture("roc.png", "true accept rate against false accept rate, all pairs"),
+                    Picture("distances.png", "distance between unit embeddings: same person and different people"),
+                ],
+                f"{int(same.sum())} same-person and {int((~same).sum())} different-people pairs.",
+            ),  # fmt: skip
+            Section("Accuracy per fold", [folds], "Each fold scored at the threshold the other folds chose (LFW)."),
+        ]
 
     def figures(self, metrics: dict) -> dict:
         if not metrics:

@@ -8,6 +8,7 @@ process.
 """
 
 import copy
+import json
 from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path, PurePath
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from ..datasets.formats import FORMATS, SegmentationFormat, data_format, formats_of, recognised_format
-from ..datasets.image_transforms import displayable, enlarged
+from ..datasets.image_transforms import IMAGENET_MEAN, IMAGENET_STD, displayable, enlarged
 from ..datasets.segmentation_transforms import (
     normalise_batch,
     segmentation_eval_transforms,
@@ -28,6 +29,9 @@ from ..datasets.segmentation_transforms import (
 )
 from ..drawing import blend, draw_legend, write_picture
 from ..errors import MbtasksError
+from ..evaluation.report import Gallery, Picture, Section, Table
+from ..evaluation.report_charts import bar_chart, confusion_matrix
+from ..io.outputs import write_text_atomically
 from ..models import check_num_classes
 from ..models.segmenters import GraphAsSegmenter, LogitsGraph
 from ..sizes import height_width
@@ -292,3 +296,62 @@ class SegmentationTask(BaseTask):
     def metrics_table(self) -> str:
         """The data format's table (Cityscapes: the official script's class and category tables)."""
         return self.format.metrics_table(self.metrics)
+
+    # ---- the report: per-class figures, the confusion matrix, the worst images ----
+
+    def report_sections(self, data: BaseDataModule, folder: Path, worst: int) -> list[Section]:
+        total, per_image = self.format.counts(self.class_names), {}
+        for key in sorted(self.results):
+            total.merge(self.results[key])
+            per_image[key] = self.format.figures(self.format.metrics(self.results[key]))["val/mIoU"]
+        figures = self.format.class_figures(self.metrics)
+        columns = list(next(iter(figures.values()), {}))
+        table = Table(["class", *columns], [[name, *values.values()] for name, values in figures.items()])
+        names = list(figures)
+        bar_chart(folder / "class_iou.png", names, [figures[n]["IoU"] for n in names], "IoU per class", "IoU")
+        counts, classes = total.class_confusion()
+        rows = counts.sum(1, keepdims=True)
+        shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+        confusion_matrix(folder / "confusion_matrix.png", shares, classes, "Pixels of each class (rows) predicted as")
+        write_text_atomically(
+            folder / "confusion_matrix.json", json.dumps({"classes": classes, "counts": counts.tolist()}, indent=1)
+        )
+        return [
+            Section(
+                "Per-class figures",
+                [table, Picture("class_iou.png", "IoU per class")],
+                "accuracy: the share of a class's pixels predicted as that class (the confusion matrix's diagonal "
+                "over its rows).",
+            ),
+            Section(
+                "Confusion matrix",
+                [Picture("confusion_matrix.png", "normalised over each ground-truth class (row)")],
+                "Counts in confusion_matrix.json (rows: ground truth, columns: prediction).",
+            ),
+            self._worst_images(data.val_set, per_image, folder, worst),
+        ]
+
+    def _worst_images(self, val_set, per_image: dict, folder: Path, worst: int) -> Section:
+        """The images of the lowest mIoU, prediction beside ground truth."""
+        paths = list(getattr(val_set, "dataset", val_set).image_paths)  # a Mapped set (Cityscapes) holds the reader
+        chosen = sorted(per_image, key=lambda k: (np.nan_to_num(per_image[k], nan=np.inf), k))[:worst]
+        mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+        rows = []
+        for rank, key in enumerate(chosen, 1):
+            item = val_set[paths.index(key)]
+            prediction = self._predict([item["image"]], self.evaluation_options)[0]
+            # the photo as the network saw it (the evaluation transform only normalises)
+            photo = (np.asarray(item["image"], np.float64) * std + mean).clip(0, 1) * 255
+            photo = np.ascontiguousarray(photo.round().astype(np.uint8).transpose(1, 2, 0))
+            pictures = []
+            for kind, answer in (("prediction", prediction), ("ground truth", np.asarray(item["mask"]))):
+                file = f"worst/{rank:03d}_{kind.replace(' ', '_')}.png"
+                write_picture(folder / file, self.draw_answer(photo, answer))
+                pictures.append(Picture(file, kind))
+            rows.append((f"{rank}. {Path(key).name}: mIoU {per_image[key]:.3f}", pictures))
+        return Section(
+            f"The {len(chosen)} worst images",
+            [Gallery(rows)],
+            "Ranked by the image's own mIoU (the data format's, over the classes in its ground truth or prediction); "
+            "prediction beside ground truth (black: pixels of no class).",
+        )
