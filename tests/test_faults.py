@@ -1,0 +1,149 @@
+"""Faults of runs at scale, through the `mbtasks` script: two runs into one folder, SIGTERM and SIGINT (what
+schedulers, `docker stop` and Ctrl+C send), and training that diverges."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_IMAGE_DATA
+from test_training import _assert_the_same_run
+
+from mbtasks.cli import main
+from mbtasks.errors import MbtasksError
+from mbtasks.io.run_lock import run_lock
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+# The tiny classifier of test_training (12 training images in batches of 4: 3 steps an epoch), without its
+# validation's cost where a test needs none.
+TINY_CLS = [
+    "model.name=mobilenet_v3_small",
+    "model.options={width_mult: 0.35}",
+    "data.augmentation=light",
+    "data.batch_size=4",
+    "data.val_batch_size=9",
+    "train.accelerator=cpu",
+    "train.progress_bar=false",
+    "train.log_every=1",
+    "train.optimizer=sgd",
+    "train.lr=0.05",
+    "train.warmup_epochs=0.5",
+    "train.epochs=2",
+    "data.num_workers=1",
+    *TINY_IMAGE_DATA["cls"],
+]
+
+# `mbtasks` that sends itself a signal (env SIGNAL) after the training step SIGNAL_AT_STEP, having waited there for
+# the file WAIT_FOR to appear when that is set (and said so with WAIT_FOR.waiting).
+SIGNALLED = """
+import os, signal, sys, time
+from pytorch_lightning.callbacks import Callback
+import mbtasks.tasks.trainer as trainer
+from mbtasks.cli import main
+
+class Send(Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, index):
+        if trainer.global_step == int(os.environ["SIGNAL_AT_STEP"]):
+            if os.environ.get("WAIT_FOR"):
+                open(os.environ["WAIT_FOR"] + ".waiting", "w").close()
+            while os.environ.get("WAIT_FOR") and not os.path.exists(os.environ["WAIT_FOR"]):
+                time.sleep(0.1)
+            os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL"]))
+
+build = trainer.build_trainer
+def build_and_send(*args, **kwargs):
+    built = build(*args, **kwargs)
+    built.callbacks.append(Send())
+    return built
+trainer.build_trainer = build_and_send
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_args(*settings: str) -> list[str]:
+    return ["train", "--task", "cls", *[a for s in [*TINY_CLS, *settings] for a in ("--set", s)]]
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("mbtasks: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def _train_here(*args: str) -> int:
+    """`mbtasks train` in this process, torch on one thread as in the signalled runs (the same sums)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(_train_args(*args[:-1]) + ([] if args[-1] is None else ["--resume", args[-1]]))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_two_runs_into_one_folder_and_a_run_stopped_by_sigterm_or_sigint_then_resumed(tmp_path, capsys):
+    """A second run into a folder another run trains into is refused in one line and writes nothing there; SIGTERM
+    and SIGINT in mid-epoch stop a run with one line naming its checkpoint, from which --resume ends with the
+    uninterrupted run's weights within 1e-6."""
+    data = f"data.synth_dir={tmp_path / 'data'}"
+    assert _train_here(data, f"train.out_dir={tmp_path / 'straight'}", None) == 0
+
+    for name, signum, step in (("SIGTERM", signal.SIGTERM, 4), ("SIGINT", signal.SIGINT, 2)):
+        out = tmp_path / name
+        go = tmp_path / f"{name}.go"
+        env = {**ENV, "SIGNAL": name, "SIGNAL_AT_STEP": str(step), "WAIT_FOR": str(go)}
+        first = subprocess.Popen(
+            [sys.executable, "-c", SIGNALLED, *_train_args(data, f"train.out_dir={out}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        if signum == signal.SIGTERM:
+            # The first run waits at its step for `go`: meanwhile a second run into its folder is refused.
+            while first.poll() is None and not Path(f"{go}.waiting").exists():
+                time.sleep(0.2)
+            capsys.readouterr()
+            before = _files(out)
+            assert _train_here(data, f"train.out_dir={out}", "train.seed=7", None) == 2
+            line = _one_line(capsys.readouterr().err)
+            assert line == (
+                f"mbtasks: error: {out}: another run (pid {first.pid} on {socket.gethostname()}) is writing into "
+                "this folder: wait for it to end, or set train.out_dir to another folder"
+            )
+            assert _files(out) == before
+        go.touch()
+        _, stderr = first.communicate(timeout=600)
+        assert first.returncode == 128 + signum, stderr[-3000:]
+        last = out / "checkpoints" / "last.ckpt"
+        assert _one_line(stderr) == (
+            f"mbtasks: stopped by {name} at step {step} (epoch {step // 3}); saved {last}: continue the run with "
+            f"--resume {last}"
+        )
+        assert not (out / ".lock").exists() and not list(out.rglob("*.tmp"))
+        assert torch.load(last, weights_only=True)["global_step"] == step
+        assert _train_here(data, f"train.out_dir={out}", str(last)) == 0
+        _assert_the_same_run(tmp_path / "straight", out, steps=6)
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_and_a_held_one_refused(tmp_path, capsys):
+    (tmp_path / ".lock").write_text("elsewhere 4242\n")  # a run killed with SIGKILL leaves its file, unheld
+    with run_lock(tmp_path) as lock:
+        assert capsys.readouterr().err == (
+            f"mbtasks: warning: {lock}: took over the lock of pid 4242 on elsewhere, which ended without releasing it\n"
+        )
+        assert lock.read_text().split()[1] == str(os.getpid())
+        with pytest.raises(MbtasksError, match=f"another run \\(pid {os.getpid()} on .*\\) is writing into"):
+            with run_lock(tmp_path):
+                pass
+        assert lock.exists()
+    assert not lock.exists()
