@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from helpers import TINY_IMAGE_DATA
@@ -147,3 +149,109 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_a_held_one_refused(tmp_
                 pass
         assert lock.exists()
     assert not lock.exists()
+
+
+# `mbtasks` (argv[2:]) made slow and watchable: touching the file argv[1] and pausing after each batch that predict
+# writes or that evaluate validates.
+SLOWED = """
+import sys, time
+from pytorch_lightning.callbacks import Callback
+import mbtasks.predict.runner as runner
+import mbtasks.tasks.trainer as trainer
+from mbtasks.cli import main
+
+def pause():
+    open(sys.argv[1], "a").close()
+    time.sleep(0.3)
+
+write = runner.PhotoWriter.write_on_batch_end
+def write_slowly(*args, **kwargs):
+    write(*args, **kwargs)
+    pause()
+runner.PhotoWriter.write_on_batch_end = write_slowly
+
+class Slow(Callback):
+    def on_validation_batch_end(self, *args, **kwargs):
+        pause()
+
+build = trainer.build_trainer
+def build_slow(*args, **kwargs):
+    built = build(*args, **kwargs)
+    built.callbacks.append(Slow())
+    return built
+trainer.build_trainer = build_slow
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (a zombie has ended: it waits only for its parent to read its status)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _stopped_midway(tmp_path: Path, name: str, signum: int, command: list[str]) -> tuple[int, str, set[int]]:
+    """Run `command` slowed, send it `signum` once it has done its first batch; (exit status, stderr, the loader
+    workers it had, those of them alive 10 s after it ended)."""
+    started, stderr = tmp_path / f"{name}.started", tmp_path / f"{name}.stderr"
+    with stderr.open("w") as errors:  # a file, not a pipe: an orphaned worker would hold a pipe open
+        run = subprocess.Popen([sys.executable, "-c", SLOWED, str(started), *command], stderr=errors, env=ENV)
+    while run.poll() is None and not started.exists():
+        time.sleep(0.1)
+    workers = _children(run.pid)
+    run.send_signal(signum)
+    run.wait(timeout=120)
+    deadline = time.monotonic() + 10
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return run.returncode, stderr.read_text(), workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_predict_and_evaluate_stop_at_once_on_sigterm_and_leave_no_process(demo_segmenter, tmp_path):
+    """SIGTERM: one line, exit 143, no temporary file, the earlier --json whole; SIGTERM or SIGKILL: no loader worker
+    outlives its command (torch's worker, its parent gone, would wait forever to hand over its queued batches)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(24):
+        cv2.imwrite(str(photos / f"{index}.png"), np.full((64, 128, 3), index * 10, np.uint8))
+    predict = ["predict", "--checkpoint", demo_segmenter, str(photos), "--batch-size", "1", "--workers", "2"]
+
+    code, stderr, workers = _stopped_midway(tmp_path, "term", signal.SIGTERM, [*predict, "--out", str(tmp_path / "a")])
+    assert code == 128 + signal.SIGTERM and _one_line(stderr) == "mbtasks: stopped by SIGTERM", stderr[-3000:]
+    assert len(workers) == 2 and not _alive(workers)
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.name.startswith(".")]
+    assert not (tmp_path / "a" / "predictions.json").exists()
+
+    code, stderr, workers = _stopped_midway(tmp_path, "kill", signal.SIGKILL, [*predict, "--out", str(tmp_path / "b")])
+    assert code == -signal.SIGKILL and len(workers) == 2 and not _alive(workers)
+
+    earlier = tmp_path / "figures.json"
+    earlier.write_text('{"mIoU": 0.5}')
+    evaluate = ["evaluate", "--checkpoint", demo_segmenter, "--json", str(earlier), "--overwrite"]
+    code, stderr, workers = _stopped_midway(
+        tmp_path, "eval", signal.SIGTERM, [*evaluate, "--set", "data.num_workers=2", "--set", "data.val_batch_size=1"]
+    )
+    assert code == 128 + signal.SIGTERM and _one_line(stderr) == "mbtasks: stopped by SIGTERM", stderr[-3000:]
+    assert len(workers) == 2 and not _alive(workers)
+    assert earlier.read_text() == '{"mIoU": 0.5}' and [p.name for p in tmp_path.glob("*.json")] == ["figures.json"]
