@@ -2,6 +2,7 @@
 schedulers, `docker stop` and Ctrl+C send), and training that diverges."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,12 +14,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_IMAGE_DATA
+from helpers import MBTASKS, TINY_IMAGE_DATA
 from test_training import _assert_the_same_run
 
 from mbtasks.cli import main
 from mbtasks.errors import MbtasksError
+from mbtasks.io.records import non_finite_tensors
 from mbtasks.io.run_lock import run_lock
+from mbtasks.tasks.trainer import AtomicCheckpointIO
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -128,7 +131,7 @@ def test_two_runs_into_one_folder_and_a_run_stopped_by_sigterm_or_sigint_then_re
         assert first.returncode == 128 + signum, stderr[-3000:]
         last = out / "checkpoints" / "last.ckpt"
         assert _one_line(stderr) == (
-            f"mbtasks: stopped by {name} at step {step} (epoch {step // 3}); saved {last}: continue the run with "
+            f"mbtasks: stopped by {name} after step {step} (epoch {step // 3}); saved {last}: continue the run with "
             f"--resume {last}"
         )
         assert not (out / ".lock").exists() and not list(out.rglob("*.tmp"))
@@ -255,3 +258,62 @@ def test_predict_and_evaluate_stop_at_once_on_sigterm_and_leave_no_process(demo_
     assert code == 128 + signal.SIGTERM and _one_line(stderr) == "mbtasks: stopped by SIGTERM", stderr[-3000:]
     assert len(workers) == 2 and not _alive(workers)
     assert earlier.read_text() == '{"mIoU": 0.5}' and [p.name for p in tmp_path.glob("*.json")] == ["figures.json"]
+
+
+def test_a_diverging_run_stops_at_its_step_and_checkpoints_that_are_not_finite_are_refused(tmp_path, capsys):
+    """train.lr=1000 turns the loss NaN at step 4: the run stops there in one line naming the last good checkpoint
+    (which evaluates), and writes no checkpoint of that step; a loss past train.max_loss stops it the same way (here
+    in the first epoch, before any checkpoint);
+    evaluate, export, predict and --resume refuse a checkpoint whose weights are not finite."""
+    data, out = f"data.synth_dir={tmp_path / 'data'}", tmp_path / "nan"
+    diverged = subprocess.run(
+        [MBTASKS, *_train_args(data, f"train.out_dir={out}", "train.lr=1000", "data.num_workers=0")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    assert diverged.returncode == 2, diverged.stderr[-3000:]
+    assert _one_line(diverged.stderr) == (
+        f"mbtasks: error: training diverged at step 4 (epoch 1): the loss is nan; the last good checkpoint is {last} "
+        "(after step 3): lower train.lr (or set train.gradient_clip) and resume from it, or start afresh"
+    )
+    for checkpoint in out.rglob("*.ckpt"):
+        assert not non_finite_tensors(torch.load(checkpoint, weights_only=True)["state_dict"]), checkpoint
+    assert torch.load(last, weights_only=True)["global_step"] == 3 and not (out / ".lock").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(last)]) == 0, capsys.readouterr().err
+
+    exploding = [data, f"train.out_dir={tmp_path / 'exploding'}", "train.lr=1000", "train.max_loss=100"]
+    assert _train_here(*exploding, "data.num_workers=0", None) == 2
+    assert re.fullmatch(
+        r"mbtasks: error: training diverged at step 3 \(epoch 0\): the loss [0-9.e+]+ is above train.max_loss=100; "
+        r"no checkpoint was written before it: lower train.lr \(or set train.gradient_clip\) and start afresh",
+        _one_line(capsys.readouterr().err),
+    )
+
+    state = torch.load(last, weights_only=True)
+    name = next(iter(state["state_dict"]))
+    state["state_dict"][name][0] = float("nan")
+    broken = tmp_path / "broken.ckpt"
+    torch.save(state, broken)
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.zeros((32, 32, 3), np.uint8))
+    commands = [
+        ["evaluate", "--checkpoint", str(broken)],
+        ["export", "--checkpoint", str(broken), "--out", str(tmp_path / "model.onnx")],
+        ["predict", "--checkpoint", str(broken), str(photo), "--out", str(tmp_path / "predictions")],
+        _train_args(data, f"train.out_dir={out}") + ["--resume", str(broken)],
+    ]
+    for command in commands:
+        assert main(command) == 2, command
+        assert _one_line(capsys.readouterr().err) == (
+            f"mbtasks: error: {broken}: holds weights that are not finite (NaN or inf) in 1 tensors, first {name}: "
+            "the run that wrote it had diverged; use an earlier checkpoint of it"
+        )
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "predictions").exists()
+
+    with pytest.raises(MbtasksError, match="not written: 1 tensors of the weights are not finite"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([float("inf")])}}, tmp_path / "w.ckpt")
+    assert not list(tmp_path.glob("*w.ckpt*"))

@@ -3,6 +3,7 @@ the loggers named in the recipe, EMA of the weights, SyncBN, precision and gradi
 
 import contextlib
 import importlib
+import math
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ from ..config import LOGGERS, Config, TrainConfig
 from ..errors import MbtasksError
 from ..interruption import Interrupted
 from ..io.outputs import output_folder
+from ..io.records import non_finite_tensors
 from ..io.run_lock import run_lock
 from ..layers.sync_batchnorm import convert_batchnorm
 
@@ -33,6 +35,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
+        if bad := non_finite_tensors(checkpoint.get("state_dict", {})):  # StopOnDivergence stops runs before this
+            raise MbtasksError(f"not written: {len(bad)} tensors of the weights are not finite, first {bad[0]}", path)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         super().save_checkpoint(checkpoint, temporary, storage_options)
         os.replace(temporary, path)
@@ -112,13 +116,52 @@ class StopOnSignal(Callback):
     def stopped(self, trainer: pl.Trainer) -> Interrupted:
         """The one line of a run stopped by its signal: where it stopped, its checkpoint, how to go on."""
         signum = self.signum or signal.SIGTERM
-        where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+        where = f"after step {trainer.global_step} (epoch {trainer.current_epoch})"
         if not self.saved:
             return Interrupted(signum, f"stopped by {signal.Signals(signum).name} {where}, before training began")
         return Interrupted(
             signum,
             f"stopped by {signal.Signals(signum).name} {where}; saved {self.checkpoint}: continue the run with "
             f"--resume {self.checkpoint}",
+        )
+
+
+class StopOnDivergence(Callback):
+    """Training stops at the step whose loss is not finite, or above `max_loss` (train.max_loss), or after which the
+    weights are not finite: before any checkpoint holds that step, with one line naming it and the last good
+    checkpoint (`last`). Every process stops at the same step (a process whose own loss diverged stops them all)."""
+
+    def __init__(self, last: Path, max_loss: float | None = None):
+        self.last, self.max_loss = last, max_loss
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index: int) -> None:
+        problem = self._problem(outputs, pl_module)
+        if not trainer.strategy.reduce_boolean_decision(bool(problem), all=False):
+            return
+        raise MbtasksError(
+            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+            f"{problem or 'the loss of another process diverged'}; {self._last_good()}"
+        )
+
+    def _problem(self, outputs, pl_module: pl.LightningModule) -> str:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return f"the loss is {value}"
+            if self.max_loss is not None and value > self.max_loss:
+                return f"the loss {value:.4g} is above train.max_loss={self.max_loss:g}"
+        # One reduction over all the weights (a norm overflows only where weights are past 1e19: diverged as well).
+        norm = torch.nn.utils.get_total_norm([p.detach() for p in pl_module.parameters()])
+        return "" if torch.isfinite(norm) else "the weights are not finite after it"
+
+    def _last_good(self) -> str:
+        if not self.last.is_file():
+            return "no checkpoint was written before it: lower train.lr (or set train.gradient_clip) and start afresh"
+        step = torch.load(self.last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        return (
+            f"the last good checkpoint is {self.last} (after step {step}): lower train.lr (or set "
+            "train.gradient_clip) and resume from it, or start afresh"
         )
 
 
@@ -249,6 +292,7 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
             LearningRateMonitor(logging_interval="step"),
             RandomState(),
             StopOnSignal(out / "checkpoints" / "last.ckpt"),
+            StopOnDivergence(out / "checkpoints" / "last.ckpt", train.max_loss),
         ]
         if train.ema_decay is not None:
             # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
