@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .errors import MbtasksError, missing_package
+from .interruption import Interrupted, stop_on_signals
 
 
 class _Parser(argparse.ArgumentParser):
@@ -181,16 +182,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     _quiet_libraries()
     from .io.records import read_checkpoint
     from .tasks.build import build_task_and_data
-    from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir
+    from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir, fit, out_dir_lock
 
     check_train_settings(config.train)
     if args.resume is not None:
         read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
     task, data = build_task_and_data(config)
     # After the data and the model were built: a mistake in either leaves no output folder behind.
-    claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
-    trainer = build_trainer(config, task.monitor)
-    trainer.fit(task, datamodule=data, ckpt_path=args.resume, weights_only=True)
+    with out_dir_lock(config.train.out_dir):  # held until the run ends, however it ends
+        claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
+        trainer = build_trainer(config, task.monitor)
+        fit(trainer, task, data, args.resume)
+        _report_training(trainer, task, config)
+
+
+def _report_training(trainer, task, config) -> None:
+    """The best and the last checkpoint, as the recipe gives train.out_dir."""
     if trainer.is_global_zero:
         # Paths as the recipe gives train.out_dir (Lightning keeps the best one's as a whole path).
         checkpoints = Path(config.train.out_dir) / "checkpoints"
@@ -894,7 +901,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. User mistakes print one line and exit 2; an unexpected error keeps its traceback (exit 1)."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with stop_on_signals():
+            args.func(args)
+    except Interrupted as stop:
+        print(f"mbtasks: {stop.message}", file=sys.stderr)
+        return stop.exit_status
     except BrokenPipeError:
         # The reader of our output left (`mbtasks ... | head`): no traceback. Python's documented way out: stdout to
         # devnull so that the interpreter's final flush does not fail again, and exit 1 as Python does on EPIPE.

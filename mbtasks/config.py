@@ -211,6 +211,8 @@ class TrainConfig:
     limit_train_batches: Any = field(default=None, metadata=_batch_limit())
     limit_val_batches: Any = field(default=None, metadata=_batch_limit())
     gradient_clip: float | None = field(default=None, metadata=_positive())
+    # a training loss above this stops the run as diverged, as a loss or weights that are not finite always do
+    max_loss: float | None = field(default=None, metadata=_positive())
     log_every: int = field(default=10, metadata=_at_least(1))
     progress_bar: bool = True
     # the warm-up's first learning rate, a factor of train.lr (torchvision's detection); torch's LinearLR takes (0, 1]

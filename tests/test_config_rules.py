@@ -129,6 +129,7 @@ CASES = {
     "val_every": (["train.val_every=0"], "train.val_every must be at least 1, got 0"),
     "log_every": (["train.log_every=0"], "train.log_every must be at least 1, got 0"),
     "gradient_clip": (["train.gradient_clip=0"], "train.gradient_clip must be above 0, got 0"),
+    "max_loss": (["train.max_loss=-1"], "train.max_loss must be above 0, got -1"),
     "limit_val_batches": (["train.limit_val_batches=-1"], f"train.limit_val_batches {BATCHES}, got -1"),
     "limit_train_batches_fraction": (
         ["train.limit_train_batches=1.5"],

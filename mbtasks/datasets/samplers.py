@@ -4,7 +4,7 @@ see what one process x batch N*b sees, in any loader worker, and a resumed run s
 
 from collections.abc import Callable, Iterator
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class EpochSampler(DistributedSampler):
@@ -15,10 +15,37 @@ class EpochSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, epoch_of: Callable[[], int], **options):
         super().__init__(dataset, **options)
         self.epoch_of = epoch_of
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, taken: int) -> None:
+        """The next iteration, if it is of `epoch`, leaves out the first `taken` samples of this process's share."""
+        self._resume = (epoch, taken)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         self.set_epoch(self.epoch_of())
-        return ((self.epoch, index) for index in super().__iter__())
+        indices = list(super().__iter__())
+        if self._resume is not None:
+            epoch, taken = self._resume
+            self._resume = None
+            indices = indices[taken:] if epoch == self.epoch else indices
+        return ((self.epoch, index) for index in indices)
+
+
+class ResumableLoader(DataLoader):
+    """A training loader over an EpochSampler with the `state_dict` / `load_state_dict` by which Lightning resumes a
+    loader mid-epoch: how many batches of its epoch training had taken (`batches_taken()`), which the resumed epoch
+    leaves out, so a run stopped mid-epoch goes on with the next batch. (The data module that builds it restores the
+    same state itself, in time for the first iteration; the resumed epoch skips once, whoever restores it.)"""
+
+    def __init__(self, *args, batches_taken: Callable[[], int], **options):
+        super().__init__(*args, **options)
+        self.batches_taken = batches_taken
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch_of(), "batches": self.batches_taken()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.batch_size)
 
 
 class SeededAugmentation(Dataset):

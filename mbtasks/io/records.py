@@ -94,14 +94,30 @@ def read_record(path: str | Path) -> tuple[Record, str]:
 
 
 def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
-    """A training checkpoint's record and weights; `task`, when given, must be the checkpoint's."""
+    """A training checkpoint's record and weights; `task`, when given, must be the checkpoint's; weights that are not
+    finite (of a run that diverged, written before mbtasks stopped such runs) are refused."""
     data = load_file(path)
     if not isinstance(data, dict) or not isinstance(data.get(RECORD_KEY), dict):
         raise MbtasksError("is not an mbtasks training checkpoint", path)
     record = _from_loaded(data, path)
     if task is not None and record.task != task:
         raise MbtasksError(f"is a checkpoint of a {record.task} model, not {task}", path)
+    if bad := non_finite_tensors(data.get("state_dict", {})):
+        raise MbtasksError(
+            f"holds weights that are not finite (NaN or inf) in {len(bad)} tensors, first {bad[0]}: the run that "
+            "wrote it had diverged; use an earlier checkpoint of it",
+            path,
+        )
     return record
+
+
+def non_finite_tensors(state_dict: dict) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in state_dict.items()
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
 
 
 def save_weights(path: str | Path, record: Record) -> None:

@@ -16,7 +16,7 @@ from ..errors import MbtasksError
 from ..io.records import Record, read_checkpoint
 from ..layers.fusion import for_inference
 from ..tasks import TASKS
-from ..tasks.base import BaseTask
+from ..tasks.base import BaseTask, loader_worker_setup
 from ..tasks.runtime import load_executorch_model, load_onnx_model
 from .inputs import PhotoFiles, find_images, keep_list, picture_names
 
@@ -145,7 +145,11 @@ def predict(
     hardware, devices = accelerator(device, runtime)
     transform = TASKS.get(record.task).data_module.predict_transform(module.config)
     loader = DataLoader(
-        PhotoFiles(files, names, transform, strict), batch_size=batch_size, num_workers=workers, collate_fn=keep_list
+        PhotoFiles(files, names, transform, strict),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=keep_list,
+        worker_init_fn=loader_worker_setup,
     )
     out.mkdir(parents=True, exist_ok=True)
     writer = PhotoWriter(out)

@@ -3,7 +3,12 @@ built from the recipe, the optimiser and schedule, the checkpoint record, the en
 results gathered over processes -> scored -> logged), and prediction on photos (answers -> files)."""
 
 import copy
+import ctypes
 import json
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 from pathlib import Path
@@ -20,7 +25,7 @@ from ..config import Config, config_from_dict
 from ..datasets.formats import data_format, recognised_format
 from ..datasets.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.mapped import Mapped
-from ..datasets.samplers import EpochSampler, SeededAugmentation
+from ..datasets.samplers import EpochSampler, ResumableLoader, SeededAugmentation
 from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
 from ..evaluation.report import Section, write_report
@@ -31,6 +36,8 @@ from ..io.records import RECORD_KEY, Record, load_into
 from ..models import MODELS, build_configured_model, weights_defaults
 from .optimizer import configure_optimizer
 from .registry import TASKS
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def task_recipe(config: dict | Config, owner: type) -> Config:
@@ -95,6 +102,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.train_transform = None
         self.resumed_epoch = 0
+        self.resumed_batches = 0  # batches of that epoch a stopped run had trained on
         # What rebuilds it (LightningDataModule.load_from_checkpoint, LightningCLI). Not sent to the loggers: the
         # task's own hyper-parameters hold the same recipe, and Lightning refuses two different values of one key.
         self.save_hyperparameters({"config": config.to_dict()}, logger=False)
@@ -169,10 +177,13 @@ class BaseDataModule(pl.LightningDataModule):
         return max(processed, self.resumed_epoch)
 
     def state_dict(self) -> dict:
-        return {"epoch": self._current_epoch()}
+        return {"epoch": self._current_epoch(), "batches": self._batches_taken()}
 
     def load_state_dict(self, state: dict) -> None:
+        # Restored before the training loader is built (Lightning restores the loops, and would hand the loader its
+        # own state, only after it has built the loader's first iterator): the loader takes up the epoch from here.
         self.resumed_epoch = int(state.get("epoch", 0))
+        self.resumed_batches = int(state.get("batches", 0))
 
     def train_dataloader(self) -> DataLoader:
         """Each process's share of the epoch's seeded order, augmented per sample from (seed, epoch, index)."""
@@ -181,10 +192,12 @@ class BaseDataModule(pl.LightningDataModule):
         sampler = EpochSampler(
             self.train_set, self._current_epoch, num_replicas=world, rank=rank, shuffle=True, seed=seed
         )
+        if self.resumed_batches:
+            sampler.resume_at(self.resumed_epoch, self.resumed_batches * batch_size)
         dataset = self.augmented_train_set()
         workers = self.config.data.num_workers
         one_thread_opencv_with(workers)
-        return DataLoader(
+        return ResumableLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -193,8 +206,18 @@ class BaseDataModule(pl.LightningDataModule):
             drop_last=len(sampler) > batch_size,
             persistent_workers=workers > 0,
             generator=self._own_generator(),
-            worker_init_fn=one_thread_opencv,
+            worker_init_fn=loader_worker_setup,
+            batches_taken=self._batches_taken,
         )
+
+    def _batches_taken(self) -> int:
+        """The training batches of the epoch under way that training has taken (0 once the epoch is done: the next
+        one starts afresh)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        taken = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return taken if taken < trainer.num_training_batches else 0
 
     def val_dataloader(self) -> DataLoader:
         """Each process's share of the validation set in order (padded to equal shares: results are kept by key)."""
@@ -210,7 +233,7 @@ class BaseDataModule(pl.LightningDataModule):
             collate_fn=type(self).val_collate,
             persistent_workers=workers > 0,
             generator=self._own_generator(),
-            worker_init_fn=one_thread_opencv,
+            worker_init_fn=loader_worker_setup,
         )
 
     def _own_generator(self) -> torch.Generator:
@@ -224,6 +247,26 @@ def one_thread_opencv(worker_id: int | None = None) -> None:
     core's worth of work, and OpenCV's own pool (a thread per core in every worker) would oversubscribe the cores."""
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
+
+
+def loader_worker_setup(worker_id: int | None = None) -> None:
+    """Every loader worker's worker_init_fn: OpenCV on one thread (one_thread_opencv); Ctrl+C left to the main
+    process, which stops the workers itself; and the worker ended with its parent. torch's worker checks that its
+    parent lives, but one that finds it gone still waits, as it exits, to hand over the batches it had queued, which
+    nobody will read: it would live on, holding their memory, after its parent was killed (Linux ends it instead)."""
+    one_thread_opencv()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """On Linux, SIGKILL this process when the process that started it ends (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent ended before the request was made
+        os._exit(1)
 
 
 def one_thread_opencv_with(workers: int) -> None:

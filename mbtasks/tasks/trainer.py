@@ -2,9 +2,12 @@
 the loggers named in the recipe (and validation images drawn for them), EMA of the weights, SyncBN, precision and
 gradient accumulation."""
 
+import contextlib
 import importlib
+import math
 import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +18,15 @@ from pytorch_lightning.accelerators import AcceleratorRegistry, CUDAAccelerator,
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins import LayerSync, TorchSyncBatchNorm
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .. import interruption
 from ..config import LOGGERS, Config, TrainConfig
 from ..errors import MbtasksError
+from ..interruption import Interrupted
 from ..io.outputs import output_folder
+from ..io.records import non_finite_tensors
+from ..io.run_lock import run_lock
 from ..layers.sync_batchnorm import convert_batchnorm
 from .validation_images import ValidationImages
 
@@ -29,6 +37,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
+        if bad := non_finite_tensors(checkpoint.get("state_dict", {})):  # StopOnDivergence stops runs before this
+            raise MbtasksError(f"not written: {len(bad)} tensors of the weights are not finite, first {bad[0]}", path)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         super().save_checkpoint(checkpoint, temporary, storage_options)
         os.replace(temporary, path)
@@ -76,6 +86,87 @@ class RandomState(Callback):
         self._restore = None
 
 
+class StopOnSignal(Callback):
+    """SIGTERM or SIGINT while training: the run stops after the step at hand (Lightning's handling of SIGTERM, whose
+    flag its loops check between steps, and in step with every process; SIGINT is made to raise the same flag) and
+    saves `checkpoint`, from which --resume continues as if the run had never stopped (the training loader takes up
+    the epoch where it stopped: samplers.ResumableLoader); a second signal stops it at once."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = checkpoint
+        self.signum: int | None = None
+        self.saved = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        interruption.graceful = lambda signum: self._stop_after_step(trainer, signum)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        interruption.graceful = None
+
+    def _stop_after_step(self, trainer: pl.Trainer, signum: int) -> None:
+        if self.signum is not None:
+            interruption.graceful = None
+            raise Interrupted(signum)
+        self.signum = signum
+        trainer._signal_connector.received_sigterm = True  # Lightning's own flag (SIGTERM has set it already)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.checkpoint)
+            self.saved = True
+
+    def stopped(self, trainer: pl.Trainer) -> Interrupted:
+        """The one line of a run stopped by its signal: where it stopped, its checkpoint, how to go on."""
+        signum = self.signum or signal.SIGTERM
+        where = f"after step {trainer.global_step} (epoch {trainer.current_epoch})"
+        if not self.saved:
+            return Interrupted(signum, f"stopped by {signal.Signals(signum).name} {where}, before training began")
+        return Interrupted(
+            signum,
+            f"stopped by {signal.Signals(signum).name} {where}; saved {self.checkpoint}: continue the run with "
+            f"--resume {self.checkpoint}",
+        )
+
+
+class StopOnDivergence(Callback):
+    """Training stops at the step whose loss is not finite, or above `max_loss` (train.max_loss), or after which the
+    weights are not finite: before any checkpoint holds that step, with one line naming it and the last good
+    checkpoint (`last`). Every process stops at the same step (a process whose own loss diverged stops them all)."""
+
+    def __init__(self, last: Path, max_loss: float | None = None):
+        self.last, self.max_loss = last, max_loss
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index: int) -> None:
+        problem = self._problem(outputs, pl_module)
+        if not trainer.strategy.reduce_boolean_decision(bool(problem), all=False):
+            return
+        raise MbtasksError(
+            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+            f"{problem or 'the loss of another process diverged'}; {self._last_good()}"
+        )
+
+    def _problem(self, outputs, pl_module: pl.LightningModule) -> str:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return f"the loss is {value}"
+            if self.max_loss is not None and value > self.max_loss:
+                return f"the loss {value:.4g} is above train.max_loss={self.max_loss:g}"
+        # One reduction over all the weights (a norm overflows only where weights are past 1e19: diverged as well).
+        norm = torch.nn.utils.get_total_norm([p.detach() for p in pl_module.parameters()])
+        return "" if torch.isfinite(norm) else "the weights are not finite after it"
+
+    def _last_good(self) -> str:
+        if not self.last.is_file():
+            return "no checkpoint was written before it: lower train.lr (or set train.gradient_clip) and start afresh"
+        step = torch.load(self.last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        return (
+            f"the last good checkpoint is {self.last} (after step {step}): lower train.lr (or set "
+            "train.gradient_clip) and resume from it, or start afresh"
+        )
+
+
 def claim_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     """The training output folder, created; one that holds checkpoints of an earlier run is refused unless the run is
     resumed, or `overwrite` asks to remove those checkpoints (else Lightning would write best-v1.ckpt beside
@@ -93,6 +184,16 @@ def claim_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
         for checkpoint in earlier:
             checkpoint.unlink(missing_ok=True)  # DDP processes each run this: another may have removed it
     return out
+
+
+def out_dir_lock(out_dir: str | Path) -> contextlib.AbstractContextManager:
+    """The training folder held for this run while the block runs (run_lock), created if missing; taken by the run's
+    first process only: the other processes of a multi-process run (started by Lightning's launcher, torchrun or
+    SLURM, which say their rank in the environment) write into the folder their first process holds."""
+    out = output_folder(out_dir)
+    rank = next((os.environ[key] for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID") if key in os.environ), "0")
+    first = int(rank) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    return run_lock(out) if first else contextlib.nullcontext(out)
 
 
 def layer_sync(train: TrainConfig) -> list[LayerSync]:
@@ -188,7 +289,13 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
     out = Path(train.out_dir)
     callbacks, loggers = [], False
     if for_fit:
-        callbacks = [*checkpoint_callbacks(train, monitor), LearningRateMonitor(logging_interval="step"), RandomState()]
+        callbacks = [
+            *checkpoint_callbacks(train, monitor),
+            LearningRateMonitor(logging_interval="step"),
+            RandomState(),
+            StopOnSignal(out / "checkpoints" / "last.ckpt"),
+            StopOnDivergence(out / "checkpoints" / "last.ckpt", train.max_loss),
+        ]
         if train.ema_decay is not None:
             # The averaged weights are the ones validated and saved as the checkpoint's model (Lightning's EMA).
             callbacks.append(EMAWeightAveraging(decay=train.ema_decay))
@@ -196,6 +303,15 @@ def build_trainer(config: Config, monitor: str, for_fit: bool = True) -> pl.Trai
         if train.log_images_every is not None:
             callbacks.append(ValidationImages(train.log_images_every, train.log_images))
     return _lightning_trainer(train, callbacks, loggers, for_fit)
+
+
+def fit(trainer: pl.Trainer, task: pl.LightningModule, data: pl.LightningDataModule, resume: str | None) -> None:
+    """trainer.fit, a run stopped by a signal raised as Interrupted (StopOnSignal's line)."""
+    try:
+        trainer.fit(task, datamodule=data, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:
+        stop = next(c for c in trainer.callbacks if isinstance(c, StopOnSignal))
+        raise stop.stopped(trainer) from None
 
 
 def _lightning_trainer(train: TrainConfig, callbacks: list, loggers, for_fit: bool) -> pl.Trainer:
