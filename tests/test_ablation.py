@@ -131,7 +131,8 @@ def ablate(args: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def trained(shapes):
-    """2 versions x 2 widths trained and evaluated on the demo detection config, in one command."""
+    """2 versions trained and evaluated on the demo detection config, in one command (each run is two child
+    processes, about 20 s of the suite: the profile-only grids cover widths and resolutions)."""
     root, settings = shapes
     out = root / "grid"
     args = [
@@ -140,7 +141,7 @@ def trained(shapes):
         "--backbones",
         "v3_small,v2",
         "--widths",
-        "0.25,0.5",
+        "0.25",
         "--resolutions",
         "64",
         "--runs",
@@ -154,13 +155,11 @@ def trained(shapes):
 
 def test_trained_grid_writes_all_four_outputs(trained):
     out, _, printed = trained
-    assert "4 runs done, 0 failed" in printed
+    assert "2 runs done, 0 failed" in printed
     rows = read_rows(out)
     assert [(r["model"], r["width"]) for r in rows] == [
         ("ssdlite320_mobilenet_v3_small", "0.25"),
-        ("ssdlite320_mobilenet_v3_small", "0.5"),
         ("ssdlite320_mobilenet_v2", "0.25"),
-        ("ssdlite320_mobilenet_v2", "0.5"),
     ]
     for row in rows:
         run = out / "runs" / row["run"]
@@ -176,7 +175,7 @@ def test_trained_grid_writes_all_four_outputs(trained):
         assert record["options"]["num_classes"] < 10 and record["options"]["width_mult"] == float(row["width"])
         assert int(row["params"]) == count_parameters(build_model(record["model"], **record["options"]))
     table = (out / "results.md").read_text()
-    assert table.splitlines()[0].endswith("| latency (ms) | AP |") and table.count("| ssdlite320_mobilenet_") == 4
+    assert table.splitlines()[0].endswith("| latency (ms) | AP |") and table.count("| ssdlite320_mobilenet_") == 2
     for plot in ("metric_vs_madds.png", "metric_vs_latency.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
 
@@ -184,9 +183,9 @@ def test_trained_grid_writes_all_four_outputs(trained):
 def test_rerun_skips_finished_runs(trained):
     out, args, _ = trained
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/checkpoints/best.ckpt")}
-    assert ablate(args).count("finished before, skipped") == 4
+    assert ablate(args).count("finished before, skipped") == 2
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/checkpoints/best.ckpt")} == before
-    assert len(read_rows(out)) == 4
+    assert len(read_rows(out)) == 2
 
 
 def test_a_failed_run_is_recorded_and_the_rest_go_on(shapes, tmp_path):
