@@ -69,7 +69,7 @@ def _scales(text: str) -> list[float]:
 def cmd_profile(args: argparse.Namespace) -> None:
     from .models import MODELS, build_model
     from .profiling import example_input, profile
-    from .reference import reference_rows
+    from .reference import DETECTOR_PAPER_NOTES, reference_rows
 
     if args.model is None:
         print(f"{'model':<30}{'options':<56}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}{'ms':>9}")
@@ -81,6 +81,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
                 f"{name:<30}{shown:<56}{size:>10}{figures['params'] / 1e6:>11.2f}M{paper_params / 1e6:>7.2f}M"
                 f"{figures['madds'] / 1e9:>9.3f}G{paper_madds / 1e9:>7.2f}G{figures['latency_ms']:>9.1f}"
             )
+        for (name, width, res), note in DETECTOR_PAPER_NOTES.items():
+            print(f"note: {name} (width {width:g}) at {res}: {note}")
         return
     options = dict(args.option or [])
     if args.width is not None:
