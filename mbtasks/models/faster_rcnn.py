@@ -188,7 +188,23 @@ LOW_RES = {"max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_t
 # R-CNN paper's own test setting (py-faster-rcnn: RPN_PRE_NMS_TOP_N 6000, RPN_POST_NMS_TOP_N 300).
 PAPER_PROPOSALS = {"rpn_pre_nms_top_n_test": 6000, "rpn_post_nms_top_n_test": 300}
 
-for _version in BACKBONES:
-    _register(f"fasterrcnn_{_version}_fpn", _version, True, 800)
-    _register(f"fasterrcnn_{_version}_320_fpn", _version, True, 320, **LOW_RES)
-    _register(f"fasterrcnn_{_version}", _version, False, 600, **PAPER_PROPOSALS)
+fasterrcnn_mobilenet_v3_large_fpn = _register("fasterrcnn_mobilenet_v3_large_fpn", "mobilenet_v3_large", True, 800)
+fasterrcnn_mobilenet_v3_large_320_fpn = _register(
+    "fasterrcnn_mobilenet_v3_large_320_fpn", "mobilenet_v3_large", True, 320, **LOW_RES
+)
+fasterrcnn_mobilenet_v3_large = _register(
+    "fasterrcnn_mobilenet_v3_large", "mobilenet_v3_large", False, 600, **PAPER_PROPOSALS
+)
+fasterrcnn_mobilenet_v3_small_fpn = _register("fasterrcnn_mobilenet_v3_small_fpn", "mobilenet_v3_small", True, 800)
+fasterrcnn_mobilenet_v3_small_320_fpn = _register(
+    "fasterrcnn_mobilenet_v3_small_320_fpn", "mobilenet_v3_small", True, 320, **LOW_RES
+)
+fasterrcnn_mobilenet_v3_small = _register(
+    "fasterrcnn_mobilenet_v3_small", "mobilenet_v3_small", False, 600, **PAPER_PROPOSALS
+)
+fasterrcnn_mobilenet_v2_fpn = _register("fasterrcnn_mobilenet_v2_fpn", "mobilenet_v2", True, 800)
+fasterrcnn_mobilenet_v2_320_fpn = _register("fasterrcnn_mobilenet_v2_320_fpn", "mobilenet_v2", True, 320, **LOW_RES)
+fasterrcnn_mobilenet_v2 = _register("fasterrcnn_mobilenet_v2", "mobilenet_v2", False, 600, **PAPER_PROPOSALS)
+fasterrcnn_mobilenet_v1_fpn = _register("fasterrcnn_mobilenet_v1_fpn", "mobilenet_v1", True, 800)
+fasterrcnn_mobilenet_v1_320_fpn = _register("fasterrcnn_mobilenet_v1_320_fpn", "mobilenet_v1", True, 320, **LOW_RES)
+fasterrcnn_mobilenet_v1 = _register("fasterrcnn_mobilenet_v1", "mobilenet_v1", False, 600, **PAPER_PROPOSALS)
