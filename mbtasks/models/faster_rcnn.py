@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -99,6 +99,8 @@ def build_faster_rcnn(
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
     box_batch_size_per_image: int = 512,
+    fpn_channels: int = FPN_CHANNELS,
+    representation_size: int = 1024,
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
     image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
     bn_eps: float = 1e-5,
@@ -110,8 +112,10 @@ def build_faster_rcnn(
     body = BACKBONES.get(version)(width_mult=width_mult, bn_eps=bn_eps, **backbone_options)
     if fpn:
         body.add_tap(FIRST_AT_32, body.first_layer_at_stride(32))
-        features = FPNFeatures(body, (FIRST_AT_32, "C5"))
-        levels, roi_pool, box_head, box_predictor = 3, None, None, None
+        features = FPNFeatures(body, (FIRST_AT_32, "C5"), fpn_channels)
+        levels, roi_pool = 3, MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)  # torchvision's
+        box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
+        box_predictor = FastRCNNPredictor(representation_size, num_classes)
     else:
         first_at_32, tail_channels = body.first_layer_at_stride(32), body.num_features
         tail = nn.ModuleList(body.layers[first_at_32:])
@@ -125,7 +129,7 @@ def build_faster_rcnn(
     anchors = AnchorGenerator((ANCHOR_SIZES,) * levels, (ASPECT_RATIOS,) * levels)
     return FasterRCNN(
         features,
-        num_classes=None if box_predictor is not None else num_classes,
+        num_classes=None,  # the box predictor is given: FasterRCNN takes the count from it
         min_size=min_size,
         max_size=max_size or round(min_size * MAX_SIDE_RATIO),
         image_mean=list(image_mean),
@@ -161,6 +165,8 @@ ARGS = {
     "box_nms_thresh": "IoU above which non-maximum suppression drops the lower-scoring box.",
     "box_detections_per_img": "most detections kept per image.",
     "box_batch_size_per_image": "proposals per image sampled for the box head's loss in training.",
+    "fpn_channels": "channels of the FPN's maps and the RPN's conv (torchvision's 256); FPN variants only.",
+    "representation_size": "width of the FPN variants' two-layer MLP box head (torchvision's 1024).",
     "image_mean": "subtracted from the [0, 1] image (ImageNet's, as torchvision's).",
     "image_std": "the image is divided by it after the mean.",
     "bn_eps": "the backbone's batch-norm epsilon (torchvision's Faster R-CNN backbones: 1e-5).",
