@@ -19,7 +19,7 @@ from ..evaluation.coco import coco_metrics, detections_to_coco_results, format_c
 from ..io.executorch_runtime import ExecutorchDetector
 from ..io.onnx_runtime import OnnxDetector
 from ..models import MODELS, check_num_classes
-from ..models.detection_graph import DetectionGraph
+from ..models.detection_graph import RCNNGraph, detection_graph
 from ..models.fixed_size_selection import FixedSizeDetectionGraph
 from ..models.pretrained import load_weights
 from ..sizes import height_width
@@ -204,7 +204,7 @@ class DetectionTask(BaseTask):
 
     @classmethod
     def graph(cls, model: nn.Module) -> nn.Module:
-        return DetectionGraph(model)
+        return detection_graph(model)
 
     @classmethod
     def graph_settings(cls, graph: nn.Module) -> dict:
@@ -263,6 +263,8 @@ class DetectionTask(BaseTask):
     @classmethod
     def executorch_graph(cls, model: nn.Module) -> nn.Module:
         """The detector end to end with NMS in fixed-size operators (ExecuTorch runs no NonMaxSuppression)."""
+        if isinstance(detection_graph(model), RCNNGraph):
+            raise MbtasksError("ExecuTorch has no kernels for a Faster R-CNN's RoIAlign and NMS: export it to ONNX")
         return FixedSizeDetectionGraph(model)
 
     @classmethod
