@@ -448,6 +448,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     from .ablation import (
         default_config,
+        parse_heads,
         parse_resolutions,
         parse_versions,
         parse_widths,
@@ -473,7 +474,10 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     versions = parse_versions(args.backbones)
     widths = parse_widths(args.widths or [], versions)
     resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
-    runs = plan_runs(task, recipes, args.set or [], versions, widths, resolutions)  # the whole grid checked first
+    heads = parse_heads(args.heads) if args.heads else None
+    runs = plan_runs(
+        task, recipes, args.set or [], versions, widths, resolutions, heads
+    )  # the whole grid checked first
     shown = ", ".join(str(recipe) for recipe in recipes)  # as given, else the demo recipe's whole path
     print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {shown} in {args.out}")
     output_folder(args.out)
@@ -746,6 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[VERSION=]W,W",
         help="width multipliers: a plain list for every version (default 1.0), VERSION=... for one "
         "(repeatable), e.g. --widths 0.5,1.0 --widths v2=0.35,1.4",
+    )
+    p.add_argument(
+        "--heads",
+        metavar="HEAD,HEAD",
+        help="head families to compare on each version, e.g. ssdlite320,ssd300,fasterrcnn (frameworks on one "
+        "backbone; each at its own size unless --resolutions); default: the recipe's model",
     )
     p.add_argument(
         "--resolutions",

@@ -30,14 +30,15 @@ def test_list_models_takes_a_shell_pattern_and_a_kind():
         "ssdlite320_mobilenet_v2",
         "ssdlite320_mobilenet_v1",
     ]
-    assert list_models() == MODELS.names() and len(list_models()) == 35
+    assert list_models() == MODELS.names() and len(list_models()) == 38
     assert list_models("mobilenet_v?") == ["mobilenet_v1", "mobilenet_v2"]
     assert list_models("*v1", kind="segmenter") == ["deeplabv3_mobilenet_v1"]
     assert list_models(kind="detector") == [
         *list_models("ssdlite*"),
-        "ssd300_mobilenet_v1",
+        *list_models("ssd300*"),
         *list_models("fasterrcnn*"),
     ]
+    assert list_models("ssd300*")[-1] == "ssd300_mobilenet_v1" and len(list_models("ssd300*")) == 4
     assert list_models("fasterrcnn*v3_large*") == [
         "fasterrcnn_mobilenet_v3_large_fpn",
         "fasterrcnn_mobilenet_v3_large_320_fpn",
