@@ -156,7 +156,17 @@ class RCNNGraph(nn.Module):
         self.train(detector.training)  # the exporter restores the mode it finds, the detector's included
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        (found,) = self.detector([image[0]])
+        # GeneralizedRCNN.forward in eval mode, with one zero-size proposal added: ONNX Runtime cannot reshape the
+        # box head's empty output when the RPN keeps none (torchvision's (0, -1) reshape), and a zero-size proposal
+        # decodes to a zero-size box, which the selection removes (remove_small_boxes) before anything else sees it.
+        # The box head treats each proposal alone, so the others' detections are unchanged.
+        detector = self.detector
+        images, _ = detector.transform([image[0]])
+        features = detector.backbone(images.tensors)
+        proposals, _ = detector.rpn(images, features)
+        proposals = [torch.cat([boxes, boxes.new_zeros(1, 4)]) for boxes in proposals]
+        found, _ = detector.roi_heads(features, proposals, images.image_sizes)
+        (found,) = detector.transform.postprocess(found, images.image_sizes, [image.shape[-2:]])
         return found["boxes"], found["scores"], found["labels"]
 
 
