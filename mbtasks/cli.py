@@ -70,7 +70,7 @@ def _scales(text: str) -> list[float]:
 def cmd_profile(args: argparse.Namespace) -> None:
     from .models import MODELS, build_model
     from .profiling import example_input, profile
-    from .reference import reference_rows
+    from .reference import DETECTOR_PAPER_NOTES, reference_rows
 
     if args.model is None:
         print(f"{'model':<30}{'options':<56}{'input':>10}{'params':>12}{'paper':>8}{'MAdds':>10}{'paper':>8}{'ms':>9}")
@@ -82,6 +82,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
                 f"{name:<30}{shown:<56}{size:>10}{figures['params'] / 1e6:>11.2f}M{paper_params / 1e6:>7.2f}M"
                 f"{figures['madds'] / 1e9:>9.3f}G{paper_madds / 1e9:>7.2f}G{figures['latency_ms']:>9.1f}"
             )
+        for (name, width, res), note in DETECTOR_PAPER_NOTES.items():
+            print(f"note: {name} (width {width:g}) at {res}: {note}")
         return
     options = dict(args.option or [])
     if args.width is not None:
@@ -485,6 +487,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     from .ablation import (
         default_config,
+        parse_heads,
         parse_resolutions,
         parse_versions,
         parse_widths,
@@ -510,7 +513,10 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     versions = parse_versions(args.backbones)
     widths = parse_widths(args.widths or [], versions)
     resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
-    runs = plan_runs(task, recipes, args.set or [], versions, widths, resolutions)  # the whole grid checked first
+    heads = parse_heads(args.heads) if args.heads else None
+    runs = plan_runs(
+        task, recipes, args.set or [], versions, widths, resolutions, heads
+    )  # the whole grid checked first
     shown = ", ".join(str(recipe) for recipe in recipes)  # as given, else the demo recipe's whole path
     print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {shown} in {args.out}")
     output_folder(args.out)
@@ -829,6 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[VERSION=]W,W",
         help="width multipliers: a plain list for every version (default 1.0), VERSION=... for one "
         "(repeatable), e.g. --widths 0.5,1.0 --widths v2=0.35,1.4",
+    )
+    p.add_argument(
+        "--heads",
+        metavar="HEAD,HEAD",
+        help="head families to compare on each version, e.g. ssdlite320,ssd300,fasterrcnn (frameworks on one "
+        "backbone; each at its own size unless --resolutions); default: the recipe's model",
     )
     p.add_argument(
         "--resolutions",

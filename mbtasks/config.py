@@ -17,7 +17,7 @@ from .errors import MbtasksError
 from .recipe_files import merged, read_recipe
 
 # The allowed names, defined here once: the trainer and the optimiser read them from here.
-SCHEDULES = ("cosine", "poly", "step", "constant")
+SCHEDULES = ("cosine", "poly", "step", "multistep", "constant")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 # train.loggers name -> (Lightning logger class in pytorch_lightning.loggers, the package it needs)
 LOGGERS = {
@@ -190,6 +190,18 @@ class TrainConfig:
     # schedule "step": multiply by lr_gamma every this many epochs
     lr_step_epochs: float = field(default=2.0, metadata=_positive())
     lr_gamma: float = field(default=0.973, metadata=_positive())
+    # schedule "multistep": multiply by lr_gamma at each of these epochs (torchvision's detection: 16, 22 of 26)
+    lr_milestones: list = field(
+        default_factory=list,
+        metadata=_check(
+            "must be a list of increasing epochs above 0",
+            lambda value: (
+                isinstance(value, list)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
+                and value == sorted(set(value))
+            ),
+        ),
+    )
     label_smoothing: float = field(default=0.0, metadata=_between(0, 1))
     precision: str | int = field(default="32-true", metadata=_one_of(*PRECISIONS))
     accelerator: str = field(default="auto", metadata=_one_of(*ACCELERATORS))

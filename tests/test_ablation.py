@@ -328,3 +328,25 @@ def test_ablation_imports_nothing_of_the_cli():
             else:
                 continue
             assert not any(m == "mbtasks.cli" or m.startswith("mbtasks.cli.") for m in modules), path.name
+
+
+def test_frameworks_on_one_backbone_in_one_table(tmp_path, capsys):
+    """SSDLite, SSD and Faster R-CNN on v3-Large (and v1, where the v1 paper lists SSD300 and Faster R-CNN), each at
+    its own size, in one table; the paper's figure beside a network it describes, with its note."""
+    out = tmp_path / "frameworks"
+    heads = ["--heads", "ssdlite320,ssd300,fasterrcnn", "--backbones", "v3_large,v1"]
+    assert main(["ablate", "--task", "det", "--profile-only", *heads, "--runs", "0", "--out", str(out)]) == 0
+    assert "6 runs done, 0 failed" in capsys.readouterr().out
+    rows = read_rows(out)
+    assert [(r["model"], r["resolution"]) for r in rows] == [
+        ("ssdlite320_mobilenet_v3_large", "320"),
+        ("ssd300_mobilenet_v3_large", "300"),
+        ("fasterrcnn_mobilenet_v3_large", "600"),
+        ("ssdlite320_mobilenet_v1", "320"),
+        ("ssd300_mobilenet_v1", "300"),
+        ("fasterrcnn_mobilenet_v1", "600"),
+    ]
+    table = (out / "results.md").read_text()
+    assert all(f"| {r['model']} | 1 | {r['resolution']} |" in table for r in rows)
+    assert "| fasterrcnn_mobilenet_v1 | 1 | 600 | 30536.1M | 54400M | 6.07M | 6.1M |" in table
+    assert "Note on fasterrcnn_mobilenet_v1 at 600: the v1 paper's 54.4B at 600" in table

@@ -45,11 +45,15 @@ CASES = {
     # names: a typo gets the closest valid name
     "schedule": (
         ["train.schedule=cosin"],
-        "train.schedule must be one of cosine, poly, step, constant, got 'cosin' (did you mean 'cosine'?)",
+        "train.schedule must be one of cosine, poly, step, multistep, constant, got 'cosin' (did you mean 'cosine'?)",
+    ),
+    "milestones": (
+        ["train.lr_milestones=[22, 16]"],
+        "train.lr_milestones must be a list of increasing epochs above 0, got [22, 16]",
     ),
     "schedule_unrelated": (
         ["train.schedule=exponential"],
-        "train.schedule must be one of cosine, poly, step, constant, got 'exponential'",
+        "train.schedule must be one of cosine, poly, step, multistep, constant, got 'exponential'",
     ),
     "optimizer": (
         ["train.optimizer=adam"],
@@ -302,8 +306,30 @@ def test_every_allowed_optimiser_and_schedule_is_built(optimizer, schedule):
     main_schedule = built["lr_scheduler"]["scheduler"]._schedulers[1]  # after the LinearLR warm-up
     assert (
         type(main_schedule).__name__
-        == {"cosine": "CosineAnnealingLR", "poly": "PolynomialLR", "step": "StepLR", "constant": "ConstantLR"}[schedule]
+        == {
+            "cosine": "CosineAnnealingLR",
+            "poly": "PolynomialLR",
+            "step": "StepLR",
+            "multistep": "MultiStepLR",
+            "constant": "ConstantLR",
+        }[schedule]
     )
+
+
+def test_multistep_multiplies_by_gamma_at_each_milestone_epoch():
+    """torchvision's detection schedule: warm-up, then lr x 0.1 at epochs 16 and 22 (here 1 and 1.5 of 2 epochs of
+    10 steps, the warm-up 2 steps)."""
+    from mbtasks.tasks.optimizer import configure_optimizer
+
+    train = TrainConfig(lr=1.0, schedule="multistep", lr_milestones=[1, 1.5], lr_gamma=0.1)
+    built = configure_optimizer(_Module(), train)
+    rates = []
+    for _ in range(20):
+        rates.append(built["optimizer"].param_groups[0]["lr"])
+        built["optimizer"].step()
+        built["lr_scheduler"]["scheduler"].step()
+    assert rates[0] == pytest.approx(0.001) and rates[2:10] == pytest.approx([1.0] * 8)
+    assert rates[10:15] == pytest.approx([0.1] * 5) and rates[15:] == pytest.approx([0.01] * 5)
 
 
 # The rules that depend on this machine: checked by the trainer, still before any folder is made.

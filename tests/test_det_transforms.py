@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from mbtasks.datasets.transforms import PRESETS, RandomIoUCrop, RandomZoomOut, detection_transforms
+from mbtasks.datasets.transforms import (
+    PRESETS,
+    RandomIoUCrop,
+    RandomZoomOut,
+    collate_training,
+    detection_transforms,
+    images_to_float,
+)
 from mbtasks.errors import MbtasksError
 
 RED = np.array([230, 20, 20])
@@ -27,10 +34,32 @@ def scene(rng: np.random.Generator, count: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 def test_unknown_preset_lists_the_valid_ones() -> None:
-    expected = "ssd300: unknown detection augmentation preset; valid presets: ssdlite, ssd$"
+    expected = "ssd300: unknown detection augmentation preset; valid presets: ssdlite, ssd, hflip, multiscale$"
     with pytest.raises(MbtasksError, match=expected):
         detection_transforms("ssd300", (64, 64), train=True)
-    assert set(PRESETS) == {"ssdlite", "ssd"}
+    assert set(PRESETS) == {"ssdlite", "ssd", "hflip", "multiscale"}
+
+
+def test_faster_rcnn_presets_keep_the_aspect_ratio_and_batch_as_a_list() -> None:
+    """torchvision's multiscale at min_size 800 takes shortest sides 480..800 (here scaled to 80: 48..80); "hflip"
+    keeps the size. Images of several sizes batch as a list, made floats where the batch lands."""
+    rng = np.random.default_rng(0)
+    multiscale, flip = (detection_transforms(p, (80, 80), train=True, seed=0) for p in ("multiscale", "hflip"))
+    shapes, batch = set(), []
+    for _ in range(20):
+        image, boxes = scene(rng)
+        labels, iscrowd = np.arange(1, len(boxes) + 1), np.zeros(len(boxes), dtype=np.int64)
+        out = multiscale(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
+        height, width = out["image"].shape[:2]
+        assert height in range(48, 81) and abs(width * 3 - height * 4) < 4  # 120 x 160 kept at 3:4
+        shapes.add(out["image"].shape)
+        same = flip(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
+        assert same["image"].shape == image.shape
+        batch.append((out["image"], {k: torch.as_tensor(np.asarray(out[k])) for k in ("labels", "iscrowd")}))
+        batch[-1][1]["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32)).reshape(-1, 4)
+    assert len(shapes) > 3
+    images, _ = images_to_float(collate_training(batch[:3]))
+    assert [tuple(x.shape) for x in images] == [(3, *b[0].shape[:2]) for b in batch[:3]]
 
 
 @pytest.mark.parametrize("preset", ["ssdlite", "ssd"])

@@ -15,7 +15,12 @@ from mbtasks.io.records import Record, save_weights
 from mbtasks.models import KINDS, MODELS, check_num_classes
 
 PAPERS = ("arXiv:1704.04861", "arXiv:1801.04381", "arXiv:1905.02244")
-BUILT_IN = ("mbtasks.models.classifiers", "mbtasks.models.detectors", "mbtasks.models.segmenters")
+BUILT_IN = (
+    "mbtasks.models.classifiers",
+    "mbtasks.models.detectors",
+    "mbtasks.models.faster_rcnn",
+    "mbtasks.models.segmenters",
+)
 
 
 def test_list_models_takes_a_shell_pattern_and_a_kind():
@@ -25,10 +30,20 @@ def test_list_models_takes_a_shell_pattern_and_a_kind():
         "ssdlite320_mobilenet_v2",
         "ssdlite320_mobilenet_v1",
     ]
-    assert list_models() == MODELS.names() and len(list_models()) == 23
+    assert list_models() == MODELS.names() and len(list_models()) == 38
     assert list_models("mobilenet_v?") == ["mobilenet_v1", "mobilenet_v2"]
     assert list_models("*v1", kind="segmenter") == ["deeplabv3_mobilenet_v1"]
-    assert list_models(kind="detector") == [*list_models("ssdlite*"), "ssd300_mobilenet_v1"]
+    assert list_models(kind="detector") == [
+        *list_models("ssdlite*"),
+        *list_models("ssd300*"),
+        *list_models("fasterrcnn*"),
+    ]
+    assert list_models("ssd300*")[-1] == "ssd300_mobilenet_v1" and len(list_models("ssd300*")) == 4
+    assert list_models("fasterrcnn*v3_large*") == [
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "fasterrcnn_mobilenet_v3_large",
+    ]
     assert list_models("nothing*") == []
     assert sorted(n for kind in KINDS for n in list_models(kind=kind)) == sorted(list_models())
     with pytest.raises(MbtasksError, match="unknown model kind 'detectors'.*did you mean 'detector'"):
@@ -55,6 +70,8 @@ def test_entries_carry_sizes_heads_and_visible_defaults():
     facts = {name: (e.kind, e.size, e.head) for name, e in MODELS.items()}
     assert facts["ssdlite320_mobilenet_v3_large"] == ("detector", 320, "ssdlite")
     assert facts["ssd300_mobilenet_v1"] == ("detector", 300, "ssd")
+    assert facts["fasterrcnn_mobilenet_v3_large_fpn"] == ("detector", 800, "fasterrcnn")
+    assert facts["fasterrcnn_mobilenet_v1"] == ("detector", 600, "fasterrcnn")
     assert facts["lraspp_mobilenet_v3_small"] == ("segmenter", 520, "lraspp")
     assert facts["deeplabv3_mobilenet_v1"] == ("segmenter", 520, "deeplabv3")
     assert facts["mobilenet_v2"] == ("classifier", 224, "classifier")

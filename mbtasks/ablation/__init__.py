@@ -1,5 +1,5 @@
-"""`mbtasks ablate`: grids of runs -> CSV, Markdown, plots; versions x widths x resolutions of one task, as the papers'
-tables.
+"""`mbtasks ablate`: grids of runs -> CSV, Markdown, plots; versions x widths x resolutions of one task (and
+head families, `--heads`: frameworks on one backbone), as the papers' tables.
 
 Each run trains and evaluates in child processes of its own (`mbtasks train`, then `mbtasks evaluate` of its best
 checkpoint, the commands written to RUN_DIR/commands.json and their output to RUN_DIR/log.txt), so a crash in one run
@@ -8,13 +8,14 @@ a finished result for the same resolved config is not run again. A run of other 
 goes to RUN_DIR-2 (-3, ...), or replaces it with --overwrite. result.json is replaced whole, never half-written.
 """
 
-from .plan import Run, default_config, parse_resolutions, parse_versions, parse_widths, plan_runs
+from .plan import Run, default_config, parse_heads, parse_resolutions, parse_versions, parse_widths, plan_runs
 from .report import write_outputs
 from .run import run_ablation
 
 __all__ = [
     "Run",
     "default_config",
+    "parse_heads",
     "parse_resolutions",
     "parse_versions",
     "parse_widths",

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..backbones import BACKBONES
 from ..config import Config, load_config
 from ..errors import MbtasksError
+from ..models import MODELS
 from ..recipe_files import find_recipe
 from ..sizes import height_width
 from ..tasks import TASKS
@@ -92,6 +93,21 @@ def parse_resolutions(text: str) -> list[Resolution]:
     return resolutions
 
 
+def parse_heads(text: str) -> list[str]:
+    """'ssdlite320,ssd300,fasterrcnn' -> the head families (a model is named HEAD_mobilenet_VERSION)."""
+    heads = list(dict.fromkeys(filter(None, (part.strip() for part in text.split(",")))))
+    if not heads:
+        raise MbtasksError("--heads names no head family")
+    return heads
+
+
+def _headed(head: str, version: str) -> str:
+    name = f"{head}_{version}"
+    if name not in MODELS:
+        raise MbtasksError(f"no model {name} for --heads {head}")
+    return name
+
+
 def default_config(task: str) -> Path:
     """The task's demo recipe (its `demo_recipe`: a packaged recipe's name, or a plugin's file beside its module)."""
     recipe = TASKS.get(task).demo_recipe
@@ -117,17 +133,20 @@ def plan_runs(
     versions: list[str],
     widths: dict[str, list[float]],
     resolutions: list[Resolution] | None,
+    heads: list[str] | None = None,
 ) -> list[Run]:
     """Every combination, each config loaded (the recipes merged in order, `overrides` on top) and checked before any
-    run starts."""
+    run starts. `heads`: head families (frameworks), each on every version, each at its own size unless
+    `resolutions` are given; else the recipe's model on every version, at the recipe's size."""
     base = load_config(recipes, overrides, task)
-    resolutions = resolutions or [config_resolution(base)]
     runs = []
     spec = TASKS.get(task)
     for version in versions:
-        model = spec.ablation_model(base.model.name, version)
-        for width in widths[version]:
-            for resolution in resolutions:
+        for model in (
+            [_headed(head, version) for head in heads] if heads else [spec.ablation_model(base.model.name, version)]
+        ):
+            sizes = resolutions or ([MODELS.get(model).size] if heads else [config_resolution(base)])
+            for width, resolution in ((w, r) for w in widths[version] for r in sizes):
                 size = resolution if isinstance(resolution, int) else list(resolution)
                 grid = [f"model.name={model}", f"model.options.width_mult={width:g}", *spec.size_overrides(size)]
                 run_overrides = ["train.progress_bar=false", *overrides, *grid]

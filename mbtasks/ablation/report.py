@@ -8,6 +8,7 @@ import torch
 
 from ..backbones import BACKBONES
 from ..io.outputs import replaced_atomically, write_text_atomically
+from ..reference import DETECTOR_PAPER_NOTES
 
 COLUMNS = [
     "task",
@@ -69,10 +70,19 @@ def write_markdown(rows: list[dict], path: Path, profile_only: bool, latency_run
             f"channels-last), {torch.get_num_threads()} CPU thread(s), on the machine that ran this table."
         )
     lines.append("paper: the papers' figures (mbtasks/reference.py) where they list this network.")
+    for r in done:
+        note = DETECTOR_PAPER_NOTES.get((r["model"], r["width"], _side(r["resolution"])))
+        if note and r.get("paper_madds") is not None:
+            lines.append(f"Note on {r['model']} at {r['resolution']}: {note}.")
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- {r['run']}: {r['error']}" for r in failed]
     write_text_atomically(path, "\n".join(lines) + "\n")
+
+
+def _side(resolution: str) -> int | str:
+    """A square resolution's side as the reference keys it ("600" -> 600); others as written."""
+    return int(resolution) if str(resolution).isdigit() else resolution
 
 
 def _paper(value: float | None) -> str:

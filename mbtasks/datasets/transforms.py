@@ -75,10 +75,24 @@ def _photometric_distort() -> A.BasicTransform:
     )
 
 
-PRESETS: dict[str, Callable[[], list[A.BasicTransform]]] = {
-    "ssdlite": lambda: [RandomIoUCrop(), A.HorizontalFlip(p=0.5)],
-    "ssd": lambda: [_photometric_distort(), RandomZoomOut(), RandomIoUCrop(), A.HorizontalFlip(p=0.5)],
+def _shortest_sides(size: tuple[int, int]) -> list[int]:
+    """torchvision's multiscale shortest sides, 480 to 800 in steps of 32 at min_size 800, scaled to `size`'s
+    shorter side (at 320: 192 to 320)."""
+    side = min(size)
+    return sorted({round(side * (480 + 32 * step) / 800) for step in range(11)})
+
+
+# A preset takes the input size (height, width). SSD's and SSDLite's end in a resize to that size; Faster R-CNN's
+# (torchvision's "hflip", its default, and "multiscale") keep each image's aspect ratio: the model resizes it
+# (min_size, max_size), so a batch holds images of several sizes. torchvision's multiscale resize is followed by the
+# model's own to min_size, as here: what it varies is the detail the image keeps.
+PRESETS: dict[str, Callable[[tuple[int, int]], list[A.BasicTransform]]] = {
+    "ssdlite": lambda size: [RandomIoUCrop(), A.HorizontalFlip(p=0.5)],
+    "ssd": lambda size: [_photometric_distort(), RandomZoomOut(), RandomIoUCrop(), A.HorizontalFlip(p=0.5)],
+    "hflip": lambda size: [A.HorizontalFlip(p=0.5)],
+    "multiscale": lambda size: [A.SmallestMaxSize(max_size=_shortest_sides(size), p=1.0), A.HorizontalFlip(p=0.5)],
 }
+MODEL_RESIZED = ("hflip", "multiscale")  # presets that leave the size to the model
 
 
 def detection_transforms(
@@ -89,7 +103,8 @@ def detection_transforms(
     std: Sequence[float] | None = None,
     seed: int | None = None,
 ) -> Pipeline | IoUCropFlipResize:
-    """Training: the preset's augmentation, then resize to size (height, width); evaluation: no resize.
+    """Training: the preset's augmentation, then resize to size (height, width) unless the model resizes
+    (MODEL_RESIZED); evaluation: no resize.
 
     Call as `t(image=hwc_uint8, bboxes=xyxy_pixels, labels=..., iscrowd=...)`, or `t(hwc_uint8)` for the image
     alone (datasets/pipeline.py). Training images come out as HWC
@@ -109,8 +124,9 @@ def detection_transforms(
         return IoUCropFlipResize(size, seed=seed)
     steps: list[A.BasicTransform] = []
     if train:
-        steps += PRESETS[preset]()
-        steps.append(A.Resize(height=size[0], width=size[1]))
+        steps += PRESETS[preset](size)
+        if preset not in MODEL_RESIZED:
+            steps.append(A.Resize(height=size[0], width=size[1]))
     if mean is not None:
         steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     elif not train:
@@ -125,9 +141,10 @@ def detection_transforms(
     return Pipeline(steps, bbox_params=bbox_params, seed=seed)
 
 
-def collate_training(batch: list) -> tuple[torch.Tensor, tuple]:
-    """A training batch: the HWC uint8 images (all resized to one size) copied once, as they are, into one NHWC
-    uint8 tensor; the targets as a tuple, their boxes, labels and iscrowd views of one tensor each."""
+def collate_training(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], tuple]:
+    """A training batch: the HWC uint8 images (resized to one size) copied once, as they are, into one NHWC
+    uint8 tensor (images of several sizes, which a Faster R-CNN resizes itself: a list of HWC uint8 tensors); the
+    targets as a tuple, their boxes, labels and iscrowd views of one tensor each."""
     images, targets = zip(*batch)
     targets = [dict(target) for target in targets]
     # A loader worker hands a batch over in shared memory, a segment per tensor: three per batch instead of three
@@ -136,6 +153,8 @@ def collate_training(batch: list) -> tuple[torch.Tensor, tuple]:
         parts = [target[key] for target in targets]
         for target, view in zip(targets, torch.cat(parts).split([len(part) for part in parts])):
             target[key] = view
+    if len({image.shape for image in images}) > 1:
+        return [torch.from_numpy(image) for image in images], tuple(targets)
     return torch.from_numpy(np.stack(images)), tuple(targets)
 
 
@@ -146,4 +165,6 @@ def images_to_float(batch: tuple, dtype: torch.dtype = torch.float32) -> tuple:
     images, targets = batch
     if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
         images = images.permute(0, 3, 1, 2).to(dtype).div_(255).contiguous()
+    elif isinstance(images, list) and images and images[0].dtype == torch.uint8:  # HWC images of several sizes
+        images = [image.permute(2, 0, 1).to(dtype).div_(255).contiguous() for image in images]
     return images, targets

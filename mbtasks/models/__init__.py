@@ -9,7 +9,7 @@ from torch import nn
 from ..backbones import BACKBONES, Backbone
 from ..errors import MbtasksError
 from ..io.records import Record, load_into
-from . import classifiers, detectors, segmenters  # noqa: F401  (each registers its networks in MODELS)
+from . import classifiers, detectors, faster_rcnn, segmenters  # noqa: F401  (each registers its networks in MODELS)
 from .pretrained import load_weights
 from .registry import KINDS, MODELS, ModelEntry, check_num_classes, list_models, register_model
 

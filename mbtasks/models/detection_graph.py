@@ -1,4 +1,4 @@
-"""The detector as exported: an SSD end to end in one graph.
+"""The detector as exported: an SSD end to end in one graph (a Faster R-CNN: torchvision's own, traced whole).
 
 One [0, 1] image `images` (1, 3, H, W) of any size -> `boxes` (xyxy in its pixels), `scores`, `labels`: torchvision's
 resize to the detector's size and normalisation, the network, softmax and box decoding, torchvision SSD's selection
@@ -10,6 +10,7 @@ runtimes' threads contended and the end-to-end time doubled.
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import batched_nms
@@ -136,3 +137,39 @@ def _anchors(ssd: SSD, size: tuple[int, int]) -> torch.Tensor:
     with torch.no_grad():
         features = list(ssd.backbone(images).values())
         return ssd.anchor_generator(ImageList(images, [size]), features)[0]
+
+
+class RCNNGraph(nn.Module):
+    """A torchvision Faster R-CNN end to end, as exported (ONNX opset 11 or later, which torchvision's export needs):
+    one [0, 1] image (1, 3, H, W) of any size -> its detections. The detector is traced whole: its resize and
+    normalisation, RPN (NMS by ONNX's NonMaxSuppression), RoIAlign, box head and selection, the boxes scaled back."""
+
+    def __init__(self, detector: GeneralizedRCNN):
+        super().__init__()
+        self.detector = detector
+        heads = detector.roi_heads
+        self.postprocess = {
+            "score_thresh": heads.score_thresh,
+            "nms_thresh": heads.nms_thresh,
+            "detections_per_img": heads.detections_per_img,
+        }
+        self.train(detector.training)  # the exporter restores the mode it finds, the detector's included
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # GeneralizedRCNN.forward in eval mode, with one zero-size proposal added: ONNX Runtime cannot reshape the
+        # box head's empty output when the RPN keeps none (torchvision's (0, -1) reshape), and a zero-size proposal
+        # decodes to a zero-size box, which the selection removes (remove_small_boxes) before anything else sees it.
+        # The box head treats each proposal alone, so the others' detections are unchanged.
+        detector = self.detector
+        images, _ = detector.transform([image[0]])
+        features = detector.backbone(images.tensors)
+        proposals, _ = detector.rpn(images, features)
+        proposals = [torch.cat([boxes, boxes.new_zeros(1, 4)]) for boxes in proposals]
+        found, _ = detector.roi_heads(features, proposals, images.image_sizes)
+        (found,) = detector.transform.postprocess(found, images.image_sizes, [image.shape[-2:]])
+        return found["boxes"], found["scores"], found["labels"]
+
+
+def detection_graph(detector: nn.Module) -> nn.Module:
+    """The exported graph of a detector: DetectionGraph for an SSD, RCNNGraph for a Faster R-CNN."""
+    return RCNNGraph(detector) if isinstance(detector, GeneralizedRCNN) else DetectionGraph(detector)

@@ -127,4 +127,8 @@ ssdlite320_mobilenet_v3_small = _register(
 )
 ssdlite320_mobilenet_v2 = _register("ssdlite320_mobilenet_v2", "mobilenet_v2", True, 320)
 ssdlite320_mobilenet_v1 = _register("ssdlite320_mobilenet_v1", "mobilenet_v1", True, 320)
+# SSD300 on every version, for comparing frameworks on one backbone (the v1 paper's is on v1).
+ssd300_mobilenet_v3_large = _register("ssd300_mobilenet_v3_large", "mobilenet_v3_large", False, 300)
+ssd300_mobilenet_v3_small = _register("ssd300_mobilenet_v3_small", "mobilenet_v3_small", False, 300)
+ssd300_mobilenet_v2 = _register("ssd300_mobilenet_v2", "mobilenet_v2", False, 300)
 ssd300_mobilenet_v1 = _register("ssd300_mobilenet_v1", "mobilenet_v1", False, 300)

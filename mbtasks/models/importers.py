@@ -4,6 +4,8 @@ its network found from the tensors, and every tensor mapped by position with its
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ..errors import MbtasksError
 from ..io.records import Record, read_state_dict, save_weights
 from .registry import MODELS
@@ -26,6 +28,12 @@ def _torchvision_ssdlite_options(state: dict) -> dict:
         "num_classes": int(first_class_conv.shape[0]) // 6,
         "reduced_tail": int(state["backbone.extra.0.0.0.weight"].shape[1]) == 480,
     }
+
+
+def _torchvision_faster_rcnn_options(state: dict) -> dict:
+    """torchvision's fasterrcnn_mobilenet_v3_large(_320)_fpn: classes from the box predictor; its backbone's batch
+    norm is torchvision's default (eps 1e-5, FrozenBatchNorm2d's and BatchNorm2d's)."""
+    return {"num_classes": int(state["roi_heads.box_predictor.cls_score.weight"].shape[0]), "bn_eps": 1e-5}
 
 
 def _torchvision_lraspp_options(state: dict) -> dict:
@@ -51,6 +59,8 @@ SOURCES: dict[str, dict[str, Callable[[dict], dict]]] = {
             for name, eps in [("mobilenet_v2", 1e-5), ("mobilenet_v3_large", 1e-3), ("mobilenet_v3_small", 1e-3)]
         },
         "ssdlite320_mobilenet_v3_large": _torchvision_ssdlite_options,
+        "fasterrcnn_mobilenet_v3_large_fpn": _torchvision_faster_rcnn_options,
+        "fasterrcnn_mobilenet_v3_large_320_fpn": _torchvision_faster_rcnn_options,
         "lraspp_mobilenet_v3_large": _torchvision_lraspp_options,
         "deeplabv3_mobilenet_v3_large": _torchvision_deeplabv3_options,
     },
@@ -100,6 +110,19 @@ def map_by_position(source: dict, target, path: str | Path, source_name: str) ->
     return mapped
 
 
+def with_batch_counts(state: dict) -> dict:
+    """`state` with a zero `num_batches_tracked` after each batch norm's running_var that has none: torchvision's
+    detectors trained from ImageNet weights freeze their backbone's batch norm (FrozenBatchNorm2d), which keeps no
+    count, where mbtasks' backbone has a BatchNorm2d."""
+    counted = {}
+    for key, value in state.items():
+        counted[key] = value
+        counter = key.removesuffix("running_var") + "num_batches_tracked"
+        if key.endswith(".running_var") and counter not in state:
+            counted[counter] = torch.tensor(0)
+    return counted
+
+
 def _first_mismatch(source: dict, own: dict) -> str:
     for (src_key, value), (key, expected) in zip(source.items(), own.items()):
         if value.shape != expected.shape:
@@ -115,7 +138,7 @@ def convert_state_dict(source: str, state: dict, model: str, src: str | Path) ->
     except (IndexError, KeyError, AttributeError):
         raise MbtasksError(f"not a {source} {model} state dict", src) from None
     entry = MODELS.get(model)
-    mapped = map_by_position(state, entry.build(**options), src, model)
+    mapped = map_by_position(with_batch_counts(state), entry.build(**options), src, model)
     return Record(model, entry.backbone, options, state_dict=mapped)
 
 

@@ -40,7 +40,8 @@ class ModelEntry:
         kind: what it outputs, one of KINDS for the built-in networks (a plugin may add its own).
         size: its default input size, N or (height, width): a detector's own size, 224 for image-level networks,
             520 for segmenters (the size torchvision's segmentation metadata counts at).
-        head: its head family ("ssdlite", "ssd", "lraspp", "deeplabv3", "classifier", "attributes", "embedding").
+        head: its head family ("ssdlite", "ssd", "fasterrcnn", "lraspp", "deeplabv3", "classifier", "attributes",
+            "embedding").
     """
 
     build: Callable[..., nn.Module]

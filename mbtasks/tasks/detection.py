@@ -31,7 +31,7 @@ from ..evaluation.report_charts import bar_chart, curves
 from ..io.executorch_runtime import ExecutorchDetector
 from ..io.onnx_runtime import OnnxDetector
 from ..models import MODELS, check_num_classes
-from ..models.detection_graph import DetectionGraph
+from ..models.detection_graph import RCNNGraph, detection_graph
 from ..models.fixed_size_selection import FixedSizeDetectionGraph
 from ..models.pretrained import load_weights
 from ..sizes import height_width
@@ -326,7 +326,7 @@ class DetectionTask(BaseTask):
 
     @classmethod
     def graph(cls, model: nn.Module) -> nn.Module:
-        return DetectionGraph(model)
+        return detection_graph(model)
 
     @classmethod
     def graph_settings(cls, graph: nn.Module) -> dict:
@@ -385,6 +385,8 @@ class DetectionTask(BaseTask):
     @classmethod
     def executorch_graph(cls, model: nn.Module) -> nn.Module:
         """The detector end to end with NMS in fixed-size operators (ExecuTorch runs no NonMaxSuppression)."""
+        if isinstance(detection_graph(model), RCNNGraph):
+            raise MbtasksError("ExecuTorch has no kernels for a Faster R-CNN's RoIAlign and NMS: export it to ONNX")
         return FixedSizeDetectionGraph(model)
 
     @classmethod

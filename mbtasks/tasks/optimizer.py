@@ -12,7 +12,8 @@ def build_schedule(
     optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int, warmup_steps: int, steps_per_epoch: float
 ) -> lr_scheduler.LRScheduler:
     """Linear warm-up from train.warmup_factor over `warmup_steps`, then cosine or poly decay to zero over the rest,
-    step decay (x lr_gamma every lr_step_epochs), or constant. Its lengths live in its state: a resumed run keeps
+    step decay (x lr_gamma every lr_step_epochs), multistep (x lr_gamma at each of lr_milestones, in epochs), or
+    constant. Its lengths live in its state: a resumed run keeps
     the schedule it started with."""
     decay_steps = max(1, total_steps - warmup_steps)
     if train.schedule == "cosine":
@@ -23,6 +24,10 @@ def build_schedule(
         main = lr_scheduler.StepLR(
             optimizer, step_size=max(1, int(train.lr_step_epochs * steps_per_epoch)), gamma=train.lr_gamma
         )
+    elif train.schedule == "multistep":
+        # Counted from the end of the warm-up, which SequentialLR hands over at.
+        milestones = [max(1, int(epoch * steps_per_epoch) - warmup_steps) for epoch in train.lr_milestones]
+        main = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=train.lr_gamma)
     elif train.schedule == "constant":
         main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:  # a name config.SCHEDULES allows that is not built here: a bug of mbtasks, not the user's mistake
