@@ -30,7 +30,7 @@ from mbtasks.datasets.segmentation_transforms import (
 )
 from mbtasks.datasets.transforms import collate_training, detection_transforms, images_to_float
 from mbtasks.io.images import read_label_png, read_rgb_image
-from mbtasks.tasks.base import one_thread_opencv, one_thread_opencv_with
+from mbtasks.tasks.base import loader_worker_setup, one_thread_opencv_with
 from mbtasks.tasks.detection import DetectionDataModule
 
 SIZE = (320, 320)
@@ -332,13 +332,14 @@ class _Threads(torch.utils.data.Dataset):
 
 def test_loader_workers_run_opencv_on_one_thread(coco) -> None:
     """What the task loaders do: pin the main process before the workers fork (a forked worker that pins OpenCV
-    itself while the main process's pool is alive hangs), and pin each worker."""
+    itself while the main process's pool is alive hangs), and pin each worker (loader_worker_setup, which also ends
+    the worker with its parent)."""
     threads = cv2.getNumThreads()
     try:
         cv2.setNumThreads(2)
         cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (1000, 1000))  # the main process's pool is alive
         one_thread_opencv_with(workers=1)
-        loader = torch.utils.data.DataLoader(_Threads(), num_workers=1, worker_init_fn=one_thread_opencv)
+        loader = torch.utils.data.DataLoader(_Threads(), num_workers=1, worker_init_fn=loader_worker_setup)
         assert [int(n) for n in loader] == [1, 1] and cv2.getNumThreads() == 1
     finally:
         cv2.setNumThreads(threads)
@@ -354,7 +355,7 @@ def test_loader_workers_run_opencv_on_one_thread(coco) -> None:
     )
     data = DetectionDataModule(config)
     data.setup("fit")
-    assert data.train_dataloader().worker_init_fn is data.val_dataloader().worker_init_fn is one_thread_opencv
+    assert data.train_dataloader().worker_init_fn is data.val_dataloader().worker_init_fn is loader_worker_setup
 
 
 # ---- one call for every pipeline: albumentations' by name, torchvision's on one image ----
