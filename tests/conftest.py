@@ -23,6 +23,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 CONFIGS = Path(__file__).resolve().parents[1] / "mbtasks" / "recipes"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test file (`pytestmark = pytest.mark.usefixtures("one_thread")`): small convolutions
+    gain nothing from threads, and on a shared machine OpenMP's spinning costs 5-10x (a Faster R-CNN's step measured
+    3 s on one thread, 20 s on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train_demo(tmp_path_factory, name: str, recipe: str, settings: list[str]) -> str:
     """The packaged demo RECIPE trained with `settings` once a test run, torch on one thread; its best checkpoint."""
     shared = tmp_path_factory.getbasetemp()

@@ -31,14 +31,8 @@ def test_import_contracts_are_kept():
     assert "Contracts: 4 kept, 0 broken." in result.stdout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions gain nothing from threads, and on a shared machine OpenMP's spinning costs 5-10x (a Faster
-    R-CNN's step measured 3 s on one thread, 20 s on two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions gain nothing from threads (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Options that keep a network small enough for a fast test, its kind unchanged: each network takes those it has.

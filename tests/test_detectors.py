@@ -13,13 +13,8 @@ NAME = "ssdlite320_mobilenet_v3_large"
 TORCHVISION_PARAMS, TORCHVISION_MADDS = DETECTOR_TORCHVISION_FIGURES[(NAME, 1.0, 320)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions gain nothing from threads, and on a shared machine OpenMP's spinning costs 10-20x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions gain nothing from threads (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised_torchvision_ssdlite() -> torch.nn.Module:

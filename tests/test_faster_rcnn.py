@@ -15,19 +15,15 @@ from mbtasks.reference import DETECTOR_PAPER_FIGURES, DETECTOR_PAPER_NOTES, DETE
 TORCHVISION = ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions gain nothing from threads (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised_torchvision(name: str) -> torch.nn.Module:
     """torchvision's network, random batch norm and confident class scores, so that a mis-mapped tensor shows."""
     torch.manual_seed(0)
     model = torchvision.models.detection.__dict__[name](weights=None, weights_backbone=None)
-    for module in model.modules():
+    for module in model.modules():  # as helpers.randomised, without its reseeding: the seed picks these detections
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
