@@ -13,6 +13,20 @@ import torch
 from PIL import Image
 
 MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+# The end of a `python -c` script that runs `mbtasks` with the script's Lightning callback: every trainer mbtasks
+# builds gets CALLBACK() appended, then main(argv from ARGS_FROM) runs.
+WITH_CALLBACK = """
+import mbtasks.tasks.trainer as trainer
+from mbtasks.cli import main
+
+build = trainer.build_trainer
+def build_with_callback(*args, **kwargs):
+    built = build(*args, **kwargs)
+    built.callbacks.append(CALLBACK())
+    return built
+trainer.build_trainer = build_with_callback
+sys.exit(main(sys.argv[ARGS_FROM:]))
+"""
 # The image tasks' embedded sets, kept tiny (--set settings); the classification set has 9 validation images (odd,
 # for the DDP tests).
 TINY_IMAGE_DATA = {

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import MBTASKS, TINY_IMAGE_DATA
+from helpers import MBTASKS, TINY_IMAGE_DATA, WITH_CALLBACK
 from test_training import _assert_the_same_run
 
 from mbtasks.cli import main
@@ -49,8 +49,6 @@ TINY_CLS = [
 SIGNALLED = """
 import os, signal, sys, time
 from pytorch_lightning.callbacks import Callback
-import mbtasks.tasks.trainer as trainer
-from mbtasks.cli import main
 
 class Send(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, index):
@@ -61,14 +59,7 @@ class Send(Callback):
                 time.sleep(0.1)
             os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL"]))
 
-build = trainer.build_trainer
-def build_and_send(*args, **kwargs):
-    built = build(*args, **kwargs)
-    built.callbacks.append(Send())
-    return built
-trainer.build_trainer = build_and_send
-sys.exit(main(sys.argv[1:]))
-"""
+CALLBACK = Send""" + WITH_CALLBACK.replace("ARGS_FROM", "1")
 
 
 def _train_args(*settings: str) -> list[str]:
@@ -160,8 +151,6 @@ SLOWED = """
 import sys, time
 from pytorch_lightning.callbacks import Callback
 import mbtasks.predict.runner as runner
-import mbtasks.tasks.trainer as trainer
-from mbtasks.cli import main
 
 def pause():
     open(sys.argv[1], "a").close()
@@ -177,14 +166,7 @@ class Slow(Callback):
     def on_validation_batch_end(self, *args, **kwargs):
         pause()
 
-build = trainer.build_trainer
-def build_slow(*args, **kwargs):
-    built = build(*args, **kwargs)
-    built.callbacks.append(Slow())
-    return built
-trainer.build_trainer = build_slow
-sys.exit(main(sys.argv[2:]))
-"""
+CALLBACK = Slow""" + WITH_CALLBACK.replace("ARGS_FROM", "2")
 
 
 def _children(pid: int) -> set[int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MBTASKS, TINY_IMAGE_DATA
+from helpers import MBTASKS, TINY_IMAGE_DATA, WITH_CALLBACK
 
 from mbtasks.cli import main
 from mbtasks.config import TrainConfig
@@ -52,22 +52,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 KILLED_AT = """
 import os, signal, sys
 from pytorch_lightning.callbacks import Callback
-import mbtasks.tasks.trainer as trainer
-from mbtasks.cli import main
 
 class Kill(Callback):
     def on_train_epoch_start(self, trainer, module):
         if trainer.current_epoch == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
 
-build = trainer.build_trainer
-def build_and_kill(*args, **kwargs):
-    built = build(*args, **kwargs)
-    built.callbacks.append(Kill())
-    return built
-trainer.build_trainer = build_and_kill
-sys.exit(main(sys.argv[2:]))
-"""
+CALLBACK = Kill""" + WITH_CALLBACK.replace("ARGS_FROM", "2")
 
 
 def _train(*args: str, kill_at_epoch: int | None = None) -> subprocess.CompletedProcess:
