@@ -1,5 +1,7 @@
 """Shared test helpers."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -13,6 +15,27 @@ import torch
 from PIL import Image
 
 MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+
+
+def in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """`mbtasks ARGS` by mbtasks.cli.main in this process, torch on one thread as in the suite's subprocesses: what
+    subprocess.run would give (exit status, stdout, stderr) without a process's 5 s of imports, for tests about what
+    a command does rather than about its process."""
+    from mbtasks.cli import main
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exit:  # argparse's
+                code = exit.code
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["mbtasks", *args], code, out.getvalue(), err.getvalue())
+
+
 # The end of a `python -c` script that runs `mbtasks` with the script's Lightning callback: every trainer mbtasks
 # builds gets CALLBACK() appended, then main(argv from ARGS_FROM) runs.
 WITH_CALLBACK = """
