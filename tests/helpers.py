@@ -99,35 +99,39 @@ def save_checkpoint(module, path: Path) -> Path:
 def evaluate_with_one_and_two_processes(
     checkpoint: Path, out_dir: Path, val_batch_size: int, images: int
 ) -> list[dict]:
-    """The checkpoint's figures from `mbtasks evaluate` on one process and on two (DDP, gloo). Each run must report
-    `images` evaluated images: with an odd count the sampler pads a duplicate, which must not be counted twice."""
+    """The checkpoint's figures from `mbtasks evaluate` on one process (this one) and on two (DDP, gloo: the console
+    script, which starts the second). Each run must report `images` evaluated images: with an odd count the sampler
+    pads a duplicate, which must not be counted twice."""
     figures = []
     for devices in (1, 2):
         out = out_dir / f"ddp{devices}.json"
-        result = subprocess.run(
-            [
-                MBTASKS,
-                "evaluate",
-                "--checkpoint",
-                str(checkpoint),
-                "--json",
-                str(out),
-                "--set",
-                "train.accelerator=cpu",
-                "--set",
-                f"train.devices={devices}",
-                "--set",
-                f"train.strategy={'ddp' if devices > 1 else 'auto'}",
-                "--set",
-                f"data.val_batch_size={val_batch_size}",
-                "--set",
-                "data.num_workers=0",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
+        args = [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--json",
+            str(out),
+            "--set",
+            "train.accelerator=cpu",
+            "--set",
+            f"train.devices={devices}",
+            "--set",
+            f"train.strategy={'ddp' if devices > 1 else 'auto'}",
+            "--set",
+            f"data.val_batch_size={val_batch_size}",
+            "--set",
+            "data.num_workers=0",
+        ]
+        if devices == 1:
+            result = in_process(args)
+        else:
+            result = subprocess.run(
+                [MBTASKS, *args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"evaluated {images} images" in result.stdout
         figures.append(json.loads(out.read_text()))
