@@ -228,9 +228,7 @@ def test_ema_weights_are_the_ones_saved_and_evaluated(ema_run):
     checkpoint = torch.load(ema_run, weights_only=True)
     ema, current = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert any(not torch.equal(ema[k], current[k]) for k in ema if k.startswith("model."))
-    evaluated = subprocess.run(  # by the console script, in a process of its own
-        [MBTASKS, "evaluate", "--checkpoint", str(ema_run)], capture_output=True, text=True, timeout=300, env=ENV
-    )
+    evaluated = in_process(["evaluate", "--checkpoint", str(ema_run)])
     assert evaluated.returncode == 0 and "evaluated 9 images" in evaluated.stdout, evaluated.stderr[-2000:]
 
 
