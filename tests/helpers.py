@@ -1,5 +1,7 @@
 """Shared test helpers."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -13,6 +15,27 @@ import torch
 from PIL import Image
 
 MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
+
+
+def in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """`mbtasks ARGS` by mbtasks.cli.main in this process, torch on one thread as in the suite's subprocesses: what
+    subprocess.run would give (exit status, stdout, stderr) without a process's 5 s of imports, for tests about what
+    a command does rather than about its process."""
+    from mbtasks.cli import main
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exit:  # argparse's
+                code = exit.code
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["mbtasks", *args], code, out.getvalue(), err.getvalue())
+
+
 # The end of a `python -c` script that runs `mbtasks` with the script's Lightning callback: every trainer mbtasks
 # builds gets CALLBACK() appended, then main(argv from ARGS_FROM) runs.
 WITH_CALLBACK = """
@@ -76,35 +99,39 @@ def save_checkpoint(module, path: Path) -> Path:
 def evaluate_with_one_and_two_processes(
     checkpoint: Path, out_dir: Path, val_batch_size: int, images: int
 ) -> list[dict]:
-    """The checkpoint's figures from `mbtasks evaluate` on one process and on two (DDP, gloo). Each run must report
-    `images` evaluated images: with an odd count the sampler pads a duplicate, which must not be counted twice."""
+    """The checkpoint's figures from `mbtasks evaluate` on one process (this one) and on two (DDP, gloo: the console
+    script, which starts the second). Each run must report `images` evaluated images: with an odd count the sampler
+    pads a duplicate, which must not be counted twice."""
     figures = []
     for devices in (1, 2):
         out = out_dir / f"ddp{devices}.json"
-        result = subprocess.run(
-            [
-                MBTASKS,
-                "evaluate",
-                "--checkpoint",
-                str(checkpoint),
-                "--json",
-                str(out),
-                "--set",
-                "train.accelerator=cpu",
-                "--set",
-                f"train.devices={devices}",
-                "--set",
-                f"train.strategy={'ddp' if devices > 1 else 'auto'}",
-                "--set",
-                f"data.val_batch_size={val_batch_size}",
-                "--set",
-                "data.num_workers=0",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
+        args = [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--json",
+            str(out),
+            "--set",
+            "train.accelerator=cpu",
+            "--set",
+            f"train.devices={devices}",
+            "--set",
+            f"train.strategy={'ddp' if devices > 1 else 'auto'}",
+            "--set",
+            f"data.val_batch_size={val_batch_size}",
+            "--set",
+            "data.num_workers=0",
+        ]
+        if devices == 1:
+            result = in_process(args)
+        else:
+            result = subprocess.run(
+                [MBTASKS, *args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"evaluated {images} images" in result.stdout
         figures.append(json.loads(out.read_text()))

@@ -1,12 +1,16 @@
-"""Every bench at toy size (issue 27): each script under bench/ runs as a subprocess with its own arguments set small
-(a few runs, a few images, one repeat), exits 0 and prints the lines the README quotes: their labels, the numbers
-being the machine's. The labels are checked against the README's quoted runs too, and the harness against a bench
-broken on purpose."""
+"""Every bench at toy size (issue 27): each script under bench/ runs with its own arguments set small (a few runs, a
+few images, one repeat), exits 0 and prints the lines the README quotes: their labels, the numbers being the
+machine's. The labels are checked against the README's quoted runs too, and the harness against a bench broken on
+purpose. The toy runs run each script as `__main__` in the test's process, as `python bench/SCRIPT` runs it (runpy;
+the processes a bench starts itself are real ones): a process of its own would spend 5 s on imports the test's
+process has done; the harness test runs its bench as a process, through `python`."""
 
 import os
 import re
+import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -214,14 +218,38 @@ def missing_labels(output: str, labels: list[str]) -> list[str]:
     return [label for label in labels if not any(pattern(label).match(line) for line in lines)]
 
 
-def bench_problems(script: str, args: list[str], labels: list[str], env: dict | None = None) -> list[str]:
-    """What is wrong with a run of bench/<script> (empty: it exited 0 and printed every label)."""
+def run_here(script: str, args: list[str], capfd, monkeypatch) -> subprocess.CompletedProcess:
+    """bench/<script> ARGS run as `__main__` in this process, as `python bench/SCRIPT ARGS` would run it: its exit
+    status (an uncaught exception's 1 and traceback, as Python's), and what it and the processes it starts printed.
+    torch's thread count, which the benches set, is restored after."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))  # where `python bench/SCRIPT` finds the benches' own modules
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), *args])
+    monkeypatch.chdir(ROOT)
+    threads, error, code = torch.get_num_threads(), "", 0
+    capfd.readouterr()
+    try:
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (exit.code is not None)
+    except Exception:
+        code, error = 1, traceback.format_exc()
+    finally:
+        torch.set_num_threads(threads)
+    sys.stdout.flush()
+    printed = capfd.readouterr()
+    return subprocess.CompletedProcess([script, *args], code, printed.out, printed.err + error)
+
+
+def run_process(script: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python bench/<script> ARGS` in a process of its own, `env` added to this process's environment."""
     environment = {**os.environ, **(env or {})}
     # The benches import this checkout's mbtasks (and whatever env puts before it).
     environment["PYTHONPATH"] = os.pathsep.join(
         p for p in ((env or {}).get("PYTHONPATH", ""), str(ROOT), os.environ.get("PYTHONPATH", "")) if p
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(BENCH / script), *args],
         capture_output=True,
         text=True,
@@ -229,6 +257,12 @@ def bench_problems(script: str, args: list[str], labels: list[str], env: dict | 
         env=environment,
         cwd=ROOT,
     )
+
+
+def bench_problems(result: subprocess.CompletedProcess, labels: list[str]) -> list[str]:
+    """What is wrong with a run of a bench (empty: it exited 0 and printed every label)."""
+    script, *args = result.args[1:] if result.args[0] == sys.executable else result.args  # the bench, its arguments
+    script = Path(script).name
     if result.returncode != 0:
         return [f"{script} {' '.join(args)} exited {result.returncode}", result.stdout[-2000:], result.stderr[-4000:]]
     missing = [f"{script} printed no line starting {label!r}" for label in missing_labels(result.stdout, labels)]
@@ -262,10 +296,10 @@ def test_the_labels_are_those_of_the_readmes_quoted_run(script):
 
 
 @pytest.mark.parametrize("script", sorted(TOY))
-def test_bench_at_toy_size_runs_and_prints_what_the_readme_quotes(script):
+def test_bench_at_toy_size_runs_and_prints_what_the_readme_quotes(script, capfd, monkeypatch):
     args, labels = TOY[script]
     printed = [label for label in labels if label not in FULL_RUN_ONLY.get(script, [])]
-    assert bench_problems(script, args, printed) == []
+    assert bench_problems(run_here(script, args, capfd, monkeypatch), printed) == []
 
 
 def test_a_bench_whose_timed_function_raises_is_caught(tmp_path):
@@ -277,7 +311,7 @@ def test_a_bench_whose_timed_function_raises_is_caught(tmp_path):
         "coco.coco_metrics = broken\n"
     )
     args, labels = TOY["coco_eval.py"]
-    problems = bench_problems("coco_eval.py", args, labels, env={"PYTHONPATH": str(tmp_path)})
+    problems = bench_problems(run_process("coco_eval.py", args, env={"PYTHONPATH": str(tmp_path)}), labels)
     assert problems and problems[0].startswith("coco_eval.py --images 8 ") and "exited 1" in problems[0]
     assert "RuntimeError: coco_metrics broken on purpose" in problems[2]
 

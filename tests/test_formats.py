@@ -4,14 +4,13 @@ their embedded sets, data.format is checked (closest name, kind), bad input is o
 checkpoint from before data.format keeps its format."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import MBTASKS
+from helpers import in_process
 from photo_sets import (
     FOLDER_CLASSES,
     FOLDER_IGNORE,
@@ -223,15 +222,9 @@ def test_a_checkpoint_from_before_data_format_keeps_the_format_its_classes_told(
 
 
 def _train(recipe: str, out: Path, settings: list[str]) -> subprocess.CompletedProcess:
-    """`mbtasks train` of a demo recipe through the console script, on its embedded set written small under out."""
+    """`mbtasks train` of a demo recipe (in this process), on its embedded set written small under out."""
     settings = [*ON_THIS_CPU, f"data.synth_dir={out / 'data'}", f"train.out_dir={out / 'run'}", *settings]
-    result = subprocess.run(
-        [MBTASKS, "train", "--config", str(DEMO / recipe), *_sets(settings)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    result = in_process(["train", "--config", str(DEMO / recipe), *_sets(settings)])
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

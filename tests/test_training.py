@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MBTASKS, TINY_IMAGE_DATA, WITH_CALLBACK
+from helpers import MBTASKS, TINY_IMAGE_DATA, WITH_CALLBACK, in_process
 
 from mbtasks.cli import main
 from mbtasks.config import TrainConfig
@@ -61,7 +61,11 @@ class Kill(Callback):
 CALLBACK = Kill""" + WITH_CALLBACK.replace("ARGS_FROM", "2")
 
 
-def _train(*args: str, kill_at_epoch: int | None = None) -> subprocess.CompletedProcess:
+def _train(*args: str, kill_at_epoch: int | None = None, here: bool = False) -> subprocess.CompletedProcess:
+    """`mbtasks train` of the tiny classification: by the console script, killed when `kill_at_epoch` starts if
+    given, or `here` in this process (a reference run, whose process is not what is tested)."""
+    if here:
+        return in_process(["train", *BASE, *args])
     command = (
         [MBTASKS, "train"] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch), "train"]
     )
@@ -84,7 +88,7 @@ def _logged(out: Path, column: str) -> dict[int, float]:
 
 def test_a_run_killed_and_resumed_is_the_same_run(tmp_path):
     common = ["--set", "train.epochs=2", "--set", f"data.synth_dir={tmp_path / 'data'}", "--set", "data.num_workers=1"]
-    straight = _train(*common, "--set", f"train.out_dir={tmp_path / 'straight'}")
+    straight = _train(*common, "--set", f"train.out_dir={tmp_path / 'straight'}", here=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _train(*common, "--set", f"train.out_dir={tmp_path / 'killed'}", kill_at_epoch=1)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, at the start of epoch 1
@@ -132,9 +136,10 @@ TWO_PROCESS_TASKS = {
 
 
 def _train_task(
-    task: str, *settings: str, kill_at_epoch: int | None = None, resume: Path | None = None
+    task: str, *settings: str, kill_at_epoch: int | None = None, resume: Path | None = None, here: bool = False
 ) -> subprocess.CompletedProcess:
-    """`mbtasks train` of the task's tiny recipe, 2 steps an epoch, killed when `kill_at_epoch` starts if given."""
+    """`mbtasks train` of the task's tiny recipe, 2 steps an epoch, killed when `kill_at_epoch` starts if given, or
+    `here` in this process (a reference run)."""
     common = [
         "train.accelerator=cpu",
         "train.progress_bar=false",
@@ -150,6 +155,8 @@ def _train_task(
     ]
     args = [a for s in [*common, *TWO_PROCESS_TASKS[task], *settings] for a in ("--set", s)]
     args += ["--resume", str(resume)] if resume else []
+    if here:
+        return in_process(["train", "--task", task, *args])
     command = [MBTASKS] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch)]
     return subprocess.run(
         [*command, "train", "--task", task, *args], capture_output=True, text=True, timeout=600, env=ENV
@@ -159,7 +166,8 @@ def _train_task(
 @pytest.mark.parametrize("task", ["det", "seg"])
 def test_a_detector_or_segmenter_killed_and_resumed_is_the_same_run(task, tmp_path):
     """As above, with the random IoU crop and flip of SSD training (det) and the random scale, crop and flip of
-    segmentation training, in a loader worker, and a warm-up then cosine schedule."""
+    segmentation training, in a loader worker, and a warm-up then cosine schedule. The killed run is a process of its
+    own; the straight and the resumed run run in this one (the classification's resumes in a fresh process)."""
     common = [
         "train.epochs=2",
         f"data.synth_dir={tmp_path / 'data'}",
@@ -168,12 +176,12 @@ def test_a_detector_or_segmenter_killed_and_resumed_is_the_same_run(task, tmp_pa
         "train.warmup_epochs=1",
         "train.schedule=cosine",
     ]
-    straight = _train_task(task, *common, f"train.out_dir={tmp_path / 'straight'}")
+    straight = _train_task(task, *common, f"train.out_dir={tmp_path / 'straight'}", here=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _train_task(task, *common, f"train.out_dir={tmp_path / 'killed'}", kill_at_epoch=1)
     assert killed.returncode == -9, killed.stderr[-3000:]
     last = tmp_path / "killed/checkpoints/last.ckpt"
-    resumed = _train_task(task, *common, f"train.out_dir={tmp_path / 'killed'}", resume=last)
+    resumed = _train_task(task, *common, f"train.out_dir={tmp_path / 'killed'}", resume=last, here=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_the_same_run(tmp_path / "straight", tmp_path / "killed", steps=4)
 
@@ -188,9 +196,9 @@ def test_two_processes_train_as_one_process_with_twice_the_batch(task, tmp_path)
     foreground anchors and labelled pixels. In float64, so that what is compared is the training, not float32
     rounding: in float32 the summation orders differ and a few steps grow the rounding to 6e-5 (measured), as they
     do between a float32 and a float64 run of one process."""
-    run = lambda *settings: _train_task(task, *settings)  # noqa: E731
+    run = lambda *settings, here=False: _train_task(task, *settings, here=here)  # noqa: E731
     common = [f"data.synth_dir={tmp_path / 'data'}", "train.precision=64-true"]
-    one = run(*common, "data.batch_size=4", f"train.out_dir={tmp_path / 'one'}")
+    one = run(*common, "data.batch_size=4", f"train.out_dir={tmp_path / 'one'}", here=True)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run(
         *common, "data.batch_size=2", "train.devices=2", "train.strategy=ddp", f"train.out_dir={tmp_path / 'two'}"
@@ -206,31 +214,21 @@ def test_two_processes_train_as_one_process_with_twice_the_batch(task, tmp_path)
     assert moved > 0  # batch-norm statistics were updated, and agree
 
 
-def test_ema_weights_are_the_ones_saved_and_evaluated(tmp_path):
-    out = tmp_path / "ema"
-    result = _train(
-        "--set",
-        "train.epochs=1",
-        "--set",
-        f"data.synth_dir={tmp_path / 'data'}",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        "train.ema_decay=0.5",
-        "--set",
-        f"train.out_dir={out}",
-    )
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory) -> Path:
+    """One epoch of the tiny classification with EMA (decay 0.5), trained in this process: its last checkpoint."""
+    folder = tmp_path_factory.mktemp("ema")
+    sets = [f"data.synth_dir={folder / 'data'}", "data.num_workers=0", "train.ema_decay=0.5", f"train.out_dir={folder}"]
+    result = _train("--set", "train.epochs=1", *[a for s in sets for a in ("--set", s)], here=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    return folder / "checkpoints/last.ckpt"
+
+
+def test_ema_weights_are_the_ones_saved_and_evaluated(ema_run):
+    checkpoint = torch.load(ema_run, weights_only=True)
     ema, current = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert any(not torch.equal(ema[k], current[k]) for k in ema if k.startswith("model."))
-    evaluated = subprocess.run(
-        [MBTASKS, "evaluate", "--checkpoint", str(out / "checkpoints/last.ckpt")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
+    evaluated = in_process(["evaluate", "--checkpoint", str(ema_run)])
     assert evaluated.returncode == 0 and "evaluated 9 images" in evaluated.stdout, evaluated.stderr[-2000:]
 
 
@@ -247,34 +245,17 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
         "train.precision=bf16-mixed",
         "--set",
         f"train.out_dir={out}",
+        here=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(torch.isfinite(v.float()).all() for v in _weights(out / "checkpoints/last.ckpt").values())
 
 
-def test_evaluate_runs_an_eight_gpu_checkpoint_on_the_machine_at_hand(tmp_path):
-    out = tmp_path / "run"
-    result = _train(
-        "--set",
-        "train.epochs=1",
-        "--set",
-        f"data.synth_dir={tmp_path / 'data'}",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        f"train.out_dir={out}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+def test_evaluate_runs_an_eight_gpu_checkpoint_on_the_machine_at_hand(ema_run, tmp_path):
+    checkpoint = torch.load(ema_run, weights_only=True)
     checkpoint["mbtasks"]["config"]["train"].update(accelerator="gpu", devices=8, strategy="ddp", num_nodes=2)
     torch.save(checkpoint, tmp_path / "eight_gpus.ckpt")
-    evaluated = subprocess.run(
-        [MBTASKS, "evaluate", "--checkpoint", str(tmp_path / "eight_gpus.ckpt")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
+    evaluated = in_process(["evaluate", "--checkpoint", str(tmp_path / "eight_gpus.ckpt")])
     assert evaluated.returncode == 0 and "evaluated 9 images" in evaluated.stdout, evaluated.stderr[-2000:]
 
 
