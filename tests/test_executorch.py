@@ -275,10 +275,12 @@ def test_without_the_mobile_extra_export_is_one_line_naming_it(programs, tmp_pat
 # ---- int8 ----
 
 
-@pytest.mark.parametrize("task, metric, tolerance", [("seg", "mean_class_iou", 0.01), ("det", "AP", 0.02)])
+# The segmenter's int8 program is one run's figure (README): its export alone took 224 s of the suite's CPU, and the
+# detector's program takes the same int8 path (quantiser, calibration, lowering) with its decoding besides.
+@pytest.mark.parametrize("task, metric, tolerance", [("det", "AP", 0.02)])
 def test_int8_program_costs_the_demo_model_little(programs, checkpoint_figures, task, metric, tolerance, tmp_path):
-    """int8 (XNNPACK's symmetric quantiser, per-channel weights, calibrated on 32 training images): the demo segmenter
-    loses at most 1 point of class mIoU, the demo detector at most 2 points of mAP (measured: see the README)."""
+    """int8 (XNNPACK's symmetric quantiser, per-channel weights, calibrated on 32 training images): the demo detector
+    loses at most 2 points of mAP (measured: see the README)."""
     checkpoint, fp32, _, settings = programs[task]
     out = tmp_path / f"{task}_int8.pte"
     lines = _export(checkpoint, out, "--int8", "--calibration", "32")
