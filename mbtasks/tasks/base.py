@@ -83,8 +83,15 @@ class BaseDataModule(pl.LightningDataModule):
     val_collate: ClassVar[Callable | None] = None
 
     def __init__(self, config: Config | dict):
-        """`config`: the recipe, a Config (its model.name and data.format are filled in where it leaves them
-        empty) or the same as a plain nested dict (`task:` may be left out: this data module's task)."""
+        """A task's data module, built from its recipe.
+
+        Args:
+            config: the recipe, a Config (its model.name and data.format are filled in where it leaves them empty)
+                or the same as a plain nested dict (`task:` may be left out: this data module's task).
+
+        Raises:
+            MbtasksError: a recipe of another task, or a setting its rules refuse.
+        """
         super().__init__()
         self.config = config = task_recipe(config, type(self))
         data = config.data
@@ -308,9 +315,17 @@ class BaseTask(pl.LightningModule):
     loss_options: ClassVar[tuple[str, ...]] = ()  # model.options that set up the loss, not the network
 
     def __init__(self, config: dict | Config, class_names: list[str] | None = None, category_ids: list | None = None):
-        """`config`: the recipe as a plain nested dict (`task:` may be left out) or a Config (copied). `class_names`
-        and `category_ids`: the data's (`category_ids` empty where the classes are the ids); left out (None), the
-        network is built when a trainer sets the task up, for the classes of the data module it runs on."""
+        """A task's LightningModule, built from its recipe and the data's classes.
+
+        Args:
+            config: the recipe as a plain nested dict (`task:` may be left out) or a Config (copied).
+            class_names: the data's class names; None: the network is built when a trainer sets the task up, for
+                the classes of the data module it runs on.
+            category_ids: the data's category ids, one per class (empty where the classes are the ids).
+
+        Raises:
+            MbtasksError: a recipe of another task, an unknown model or option, or a class count that does not fit.
+        """
         super().__init__()
         self.config = task_recipe(config.to_dict() if isinstance(config, Config) else config, type(self))
         self.class_names: list[str] | None = None
