@@ -34,7 +34,7 @@ from mbtasks.datasets.synthetic.shapes_coco import CATEGORIES as SHAPES_COCO
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
-SHAPES = [c["name"] for c in SHAPES_COCO]
+SHAPES = ["__background__", *(c["name"] for c in SHAPES_COCO)]  # a detector's labels: 0 is the background
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
 
 # Commands shown as recorded runs (```text), each with why no test runs it.
@@ -106,7 +106,7 @@ def prepare(code: str, tmp_path: Path, monkeypatch) -> None:
         checkpoint = Path(f"runs/{run}/checkpoints/best.ckpt")
         if str(checkpoint) in code and f"train --config {run}" not in code:  # what the demo trains, here untrained
             checkpoint.parent.mkdir(parents=True)
-            ids = [c["id"] for c in SHAPES_COCO] if task == "det" else []
+            ids = [0, *(c["id"] for c in SHAPES_COCO)] if task == "det" else []
             write_checkpoint(checkpoint, task, names, ids, settings=[f"data.synth={small}"])
     if "data/my_coco" in code:  # your own COCO folder: real photos in COCO's layout, COCO's category ids
         write_coco_folder(Path("data/my_coco"))
