@@ -13,7 +13,6 @@ cannot run in a test. What a block takes from the page's text around it is made 
 weights file the shell lines before it write, the pretrained weights placed in torchvision's and timm's caches (no
 network), the demo's checkpoint (a tiny untrained one) and photos."""
 
-import contextlib
 import re
 import shlex
 from pathlib import Path
@@ -124,6 +123,16 @@ def test_python_example_runs(code, tmp_path, monkeypatch):
     exec(compile(code, "<docs example>", "exec"), {"__name__": "__main__"})
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The examples' networks are small: on a shared machine a second thread only spins (a training example measured
+    79 s on two threads, 17 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def commands(code: str) -> list[tuple[str, list[str]]]:
     """A console block's `$ ` commands (`\\` continuations joined), each with the output lines shown after it."""
     found: list[tuple[str, list[str]]] = []
@@ -159,26 +168,23 @@ def console_blocks() -> list[tuple[Path, str]]:
 )
 def test_console_example_runs_and_prints_what_the_page_shows(page, code, tmp_path, monkeypatch, capsys):
     prepare(code, tmp_path, monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for command, shown in commands(code):
-            line, _, pipe = command.partition(" | ")
-            words = shlex.split(line)
-            assert words[0] == "mbtasks", f"{page}: only `mbtasks` commands run in a console block: {command}"
-            capsys.readouterr()
-            with contextlib.suppress(SystemExit):
-                status = main(words[1:])
-            out, err = capsys.readouterr()
-            printed = (out + err).splitlines()
-            if pipe:
-                assert re.fullmatch(r"head -\d+", pipe), f"{page}: only `| head -N` pipes: {command}"
-                printed = out.splitlines()[: int(pipe.split("-")[1])]
-            wanted = 2 if any(s.startswith("mbtasks: error:") for s in shown) else 0
-            assert status == wanted, f"{page}: `{command}` exited {status}\n{out[-3000:]}\n{err[-3000:]}"
-            assert missing_lines(shown, printed) == [], f"{page}: `{command}` printed:\n" + "\n".join(printed[-60:])
-    finally:
-        torch.set_num_threads(threads)
+    for command, shown in commands(code):
+        line, _, pipe = command.partition(" | ")
+        words = shlex.split(line)
+        assert words[0] == "mbtasks", f"{page}: only `mbtasks` commands run in a console block: {command}"
+        capsys.readouterr()
+        try:
+            status = main(words[1:])
+        except SystemExit as exit:  # argparse's own exits (--help, --version, its one-line mistakes)
+            status = exit.code
+        out, err = capsys.readouterr()
+        printed = (out + err).splitlines()
+        if pipe:
+            assert re.fullmatch(r"head -\d+", pipe), f"{page}: only `| head -N` pipes: {command}"
+            printed = out.splitlines()[: int(pipe.split("-")[1])]
+        wanted = 2 if any(s.startswith("mbtasks: error:") for s in shown) else 0
+        assert status == wanted, f"{page}: `{command}` exited {status}\n{out[-3000:]}\n{err[-3000:]}"
+        assert missing_lines(shown, printed) == [], f"{page}: `{command}` printed:\n" + "\n".join(printed[-60:])
 
 
 def test_bash_blocks_are_the_set_up_commands_ci_runs():
