@@ -57,9 +57,17 @@ def load(source: str | Path, task: str | None = None) -> Loaded:
     """A trained model from a training checkpoint (`.ckpt`), an mbtasks weights file, or pretrained weights by name
     (`torchvision:<Enum>.<NAME>`, `timm:<name>`, from torchvision's and timm's caches as `evaluate` reads them).
 
-    `task`: a checkpoint's is its own (another is an error); weights without one (imported, or by name) run under
-    `task`, by default the one task whose default model is of their network's kind (det for a detector, seg for a
-    segmenter), with that task's default recipe.
+    Args:
+        source: a `.ckpt` file, an mbtasks weights file, or `torchvision:<Enum>.<NAME>` / `timm:<name>`.
+        task: a checkpoint's is its own (another is an error); weights without one (imported, or by name) run under
+            `task`, by default the one task whose default model is of their network's kind (det for a detector, seg
+            for a segmenter), with that task's default recipe.
+
+    Returns:
+        A Loaded: `model` (eval mode), `transforms` (a photo -> its input) and `meta`.
+
+    Raises:
+        MbtasksError: a file that cannot be read, weights of an unknown network, or a task that does not fit.
 
     `meta`: task, model, backbone, options, categories (the class names of the data set it was trained on; a COCO
     detector's by label: "N/A" at unused ids) and category_ids, num_params and madds (the network as built, counted

@@ -270,10 +270,11 @@ def bench_problems(result: subprocess.CompletedProcess, labels: list[str]) -> li
 
 
 def readme_runs() -> dict[str, str]:
-    """The README's quoted runs of each bench: script -> the output lines of every `$ python bench/<script>` block."""
+    """The docs' quoted runs of each bench (docs/measurements.md, README.md): script -> the output lines of every
+    `$ python bench/<script>` block."""
     runs: dict[str, str] = {}
-    text = (ROOT / "README.md").read_text()
-    for script, output in re.findall(r"```\n\$ python bench/(\S+)[^\n]*\n(.*?)```", text, re.S):
+    text = "".join((ROOT / page).read_text() for page in ("docs/measurements.md", "README.md"))
+    for script, output in re.findall(r"```(?:text)?\n\$ python bench/(\S+)[^\n]*\n(.*?)```", text, re.S):
         runs[script] = runs.get(script, "") + output
     return runs
 

@@ -37,6 +37,11 @@ class DataFormat:
     write_synthetic: ClassVar[Callable[..., Any] | None] = None  # its embedded set: writer(folder, **data.synth)
 
     def __init__(self, root: str | Path | None = None):
+        """A reader of the format.
+
+        Args:
+            root: the data's folder (`data.root`); None for the embedded set, written by `write_synthetic`.
+        """
         self.root = None if root is None else Path(root)
 
     @classmethod

@@ -3,6 +3,7 @@ pretrained weights by name (`torchvision:<Enum>.<NAME>`, `timm:<name>`)."""
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -33,9 +34,30 @@ __all__ = [
 WEIGHTS_BACKBONE_OPTIONS = ("width_mult", "bn_eps")
 
 
-def build_model(name: str, weights: str | Path | None = None, **options) -> nn.Module:
-    """Build a model by name; `weights` is a file written by `mbtasks weights import` (or a checkpoint), or
-    pretrained weights by name, e.g. `torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1`, `timm:mobilenetv1_100`."""
+def build_model(name: str, weights: str | Path | None = None, **options: Any) -> nn.Module:
+    """Build a registered network by name, untrained or with weights.
+
+    The networks and their papers are listed by `list_models()` and on the docs' Models page: MobileNet v1
+    (Howard et al. 2017, arXiv:1704.04861), v2 (Sandler et al. 2018, arXiv:1801.04381) and v3 (Howard et al. 2019,
+    arXiv:1905.02244) classifiers, and the SSD / SSDLite, Faster R-CNN, LR-ASPP and DeepLabv3 networks on them.
+
+    Args:
+        name: a registered model name, e.g. `"mobilenet_v3_large"`, `"ssdlite320_mobilenet_v3_large"`.
+        weights: a file written by `mbtasks weights import` (or a checkpoint), or pretrained weights by name, e.g.
+            `torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1`, `timm:mobilenetv1_100`; None: untrained.
+        **options: the builder's options (its docstring lists them), e.g. `width_mult=0.75`, `num_classes=19`;
+            over the weights' own options.
+
+    Returns:
+        The network (an `nn.Module` in training mode), with the contract of its kind: logits for classifiers,
+        torchvision's for detectors and segmenters.
+
+    Raises:
+        MbtasksError: an unknown name or option, or weights of another network or that cannot be read.
+
+    Example:
+        `model = mbtasks.build_model("mobilenet_v3_small", width_mult=0.75)`
+    """
     entry = MODELS.get(name)
     if weights is None:
         return entry.build(**options)
@@ -47,8 +69,23 @@ def build_model(name: str, weights: str | Path | None = None, **options) -> nn.M
     return model
 
 
-def build_backbone(name: str, weights: str | Path | None = None, **options) -> Backbone:
-    """Build a backbone alone; `weights` may be any mbtasks weights file, checkpoint or weights name on that version."""
+def build_backbone(name: str, weights: str | Path | None = None, **options: Any) -> Backbone:
+    """Build a MobileNet backbone alone: the feature extractor the task models stand on.
+
+    Args:
+        name: a backbone version, `"mobilenet_v1"`, `"mobilenet_v2"`, `"mobilenet_v3_large"` or
+            `"mobilenet_v3_small"`.
+        weights: any mbtasks weights file, checkpoint or weights name of a network on that version (its backbone is
+            taken, the rest dropped); None: untrained.
+        **options: backbone options, e.g. `width_mult`, `output_stride` (8, 16, 32), `reduced_tail`.
+
+    Returns:
+        The Backbone: `backbone(images)` gives an OrderedDict of named feature taps (C1..C5, C4_expand), with
+        `out_channels` and `strides` of each.
+
+    Raises:
+        MbtasksError: an unknown version or option, or weights on another backbone.
+    """
     build = BACKBONES.get(name)
     if weights is None:
         return build(**options)

@@ -98,9 +98,22 @@ def check_num_classes(options: dict, count: int, what: str = "classes") -> None:
 def register_model(
     name: str, *, backbone: str, kind: str, size: int | tuple[int, int], head: str
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a builder as `name` with its facts (ModelEntry's Args); a name registered twice raises.
-    It returns the builder as registered: named `name`, with the builder's signature and docstring, rejecting unknown
-    options in one error."""
+    """Decorator: register a network builder in MODELS as `name`, with its facts.
+
+    Args:
+        name: the model's name, as `build_model` and recipes' `model.name` take it.
+        backbone: the backbone version it stands on.
+        kind: what it outputs (ModelEntry's `kind`).
+        size: its default input size, N or (height, width).
+        head: its head family.
+
+    Returns:
+        A decorator returning the builder as registered: named `name`, with the builder's signature and docstring,
+        rejecting unknown options in one MbtasksError.
+
+    Raises:
+        ValueError: a name registered twice (a mistake in code, not a user's).
+    """
 
     def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         @functools.wraps(builder)
@@ -154,8 +167,19 @@ def model_builder(
 
 
 def list_models(pattern: str | None = None, kind: str | None = None) -> list[str]:
-    """Registered network names in registration order (built-in, then plugins): all, or those matching the shell
-    wildcard `pattern` (`'*ssdlite*'`, as timm's and torchvision's list_models) and of the given `kind`."""
+    """Registered network names in registration order (built-in, then plugins).
+
+    Args:
+        pattern: a shell wildcard (`'*ssdlite*'`, as timm's and torchvision's list_models); None: all.
+        kind: only networks of this kind (`classifier`, `attributes`, `embedding`, `detector`, `segmenter`, or a
+            plugin's); None: all.
+
+    Returns:
+        The matching names.
+
+    Raises:
+        MbtasksError: an unknown kind (naming the known ones).
+    """
     entries = MODELS.items()
     kinds = list(dict.fromkeys(entry.kind for _, entry in entries))
     if kind is not None and kind not in kinds:

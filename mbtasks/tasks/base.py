@@ -83,8 +83,15 @@ class BaseDataModule(pl.LightningDataModule):
     val_collate: ClassVar[Callable | None] = None
 
     def __init__(self, config: Config | dict):
-        """`config`: the recipe, a Config (its model.name and data.format are filled in where it leaves them
-        empty) or the same as a plain nested dict (`task:` may be left out: this data module's task)."""
+        """A task's data module, built from its recipe.
+
+        Args:
+            config: the recipe, a Config (its model.name and data.format are filled in where it leaves them empty)
+                or the same as a plain nested dict (`task:` may be left out: this data module's task).
+
+        Raises:
+            MbtasksError: a recipe of another task, or a setting its rules refuse.
+        """
         super().__init__()
         self.config = config = task_recipe(config, type(self))
         data = config.data
@@ -308,9 +315,17 @@ class BaseTask(pl.LightningModule):
     loss_options: ClassVar[tuple[str, ...]] = ()  # model.options that set up the loss, not the network
 
     def __init__(self, config: dict | Config, class_names: list[str] | None = None, category_ids: list | None = None):
-        """`config`: the recipe as a plain nested dict (`task:` may be left out) or a Config (copied). `class_names`
-        and `category_ids`: the data's (`category_ids` empty where the classes are the ids); left out (None), the
-        network is built when a trainer sets the task up, for the classes of the data module it runs on."""
+        """A task's LightningModule, built from its recipe and the data's classes.
+
+        Args:
+            config: the recipe as a plain nested dict (`task:` may be left out) or a Config (copied).
+            class_names: the data's class names; None: the network is built when a trainer sets the task up, for
+                the classes of the data module it runs on.
+            category_ids: the data's category ids, one per class (empty where the classes are the ids).
+
+        Raises:
+            MbtasksError: a recipe of another task, an unknown model or option, or a class count that does not fit.
+        """
         super().__init__()
         self.config = task_recipe(config.to_dict() if isinstance(config, Config) else config, type(self))
         self.class_names: list[str] | None = None
@@ -352,13 +367,24 @@ class BaseTask(pl.LightningModule):
         """What the task sets once its classes and network are known (det: the class count into the recipe)."""
 
     def network(self, name: str, options: dict) -> tuple[str, dict]:
-        """(MODELS name, its options) for the recipe's model name and options (less `loss_options`) and this task's
-        classes: what to build, and nothing else."""
+        """What to build for the recipe's model and this task's classes, and nothing else.
+
+        Args:
+            name: the recipe's `model.name`.
+            options: the recipe's `model.options`, less `loss_options`.
+
+        Returns:
+            (MODELS name, its options): e.g. an attribute task's `("attributes_mobilenet_v1", {...})`.
+        """
         raise NotImplementedError
 
     def build_loss(self) -> nn.Module | None:
-        """The training loss, from `loss_settings` and the recipe; None where the model computes its own (torchvision's
-        detectors) or `training_step` builds it from the data (embed)."""
+        """The training loss, from `loss_settings` and the recipe.
+
+        Returns:
+            The loss module; None where the model computes its own (torchvision's detectors) or `training_step`
+            builds it from the data (embed).
+        """
         return None
 
     def setup(self, stage: str) -> None:
@@ -467,15 +493,33 @@ class BaseTask(pl.LightningModule):
         return f"{self.evaluated_images} of the {self.validation_images} images"
 
     def score(self, merged: dict) -> dict:
-        """The metrics of the merged per-sample results (key -> result, over all processes)."""
+        """The task's metrics (its official ones: COCO's, Cityscapes', LFW's protocol, accuracy).
+
+        Args:
+            merged: the per-sample results of `validation_step`, key -> result, merged over all processes.
+
+        Returns:
+            Metric name -> value, what `evaluate --json` writes.
+        """
         raise NotImplementedError
 
     def figures(self, metrics: dict) -> dict[str, float | None]:
-        """What is logged at the end of validation: name -> value."""
+        """What is logged at the end of validation.
+
+        Args:
+            metrics: `score`'s metrics.
+
+        Returns:
+            Logged name (without `val/`) -> value; None for a figure the data cannot give.
+        """
         raise NotImplementedError
 
     def metrics_table(self) -> str:
-        """The metrics as evaluate prints them."""
+        """The metrics as `mbtasks evaluate` prints them.
+
+        Returns:
+            The table's text (COCO's 12 lines, Cityscapes' table, ...), of `self.metrics`.
+        """
         raise NotImplementedError
 
     # ---- the report of an evaluation: `mbtasks evaluate --report DIR` ----
@@ -525,9 +569,17 @@ class BaseTask(pl.LightningModule):
         """Check what the options need of the input files before any photo is read (embed: the --pairs file)."""
 
     def write_prediction(self, out: Path, item: dict, answer) -> dict:
-        """Write one photo's pictures under `out` (item: `file`, its output `name` (relative, ending in the
-        picture's format: .png or .jpg), `photo`, the upright HWC uint8 RGB image) and return its entry in the JSON
-        file. The picture is `draw_answer`'s."""
+        """Write one photo's pictures under `out` (the picture is `draw_answer`'s).
+
+        Args:
+            out: `mbtasks predict --out`.
+            item: `file`, its output `name` (relative, ending in the picture's format: .png or .jpg) and `photo`,
+                the upright HWC uint8 RGB image.
+            answer (Any): the model's answer for the photo, as `predict_inputs` gives it.
+
+        Returns:
+            The photo's entry in the task's JSON file (`prediction_file`).
+        """
         raise NotImplementedError
 
     def draw_answer(self, photo: np.ndarray, answer) -> np.ndarray:

@@ -2,6 +2,7 @@
 `mbtasks.from_recipe` gives a user's own `pl.Trainer`."""
 
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import yaml
@@ -22,13 +23,22 @@ def build_task_and_data(config: Config, stage: str = "fit") -> tuple[BaseTask, B
     return spec(data.config, data.class_names, data.category_ids), data
 
 
-def from_recipe(recipe: str | Path, **overrides) -> tuple[BaseTask, BaseDataModule]:
+def from_recipe(recipe: str | Path, **overrides: Any) -> tuple[BaseTask, BaseDataModule]:
     """The LightningModule and LightningDataModule of a recipe, for `pl.Trainer(...).fit(task, datamodule=data)`.
 
     Args:
         recipe: a YAML recipe file (or a recipe's name, where mbtasks.config.load_config knows it).
-        overrides: values that replace the recipe's, per section, as `--set` does: `data={"batch_size": 8}`,
+        **overrides: values that replace the recipe's, per section, as `--set` does: `data={"batch_size": 8}`,
             `train={"epochs": 1}`, `model={"options": {"width_mult": 0.5}}` (nested dicts go key by key).
+
+    Returns:
+        The task's LightningModule (its network built for the data's classes) and its LightningDataModule, set up.
+
+    Raises:
+        MbtasksError: an unknown recipe, key or value, or data that cannot be read.
+
+    Example:
+        `task, data = mbtasks.from_recipe("det_shapes", data={"batch_size": 8})`
     """
     config = load_config(recipe, recipe_assignments(overrides))
     return build_task_and_data(config)
