@@ -24,7 +24,7 @@ from .. import interruption
 from ..config import LOGGERS, Config, TrainConfig
 from ..errors import MbtasksError
 from ..interruption import Interrupted
-from ..io.outputs import output_folder
+from ..io.outputs import output_folder, replaced_atomically
 from ..io.records import non_finite_tensors
 from ..io.run_lock import run_lock
 from ..layers.sync_batchnorm import convert_batchnorm
@@ -39,9 +39,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         if bad := non_finite_tensors(checkpoint.get("state_dict", {})):  # StopOnDivergence stops runs before this
             raise MbtasksError(f"not written: {len(bad)} tensors of the weights are not finite, first {bad[0]}", path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        super().save_checkpoint(checkpoint, temporary, storage_options)
-        os.replace(temporary, path)
+        output_folder(path.parent)
+        # Through a file object Python opened: a full disk is then an OSError naming the reason (torch's own
+        # writer reports a bare position mismatch), which replaced_atomically turns into one line, its
+        # temporary file (beside the checkpoint, not in $TMPDIR) removed.
+        with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
+            torch.save(checkpoint, file)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
@@ -90,12 +93,15 @@ class StopOnSignal(Callback):
     """SIGTERM or SIGINT while training: the run stops after the step at hand (Lightning's handling of SIGTERM, whose
     flag its loops check between steps, and in step with every process; SIGINT is made to raise the same flag) and
     saves `checkpoint`, from which --resume continues as if the run had never stopped (the training loader takes up
-    the epoch where it stopped: samplers.ResumableLoader); a second signal stops it at once."""
+    the epoch where it stopped: samplers.ResumableLoader); a second signal stops it at once. A signal during the
+    validation of a fit lets that validation end first (Lightning would stop it midway), so that the epoch's figures
+    and its best.ckpt update are not lost."""
 
     def __init__(self, checkpoint: Path):
         self.checkpoint = checkpoint
         self.signum: int | None = None
         self.saved = False
+        self.held = False  # a signal held back until the validation under way ends
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         interruption.graceful = lambda signum: self._stop_after_step(trainer, signum)
@@ -109,6 +115,16 @@ class StopOnSignal(Callback):
             raise Interrupted(signum)
         self.signum = signum
         trainer._signal_connector.received_sigterm = True  # Lightning's own flag (SIGTERM has set it already)
+
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        # Lightning checks its flag after this hook and stops validation midway: cleared here, raised again at its end
+        signals = trainer._signal_connector
+        if signals.received_sigterm and not trainer.sanity_checking and trainer.state.fn == "fit":
+            signals.received_sigterm, self.held = False, True
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.held:  # the loops stop at their next check (the run's checkpoint callbacks save first)
+            trainer._signal_connector.received_sigterm, self.held = True, False
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
