@@ -331,20 +331,17 @@ root = sys.argv[1]
 results = {}
 for name, arguments in json.loads(sys.argv[2]):
     if name == "fill":
-        with open(os.path.join(root, "full", "filler"), "wb") as filler:
-            with contextlib.suppress(OSError):
-                while True:
-                    filler.write(bytes(4096))
-                    filler.flush()
+        with open(os.path.join(root, "full", "filler"), "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(bytes(4096))
         continue
     if name == "signalled":
         os.environ["SIGNAL_IN_VALIDATION"] = "1"
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors):
         code = main(arguments)
-    results[name] = [code, errors.getvalue()]
-    if name == "bomb":  # this process's peak and its loader workers'
-        results["peak_kib"] = max(resource.getrusage(who).ru_maxrss for who in (0, -1))
+    # with this process's peak memory so far, and its loader workers' (KiB)
+    results[name] = [code, errors.getvalue(), [resource.getrusage(who).ru_maxrss for who in (0, -1)]]
 results["files"] = sorted(
     os.path.relpath(os.path.join(folder, file), root)
     for place in ("full", "ro") for folder, _, files in os.walk(os.path.join(root, place)) for file in files
@@ -401,9 +398,9 @@ def test_full_disks_read_only_places_a_bomb_a_signal_in_validation_and_a_name_th
     predict = ["predict", "--checkpoint", demo_segmenter, "--workers", "1"]
     signalled = tmp_path / "signalled"
     cases = [
-        ["bomb", [*predict, str(photos / "bomb.png"), "--out", str(tmp_path / "bomb"), "--strict"]],
         ["latin1", [*predict, latin1, "--out", str(tmp_path / "latin1")]],
-        ["signalled", _train_args(data, f"train.out_dir={signalled}", "data.val_batch_size=2", "train.epochs=1")],
+        ["bomb", [*predict, str(photos / "bomb.png"), "--out", str(tmp_path / "bomb"), "--strict"]],
+        ["signalled", _train_args(data, f"train.out_dir={signalled}", "data.val_batch_size=2")],
         ["train", _train_args(data, f"train.out_dir={full / 'run'}", "train.epochs=1")],
         ["fill", []],
         ["evaluate", ["evaluate", "--checkpoint", demo_segmenter, "--json", str(full / "m.json")]],
@@ -417,19 +414,25 @@ def test_full_disks_read_only_places_a_bomb_a_signal_in_validation_and_a_name_th
     ]
     results = _in_a_small_and_a_read_only_place(tmp_path, cases)
 
-    code, stderr = results["bomb"]
+    code, stderr, peaks = results["bomb"]
     assert code == 2 and _one_line(stderr) == (
         f"mbtasks: error: {photos / 'bomb.png'}: image of 20000x20000 pixels (400 megapixels) is over the limit of "
         "100000000 pixels: shrink it, or raise the limit (data.max_pixels, predict --max-pixels)"
     )
-    assert results["peak_kib"] < 1024**2, results["peak_kib"]
+    # Decoded, it would take 1.2 GB as RGB. The process starts at about 0.8 GB here (torch's and Lightning's imports
+    # alone), so the bound is on what the bomb adds to the peak of the same predict of a small photo: under 100 MB,
+    # in the process and in its loader worker.
+    assert all(peak - before < 100_000 for peak, before in zip(peaks, results["latin1"][2], strict=True)), (
+        peaks,
+        results["latin1"][2],
+    )
 
-    code, stderr = results["latin1"]
+    code, stderr, _ = results["latin1"]
     assert code == 0, stderr[-3000:]
-    written = sorted(os.fsencode(p.relative_to(tmp_path / "latin1")) for p in (tmp_path / "latin1").rglob("*.png"))
-    assert written == [b"caf\xe9.png", b"labels/caf\xe9.png"]
+    pictures = [p for p in (tmp_path / "latin1").rglob("*") if p.suffix in (".png", ".jpg")]
+    assert len(pictures) >= 2 and all(os.fsencode(p.name).startswith(b"caf\xe9.") for p in pictures), pictures
 
-    code, stderr = results["signalled"]
+    code, stderr, _ = results["signalled"]
     best = next((signalled / "checkpoints").glob("best*.ckpt"))
     assert code == 128 + signal.SIGTERM and _one_line(stderr).startswith("mbtasks: stopped by SIGTERM after step 3")
     assert torch.load(best, weights_only=True)["epoch"] == 0
@@ -442,7 +445,7 @@ def test_full_disks_read_only_places_a_bomb_a_signal_in_validation_and_a_name_th
         ("predict_ro", ro / "p", "Read-only file system"),
         ("evaluate_ro", ro, "not writable"),
     ):
-        code, stderr = results[name]
+        code, stderr, _ = results[name]
         assert code == 2 and str(place) in _one_line(stderr) and reason in _one_line(stderr), (name, stderr[-3000:])
     assert not [name for name in results["files"] if "partial" in name or name.startswith("full/.")]
     assert "ro/earlier.json" in results["files"] and "full/run/.lock" not in results["files"]

@@ -1,6 +1,7 @@
 """The record of a trained model: what rebuilds it and what it was trained on, in checkpoints, weights files and
 exported ONNX files alike; and loading files from elsewhere safely (torch.load with weights_only=True)."""
 
+import io
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -148,19 +149,28 @@ def non_finite_tensors(state_dict: dict) -> list[str]:
 def save_weights(path: str | Path, record: Record) -> None:
     """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known). An
     existing file is replaced: whether it may be is the caller's to decide (`weights import` asks before the work)."""
-    with replaced_atomically(output_file(path, overwrite=True)) as temporary:
-        torch.save(
-            {
-                "format": WEIGHTS_FORMAT,
-                "model": record.model,
-                "backbone": record.backbone,
-                "options": record.options,
-                "class_names": record.class_names,
-                "category_ids": record.category_ids,
-                "state_dict": record.state_dict,
-            },
-            temporary,
-        )
+    write_torch_file(
+        {
+            "format": WEIGHTS_FORMAT,
+            "model": record.model,
+            "backbone": record.backbone,
+            "options": record.options,
+            "class_names": record.class_names,
+            "category_ids": record.category_ids,
+            "state_dict": record.state_dict,
+        },
+        output_file(path, overwrite=True),
+    )
+
+
+def write_torch_file(values: object, path: str | Path) -> None:
+    """torch.save through replaced_atomically. Serialised in memory first (as Lightning's own saving does) and written
+    by Python: a full disk is then an OSError naming the reason, one line (torch's file writer reports a bare position
+    mismatch after a short write), and the temporary file beside `path` is removed."""
+    buffer = io.BytesIO()
+    torch.save(values, buffer)
+    with replaced_atomically(path) as temporary:
+        temporary.write_bytes(buffer.getbuffer())
 
 
 def check_same_network(record: Record, name: str, module: nn.Module, path: str | Path) -> None:

@@ -24,8 +24,8 @@ from .. import interruption
 from ..config import LOGGERS, Config, TrainConfig
 from ..errors import MbtasksError
 from ..interruption import Interrupted
-from ..io.outputs import output_folder, replaced_atomically
-from ..io.records import non_finite_tensors
+from ..io.outputs import output_folder
+from ..io.records import non_finite_tensors, write_torch_file
 from ..io.run_lock import run_lock
 from ..layers.sync_batchnorm import convert_batchnorm
 from .validation_images import ValidationImages
@@ -40,11 +40,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if bad := non_finite_tensors(checkpoint.get("state_dict", {})):  # StopOnDivergence stops runs before this
             raise MbtasksError(f"not written: {len(bad)} tensors of the weights are not finite, first {bad[0]}", path)
         output_folder(path.parent)
-        # Through a file object Python opened: a full disk is then an OSError naming the reason (torch's own
-        # writer reports a bare position mismatch), which replaced_atomically turns into one line, its
-        # temporary file (beside the checkpoint, not in $TMPDIR) removed.
-        with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
-            torch.save(checkpoint, file)
+        write_torch_file(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
@@ -114,10 +110,14 @@ class StopOnSignal(Callback):
             interruption.graceful = None
             raise Interrupted(signum)
         self.signum = signum
-        trainer._signal_connector.received_sigterm = True  # Lightning's own flag (SIGTERM has set it already)
+        # Lightning's own flag (its handler, run before this one, has set it for SIGTERM); held back while a fit's
+        # validation runs, which Lightning would stop midway
+        validating = trainer.validating and trainer.state.fn == "fit"
+        trainer._signal_connector.received_sigterm, self.held = not validating, validating
 
     def on_validation_batch_end(self, trainer, *args) -> None:
-        # Lightning checks its flag after this hook and stops validation midway: cleared here, raised again at its end
+        # Lightning checks its flag after this hook and stops validation midway: held back here as well, where
+        # Lightning's handler ran after this callback's
         signals = trainer._signal_connector
         if signals.received_sigterm and not trainer.sanity_checking and trainer.state.fn == "fit":
             signals.received_sigterm, self.held = False, True
