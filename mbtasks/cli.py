@@ -384,11 +384,10 @@ def _evaluate_files(args: argparse.Namespace) -> bool:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .io.images import set_max_pixels
+    from .io.images import max_pixels, set_max_pixels
     from .predict import predict
 
     _quiet_libraries()
-    set_max_pixels(args.max_pixels)
     given = {
         "score_threshold": args.score_threshold,
         "keep_threshold": args.keep_threshold,
@@ -397,20 +396,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
         "threshold": args.threshold,
         "pairs": args.pairs,
     }
-    for line in predict(
-        args.checkpoint,
-        args.inputs,
-        args.out,
-        task=args.task,
-        options={k: v for k, v in given.items() if v is not None},
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        strict=args.strict,
-        overwrite=args.overwrite,
-        picture_format=args.picture_format,
-    ):
-        print(line)
+    before = max_pixels()
+    set_max_pixels(args.max_pixels)  # for this command only: a program calling main() keeps its own limit
+    try:
+        for line in predict(
+            args.checkpoint,
+            args.inputs,
+            args.out,
+            task=args.task,
+            options={k: v for k, v in given.items() if v is not None},
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            strict=args.strict,
+            overwrite=args.overwrite,
+            picture_format=args.picture_format,
+        ):
+            print(line)
+    finally:
+        set_max_pixels(before)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from mbtasks.datasets.synthetic.faces import write_shape_imagefolder
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
 from mbtasks.datasets.synthetic.streets_folder import write_streets_folder
+from mbtasks.io import images
 
 MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
 # The detector the checkpoint holds, small and on the tiny COCO set; training cases add out_dir and their mistake.
@@ -436,7 +437,7 @@ MORE_CASES |= {
     "predict_pixel_limit": (
         "{in}/user/photo.png: image of ",
         ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{out}/p", "--strict"]
-        + ["--max-pixels", "100"],
+        + ["--max-pixels", "100", "--workers", "0"],
     ),
     # checkpoints: empty, cut short, without training state, of another network
     "checkpoint_empty": ("{in}/empty.ckpt: is empty (0 bytes)", ["evaluate", "--checkpoint", "{in}/empty.ckpt"]),
@@ -638,8 +639,9 @@ def test_no_input_file_changed(outcomes):
 
 
 @pytest.mark.parametrize("name", list(MORE_CASES))
-def test_more_mistakes_in_process(inputs, name, tmp_path, capsys):
+def test_more_mistakes_in_process(inputs, name, tmp_path, capsys, monkeypatch):
     expected, command = MORE_CASES[name]
+    monkeypatch.setattr(images, "_max_pixels", images.max_pixels())  # a case's data.max_pixels ends with it
     before = _digest(inputs)
     code = main(_command(command, inputs, tmp_path))
     _assert_one_line(code, capsys.readouterr().err, expected.replace("{in}", str(inputs)))
