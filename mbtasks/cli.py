@@ -182,14 +182,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         return _print_config(args)
     config = _config(args)
     _quiet_libraries()
-    from .io.records import read_checkpoint
+    from .io.records import check_same_network, read_resumable
     from .tasks.build import build_task_and_data
     from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir, fit, out_dir_lock
 
     check_train_settings(config.train)
     if args.resume is not None:
-        read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
+        resumed = read_resumable(args.resume, config.task)  # a missing or foreign file: one error before anything
     task, data = build_task_and_data(config)
+    if args.resume is not None:
+        check_same_network(resumed, task.model_name, task.model, args.resume)
     # After the data and the model were built: a mistake in either leaves no output folder behind.
     with out_dir_lock(config.train.out_dir):  # held until the run ends, however it ends
         claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
@@ -382,6 +384,7 @@ def _evaluate_files(args: argparse.Namespace) -> bool:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .io.images import max_pixels, set_max_pixels
     from .predict import predict
 
     _quiet_libraries()
@@ -393,20 +396,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
         "threshold": args.threshold,
         "pairs": args.pairs,
     }
-    for line in predict(
-        args.checkpoint,
-        args.inputs,
-        args.out,
-        task=args.task,
-        options={k: v for k, v in given.items() if v is not None},
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        strict=args.strict,
-        overwrite=args.overwrite,
-        picture_format=args.picture_format,
-    ):
-        print(line)
+    before = max_pixels()
+    set_max_pixels(args.max_pixels)  # for this command only: a program calling main() keeps its own limit
+    try:
+        for line in predict(
+            args.checkpoint,
+            args.inputs,
+            args.out,
+            task=args.task,
+            options={k: v for k, v in given.items() if v is not None},
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            strict=args.strict,
+            overwrite=args.overwrite,
+            picture_format=args.picture_format,
+        ):
+            print(line)
+    finally:
+        set_max_pixels(before)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -746,6 +754,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; ONNX: cpu)")
     p.add_argument("--strict", action="store_true", help="stop at a file that is not an image (default: skip it)")
     p.add_argument(
+        "--max-pixels",
+        type=at_least(1),
+        default=100_000_000,
+        help="refuse (or with --strict, stop at) a photo of more pixels than this, read from its header before "
+        "decoding (default 100000000)",
+    )
+    p.add_argument(
         "--score-threshold",
         type=_fraction,
         help="det: draw the boxes scoring at least this (default 0.3); detections.json keeps more (--keep-threshold)",
@@ -926,6 +941,13 @@ def main(argv: list[str] | None = None) -> int:
     except MbtasksError as error:
         # Raised in a DataLoader worker, torch re-raises it with the worker's traceback: its last line is ours.
         return _fail(str(error).strip().splitlines()[-1].removeprefix("mbtasks.errors.MbtasksError: "))
+    except OSError as error:
+        from .io.outputs import WRITE_ERRNOS, write_error
+
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        # a write that the places writing through io/outputs.py did not name (a logger's file): still one line
+        return _fail(str(write_error(error, error.filename or "an output file")))
     except ModuleNotFoundError as error:
         if (error.name or "mbtasks").split(".")[0] == "mbtasks":
             raise  # a module of mbtasks itself: a bug, not the user's installation

@@ -172,6 +172,8 @@ class DataConfig:
     batch_size: int = field(default=32, metadata=_at_least(1))
     val_batch_size: int = field(default=32, metadata=_at_least(1))
     num_workers: int = field(default=2, metadata=_at_least(0))
+    # the most pixels an image read may have, checked from its header before decoding (decompression bombs)
+    max_pixels: int = field(default=100_000_000, metadata=_at_least(1))
 
 
 @dataclass

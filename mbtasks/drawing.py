@@ -10,7 +10,7 @@ import simplejpeg
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import MbtasksError
-from .io.outputs import replaced_atomically
+from .io.outputs import output_folder, replaced_atomically
 
 # Twenty colours far apart from each other (Kelly's colours of maximum contrast, less white and black): class i has
 # colour i % 20 in every picture, so a class looks the same across photos, runs and reports.
@@ -179,7 +179,7 @@ def write_picture(path: Path, image: np.ndarray | Image.Image) -> None:
     if path.suffix.lower() not in JPEG_SUFFIXES:
         return write_png(path, image)
     array = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path.parent)
     with replaced_atomically(path) as temporary:
         temporary.write_bytes(simplejpeg.encode_jpeg(array, quality=JPEG_QUALITY, colorspace="RGB"))
 
@@ -187,11 +187,15 @@ def write_picture(path: Path, image: np.ndarray | Image.Image) -> None:
 def write_png(path: Path, image: np.ndarray | Image.Image) -> None:
     """Write via a temporary name and rename: DDP processes may both write an image the sampler repeated, and an
     interrupted run leaves no half-written PNG under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path.parent)
     with replaced_atomically(path) as temporary:
         if isinstance(image, Image.Image):
-            image.save(temporary)
+            image.save(temporary, format="PNG")
         else:
+            # encoded here and written by Python, not cv2.imwrite: OpenCV crashes on a file name that is not UTF-8
+            # (a Linux name of Latin-1 bytes), and answers a full disk with False where Python names the reason
             array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-            if not cv2.imwrite(str(temporary), array):
-                raise MbtasksError("cannot write PNG", path)
+            encoded, data = cv2.imencode(".png", array)
+            if not encoded:
+                raise MbtasksError("cannot encode this image as PNG", path)
+            temporary.write_bytes(data.tobytes())

@@ -89,7 +89,7 @@ CASES = {
     "key_unrelated": (
         ["data.colour=red"],
         "unknown key data.colour (known: root, format, synth_dir, synth, train_split, "
-        "val_split, size, augmentation, batch_size, val_batch_size, num_workers)",
+        "val_split, size, augmentation, batch_size, val_batch_size, num_workers, max_pixels)",
     ),
     "section_not_a_mapping": (["train=5"], "train must be a mapping, got int"),
     # sizes
@@ -101,6 +101,7 @@ CASES = {
     "batch_size_not_whole": (["data.batch_size=2.5"], "data.batch_size must be int, got 2.5"),
     "val_batch_size": (["data.val_batch_size=0"], "data.val_batch_size must be at least 1, got 0"),
     "num_workers": (["data.num_workers=-1"], "data.num_workers must be at least 0, got -1"),
+    "max_pixels": (["data.max_pixels=0"], "data.max_pixels must be at least 1, got 0"),
     # numbers out of range
     "epochs": (["train.epochs=0"], "train.epochs must be at least 1, got 0"),
     "log_images_every": (["train.log_images_every=0"], "train.log_images_every must be at least 1, got 0"),

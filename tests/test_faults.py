@@ -1,13 +1,16 @@
 """Faults of runs at scale, through the `mbtasks` script: two runs into one folder, SIGTERM and SIGINT (what
 schedulers, `docker stop` and Ctrl+C send), and training that diverges."""
 
+import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -125,7 +128,7 @@ def test_two_runs_into_one_folder_and_a_run_stopped_by_sigterm_or_sigint_then_re
             f"mbtasks: stopped by {name} after step {step} (epoch {step // 3}); saved {last}: continue the run with "
             f"--resume {last}"
         )
-        assert not (out / ".lock").exists() and not list(out.rglob("*.tmp"))
+        assert not (out / ".lock").exists() and not list(out.rglob("*.partial*"))
         assert torch.load(last, weights_only=True)["global_step"] == step
         assert _train_here(data, f"train.out_dir={out}", str(last)) == 0
         _assert_the_same_run(tmp_path / "straight", out, steps=6)
@@ -298,4 +301,151 @@ def test_a_diverging_run_stops_at_its_step_and_checkpoints_that_are_not_finite_a
 
     with pytest.raises(MbtasksError, match="not written: 1 tensors of the weights are not finite"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([float("inf")])}}, tmp_path / "w.ckpt")
-    assert not list(tmp_path.glob("*w.ckpt*"))
+    assert not list(tmp_path.glob("*w.*ckpt*"))
+
+
+# Runs `mbtasks` commands in one process (each case's exit status and stderr printed as JSON), in a mount namespace
+# where argv[1]/full is a 1 MiB tmpfs and argv[1]/ro a read-only one (what it wrote there is gone once it ends, so
+# it lists those folders itself). Cases (argv[2], JSON): [name, arguments] in order; "fill" fills the small disk.
+# During the case "signalled", SIGTERM arrives at the first validation batch of the first epoch.
+FAULTS = """
+import contextlib, io, json, os, resource, signal, sys
+from pytorch_lightning.callbacks import Callback
+import mbtasks.tasks.trainer as trainer
+from mbtasks.cli import main
+
+class TermInValidation(Callback):
+    def on_validation_batch_end(self, trainer, *args):
+        if os.environ.get("SIGNAL_IN_VALIDATION") and not trainer.sanity_checking and trainer.current_epoch == 0:
+            os.environ.pop("SIGNAL_IN_VALIDATION")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+build = trainer.build_trainer
+def build_with_callback(*args, **kwargs):
+    built = build(*args, **kwargs)
+    built.callbacks.append(TermInValidation())
+    return built
+trainer.build_trainer = build_with_callback
+
+root = sys.argv[1]
+results = {}
+for name, arguments in json.loads(sys.argv[2]):
+    if name == "fill":
+        with open(os.path.join(root, "full", "filler"), "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(bytes(4096))
+        continue
+    if name == "signalled":
+        os.environ["SIGNAL_IN_VALIDATION"] = "1"
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        code = main(arguments)
+    # with this process's peak memory so far, and its loader workers' (KiB)
+    results[name] = [code, errors.getvalue(), [resource.getrusage(who).ru_maxrss for who in (0, -1)]]
+results["files"] = sorted(
+    os.path.relpath(os.path.join(folder, file), root)
+    for place in ("full", "ro") for folder, _, files in os.walk(os.path.join(root, place)) for file in files
+)
+print(json.dumps(results))
+"""
+
+
+def _png_bomb(path: Path, side: int = 20000) -> None:
+    """A grey PNG of side x side pixels, all zero: a couple of MB that decode to side**2 bytes (3x that as RGB)."""
+    compressor, rows = zlib.compressobj(1), bytes(side + 1) * 1000  # each row: its filter byte and its pixels
+    data = b"".join(compressor.compress(rows) for _ in range(side // 1000)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def _in_a_small_and_a_read_only_place(tmp_path: Path, cases: list) -> dict:
+    """FAULTS run under `unshare` (a user and mount namespace: no privilege needed where the kernel allows them)."""
+    for place in ("full", "ro"):
+        (tmp_path / place).mkdir()
+    mounts = (
+        f"mount -t tmpfs -o size=1m tmpfs {tmp_path}/full && mount -t tmpfs tmpfs {tmp_path}/ro && "
+        f"echo '{{\"mIoU\": 0.5}}' > {tmp_path}/ro/earlier.json && mount -o remount,ro {tmp_path}/ro && "
+        'exec "$@"'
+    )
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mounts, "sh", sys.executable, "-c", FAULTS, str(tmp_path), json.dumps(cases)],
+        capture_output=True,
+        timeout=600,
+        env=ENV,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mounts a tmpfs in a Linux mount namespace")
+def test_full_disks_read_only_places_a_bomb_a_signal_in_validation_and_a_name_that_is_not_utf8(
+    demo_segmenter, tmp_path
+):
+    """On a full disk (a 1 MiB tmpfs) train, evaluate --json, export and predict stop with one line, exit 2, leave no
+    temporary file, and earlier files whole; so do predict and evaluate into a read-only place. A 20000x20000 PNG bomb
+    is refused from its header, the process's peak memory under 1 GB. SIGTERM during validation lets it end: best.ckpt
+    holds that epoch. predict reads and writes a photo whose name is not UTF-8 (OpenCV's PNG writer crashed on it)."""
+    data, full, ro = f"data.synth_dir={tmp_path / 'data'}", tmp_path / "full", tmp_path / "ro"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _png_bomb(photos / "bomb.png")
+    latin1 = os.fsdecode(bytes(photos) + b"/caf\xe9.jpg")  # a Linux name of Latin-1 bytes
+    cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tofile(latin1)
+    predict = ["predict", "--checkpoint", demo_segmenter, "--workers", "1"]
+    signalled = tmp_path / "signalled"
+    cases = [
+        ["latin1", [*predict, latin1, "--out", str(tmp_path / "latin1")]],
+        ["bomb", [*predict, str(photos / "bomb.png"), "--out", str(tmp_path / "bomb"), "--strict"]],
+        ["signalled", _train_args(data, f"train.out_dir={signalled}", "data.val_batch_size=2")],
+        ["train", _train_args(data, f"train.out_dir={full / 'run'}", "train.epochs=1")],
+        ["fill", []],
+        ["evaluate", ["evaluate", "--checkpoint", demo_segmenter, "--json", str(full / "m.json")]],
+        ["export", ["export", "--checkpoint", demo_segmenter, "--out", str(full / "m.onnx")]],
+        ["predict", [*predict, latin1, "--out", str(full / "p")]],
+        ["predict_ro", [*predict, latin1, "--out", str(ro / "p")]],
+        [
+            "evaluate_ro",
+            ["evaluate", "--checkpoint", demo_segmenter, "--json", str(ro / "earlier.json"), "--overwrite"],
+        ],
+    ]
+    results = _in_a_small_and_a_read_only_place(tmp_path, cases)
+
+    code, stderr, peaks = results["bomb"]
+    assert code == 2 and _one_line(stderr) == (
+        f"mbtasks: error: {photos / 'bomb.png'}: image of 20000x20000 pixels (400 megapixels) is over the limit of "
+        "100000000 pixels: shrink it, or raise the limit (data.max_pixels, predict --max-pixels)"
+    )
+    # Decoded, it would take 1.2 GB as RGB. The process starts at about 0.8 GB here (torch's and Lightning's imports
+    # alone), so the bound is on what the bomb adds to the peak of the same predict of a small photo: under 100 MB,
+    # in the process and in its loader worker.
+    assert all(peak - before < 100_000 for peak, before in zip(peaks, results["latin1"][2], strict=True)), (
+        peaks,
+        results["latin1"][2],
+    )
+
+    code, stderr, _ = results["latin1"]
+    assert code == 0, stderr[-3000:]
+    pictures = [p for p in (tmp_path / "latin1").rglob("*") if p.suffix in (".png", ".jpg")]
+    assert len(pictures) >= 2 and all(os.fsencode(p.name).startswith(b"caf\xe9.") for p in pictures), pictures
+
+    code, stderr, _ = results["signalled"]
+    best = next((signalled / "checkpoints").glob("best*.ckpt"))
+    assert code == 128 + signal.SIGTERM and _one_line(stderr).startswith("mbtasks: stopped by SIGTERM after step 3")
+    assert torch.load(best, weights_only=True)["epoch"] == 0
+
+    for name, place, reason in (
+        ("train", full / "run" / "checkpoints", "No space left on device"),
+        ("evaluate", full / "m.json", "No space left on device"),
+        ("export", full / "m.onnx", "No space left on device"),
+        ("predict", full / "p", "No space left on device"),
+        ("predict_ro", ro / "p", "Read-only file system"),
+        ("evaluate_ro", ro, "not writable"),
+    ):
+        code, stderr, _ = results[name]
+        assert code == 2 and str(place) in _one_line(stderr) and reason in _one_line(stderr), (name, stderr[-3000:])
+    assert not [name for name in results["files"] if "partial" in name or name.startswith("full/.")]
+    assert "ro/earlier.json" in results["files"] and "full/run/.lock" not in results["files"]

@@ -5,6 +5,7 @@ checkpoint, a folder of the user's own files)."""
 import contextlib
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -13,12 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import save_checkpoint, task_module
+import torch
+from helpers import save_checkpoint, task_module, write_voc_folder
 from PIL import Image
 
 from mbtasks.cli import main
+from mbtasks.datasets.synthetic.faces import write_shape_imagefolder
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.datasets.synthetic.streets_cityscapes import write_streets_cityscapes
+from mbtasks.datasets.synthetic.streets_folder import write_streets_folder
+from mbtasks.io import images
 
 MBTASKS = str(Path(sys.executable).with_name("mbtasks"))
 # The detector the checkpoint holds, small and on the tiny COCO set; training cases add out_dir and their mistake.
@@ -362,6 +367,99 @@ MORE_CASES = {
         ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{in}/earlier"],
     ),
 }
+# Bad data, refused before the first step (datasets/file_checks.py, evaluation/coco.py), and checkpoints that cannot
+# be read or resumed: in this process. {in}/bad/<name> is a copy of a data set with one fault (see _write_bad_data).
+BAD = "{in}/bad/"
+TRAIN_ON = [*TRAIN[:3], *_sets(*DET, "train.out_dir={out}/run")]
+IMAGE_TRAIN = ["--set", "train.out_dir={out}/run", "--set", "data.num_workers=0", "--set", "train.accelerator=cpu"]
+MORE_CASES |= {
+    "duplicate_image_id": (
+        "instances_train2017.json: images[0] and images[1] have the same id 1",
+        TRAIN_ON + _sets(f"data.root={BAD}duplicate_image_id"),
+    ),
+    "duplicate_category_id": (
+        "instances_train2017.json: categories[0] and categories[1] have the same id 1",
+        TRAIN_ON + _sets(f"data.root={BAD}duplicate_category_id"),
+    ),
+    "category_without_id": (
+        "instances_train2017.json: categories[0] lacks one of id, name",
+        TRAIN_ON + _sets(f"data.root={BAD}category_without_id"),
+    ),
+    "duplicate_annotation_id_in_validation": (
+        "instances_val2017.json: annotations[0] and annotations[1] have the same id",
+        EVALUATE + _sets(f"data.root={BAD}duplicate_annotation_id"),
+    ),
+    "no_training_annotations": (
+        "instances_train2017.json: has no annotations: nothing to train on",
+        TRAIN_ON + _sets(f"data.root={BAD}no_training_annotations"),
+    ),
+    "no_validation_annotations": (
+        "instances_val2017.json: has no annotations: nothing to score against",
+        EVALUATE + _sets(f"data.root={BAD}no_validation_annotations"),
+    ),
+    "image_missing": (
+        "train2017/000000000003.jpg: image file not found (image id 3)",
+        TRAIN_ON + _sets(f"data.root={BAD}image_missing"),
+    ),
+    "image_of_another_size": (
+        "train2017/000000000002.jpg: image is 64x59 but instances_train2017.json says 65x59 (image id 2)",
+        TRAIN_ON + _sets(f"data.root={BAD}image_of_another_size"),
+    ),
+    "image_not_an_image": (
+        "train2017/000000000004.jpg: cannot decode image",
+        TRAIN_ON + _sets(f"data.root={BAD}image_not_an_image"),
+    ),
+    "image_empty_in_validation": (
+        "val2017/000001000002.jpg: cannot decode image (empty file)",
+        EVALUATE + _sets(f"data.root={BAD}image_empty"),
+    ),
+    "image_over_the_pixel_limit": (
+        "over the limit of 1000 pixels: shrink it, or raise the limit (data.max_pixels",
+        TRAIN + _sets("data.max_pixels=1000"),
+    ),
+    "max_pixels_zero": ("data.max_pixels must be at least 1, got 0", TRAIN + _sets("data.max_pixels=0")),
+    "seg_mask_of_another_size": (
+        "masks/train/northdale_000000_000019.png: mask is 32x16 but its image northdale_000000_000019.jpg is 64x32",
+        ["train", "--task", "seg", *IMAGE_TRAIN, *_sets(f"data.root={BAD}folder_mask_size")],
+    ),
+    "cityscapes_label_of_another_size": (
+        "_gtFine_labelIds.png: mask is 64x32 but its image",
+        ["train", "--task", "seg", *IMAGE_TRAIN, *_sets(f"data.root={BAD}cityscapes_label_size")],
+    ),
+    "voc_image_missing_header": (
+        "JPEGImages/2007_000001.jpg: cannot decode image",
+        ["train", "--task", "seg", *IMAGE_TRAIN, *_sets(f"data.root={BAD}voc_bad_image")],
+    ),
+    "cls_image_not_an_image": (
+        "cannot decode image",
+        ["train", "--task", "cls", *IMAGE_TRAIN, *_sets(f"data.root={BAD}imagefolder_bad_image")],
+    ),
+    "predict_pixel_limit": (
+        "{in}/user/photo.png: image of ",
+        ["predict", "--checkpoint", "{in}/det.ckpt", "{in}/user/photo.png", "--out", "{out}/p", "--strict"]
+        + ["--max-pixels", "100", "--workers", "0"],
+    ),
+    # checkpoints: empty, cut short, without training state, of another network
+    "checkpoint_empty": ("{in}/empty.ckpt: is empty (0 bytes)", ["evaluate", "--checkpoint", "{in}/empty.ckpt"]),
+    "checkpoint_truncated": (
+        "{in}/truncated.ckpt: not a PyTorch weights file, or a truncated one",
+        ["export", "--checkpoint", "{in}/truncated.ckpt", "--out", "{out}/x.onnx"],
+    ),
+    "resume_empty_checkpoint": ("{in}/empty.ckpt: is empty (0 bytes)", TRAIN + ["--resume", "{in}/empty.ckpt"]),
+    "resume_weights_only": (
+        "{in}/det.ckpt: holds weights but no training state to resume",
+        TRAIN + ["--resume", "{in}/det.ckpt"],
+    ),
+    "resume_another_width": (
+        "not of the network this run builds (ssdlite320_mobilenet_v3_small; backbone.extra.0.0.0.weight: "
+        "(64, 96, 1, 1) in the file, (89, 96, 1, 1) here)",
+        TRAIN + _sets("model.options={width_mult: 0.35}") + ["--resume", "{in}/resumable.ckpt"],
+    ),
+    "resume_another_model": (
+        "not of the network this run builds (ssdlite320_mobilenet_v2;",
+        TRAIN + _sets("model.name=ssdlite320_mobilenet_v2") + ["--resume", "{in}/resumable.ckpt"],
+    ),
+}
 # Cases run with a package made unimportable, as if it were not installed.
 BLOCKED = {"export_onnx_not_installed": "onnx"}
 
@@ -395,10 +493,62 @@ def inputs(tmp_path_factory) -> Path:
     shutil.copy(user / "photo.png", root / "earlier" / "photo.png")  # stands for its drawing of the photo
     (root / "earlier" / "detections.json").write_text("[]\n")
     (root / "plain.txt").write_text("a file where a folder is expected\n")
+    _write_bad_data(root)
+    (root / "empty.ckpt").write_bytes(b"")
+    (root / "truncated.ckpt").write_bytes(checkpoint.read_bytes()[:5000])
+    # what `--resume` reads of a run's checkpoint besides the weights (its values are not reached)
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save(
+        {**state, "pytorch-lightning_version": "2", "optimizer_states": [], "loops": {}}, root / "resumable.ckpt"
+    )
     for name, package in BLOCKED.items():
         (root / "blocked" / name / package).mkdir(parents=True)
         (root / "blocked" / name / package / "__init__.py").write_text(MISSING.format(name=package))
     return root
+
+
+def _write_bad_data(root: Path) -> None:
+    """Copies of the inputs' data sets, each with one fault, under root/bad/."""
+    bad = root / "bad"
+
+    def coco_copy(name: str, split: str, change) -> None:
+        shutil.copytree(root / "coco", bad / name)
+        path = bad / name / "annotations" / f"instances_{split}.json"
+        values = json.loads(path.read_text())
+        change(values)
+        path.write_text(json.dumps(values))
+
+    def same_id(key: str):
+        return lambda values: values[key][1].update(id=values[key][0]["id"])
+
+    coco_copy("duplicate_image_id", "train2017", same_id("images"))
+    coco_copy("duplicate_category_id", "train2017", same_id("categories"))
+    coco_copy("duplicate_annotation_id", "val2017", same_id("annotations"))
+    coco_copy("category_without_id", "train2017", lambda values: values["categories"][0].pop("id"))
+    coco_copy("no_training_annotations", "train2017", lambda values: values.update(annotations=[]))
+    coco_copy("no_validation_annotations", "val2017", lambda values: values.update(annotations=[]))
+    coco_copy("image_of_another_size", "train2017", lambda values: values["images"][1].update(width=65))
+    for name, file, data in (
+        ("image_missing", "train2017/000000000003.jpg", None),
+        ("image_not_an_image", "train2017/000000000004.jpg", b"not a picture"),
+        ("image_empty", "val2017/000001000002.jpg", b""),
+    ):
+        shutil.copytree(root / "coco", bad / name)
+        if data is None:
+            (bad / name / file).unlink()
+        else:
+            (bad / name / file).write_bytes(data)
+
+    write_streets_folder(bad / "folder_mask_size", seed=1, num_train=2, num_val=1, size=(32, 64))
+    mask = bad / "folder_mask_size" / "masks" / "train" / "northdale_000000_000019.png"
+    Image.open(mask).resize((32, 16)).save(mask)
+    shutil.copytree(root / "cityscapes", bad / "cityscapes_label_size")
+    label = next((bad / "cityscapes_label_size" / "gtFine" / "train").rglob("*_labelIds.png"))
+    Image.open(label).resize((64, 32)).save(label)
+    write_voc_folder(bad / "voc_bad_image", count=6, size=(32, 48))
+    (bad / "voc_bad_image" / "JPEGImages" / "2007_000001.jpg").write_bytes(b"\xff\xd8\xff")
+    write_shape_imagefolder(bad / "imagefolder_bad_image", seed=1, num_classes=2, train_per_class=2, val_per_class=1)
+    next((bad / "imagefolder_bad_image" / "val").rglob("*.png")).write_bytes(b"GIF89a")
 
 
 def _command(command: list[str], root: Path, out: Path) -> list[str]:
@@ -468,9 +618,13 @@ def _assert_one_line(code: int, stderr: str, expected: str) -> None:
     assert expected in lines[0], lines[0]
 
 
-def test_there_are_at_least_40_cases_across_every_command():
+def test_there_are_at_least_70_cases_across_every_command():
     commands = {_command_name(command) for _, command in CASES.values()}
-    assert len(CASES) >= 40 and {_command_name(CASES[name][1]) for name in THROUGH_THE_CONSOLE} == commands
+    assert (
+        len(CASES) >= 40
+        and len(CASES) + len(MORE_CASES) >= 70
+        and {_command_name(CASES[name][1]) for name in THROUGH_THE_CONSOLE} == commands
+    )
     assert commands == {"profile", "weights import", "train", "evaluate", "export", "predict", "data synth", "ablate"}
 
 
@@ -485,8 +639,9 @@ def test_no_input_file_changed(outcomes):
 
 
 @pytest.mark.parametrize("name", list(MORE_CASES))
-def test_more_mistakes_in_process(inputs, name, tmp_path, capsys):
+def test_more_mistakes_in_process(inputs, name, tmp_path, capsys, monkeypatch):
     expected, command = MORE_CASES[name]
+    monkeypatch.setattr(images, "_max_pixels", images.max_pixels())  # a case's data.max_pixels ends with it
     before = _digest(inputs)
     code = main(_command(command, inputs, tmp_path))
     _assert_one_line(code, capsys.readouterr().err, expected.replace("{in}", str(inputs)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbtasks.datasets.file_checks import check_images
 from mbtasks.datasets.formats import FORMATS, DataFormat
 from mbtasks.datasets.imagefolder import apply_transform
 from mbtasks.datasets.synthetic.faces import write_celeba_faces
@@ -93,6 +94,10 @@ class CelebA(torch.utils.data.Dataset):
         self.files: list[str] = [files[i] for i in rows]
         self.targets: np.ndarray = values[rows].astype(np.float32)
         self.image_dir = image_dir
+
+    def check_files(self) -> None:
+        """Before the first step: each image opens (headers only)."""
+        check_images(self.image_dir / name for name in self.files)
 
     def __len__(self) -> int:
         return len(self.files)

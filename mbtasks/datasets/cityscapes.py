@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from cityscapesscripts.helpers.labels import labels
 
+from mbtasks.datasets.file_checks import check_images_and_masks
 from mbtasks.datasets.formats import FORMATS, SegmentationFormat
 from mbtasks.datasets.mapped import Mapped
 from mbtasks.datasets.segmentation_transforms import segmentation_item
@@ -92,6 +93,10 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise MbtasksError(f"ground truth file not found{more}", missing[0])
+
+    def check_files(self) -> None:
+        """Before the first step: each image and its mask open and have one size (headers only)."""
+        check_images_and_masks(self.image_paths, self.label_paths)
 
     def __len__(self) -> int:
         return len(self.image_paths)

@@ -16,7 +16,7 @@ from mbtasks.datasets.formats import FORMATS, DetectionFormat
 from mbtasks.datasets.synthetic.shapes_coco import write_shapes_coco
 from mbtasks.errors import MbtasksError
 from mbtasks.evaluation.coco import load_coco_json
-from mbtasks.io.images import read_rgb_image
+from mbtasks.io.images import image_size, read_rgb_image
 
 
 def coco_labels(
@@ -131,11 +131,29 @@ class CocoDetection(torch.utils.data.Dataset):
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
 
     def check_files(self) -> None:
-        """Raise if any image file is missing, naming the first one and counting the rest."""
-        missing = [p for p in map(self.image_path, self.image_ids) if not p.is_file()]
-        if missing:
-            more = f" ({len(missing) - 1} more missing in {self.image_dir})" if len(missing) > 1 else ""
-            raise MbtasksError(f"image file not found{more}", missing[0])
+        """Before the first step: annotations to learn from (or to score against), and every image there, opening,
+        of the size the annotations give (image headers only). The error names the first image that fails."""
+        if not self.coco.dataset.get("annotations"):
+            raise MbtasksError(
+                f"has no annotations: {'nothing to train on' if self.train else 'nothing to score against'}",
+                self.annotation_file,
+            )
+        for image_id in self.image_ids:
+            path = self.image_path(image_id)
+            if not path.is_file():
+                missing = sum(not self.image_path(i).is_file() for i in self.image_ids)
+                more = f" ({missing - 1} more missing in {self.image_dir})" if missing > 1 else ""
+                raise MbtasksError(f"image file not found (image id {image_id}){more}", path)
+            width, height = image_size(path)
+            info = self.coco.imgs[image_id]
+            if self.exif_upright:  # the size the annotations give was read from this header (YOLO): nothing to match
+                continue
+            if (width, height) != (info["width"], info["height"]):
+                raise MbtasksError(
+                    f"image is {width}x{height} but {self.annotation_file.name} says {info['width']}x{info['height']} "
+                    f"(image id {image_id})",
+                    path,
+                )
 
     def load_image(self, image_id: int) -> np.ndarray:
         """The image as HWC uint8 RGB, checked against the size the annotation file gives."""

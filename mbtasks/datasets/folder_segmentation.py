@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mbtasks.datasets.classes_file import class_list, read_classes_file
+from mbtasks.datasets.file_checks import check_images_and_masks
 from mbtasks.datasets.formats import FORMATS, SegmentationFormat
 from mbtasks.datasets.segmentation_transforms import segmentation_item
 from mbtasks.datasets.synthetic.streets_folder import write_streets_folder
@@ -101,6 +102,10 @@ class FolderSegmentation(torch.utils.data.Dataset):
             )
         self.image_paths = [str(image) for image in images]
         self.label_paths = [str(mask_dir / f"{image.stem}.png") for image in images]
+
+    def check_files(self) -> None:
+        """Before the first step: each image and its mask open and have one size (headers only)."""
+        check_images_and_masks(self.image_paths, self.label_paths)
 
     def __len__(self) -> int:
         return len(self.image_paths)

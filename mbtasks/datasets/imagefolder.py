@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
+from mbtasks.datasets.file_checks import check_images
 from mbtasks.datasets.formats import FORMATS, DataFormat
 from mbtasks.datasets.synthetic.faces import write_shape_imagefolder
 from mbtasks.errors import MbtasksError
@@ -62,6 +63,10 @@ class ImageFolder(torch.utils.data.Dataset):
             if counts[label] == 0:
                 raise MbtasksError("class folder has no images", self.folder / name)
         self.targets = [label for _, label in self.samples]
+
+    def check_files(self) -> None:
+        """Before the first step: each image opens (headers only)."""
+        check_images(path for path, _ in self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)

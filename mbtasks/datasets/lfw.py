@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbtasks.datasets.file_checks import check_images
 from mbtasks.datasets.formats import FORMATS, DataFormat
 from mbtasks.datasets.imagefolder import ImageFolder, apply_transform
 from mbtasks.datasets.synthetic.faces import write_lfw_identities
@@ -120,6 +121,11 @@ class LFWPairs(torch.utils.data.Dataset):
                 file_name = image_path(self.images_dir, name, number).name
                 if file_name not in listings[name]:
                     raise MbtasksError(f"line {pair.line}: no image {name}/{file_name}", pairs_path)
+
+    def check_files(self) -> None:
+        """Before the first step: each image of the pairs opens (headers only), once."""
+        keys = {(p.name1, p.number1) for p in self.pairs} | {(p.name2, p.number2) for p in self.pairs}
+        check_images(image_path(self.images_dir, name, number) for name, number in sorted(keys))
 
     @property
     def same(self) -> np.ndarray:

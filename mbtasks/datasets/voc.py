@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbtasks.datasets.file_checks import check_images_and_masks
 from mbtasks.datasets.formats import FORMATS, SegmentationFormat
 from mbtasks.datasets.segmentation_transforms import segmentation_item
 from mbtasks.errors import MbtasksError
@@ -103,6 +104,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
     def _splits(self) -> list[str]:
         folder = os.path.join(self.root, "ImageSets", "Segmentation")
         return sorted(name[:-4] for name in os.listdir(folder) if name.endswith(".txt"))
+
+    def check_files(self) -> None:
+        """Before the first step: each image and its mask open and have one size (headers only)."""
+        check_images_and_masks(self.image_paths, self.label_paths)
 
     def __len__(self) -> int:
         return len(self.image_paths)

@@ -25,6 +25,7 @@ from mbtasks.datasets.formats import FORMATS, DetectionFormat
 from mbtasks.datasets.synthetic.shapes_yolo import write_shapes_yolo
 from mbtasks.errors import MbtasksError
 from mbtasks.evaluation.coco import coco_index
+from mbtasks.io.images import image_size
 
 CLASSES_FILES = ("classes.yaml", "classes.yml", "classes.json", "data.yaml", "data.yml")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -39,12 +40,13 @@ def read_yolo_classes(root: Path) -> tuple[str, ...]:
 
 
 def upright_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image as it is shown (its EXIF orientation applied), from its header alone."""
+    """(width, height) of an image as it is shown (its EXIF orientation applied), from its header alone; a missing,
+    unreadable or over-sized image is one error (image_size's)."""
+    width, height = image_size(path)
     try:
         with Image.open(path) as image:
-            width, height = image.size
             turned = image.getexif().get(0x0112) in _TURNED
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise MbtasksError(
             f"cannot read image ({' '.join(str(error).split()) or type(error).__name__})", path
         ) from None

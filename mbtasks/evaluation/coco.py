@@ -74,6 +74,8 @@ def _check_structure(dataset: dict, path: Path) -> None:
         for i, entry in enumerate(dataset[key]):
             if not isinstance(entry, dict) or any(f not in entry for f in fields):
                 raise MbtasksError(f"{key}[{i}] lacks one of {', '.join(fields)}", path)
+    for key in ("images", "categories"):
+        _refuse_duplicate_ids(dataset[key], key, path)
     image_ids = {im["id"] for im in dataset["images"]}
     category_ids = {c["id"] for c in dataset["categories"]}
     for i, ann in enumerate(dataset["annotations"]):
@@ -88,6 +90,17 @@ def _check_structure(dataset: dict, path: Path) -> None:
             raise MbtasksError(f"annotation {ann['id']} has a bbox that is not 4 numbers [x, y, w, h]", path)
         if not all(math.isfinite(v) for v in box):
             raise MbtasksError(f"annotation {ann['id']} has a bbox that is not finite", path)
+    _refuse_duplicate_ids(dataset["annotations"], "annotations", path)
+
+
+def _refuse_duplicate_ids(entries: list, key: str, path: Path) -> None:
+    """Ids are keys: pycocotools keeps the last entry of an id (an image trained with another's boxes, an annotation
+    scored twice or dropped), so a repeated one is an error naming it."""
+    seen: dict = {}
+    for index, entry in enumerate(entries):
+        first = seen.setdefault(entry["id"], index)
+        if first != index:
+            raise MbtasksError(f"{key}[{first}] and {key}[{index}] have the same id {entry['id']!r}", path)
 
 
 # The default backend: faster-coco-eval's C++ COCOeval, several times pycocotools' speed (bench/coco_eval.py). Its 12

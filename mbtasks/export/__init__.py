@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import MbtasksError
 from ..heads.lraspp import PaperPool
 from ..io.onnx_runtime import EXPORT_KEY, create_session, require
-from ..io.outputs import output_file, replaced_atomically
+from ..io.outputs import output_file, replaced_atomically, writing_to
 from ..io.records import RECORD_KEY, Record
 from ..tasks import TASKS, BaseTask
 from .channel_padding import padded_expansions
@@ -113,7 +113,9 @@ def export_onnx(
     }
     output_file(out, overwrite=True)  # its folder; an existing file was refused or allowed by the caller (cmd_export)
     calibrated, choice = 0, None
-    with tempfile.TemporaryDirectory() as scratch:
+    # the intermediate graphs beside the output, not in $TMPDIR (a small one would fail an export that has room),
+    # removed however the export ends; a full disk or a read-only place is one line
+    with writing_to(out), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         fp32, quantised = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         _torch_export(graph, inputs[0], fp32, task, dynamic_size=not fixed)
         if int8:

@@ -1,10 +1,12 @@
 """The one reader of images: colour photos as RGB uint8, label PNGs as ids; each error names the file. Images already
-in memory (PIL, arrays, tensors) become the same RGB uint8 arrays (`rgb_array`)."""
+in memory (PIL, arrays, tensors) become the same RGB uint8 arrays (`rgb_array`). Every read checks the image's pixel
+count, from its header, against a limit (`set_max_pixels`) before decoding: a small file can hold a huge image."""
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Any
 
 import cv2
@@ -19,6 +21,106 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # IHDR colour types that carry colours, not ids
 _COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}
 _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+# JPEG start-of-frame markers (they carry the size): C0..CF but DHT (C4), JPG (C8) and DAC (CC)
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+_HEADER_BYTES = 1 << 16  # where a JPEG's size is found (after its EXIF, which may fill 64 KiB, PIL is asked)
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: 10000x10000, far above any photo data set's images
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int) -> None:
+    """The most pixels (width x height) an image read in this process may have (data.max_pixels, predict's
+    --max-pixels). Loader workers forked after it inherit it."""
+    global _max_pixels
+    _max_pixels = int(limit)
+
+
+def max_pixels() -> int:
+    """The pixel limit of every image read (set_max_pixels)."""
+    return _max_pixels
+
+
+def _over_the_limit(width: int, height: int, path: str | os.PathLike) -> None:
+    if width * height > _max_pixels:
+        raise MbtasksError(
+            f"image of {width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is over the limit of "
+            f"{_max_pixels} pixels: shrink it, or raise the limit (data.max_pixels, predict --max-pixels)",
+            path,
+        )
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame, without decoding; None for other formats."""
+    if _png_kind(data) is not None:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not data.startswith(_JPEG_START):
+        return None
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            at += 2
+        elif marker in _JPEG_FRAMES:
+            return int.from_bytes(data[at + 7 : at + 9], "big"), int.from_bytes(data[at + 5 : at + 7], "big")
+        else:
+            at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
+def check_pixels(data: bytes, path: str | os.PathLike) -> None:
+    """Refuse encoded image bytes whose header gives more pixels than the limit, before anything decodes them."""
+    size = _header_size(data)
+    if size is None:  # another format: PIL reads its header (and refuses what it takes for a bomb itself)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as image:
+                    size = image.size
+        except Image.DecompressionBombError as error:
+            raise MbtasksError(f"image is over PIL's pixel limit ({error})", path) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+            return  # not an image PIL knows: the decoders below say why not
+    _over_the_limit(*size, path)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as stored (no EXIF turn), from its header alone: the check made on every
+    listed image before training or evaluation starts. A missing file, one that is not an image, and one over the
+    pixel limit are one-line errors naming it."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_HEADER_BYTES)
+            size = _header_size(head)  # PNGs and most JPEGs: without PIL's parsing
+    except FileNotFoundError:
+        raise MbtasksError("file not found", path) from None
+    except OSError as error:
+        raise MbtasksError(f"cannot read file: {error.strerror}", path) from None
+    if not head:
+        raise MbtasksError("cannot decode image (empty file)", path)
+    if size is not None:
+        _over_the_limit(*size, path)
+        return size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except FileNotFoundError:
+        raise MbtasksError("file not found", path) from None
+    except Image.DecompressionBombError as error:
+        raise MbtasksError(f"image is over PIL's pixel limit ({error})", path) from None
+    except UnidentifiedImageError:
+        raise MbtasksError("cannot decode image (not an image, or a format PIL does not read)", path) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split()) or type(error).__name__
+        raise MbtasksError(f"cannot read image ({reason})", path) from None
+    _over_the_limit(width, height, path)
+    return width, height
 
 
 def read_rgb_image(path: str | os.PathLike, exif_upright: bool = False) -> np.ndarray:
@@ -32,6 +134,7 @@ def read_rgb_image(path: str | os.PathLike, exif_upright: bool = False) -> np.nd
         raise MbtasksError(f"cannot read file: {error.strerror}", path) from None
     if not data:
         raise MbtasksError("cannot decode image (empty file)", path)
+    check_pixels(data, path)
     if not exif_upright and _png_kind(data) == (8, 2):
         # 8-bit RGB PNGs (Cityscapes' photos): libspng decodes them faster than cv2's libpng (bench/data.py), the
         # same pixels (tests/test_pipelines.py); on any failure cv2 and PIL below decode the file or say why not
@@ -80,6 +183,7 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     kind = _png_kind(data)
     if kind is None:
         raise MbtasksError("not a PNG file (corrupt, or another format)", path)
+    check_pixels(data, path)
     bit_depth, colour_type = kind
     if colour_type in _COLOUR_TYPES:
         raise MbtasksError(

@@ -1,6 +1,7 @@
 """Where commands write: output folders checked (and created) before any work, files replaced atomically."""
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -38,15 +39,42 @@ def output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 @contextlib.contextmanager
 def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix, so writers pick the format from it) that replaces `path` when
-    the block ends without an error: a reader, or a rerun after a kill, sees the old file or the new one, never half."""
+    """A temporary path beside `path` (same suffix, so writers pick the format from it; beside it, so a small
+    $TMPDIR does not fail a write that has room) that replaces `path` when the block ends without an error: a reader,
+    or a rerun after a kill, sees the old file or the new one, never half. The temporary file is removed however the
+    block ends; a write that fails (a full disk, a read-only place) is one error naming `path`."""
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:
+        raise write_error(error, path) from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+# what a write meets on a full disk (ENOSPC, EDQUOT), a read-only place (EROFS, EACCES, EPERM) or a file size limit
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def writing_to(path: str | os.PathLike) -> Iterator[None]:
+    """A block that writes `path` (and its own temporary files): a write that fails for want of room or of
+    permission is one error naming `path`."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(error, path) from None
+
+
+def write_error(error: OSError, path: str | os.PathLike) -> MbtasksError:
+    """The one line of a write that failed: the path and the system's reason (no space left on device, read-only
+    file system, permission denied, file too large)."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    return MbtasksError(f"cannot write this file ({reason}); earlier files are left as they were", path)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:

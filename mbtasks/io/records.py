@@ -1,6 +1,7 @@
 """The record of a trained model: what rebuilds it and what it was trained on, in checkpoints, weights files and
 exported ONNX files alike; and loading files from elsewhere safely (torch.load with weights_only=True)."""
 
+import io
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,11 +45,18 @@ def load_file(path: str | Path) -> object:
     """torch.load with weights_only=True, any failure turned into one clear error naming the file."""
     if not Path(path).is_file():
         raise MbtasksError("no such file", path)
+    if Path(path).stat().st_size == 0:
+        raise MbtasksError(
+            "is empty (0 bytes): not a PyTorch weights file (a copy or a save that did not finish?)", path
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file; all mean the same to a user
+        # the first sentence of torch's reason (its zip reader's runs on about why files get corrupted)
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
         raise MbtasksError(
-            f"not a PyTorch weights file ({type(error).__name__}: {str(error).splitlines()[0]})", path
+            f"not a PyTorch weights file, or a truncated one ({type(error).__name__}{': ' if reason else ''}{reason})",
+            path,
         ) from None
 
 
@@ -96,7 +104,25 @@ def read_record(path: str | Path) -> tuple[Record, str]:
 def read_checkpoint(path: str | Path, task: str | None = None) -> Record:
     """A training checkpoint's record and weights; `task`, when given, must be the checkpoint's; weights that are not
     finite (of a run that diverged, written before mbtasks stopped such runs) are refused."""
+    return _checkpoint_record(load_file(path), path, task)
+
+
+def read_resumable(path: str | Path, task: str) -> Record:
+    """read_checkpoint of a checkpoint that `--resume` can continue: one `mbtasks train` wrote, with its training
+    state (optimiser, loops), not only weights."""
     data = load_file(path)
+    record = _checkpoint_record(data, path, task)
+    if not all(key in data for key in ("pytorch-lightning_version", "optimizer_states", "loops")):
+        raise MbtasksError(
+            "holds weights but no training state to resume (the optimiser's, the loops'): resume from a checkpoint "
+            "a run wrote (OUT/checkpoints/last.ckpt), or start a new run from these weights with "
+            f"--set model.weights={path}",
+            path,
+        )
+    return record
+
+
+def _checkpoint_record(data: object, path: str | Path, task: str | None) -> Record:
     if not isinstance(data, dict) or not isinstance(data.get(RECORD_KEY), dict):
         raise MbtasksError("is not an mbtasks training checkpoint", path)
     record = _from_loaded(data, path)
@@ -123,19 +149,48 @@ def non_finite_tensors(state_dict: dict) -> list[str]:
 def save_weights(path: str | Path, record: Record) -> None:
     """Write a weights file: the network's state, what rebuilds it, and the classes it answers in (if known). An
     existing file is replaced: whether it may be is the caller's to decide (`weights import` asks before the work)."""
-    with replaced_atomically(output_file(path, overwrite=True)) as temporary:
-        torch.save(
-            {
-                "format": WEIGHTS_FORMAT,
-                "model": record.model,
-                "backbone": record.backbone,
-                "options": record.options,
-                "class_names": record.class_names,
-                "category_ids": record.category_ids,
-                "state_dict": record.state_dict,
-            },
-            temporary,
-        )
+    write_torch_file(
+        {
+            "format": WEIGHTS_FORMAT,
+            "model": record.model,
+            "backbone": record.backbone,
+            "options": record.options,
+            "class_names": record.class_names,
+            "category_ids": record.category_ids,
+            "state_dict": record.state_dict,
+        },
+        output_file(path, overwrite=True),
+    )
+
+
+def write_torch_file(values: object, path: str | Path) -> None:
+    """torch.save through replaced_atomically. Serialised in memory first (as Lightning's own saving does) and written
+    by Python: a full disk is then an OSError naming the reason, one line (torch's file writer reports a bare position
+    mismatch after a short write), and the temporary file beside `path` is removed."""
+    buffer = io.BytesIO()
+    torch.save(values, buffer)
+    with replaced_atomically(path) as temporary:
+        temporary.write_bytes(buffer.getbuffer())
+
+
+def check_same_network(record: Record, name: str, module: nn.Module, path: str | Path) -> None:
+    """The checkpoint being resumed holds the network this run builds (model `name`, the same shapes): another model
+    or width is one line, not Lightning's hundreds of lines of size mismatches."""
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in record.state_dict.items()}
+    differs = next((k for k in [*own, *saved] if own.get(k) != saved.get(k)), None)  # the first in order
+    if record.model == name and differs is None:
+        return
+    detail = (
+        f"{differs}: {saved.get(differs, 'absent')} in the file, {own.get(differs, 'absent')} here"
+        if differs is not None
+        else "the same shapes"
+    )
+    raise MbtasksError(
+        f"is a checkpoint of {record.model} {record.options}, not of the network this run builds ({name}; {detail}): "
+        "resume with the settings it was trained with, or start a new run",
+        path,
+    )
 
 
 def load_into(module: nn.Module, state_dict: dict, path: str | Path) -> None:

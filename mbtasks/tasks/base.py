@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import Config, config_from_dict
+from ..datasets.file_checks import check_files
 from ..datasets.formats import data_format, recognised_format
 from ..datasets.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.mapped import Mapped
@@ -30,6 +31,7 @@ from ..datasets.synthetic import write_synthetic_once
 from ..errors import MbtasksError
 from ..evaluation.report import Section, write_report
 from ..io.executorch_runtime import ExecutorchModel
+from ..io.images import set_max_pixels
 from ..io.onnx_runtime import OnnxModel
 from ..io.outputs import write_text_atomically
 from ..io.records import RECORD_KEY, Record, load_into
@@ -110,6 +112,8 @@ class BaseDataModule(pl.LightningDataModule):
         self.train_transform = None
         self.resumed_epoch = 0
         self.resumed_batches = 0  # batches of that epoch a stopped run had trained on
+        self.checked_sets: list[Dataset] = []  # the data sets whose files check_files has checked
+        set_max_pixels(data.max_pixels)
         # What rebuilds it (LightningDataModule.load_from_checkpoint, LightningCLI). Not sent to the loggers: the
         # task's own hyper-parameters hold the same recipe, and Lightning refuses two different values of one key.
         self.save_hyperparameters({"config": config.to_dict()}, logger=False)
@@ -192,8 +196,18 @@ class BaseDataModule(pl.LightningDataModule):
         self.resumed_epoch = int(state.get("epoch", 0))
         self.resumed_batches = int(state.get("batches", 0))
 
+    def check_files(self) -> None:
+        """The files of the data sets set up so far checked once, at the cost of their images' headers: missing,
+        unreadable, over-sized images, sizes that differ from the annotations or masks, no annotations. Called as
+        soon as the data is set up and again (at no cost) by the loaders, so a run fails before its first step."""
+        for dataset in (self.train_set, self.val_set):
+            if dataset is not None and not any(dataset is done for done in self.checked_sets):
+                check_files(dataset)
+                self.checked_sets.append(dataset)
+
     def train_dataloader(self) -> DataLoader:
         """Each process's share of the epoch's seeded order, augmented per sample from (seed, epoch, index)."""
+        self.check_files()
         world, rank = self._processes()
         seed, batch_size = self.config.train.seed, self.config.data.batch_size
         sampler = EpochSampler(
@@ -228,6 +242,7 @@ class BaseDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Each process's share of the validation set in order (padded to equal shares: results are kept by key)."""
+        self.check_files()
         world, rank = self._processes()
         sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
         workers = self.config.data.num_workers

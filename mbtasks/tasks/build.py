@@ -20,6 +20,7 @@ def build_task_and_data(config: Config, stage: str = "fit") -> tuple[BaseTask, B
     data = spec.data_module(config)
     data.prepare_data()
     data.setup(stage)
+    data.check_files()  # before any output is written
     return spec(data.config, data.class_names, data.category_ids), data
 
 

@@ -34,6 +34,9 @@ class PairImages(Dataset):
         self.pairs = pairs
         self.keys = sorted({(p.name1, p.number1) for p in pairs.pairs} | {(p.name2, p.number2) for p in pairs.pairs})
 
+    def check_files(self) -> None:
+        self.pairs.check_files()
+
     def __len__(self) -> int:
         return len(self.keys)
 

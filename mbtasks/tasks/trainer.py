@@ -25,7 +25,7 @@ from ..config import LOGGERS, Config, TrainConfig
 from ..errors import MbtasksError
 from ..interruption import Interrupted
 from ..io.outputs import output_folder
-from ..io.records import non_finite_tensors
+from ..io.records import non_finite_tensors, write_torch_file
 from ..io.run_lock import run_lock
 from ..layers.sync_batchnorm import convert_batchnorm
 from .validation_images import ValidationImages
@@ -39,9 +39,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         if bad := non_finite_tensors(checkpoint.get("state_dict", {})):  # StopOnDivergence stops runs before this
             raise MbtasksError(f"not written: {len(bad)} tensors of the weights are not finite, first {bad[0]}", path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        super().save_checkpoint(checkpoint, temporary, storage_options)
-        os.replace(temporary, path)
+        output_folder(path.parent)
+        write_torch_file(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
@@ -90,12 +89,15 @@ class StopOnSignal(Callback):
     """SIGTERM or SIGINT while training: the run stops after the step at hand (Lightning's handling of SIGTERM, whose
     flag its loops check between steps, and in step with every process; SIGINT is made to raise the same flag) and
     saves `checkpoint`, from which --resume continues as if the run had never stopped (the training loader takes up
-    the epoch where it stopped: samplers.ResumableLoader); a second signal stops it at once."""
+    the epoch where it stopped: samplers.ResumableLoader); a second signal stops it at once. A signal during the
+    validation of a fit lets that validation end first (Lightning would stop it midway), so that the epoch's figures
+    and its best.ckpt update are not lost."""
 
     def __init__(self, checkpoint: Path):
         self.checkpoint = checkpoint
         self.signum: int | None = None
         self.saved = False
+        self.held = False  # a signal held back until the validation under way ends
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         interruption.graceful = lambda signum: self._stop_after_step(trainer, signum)
@@ -108,7 +110,21 @@ class StopOnSignal(Callback):
             interruption.graceful = None
             raise Interrupted(signum)
         self.signum = signum
-        trainer._signal_connector.received_sigterm = True  # Lightning's own flag (SIGTERM has set it already)
+        # Lightning's own flag (its handler, run before this one, has set it for SIGTERM); held back while a fit's
+        # validation runs, which Lightning would stop midway
+        validating = trainer.validating and trainer.state.fn == "fit"
+        trainer._signal_connector.received_sigterm, self.held = not validating, validating
+
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        # Lightning checks its flag after this hook and stops validation midway: held back here as well, where
+        # Lightning's handler ran after this callback's
+        signals = trainer._signal_connector
+        if signals.received_sigterm and not trainer.sanity_checking and trainer.state.fn == "fit":
+            signals.received_sigterm, self.held = False, True
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.held:  # the loops stop at their next check (the run's checkpoint callbacks save first)
+            trainer._signal_connector.received_sigterm, self.held = True, False
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
