@@ -181,21 +181,58 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.print_config:
         return _print_config(args)
     config = _config(args)
+    if args.launcher is not None:
+        return _submit_training(args, config)
     _quiet_libraries()
     from .io.records import read_checkpoint
     from .tasks.build import build_task_and_data
-    from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir, fit, out_dir_lock
+    from .tasks.trainer import (
+        build_trainer,
+        check_train_settings,
+        claim_out_dir,
+        fit,
+        out_dir_lock,
+        requeued_checkpoint,
+    )
 
     check_train_settings(config.train)
-    if args.resume is not None:
-        read_checkpoint(args.resume, config.task)  # a missing or foreign file is one error before anything starts
+    resume = args.resume
+    if requeued := requeued_checkpoint(config.train.out_dir):
+        print(f"resuming the requeued SLURM job from {requeued}")
+        resume = str(requeued)  # where the job stopped, past the --resume it was first started with
+    if resume is not None:
+        read_checkpoint(resume, config.task)  # a missing or foreign file is one error before anything starts
     task, data = build_task_and_data(config)
     # After the data and the model were built: a mistake in either leaves no output folder behind.
     with out_dir_lock(config.train.out_dir):  # held until the run ends, however it ends
-        claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
+        claim_out_dir(config.train.out_dir, resume=resume is not None, overwrite=args.overwrite)
         trainer = build_trainer(config, task.monitor)
-        fit(trainer, task, data, args.resume)
+        fit(trainer, task, data, resume)
         _report_training(trainer, task, config)
+
+
+def _submit_training(args: argparse.Namespace, config) -> None:
+    """train --launcher: the same command submitted as a job (submitit), its id and log folder printed."""
+    from .launch import JobResources, submit_command, wait_for
+
+    argv = ["train", *(a for recipe in args.config or [] for a in ("--config", recipe))]
+    argv += ["--task", config.task, *(a for setting in args.set or [] for a in ("--set", setting))]
+    argv += (["--resume", args.resume] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+    folder = Path(config.train.out_dir).resolve() / "jobs"
+    resources = JobResources.of_recipe(config, args.time)
+    job = submit_command(main, argv, args.launcher, folder, resources, _scheduler_options(args))
+    print(f"submitted {args.launcher} job {job.job_id}: logs in {job.paths.stdout.parent}")
+    if args.wait:
+        sys.stdout.flush()
+        if failure := wait_for(job):
+            raise MbtasksError(f"job {job.job_id} failed: {failure} (logs in {job.paths.stdout.parent})")
+        print(f"job {job.job_id} finished: {Path(config.train.out_dir) / 'checkpoints' / 'last.ckpt'}")
+
+
+def _scheduler_options(args: argparse.Namespace):
+    from .launch import SchedulerOptions
+
+    return SchedulerOptions(args.partition, args.account, args.qos, args.constraint)
 
 
 def _report_training(trainer, task, config) -> None:
@@ -545,6 +582,21 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_launcher_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),  # launch.LAUNCHERS (not imported to build the parser: it imports submitit)
+        help="submit as a job through submitit instead of running here: slurm (sbatch; nodes, one task per device, "
+        "GPUs and CPUs from the recipe; requeued with its checkpoint before its time limit) or local (this machine)",
+    )
+    p.add_argument("--partition", help="--launcher slurm: the partition")
+    p.add_argument("--account", help="--launcher slurm: the account")
+    p.add_argument("--qos", help="--launcher slurm: the quality of service")
+    p.add_argument("--constraint", help="--launcher slurm: node features, e.g. a100")
+    p.add_argument("--time", type=at_least(1), default=24 * 60, help="--launcher: minutes a job may run (default 1440)")
+    p.add_argument("--wait", action="store_true", help="--launcher: wait for the job to end (default: return)")
+
+
 OVERWRITE = "replace existing output files"
 PREDICT_OUTPUTS = (
     "Each photo's answer under --out at its relative path (photos turned upright by EXIF; pictures in the photo's "
@@ -621,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train.out_dir holds an earlier run's checkpoints: remove them and train afresh",
     )
+    _add_launcher_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser(
