@@ -521,7 +521,8 @@ def cmd_data_show(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-
+    if args.status is not None:
+        return _print_ablation_status(args.status)
     from .ablation import (
         default_config,
         parse_heads,
@@ -557,10 +558,58 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     shown = ", ".join(str(recipe) for recipe in recipes)  # as given, else the demo recipe's whole path
     print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {shown} in {args.out}")
     output_folder(args.out)
-    rows = run_ablation(runs, recipes, args.out, args.profile_only, args.runs, overwrite=args.overwrite)
+    if args.launcher is None:
+        rows = run_ablation(runs, recipes, args.out, args.profile_only, args.runs, overwrite=args.overwrite)
+    else:
+        rows = _ablation_jobs(args, runs, recipes)
     written = write_outputs(rows, args.out, args.profile_only, args.runs)
     failed = sum(row["status"] != "ok" for row in rows)
-    print(f"{len(rows) - failed} runs done, {failed} failed; wrote {', '.join(str(path) for path in written)}")
+    unfinished = (
+        f", {len(runs) - len(rows)} not ended (mbtasks ablate --status {args.out})" if len(rows) < len(runs) else ""
+    )
+    print(f"{len(rows) - failed} runs done, {failed} failed{unfinished}; wrote {', '.join(str(p) for p in written)}")
+
+
+def _ablation_jobs(args: argparse.Namespace, runs: list, recipes: list) -> list[dict]:
+    """ablate --launcher: the grid's points as jobs (ablation/jobs.py); the rows of those that have ended."""
+    from .ablation.jobs import run_grid_as_jobs
+    from .ablation.run import collected_rows, grid_folders
+    from .recipe_files import find_recipe
+
+    points = grid_folders(runs, args.out, args.profile_only, args.overwrite)
+    max_running = args.max_running
+    if max_running is None:
+        import torch
+
+        gpus = torch.cuda.device_count() // args.gpus_per_run if args.gpus_per_run else 0
+        max_running = len(points) if args.launcher == "slurm" else max(gpus, 1)
+    run_grid_as_jobs(
+        points,
+        [find_recipe(recipe).resolve() for recipe in recipes],
+        Path(args.out).resolve(),
+        args.launcher,
+        max_running,
+        args.gpus_per_run,
+        _scheduler_options(args),
+        args.time,
+        args.profile_only,
+        args.runs,
+    )
+    return collected_rows(points)
+
+
+def _print_ablation_status(out: str) -> None:
+    """ablate --status OUT: each point's state, and the count of each."""
+    from .ablation.jobs import grid_status
+
+    if not Path(out, "runs").is_dir():
+        raise MbtasksError("holds no ablation (no runs/ folder)", out)
+    points = grid_status(Path(out))
+    width = max((len(name) for name, _, _ in points), default=3)
+    for name, state, job_id in points:
+        print(f"{name.ljust(width)}  {state.ljust(7)}  {f'job {job_id}' if job_id else ''}".rstrip())
+    counts = {state: sum(s == state for _, s, _ in points) for state in ("done", "running", "failed", "waiting")}
+    print(", ".join(f"{count} {state}" for state, count in counts.items()))
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -582,19 +631,16 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_launcher_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--launcher",
-        choices=("local", "slurm"),  # launch.LAUNCHERS (not imported to build the parser: it imports submitit)
-        help="submit as a job through submitit instead of running here: slurm (sbatch; nodes, one task per device, "
-        "GPUs and CPUs from the recipe; requeued with its checkpoint before its time limit) or local (this machine)",
-    )
+def _add_launcher_arguments(p: argparse.ArgumentParser, launcher_help: str, wait: bool = True) -> None:
+    # choices: launch.LAUNCHERS (not imported to build the parser: it imports submitit)
+    p.add_argument("--launcher", choices=("local", "slurm"), help=launcher_help)
     p.add_argument("--partition", help="--launcher slurm: the partition")
     p.add_argument("--account", help="--launcher slurm: the account")
     p.add_argument("--qos", help="--launcher slurm: the quality of service")
     p.add_argument("--constraint", help="--launcher slurm: node features, e.g. a100")
     p.add_argument("--time", type=at_least(1), default=24 * 60, help="--launcher: minutes a job may run (default 1440)")
-    p.add_argument("--wait", action="store_true", help="--launcher: wait for the job to end (default: return)")
+    if wait:
+        p.add_argument("--wait", action="store_true", help="--launcher: wait for the job to end (default: return)")
 
 
 OVERWRITE = "replace existing output files"
@@ -673,7 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train.out_dir holds an earlier run's checkpoints: remove them and train afresh",
     )
-    _add_launcher_arguments(p)
+    _add_launcher_arguments(
+        p,
+        "submit as a job through submitit instead of running here: slurm (sbatch; nodes, one task per device, GPUs "
+        "and CPUs from the recipe; requeued with its checkpoint before its time limit) or local (this machine)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser(
@@ -914,6 +964,23 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN-2, RUN-3, ...)",
     )
     p.add_argument("--out", help="folder for results.csv, results.md, the plots and runs/ (required)")
+    _add_launcher_arguments(
+        p,
+        "every point a job through submitit, each point's state kept in its folder (a rerun starts none twice): "
+        "slurm (one job array; returns at once) or local (--max-running at once on this machine; waits for them)",
+        wait=False,
+    )
+    p.add_argument(
+        "--max-running",
+        type=at_least(1),
+        help="--launcher: points running at once (default: slurm all, local the GPU count / --gpus-per-run, or 1)",
+    )
+    p.add_argument(
+        "--gpus-per-run", type=at_least(0), default=0, help="--launcher: GPUs of each point's job (default 0)"
+    )
+    p.add_argument(
+        "--status", metavar="OUT", help="list each point of the ablation in OUT: done, running, failed or waiting"
+    )
     p.set_defaults(func=cmd_ablate)
 
     p = commands.add_parser(

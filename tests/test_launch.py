@@ -2,15 +2,20 @@
 SLURM job signalled before its time limit that saves, requeues itself and resumes as the same run, the sbatch script
 of the COCO recipe on 2 nodes x 8 GPUs, and `torchrun` of two CPU processes."""
 
+import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import torch
 from helpers import MBTASKS, TINY_IMAGE_DATA
 from test_faults import ENV, SIGNALLED, _one_line, _train_args, _train_here
-from test_training import _assert_the_same_run
+from test_training import _assert_the_same_run, _train_task, _weights
 
 from mbtasks.config import load_config
 from mbtasks.launch import JobResources, SchedulerOptions, sbatch_text
@@ -125,3 +130,58 @@ def test_the_sbatch_script_of_the_coco_recipe_on_two_nodes_of_eight_gpus():
         f"srun --unbuffered --output {folder}/%j_%t_log.out --error {folder}/%j_%t_log.err "
         f"python -u -m submitit.core._submit {folder}"
     ], script
+
+
+def test_torchrun_of_two_cpu_processes_trains_as_the_built_in_two_process_run(tmp_path):
+    """`torchrun --nproc-per-node 2 -m mbtasks train` (gloo on the CPU; Lightning reads torchrun's environment) and
+    Lightning's own 2-process run of the same recipe (tests/test_training.py's tiny embedder): the same weights."""
+    common = [f"data.synth_dir={tmp_path / 'data'}", "train.precision=64-true", "data.batch_size=2", "train.devices=2"]
+    common += ["train.strategy=ddp"]
+    built_in = _train_task("embed", *common, f"train.out_dir={tmp_path / 'built_in'}")
+    assert built_in.returncode == 0, built_in.stderr[-3000:]
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "-m", "mbtasks"]
+    launched = _train_task("embed", *common, f"train.out_dir={tmp_path / 'torchrun'}", command=torchrun)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    a, b = _weights(tmp_path / "built_in/checkpoints/last.ckpt"), _weights(tmp_path / "torchrun/checkpoints/last.ckpt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-12, rtol=0), key
+    assert torch.load(tmp_path / "torchrun/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_ablate_with_the_local_launcher_runs_two_points_at_once_and_a_rerun_starts_none_twice(tmp_path):
+    """Two grid points as two local jobs at once (--max-running 2) through the `mbtasks` script; the same command
+    run again while they run starts neither (each point's job is in its folder) and waits for them; both commands end
+    with the table of both points, and --status lists them done."""
+    out = tmp_path / "grid"
+    grid = ["ablate", "--task", "cls", "--backbones", "v1", "--widths", "0.25,0.5", "--runs", "0", "--out", str(out)]
+    settings = [s for s in TINY if not s.startswith("model.")] + [f"data.synth_dir={tmp_path / 'data'}"]
+    command = [MBTASKS, *grid, *_sets(settings), "--launcher", "local", "--max-running", "2"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    runs = [out / "runs" / f"mobilenet_v1_w{width}_r32" for width in ("0.25", "0.5")]
+    while first.poll() is None and not all((run / "job.json").exists() for run in runs):
+        time.sleep(0.2)
+    jobs = [json.loads((run / "job.json").read_text())["job_id"] for run in runs]
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for run, job in zip(runs, jobs):
+        assert re.search(f"{run.name}: (running|done) \\(job {job}\\), not started again", again.stdout), again.stdout
+    assert "started as" not in again.stdout
+    printed, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    assert printed.count("started as local job") == 2
+    for output in (printed, again.stdout):
+        assert "2 runs done, 0 failed; wrote " in output
+    for run, job in zip(runs, jobs):
+        assert json.loads((run / "job.json").read_text())["job_id"] == job
+        assert (run / "log.txt").read_text().count("$ mbtasks train ") == 1  # trained once
+    with open(out / "results.csv", newline="") as f:
+        assert [(row["width"], row["status"]) for row in csv.DictReader(f)] == [("0.25", "ok"), ("0.5", "ok")]
+
+    status = subprocess.run([MBTASKS, "ablate", "--status", str(out)], capture_output=True, text=True, env=ENV)
+    assert status.stdout.splitlines() == [
+        f"mobilenet_v1_w0.25_r32  done     job {jobs[0]}",
+        f"mobilenet_v1_w0.5_r32   done     job {jobs[1]}",
+        "2 done, 0 running, 0 failed, 0 waiting",
+    ], status.stderr[-3000:]

@@ -132,9 +132,14 @@ TWO_PROCESS_TASKS = {
 
 
 def _train_task(
-    task: str, *settings: str, kill_at_epoch: int | None = None, resume: Path | None = None
+    task: str,
+    *settings: str,
+    kill_at_epoch: int | None = None,
+    resume: Path | None = None,
+    command: list[str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """`mbtasks train` of the task's tiny recipe, 2 steps an epoch, killed when `kill_at_epoch` starts if given."""
+    """`mbtasks train` of the task's tiny recipe, 2 steps an epoch, killed when `kill_at_epoch` starts if given;
+    `command`: what runs `train ...` instead of the `mbtasks` script (e.g. torchrun)."""
     common = [
         "train.accelerator=cpu",
         "train.progress_bar=false",
@@ -150,7 +155,8 @@ def _train_task(
     ]
     args = [a for s in [*common, *TWO_PROCESS_TASKS[task], *settings] for a in ("--set", s)]
     args += ["--resume", str(resume)] if resume else []
-    command = [MBTASKS] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch)]
+    if command is None:
+        command = [MBTASKS] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch)]
     return subprocess.run(
         [*command, "train", "--task", task, *args], capture_output=True, text=True, timeout=600, env=ENV
     )
