@@ -157,19 +157,25 @@ def test_ablate_with_the_local_launcher_runs_two_points_at_once_and_a_rerun_star
     grid = ["ablate", "--task", "cls", "--backbones", "v1", "--widths", "0.25,0.5", "--runs", "0", "--out", str(out)]
     settings = [s for s in TINY if not s.startswith("model.")] + [f"data.synth_dir={tmp_path / 'data'}"]
     command = [MBTASKS, *grid, *_sets(settings), "--launcher", "local", "--max-running", "2"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    runs = [out / "runs" / f"mobilenet_v1_w{width}_r32" for width in ("0.25", "0.5")]
-    while first.poll() is None and not all((run / "job.json").exists() for run in runs):
-        time.sleep(0.2)
-    jobs = [json.loads((run / "job.json").read_text())["job_id"] for run in runs]
+    with open(tmp_path / "first.out", "w") as stdout, open(tmp_path / "first.err", "w") as stderr:
+        first = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, env=ENV)
+    try:
+        runs = [out / "runs" / f"mobilenet_v1_w{width}_r32" for width in ("0.25", "0.5")]
+        while first.poll() is None and not all((run / "job.json").exists() for run in runs):
+            time.sleep(0.2)
+        jobs = [json.loads((run / "job.json").read_text())["job_id"] for run in runs]
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
-    assert again.returncode == 0, again.stderr[-3000:]
-    for run, job in zip(runs, jobs):
-        assert re.search(f"{run.name}: (running|done) \\(job {job}\\), not started again", again.stdout), again.stdout
-    assert "started as" not in again.stdout
-    printed, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr[-3000:]
+        again = subprocess.run(command, capture_output=True, text=True, timeout=1500, env=ENV)
+        assert again.returncode == 0, again.stderr[-3000:]
+        for run, job in zip(runs, jobs):
+            assert re.search(f"{run.name}: (running|done) \\(job {job}\\), not started again", again.stdout), (
+                again.stdout
+            )
+        assert "started as" not in again.stdout
+        assert first.wait(timeout=1500) == 0, (tmp_path / "first.err").read_text()[-3000:]
+    finally:
+        first.kill()
+    printed = (tmp_path / "first.out").read_text()
     assert printed.count("started as local job") == 2
     for output in (printed, again.stdout):
         assert "2 runs done, 0 failed; wrote " in output
