@@ -181,23 +181,60 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.print_config:
         return _print_config(args)
     config = _config(args)
+    if args.launcher is not None:
+        return _submit_training(args, config)
     _quiet_libraries()
     from .io.records import check_same_network, read_resumable
     from .tasks.build import build_task_and_data
-    from .tasks.trainer import build_trainer, check_train_settings, claim_out_dir, fit, out_dir_lock
+    from .tasks.trainer import (
+        build_trainer,
+        check_train_settings,
+        claim_out_dir,
+        fit,
+        out_dir_lock,
+        requeued_checkpoint,
+    )
 
     check_train_settings(config.train)
-    if args.resume is not None:
-        resumed = read_resumable(args.resume, config.task)  # a missing or foreign file: one error before anything
+    resume = args.resume
+    if requeued := requeued_checkpoint(config.train.out_dir):
+        print(f"resuming the requeued SLURM job from {requeued}")
+        resume = str(requeued)  # where the job stopped, past the --resume it was first started with
+    if resume is not None:
+        resumed = read_resumable(resume, config.task)  # a missing or foreign file: one error before anything
     task, data = build_task_and_data(config)
-    if args.resume is not None:
-        check_same_network(resumed, task.model_name, task.model, args.resume)
+    if resume is not None:
+        check_same_network(resumed, task.model_name, task.model, resume)
     # After the data and the model were built: a mistake in either leaves no output folder behind.
     with out_dir_lock(config.train.out_dir):  # held until the run ends, however it ends
-        claim_out_dir(config.train.out_dir, resume=args.resume is not None, overwrite=args.overwrite)
+        claim_out_dir(config.train.out_dir, resume=resume is not None, overwrite=args.overwrite)
         trainer = build_trainer(config, task.monitor)
-        fit(trainer, task, data, args.resume)
+        fit(trainer, task, data, resume)
         _report_training(trainer, task, config)
+
+
+def _submit_training(args: argparse.Namespace, config) -> None:
+    """train --launcher: the same command submitted as a job (submitit), its id and log folder printed."""
+    from .launch import JobResources, submit_command, wait_for
+
+    argv = ["train", *(a for recipe in args.config or [] for a in ("--config", recipe))]
+    argv += ["--task", config.task, *(a for setting in args.set or [] for a in ("--set", setting))]
+    argv += (["--resume", args.resume] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+    folder = Path(config.train.out_dir).resolve() / "jobs"
+    resources = JobResources.of_recipe(config, args.time)
+    job = submit_command(main, argv, args.launcher, folder, resources, _scheduler_options(args))
+    print(f"submitted {args.launcher} job {job.job_id}: logs in {job.paths.stdout.parent}")
+    if args.wait:
+        sys.stdout.flush()
+        if failure := wait_for(job):
+            raise MbtasksError(f"job {job.job_id} failed: {failure} (logs in {job.paths.stdout.parent})")
+        print(f"job {job.job_id} finished: {Path(config.train.out_dir) / 'checkpoints' / 'last.ckpt'}")
+
+
+def _scheduler_options(args: argparse.Namespace):
+    from .launch import SchedulerOptions
+
+    return SchedulerOptions(args.partition, args.account, args.qos, args.constraint)
 
 
 def _report_training(trainer, task, config) -> None:
@@ -492,7 +529,8 @@ def cmd_data_show(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-
+    if args.status is not None:
+        return _print_ablation_status(args.status)
     from .ablation import (
         default_config,
         parse_heads,
@@ -528,10 +566,58 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     shown = ", ".join(str(recipe) for recipe in recipes)  # as given, else the demo recipe's whole path
     print(f"{len(runs)} {'profile-only ' if args.profile_only else ''}{task} runs from {shown} in {args.out}")
     output_folder(args.out)
-    rows = run_ablation(runs, recipes, args.out, args.profile_only, args.runs, overwrite=args.overwrite)
+    if args.launcher is None:
+        rows = run_ablation(runs, recipes, args.out, args.profile_only, args.runs, overwrite=args.overwrite)
+    else:
+        rows = _ablation_jobs(args, runs, recipes)
     written = write_outputs(rows, args.out, args.profile_only, args.runs)
     failed = sum(row["status"] != "ok" for row in rows)
-    print(f"{len(rows) - failed} runs done, {failed} failed; wrote {', '.join(str(path) for path in written)}")
+    unfinished = (
+        f", {len(runs) - len(rows)} not ended (mbtasks ablate --status {args.out})" if len(rows) < len(runs) else ""
+    )
+    print(f"{len(rows) - failed} runs done, {failed} failed{unfinished}; wrote {', '.join(str(p) for p in written)}")
+
+
+def _ablation_jobs(args: argparse.Namespace, runs: list, recipes: list) -> list[dict]:
+    """ablate --launcher: the grid's points as jobs (ablation/jobs.py); the rows of those that have ended."""
+    from .ablation.jobs import run_grid_as_jobs
+    from .ablation.run import collected_rows, grid_folders
+    from .recipe_files import find_recipe
+
+    points = grid_folders(runs, args.out, args.profile_only, args.overwrite)
+    max_running = args.max_running
+    if max_running is None:
+        import torch
+
+        gpus = torch.cuda.device_count() // args.gpus_per_run if args.gpus_per_run else 0
+        max_running = len(points) if args.launcher == "slurm" else max(gpus, 1)
+    run_grid_as_jobs(
+        points,
+        [find_recipe(recipe).resolve() for recipe in recipes],
+        Path(args.out).resolve(),
+        args.launcher,
+        max_running,
+        args.gpus_per_run,
+        _scheduler_options(args),
+        args.time,
+        args.profile_only,
+        args.runs,
+    )
+    return collected_rows(points)
+
+
+def _print_ablation_status(out: str) -> None:
+    """ablate --status OUT: each point's state, and the count of each."""
+    from .ablation.jobs import grid_status
+
+    if not Path(out, "runs").is_dir():
+        raise MbtasksError("holds no ablation (no runs/ folder)", out)
+    points = grid_status(Path(out))
+    width = max((len(name) for name, _, _ in points), default=3)
+    for name, state, job_id in points:
+        print(f"{name.ljust(width)}  {state.ljust(7)}  {f'job {job_id}' if job_id else ''}".rstrip())
+    counts = {state: sum(s == state for _, s, _ in points) for state in ("done", "running", "failed", "waiting")}
+    print(", ".join(f"{count} {state}" for state, count in counts.items()))
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -551,6 +637,18 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the resolved recipe (bases, every --config, --set) as YAML that --config reads back, and exit",
     )
+
+
+def _add_launcher_arguments(p: argparse.ArgumentParser, launcher_help: str, wait: bool = True) -> None:
+    # choices: launch.LAUNCHERS (not imported to build the parser: it imports submitit)
+    p.add_argument("--launcher", choices=("local", "slurm"), help=launcher_help)
+    p.add_argument("--partition", help="--launcher slurm: the partition")
+    p.add_argument("--account", help="--launcher slurm: the account")
+    p.add_argument("--qos", help="--launcher slurm: the quality of service")
+    p.add_argument("--constraint", help="--launcher slurm: node features, e.g. a100")
+    p.add_argument("--time", type=at_least(1), default=24 * 60, help="--launcher: minutes a job may run (default 1440)")
+    if wait:
+        p.add_argument("--wait", action="store_true", help="--launcher: wait for the job to end (default: return)")
 
 
 OVERWRITE = "replace existing output files"
@@ -628,6 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="train.out_dir holds an earlier run's checkpoints: remove them and train afresh",
+    )
+    _add_launcher_arguments(
+        p,
+        "submit as a job through submitit instead of running here: slurm (sbatch; nodes, one task per device, GPUs "
+        "and CPUs from the recipe; requeued with its checkpoint before its time limit) or local (this machine)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -876,6 +979,23 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN-2, RUN-3, ...)",
     )
     p.add_argument("--out", help="folder for results.csv, results.md, the plots and runs/ (required)")
+    _add_launcher_arguments(
+        p,
+        "every point a job through submitit, each point's state kept in its folder (a rerun starts none twice): "
+        "slurm (one job array; returns at once) or local (--max-running at once on this machine; waits for them)",
+        wait=False,
+    )
+    p.add_argument(
+        "--max-running",
+        type=at_least(1),
+        help="--launcher: points running at once (default: slurm all, local the GPU count / --gpus-per-run, or 1)",
+    )
+    p.add_argument(
+        "--gpus-per-run", type=at_least(0), default=0, help="--launcher: GPUs of each point's job (default 0)"
+    )
+    p.add_argument(
+        "--status", metavar="OUT", help="list each point of the ablation in OUT: done, running, failed or waiting"
+    )
     p.set_defaults(func=cmd_ablate)
 
     p = commands.add_parser(

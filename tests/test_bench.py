@@ -134,6 +134,32 @@ TOY = {
             "same four means as cityscapesscripts: True",
         ],
     ),
+    "train_step.py": (
+        [
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--det-batch",
+            "2",
+            "--seg-batch",
+            "1",
+            "--crop",
+            "64x128",
+            "--threads",
+            "1",
+        ],
+        [
+            "torch *, torchvision *, device *, # threads, precision *, channels-last *, compile *",
+            "training step images/s over # repeats of # steps: median (min-max); peak memory (peak RSS) in a fresh "
+            "process each",
+            "model batch torchvision mbtasks mbtasks/torchvision peak MB torchvision mbtasks",
+            *(
+                f"{name} #x#x# {SPREAD} {SPREAD} #x (#-#) # #"
+                for name in ("ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
+            ),
+        ],
+    ),
     "data.py": (
         ["--repeats", "1", "--workers", "1", "--det-images", "24", "--seg-images", "4"],
         [

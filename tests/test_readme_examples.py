@@ -57,6 +57,9 @@ RECORDED = {
     "mbtasks predict --checkpoint det_int8.pte": "needs the program above; tests/test_executorch.py runs it",
     "mbtasks info det_int8.pte": "needs the program above; tests/test_executorch.py runs it",
     "mbtasks evaluate --task det --set model.weights=torchvision:": "COCO val2017 (not here); tests/test_pretrained.py",
+    "mbtasks train --config ssdlite320_mobilenet_v3_large_coco --set train.num_nodes=2 --launcher slurm": "a SLURM "
+    "cluster (not here); tests/test_launch.py checks the sbatch script of this run and runs the local launcher",
+    "torchrun --nnodes 2": "two machines (not here); tests/test_launch.py runs torchrun with two local processes",
 }
 
 

@@ -136,10 +136,16 @@ TWO_PROCESS_TASKS = {
 
 
 def _train_task(
-    task: str, *settings: str, kill_at_epoch: int | None = None, resume: Path | None = None, here: bool = False
+    task: str,
+    *settings: str,
+    kill_at_epoch: int | None = None,
+    resume: Path | None = None,
+    here: bool = False,
+    command: list[str] | None = None,
 ) -> subprocess.CompletedProcess:
     """`mbtasks train` of the task's tiny recipe, 2 steps an epoch, killed when `kill_at_epoch` starts if given, or
-    `here` in this process (a reference run)."""
+    `here` in this process (a reference run); `command`: what runs `train ...` instead of the `mbtasks` script (e.g.
+    torchrun)."""
     common = [
         "train.accelerator=cpu",
         "train.progress_bar=false",
@@ -157,7 +163,8 @@ def _train_task(
     args += ["--resume", str(resume)] if resume else []
     if here:
         return in_process(["train", "--task", task, *args])
-    command = [MBTASKS] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch)]
+    if command is None:
+        command = [MBTASKS] if kill_at_epoch is None else [sys.executable, "-c", KILLED_AT, str(kill_at_epoch)]
     return subprocess.run(
         [*command, "train", "--task", task, *args], capture_output=True, text=True, timeout=600, env=ENV
     )

@@ -6,6 +6,9 @@ checkpoint, the commands written to RUN_DIR/commands.json and their output to RU
 is recorded and the others go on; the parent then profiles the trained network. A run whose RUN_DIR/result.json holds
 a finished result for the same resolved config is not run again. A run of other settings is never removed: the new one
 goes to RUN_DIR-2 (-3, ...), or replaces it with --overwrite. result.json is replaced whole, never half-written.
+
+With --launcher (jobs.py) every point is a submitit job instead (a SLURM job array, or local processes side by side),
+its job recorded in RUN_DIR/job.json, so that a rerun starts no point that is finished, running or queued.
 """
 
 from .plan import Run, default_config, parse_heads, parse_resolutions, parse_versions, parse_widths, plan_runs

@@ -186,6 +186,35 @@ def run_folder(runs_dir: Path, name: str, settings: dict, overwrite: bool) -> Pa
     return named(next(n for n in range(1, len(numbers) + 2) if not named(n).exists()))
 
 
+def prepare_run_folder(run_dir: Path, settings: dict) -> None:
+    """The run's folder emptied and marked as ours, before the run starts in it."""
+    # Ours (run_folder): this run unfinished or failed, or another one that --overwrite replaces. Its checkpoints
+    # would make the new `mbtasks train` refuse the folder.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Written first, so that an interrupted run's folder is known for ours; replaced whole, never half-written.
+    write_text_atomically(run_dir / "result.json", json.dumps({"settings": settings, "row": None}))
+
+
+def grid_folders(runs: list[Run], out: str | Path, profile_only: bool, overwrite: bool) -> list[tuple[Run, Path, dict]]:
+    """Every run of the grid with its folder under OUT/runs/ (run_folder) and its settings."""
+    points = []
+    for run in runs:
+        settings = _settings(run, profile_only)
+        points.append((run, run_folder(Path(out).resolve() / "runs", run.name, settings, overwrite), settings))
+    return points
+
+
+def collected_rows(points: list[tuple[Run, Path, dict]]) -> list[dict]:
+    """The rows of the points that have ended (result.json with their settings), in grid order."""
+    results = [read_result(run_dir) for _, run_dir, _ in points]
+    return [
+        result["row"]
+        for result, (_, _, settings) in zip(results, points)
+        if result.get("settings") == settings and result.get("row")
+    ]
+
+
 def run_ablation(
     runs: list[Run],
     recipes: list[str | Path],
@@ -205,12 +234,7 @@ def run_ablation(
         if previous.get("settings") == settings and (previous.get("row") or {}).get("status") == "ok":
             row, what = previous["row"], "finished before, skipped"
         else:
-            # Ours (run_folder): this run unfinished or failed, or another one that --overwrite replaces. Its
-            # checkpoints would make the new `mbtasks train` refuse the folder.
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            # Written first, so that an interrupted run's folder is known for ours; replaced whole, never half-written.
-            write_text_atomically(run_dir / "result.json", json.dumps({"settings": settings, "row": None}))
+            prepare_run_folder(run_dir, settings)
             row = run_one(run, recipes, run_dir, profile_only, latency_runs)
             write_text_atomically(run_dir / "result.json", json.dumps({"settings": settings, "row": row}, indent=2))
             what = _summary(row)

@@ -8,11 +8,13 @@ import math
 import os
 import random
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
@@ -91,19 +93,40 @@ class StopOnSignal(Callback):
     saves `checkpoint`, from which --resume continues as if the run had never stopped (the training loader takes up
     the epoch where it stopped: samplers.ResumableLoader); a second signal stops it at once. A signal during the
     validation of a fit lets that validation end first (Lightning would stop it midway), so that the epoch's figures
-    and its best.ckpt update are not lost."""
+    and its best.ckpt update are not lost.
+
+    Under SLURM with Lightning's auto-requeue (its SLURMEnvironment), the requeue signal (SIGUSR1, which SLURM sends
+    before the time limit) stops the run in the same way, and Lightning's own requeue handler then saves its HPC
+    checkpoint (OUT/hpc_ckpt_N.ckpt) and calls `scontrol requeue`: the requeued job resumes from it
+    (requeued_checkpoint).
+    Lightning would run that handler as the signal arrives, wherever the step is; a checkpoint taken between steps is
+    the one an exact resume needs, so this callback holds the signal (Lightning installs its handler only where the
+    signal has none) and runs Lightning's handler after the step."""
 
     def __init__(self, checkpoint: Path):
         self.checkpoint = checkpoint
         self.signum: int | None = None
         self.saved = False
         self.held = False  # a signal held back until the validation under way ends
+        self.requeue_signal: int | None = None
+        self.requeued: str | None = None  # the HPC checkpoint saved before the job was requeued
+        self._handler_before = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         interruption.graceful = lambda signum: self._stop_after_step(trainer, signum)
+        environment = trainer._accelerator_connector.cluster_environment
+        on_slurm = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        if stage == "fit" and on_slurm and threading.current_thread() is threading.main_thread():
+            self.requeue_signal = environment.requeue_signal
+            self._handler_before = signal.signal(
+                self.requeue_signal, lambda signum, frame: interruption.graceful(signum)
+            )
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         interruption.graceful = None
+        if self._handler_before is not None:
+            signal.signal(self.requeue_signal, self._handler_before)
+            self._handler_before = None
 
     def _stop_after_step(self, trainer: pl.Trainer, signum: int) -> None:
         if self.signum is not None:
@@ -126,10 +149,19 @@ class StopOnSignal(Callback):
         if self.held:  # the loops stop at their next check (the run's checkpoint callbacks save first)
             trainer._signal_connector.received_sigterm, self.held = True, False
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if job := slurm_job_id():
+            checkpoint["slurm_job"] = job  # whose HPC checkpoint it is: requeued_checkpoint
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+            return
+        if self.signum is not None and self.signum == self.requeue_signal:
+            self.requeued = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            trainer._signal_connector._slurm_sigusr_handler_fn(self.signum, None)  # saves there; scontrol requeue
+        else:
             trainer.save_checkpoint(self.checkpoint)
-            self.saved = True
+        self.saved = True
 
     def stopped(self, trainer: pl.Trainer) -> Interrupted:
         """The one line of a run stopped by its signal: where it stopped, its checkpoint, how to go on."""
@@ -137,11 +169,37 @@ class StopOnSignal(Callback):
         where = f"after step {trainer.global_step} (epoch {trainer.current_epoch})"
         if not self.saved:
             return Interrupted(signum, f"stopped by {signal.Signals(signum).name} {where}, before training began")
+        if self.requeued is not None:
+            return Interrupted(
+                signum,
+                f"stopped by {signal.Signals(signum).name} {where}; saved {self.requeued} and requeued SLURM job "
+                f"{slurm_job_id()}, which resumes from it",
+            )
         return Interrupted(
             signum,
             f"stopped by {signal.Signals(signum).name} {where}; saved {self.checkpoint}: continue the run with "
             f"--resume {self.checkpoint}",
         )
+
+
+def slurm_job_id() -> str | None:
+    """This SLURM job's id as `scontrol requeue` takes it (an array task's: ARRAYJOB_TASK), None outside SLURM."""
+    if array_job := os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeued_checkpoint(out_dir: str | Path) -> Path | None:
+    """Under SLURM, the HPC checkpoint (Lightning's OUT/hpc_ckpt_N.ckpt, the highest N) that this very job saved
+    before it requeued itself, from which the requeued job resumes; None elsewhere, or where the newest one is another
+    job's (claim_out_dir counts those as an earlier run's)."""
+    if not SLURMEnvironment.detect() or slurm_job_id() is None:
+        return None
+    saved = sorted(Path(out_dir).glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rpartition("_")[2] or 0))
+    if not saved:
+        return None
+    job = torch.load(saved[-1], map_location="cpu", weights_only=True, mmap=True).get("slurm_job")
+    return saved[-1] if job == slurm_job_id() else None
 
 
 class StopOnDivergence(Callback):
@@ -188,7 +246,8 @@ def claim_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     resumed, or `overwrite` asks to remove those checkpoints (else Lightning would write best-v1.ckpt beside
     best.ckpt, and `evaluate OUT/checkpoints/best.ckpt` would score the old model)."""
     out = output_folder(out_dir)
-    earlier = sorted((out / "checkpoints").glob("*.ckpt"))
+    # Lightning's HPC checkpoints too: under SLURM it would resume from them by itself (requeued_checkpoint).
+    earlier = sorted((out / "checkpoints").glob("*.ckpt")) + sorted(out.glob("hpc_ckpt_*.ckpt"))
     if earlier and not resume:
         if not overwrite:
             raise MbtasksError(
