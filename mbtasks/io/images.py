@@ -72,6 +72,17 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _file_bytes(path: str | os.PathLike, size: int = -1) -> bytes:
+    """The file's first `size` bytes (all by default); a missing or unreadable file is one error naming it."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except FileNotFoundError:
+        raise MbtasksError("file not found", path) from None
+    except OSError as error:
+        raise MbtasksError(f"cannot read file: {error.strerror}", path) from None
+
+
 def check_pixels(data: bytes, path: str | os.PathLike) -> None:
     """Refuse encoded image bytes whose header gives more pixels than the limit, before anything decodes them."""
     size = _header_size(data)
@@ -92,14 +103,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of an image file as stored (no EXIF turn), from its header alone: the check made on every
     listed image before training or evaluation starts. A missing file, one that is not an image, and one over the
     pixel limit are one-line errors naming it."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(_HEADER_BYTES)
-            size = _header_size(head)  # PNGs and most JPEGs: without PIL's parsing
-    except FileNotFoundError:
-        raise MbtasksError("file not found", path) from None
-    except OSError as error:
-        raise MbtasksError(f"cannot read file: {error.strerror}", path) from None
+    head = _file_bytes(path, _HEADER_BYTES)
+    size = _header_size(head)  # PNGs and most JPEGs: without PIL's parsing
     if not head:
         raise MbtasksError("cannot decode image (empty file)", path)
     if size is not None:
@@ -125,13 +130,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def read_rgb_image(path: str | os.PathLike, exif_upright: bool = False) -> np.ndarray:
     """Decode a colour image to HxWx3 uint8 RGB: the stored pixels, or turned upright by EXIF with exif_upright."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        raise MbtasksError("file not found", path) from None
-    except OSError as error:
-        raise MbtasksError(f"cannot read file: {error.strerror}", path) from None
+    data = _file_bytes(path)
     if not data:
         raise MbtasksError("cannot decode image (empty file)", path)
     check_pixels(data, path)
@@ -173,13 +172,7 @@ def read_rgb_image(path: str | os.PathLike, exif_upright: bool = False) -> np.nd
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """Decode a greyscale (8/16-bit) or palette PNG to a 2-D array of ids (palette indices, not colours)."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        raise MbtasksError("file not found", path) from None
-    except OSError as error:
-        raise MbtasksError(f"cannot read file: {error.strerror}", path) from None
+    data = _file_bytes(path)
     kind = _png_kind(data)
     if kind is None:
         raise MbtasksError("not a PNG file (corrupt, or another format)", path)
