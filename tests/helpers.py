@@ -36,9 +36,9 @@ def in_process(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["mbtasks", *args], code, out.getvalue(), err.getvalue())
 
 
-# The end of a `python -c` script that runs `mbtasks` with the script's Lightning callback: every trainer mbtasks
-# builds gets CALLBACK() appended, then main(argv from ARGS_FROM) runs.
-WITH_CALLBACK = """
+# A part of a `python -c` script that runs `mbtasks` with the script's Lightning callback: every trainer mbtasks
+# builds gets CALLBACK() appended.
+CALLBACK_ADDED = """
 import mbtasks.tasks.trainer as trainer
 from mbtasks.cli import main
 
@@ -48,8 +48,9 @@ def build_with_callback(*args, **kwargs):
     built.callbacks.append(CALLBACK())
     return built
 trainer.build_trainer = build_with_callback
-sys.exit(main(sys.argv[ARGS_FROM:]))
 """
+# The end of such a script that runs one command: main(argv from ARGS_FROM).
+WITH_CALLBACK = CALLBACK_ADDED + "sys.exit(main(sys.argv[ARGS_FROM:]))\n"
 # The image tasks' embedded sets, kept tiny (--set settings); the classification set has 9 validation images (odd,
 # for the DDP tests).
 TINY_IMAGE_DATA = {

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import MBTASKS, TINY_IMAGE_DATA, WITH_CALLBACK
+from helpers import CALLBACK_ADDED, MBTASKS, TINY_IMAGE_DATA, WITH_CALLBACK
 from test_training import _assert_the_same_run
 
 from mbtasks.cli import main
@@ -308,11 +308,10 @@ def test_a_diverging_run_stops_at_its_step_and_checkpoints_that_are_not_finite_a
 # where argv[1]/full is a 1 MiB tmpfs and argv[1]/ro a read-only one (what it wrote there is gone once it ends, so
 # it lists those folders itself). Cases (argv[2], JSON): [name, arguments] in order; "fill" fills the small disk.
 # During the case "signalled", SIGTERM arrives at the first validation batch of the first epoch.
-FAULTS = """
+FAULTS = (
+    """
 import contextlib, io, json, os, resource, signal, sys
 from pytorch_lightning.callbacks import Callback
-import mbtasks.tasks.trainer as trainer
-from mbtasks.cli import main
 
 class TermInValidation(Callback):
     def on_validation_batch_end(self, trainer, *args):
@@ -320,13 +319,9 @@ class TermInValidation(Callback):
             os.environ.pop("SIGNAL_IN_VALIDATION")
             os.kill(os.getpid(), signal.SIGTERM)
 
-build = trainer.build_trainer
-def build_with_callback(*args, **kwargs):
-    built = build(*args, **kwargs)
-    built.callbacks.append(TermInValidation())
-    return built
-trainer.build_trainer = build_with_callback
-
+CALLBACK = TermInValidation"""
+    + CALLBACK_ADDED
+    + """
 root = sys.argv[1]
 results = {}
 for name, arguments in json.loads(sys.argv[2]):
@@ -348,6 +343,7 @@ results["files"] = sorted(
 )
 print(json.dumps(results))
 """
+)
 
 
 def _png_bomb(path: Path, side: int = 20000) -> None:
