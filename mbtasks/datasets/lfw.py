@@ -122,10 +122,13 @@ class LFWPairs(torch.utils.data.Dataset):
                 if file_name not in listings[name]:
                     raise MbtasksError(f"line {pair.line}: no image {name}/{file_name}", pairs_path)
 
+    def image_keys(self) -> list[tuple[str, int]]:
+        """The distinct images of the pairs, each once, as sorted (person, number)."""
+        return sorted({(p.name1, p.number1) for p in self.pairs} | {(p.name2, p.number2) for p in self.pairs})
+
     def check_files(self) -> None:
         """Before the first step: each image of the pairs opens (headers only), once."""
-        keys = {(p.name1, p.number1) for p in self.pairs} | {(p.name2, p.number2) for p in self.pairs}
-        check_images(image_path(self.images_dir, name, number) for name, number in sorted(keys))
+        check_images(image_path(self.images_dir, name, number) for name, number in self.image_keys())
 
     @property
     def same(self) -> np.ndarray:

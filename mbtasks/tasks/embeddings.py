@@ -32,7 +32,7 @@ class PairImages(Dataset):
 
     def __init__(self, pairs: LFWPairs):
         self.pairs = pairs
-        self.keys = sorted({(p.name1, p.number1) for p in pairs.pairs} | {(p.name2, p.number2) for p in pairs.pairs})
+        self.keys = pairs.image_keys()
 
     def check_files(self) -> None:
         self.pairs.check_files()
